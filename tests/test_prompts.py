@@ -1,0 +1,63 @@
+import pytest
+
+from erasekit.errors import ErasekitError
+from erasekit.eval.prompts import PROMPT_DIR, parse_rows, read_prompt_file, write_prompt_file
+
+
+def rec(**kw):
+    base = {"prompt": "a photo of a square", "seed": "0", "role": "erase"}
+    base.update(kw)
+    return base
+
+
+def test_demo_file_parses():
+    rows = read_prompt_file("demo.csv")
+    assert rows and all(r.samples == 8 for r in rows)
+    assert rows[0].expected == {"shape": "square"}
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (rec(prompt="  "), "empty prompt"),
+        (rec(seed="1.5"), "is not an integer"),
+        (rec(seed=""), "is not an integer"),
+        (rec(role="forget"), "role 'forget'"),
+        (rec(shape="pentagon"), "unknown shape 'pentagon'"),
+        (rec(shape="Square"), "did you mean 'square'"),
+        (rec(character="Captain Zed"), "unknown character"),
+        (rec(artist="Picasso"), "unknown artist"),
+        (rec(flames="maybe"), "flames must be yes or no"),
+        (rec(samples="0"), "samples"),
+    ],
+)
+def test_bad_rows_get_one_line_errors(bad, message):
+    with pytest.raises(ErasekitError, match=message) as err:
+        parse_rows([rec(), bad], source="p.csv")
+    assert "line 3" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_file_and_missing_columns(tmp_path):
+    with pytest.raises(ErasekitError, match="does not exist"):
+        read_prompt_file(tmp_path / "nope.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,seed\nhello,1\n")
+    with pytest.raises(ErasekitError, match="missing column"):
+        read_prompt_file(bad)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("prompt,seed,role\n")
+    with pytest.raises(ErasekitError, match="no prompts"):
+        read_prompt_file(empty)
+
+
+def test_write_then_read_round_trips(tmp_path):
+    rows = parse_rows([rec(shape="square", flames="yes", samples="3", group="g")])
+    write_prompt_file(tmp_path / "p.csv", rows)
+    assert read_prompt_file(tmp_path / "p.csv") == rows
+    assert list(tmp_path.iterdir()) == [tmp_path / "p.csv"]  # no temporary left behind
+
+
+def test_gates_file_in_repo_matches_the_code():
+    from erasekit.eval.gates import gate_rows
+
+    assert read_prompt_file(PROMPT_DIR / "gates.csv") == gate_rows()
