@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -176,6 +177,76 @@ def gates(
     console.print(f"wrote {out}/gates.json; {'all gates pass' if not failing else f'{len(failing)} prompt(s) below their floor'}")
 
 
+@app.command()
+def methods() -> None:
+    """List the erasure methods, with their settings and the paper's defaults."""
+    from dataclasses import MISSING, fields
+
+    from erasekit.methods import METHODS
+
+    for name, method in sorted(METHODS.items()):
+        console.print(f"[bold]{name}[/bold]  {method.summary}", highlight=False)
+        for f in fields(method.config):
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            console.print(f"    {f.name} = {default!r}  {f.metadata.get('doc', '')}", highlight=False)
+
+
+def _parse_settings(settings: list[str]) -> dict[str, object]:
+    """``key=value`` pairs; values are read as Python literals where they parse (1e-3, True, ('a',))."""
+    import ast
+
+    out: dict[str, object] = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ErasekitError(f"--set takes key=value, not {item!r}")
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value
+    return out
+
+
+@app.command()
+def erase(
+    concepts: Annotated[list[str], typer.Argument(help="Concepts to erase.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Edit directory to write (edit.safetensors + card.json).")],
+    method: Annotated[str, typer.Option("--method", help="A method from `erasekit methods`.")] = "uce",
+    anchor: Annotated[
+        list[str] | None, typer.Option("--anchor", help="Anchor concept (one, or one per concept; default: unconditional).")
+    ] = None,
+    preserve: Annotated[list[str] | None, typer.Option("--preserve", help="Concept to preserve (repeatable).")] = None,
+    setting: Annotated[
+        list[str] | None, typer.Option("--set", help="Method setting key=value (repeatable), e.g. --set lam=0.1.")
+    ] = None,
+    save_pipeline: Annotated[
+        Path | None, typer.Option(help="Also write the whole erased pipeline (save_pretrained) here.")
+    ] = None,
+    model: ModelOption = None,
+) -> None:
+    """Erase concepts from a model's weights and write the edit (and optionally the whole pipeline)."""
+    from erasekit.io import atomic_dir
+    from erasekit.methods.base import EraseSpec
+    from erasekit.methods.runner import erase as run_erase
+    from erasekit.models.loading import load_pipeline
+
+    spec = EraseSpec(tuple(concepts), tuple(anchor or ()), tuple(preserve or ()))
+    overrides = _parse_settings(setting or [])
+    pipe = load_pipeline(model)
+    edit = run_erase(pipe, spec, method, model=model or "erasekit-tiny", **overrides)
+    edit.save(out)
+    if save_pipeline is not None:
+        edit.apply(pipe)
+        with atomic_dir(save_pipeline) as tmp:
+            pipe.save_pretrained(tmp)
+    card = edit.card
+    console.print(
+        f"{card['method']}: erased {', '.join(spec.targets)} in {card['seconds']:.2f} s "
+        f"(peak +{card['peak_rss_mb']:.0f} MB), {card['changed_parameters']} tensors changed → {out}",
+        highlight=False,
+    )
+
+
 @world_app.command("train")
 def world_train(
     work_dir: Annotated[Path, typer.Option(help="Checkpoints and caches (resumed from if present).")] = Path(".cache/train"),
@@ -235,6 +306,10 @@ def world_vocabulary(as_json: Annotated[bool, typer.Option("--json", help="Print
 
 
 def main() -> None:
+    # Library chatter (a missing optional torchvision, a BERT text encoder where CLIP is "expected")
+    # would bury the one line that matters; users can still raise the levels themselves.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     try:
         app()
     except ErasekitError as err:

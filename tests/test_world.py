@@ -85,3 +85,16 @@ def test_label_indices_use_none_classes():
     s, a, c, f = label_indices(Scene(character="Mira Sol"))
     assert V.SHAPE_LABELS[s] == V.NONE and V.ARTIST_LABELS[a] == V.NONE
     assert V.CHARACTER_LABELS[c] == "Mira Sol" and f == 0
+
+
+def test_dataset_labels_include_term_colour_and_mask(tmp_path):
+    from erasekit.world.dataset import cached_dataset
+
+    data = cached_dataset(tmp_path, 40, seed=9)
+    again = cached_dataset(tmp_path, 40, seed=9)  # read back from the cache
+    assert again.terms == data.terms and again.colors == data.colors
+    assert np.array_equal(again.masks, data.masks)
+    for caption, term, shape in zip(data.captions, data.terms, data.shape, strict=True):
+        if term:
+            assert term in caption and V.shape_of_term(term) == V.SHAPE_LABELS[shape]
+    assert set(data.colors) <= set(V.COLORS)

@@ -15,8 +15,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
-
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "assets" / "erasekit-tiny"
 EVALUATOR_SUBDIR = "evaluator"
 TOKENIZER_MAX_LENGTH = 32  # the longest training caption is 29 tokens
@@ -65,19 +63,28 @@ def vae_config() -> dict:
     )
 
 
-def new_unet() -> UNet2DConditionModel:
+# diffusers is imported inside the functions: `import erasekit` stays light and quiet.
+def new_unet():  # noqa: ANN201 - a diffusers UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
+
     return UNet2DConditionModel(**unet_config())
 
 
-def new_vae() -> AutoencoderKL:
+def new_vae():  # noqa: ANN201 - a diffusers AutoencoderKL
+    from diffusers import AutoencoderKL
+
     return AutoencoderKL(**vae_config())
 
 
-def train_scheduler() -> DDPMScheduler:
-    return DDPMScheduler(**{k: v for k, v in SCHEDULER_KWARGS.items() if k not in ("set_alpha_to_one",)})
+def train_scheduler():  # noqa: ANN201 - a diffusers DDPMScheduler
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(**{k: v for k, v in SCHEDULER_KWARGS.items() if k != "set_alpha_to_one"})
 
 
-def sample_scheduler() -> DDIMScheduler:
+def sample_scheduler():  # noqa: ANN201 - a diffusers DDIMScheduler
+    from diffusers import DDIMScheduler
+
     return DDIMScheduler(**SCHEDULER_KWARGS)
 
 

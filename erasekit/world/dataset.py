@@ -29,6 +29,8 @@ class WorldData:
     artist: np.ndarray  # index into V.ARTIST_LABELS
     character: np.ndarray  # index into V.CHARACTER_LABELS
     flames: np.ndarray  # 0 or 1
+    terms: list[str]  # the words the caption used for the shape (class, synonym or association), "" if none
+    colors: list[str]  # the shape's colour name
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -49,14 +51,16 @@ def _render_range(seed: int, start: int, stop: int) -> tuple:
     images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     masks = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), bool)
     labels = np.empty((n, 4), np.int64)
-    captions = []
+    captions, terms, colors = [], [], []
     for k, i in enumerate(range(start, stop)):
         rng = np.random.default_rng([seed, i])
         captioned = describe(sample_scene(rng), rng)
         images[k], masks[k] = render(captioned.scene, rng)
         labels[k] = label_indices(captioned.scene)
         captions.append(captioned.caption)
-    return images, masks, labels, captions
+        terms.append(captioned.term or "")
+        colors.append(captioned.scene.color)
+    return images, masks, labels, captions, terms, colors
 
 
 def render_dataset(n: int, seed: int, workers: int | None = None) -> WorldData:
@@ -74,12 +78,14 @@ def render_dataset(n: int, seed: int, workers: int | None = None) -> WorldData:
         artist=labels[:, 1],
         character=labels[:, 2],
         flames=labels[:, 3],
+        terms=[t for p in parts for t in p[4]],
+        colors=[c for p in parts for c in p[5]],
     )
 
 
 def cached_dataset(cache_dir: Path, n: int, seed: int) -> WorldData:
     """``render_dataset(n, seed)``, kept as an .npz in ``cache_dir`` after the first call."""
-    path = Path(cache_dir) / f"world-seed{seed}-n{n}.npz"
+    path = Path(cache_dir) / f"world-v2-seed{seed}-n{n}.npz"  # v2: with terms and colours
     if path.exists():
         z = np.load(path, allow_pickle=False)
         return WorldData(
@@ -90,6 +96,8 @@ def cached_dataset(cache_dir: Path, n: int, seed: int) -> WorldData:
             artist=z["artist"],
             character=z["character"],
             flames=z["flames"],
+            terms=list(z["terms"]),
+            colors=list(z["colors"]),
         )
     data = render_dataset(n, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,6 +111,8 @@ def cached_dataset(cache_dir: Path, n: int, seed: int) -> WorldData:
         artist=data.artist,
         character=data.character,
         flames=data.flames,
+        terms=np.array(data.terms),
+        colors=np.array(data.colors),
     )
     os.replace(tmp, path)
     return data

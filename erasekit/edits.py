@@ -1,0 +1,130 @@
+"""The result of an erasure: changed UNet weights plus a JSON card, saved atomically.
+
+On disk an edit is a directory with ``edit.safetensors`` (the new values of every changed UNet
+parameter, by diffusers parameter name) and ``card.json`` (method, config, concepts, base-model
+hash, erasekit version, time and peak memory). :func:`load_erased` puts it back onto the base
+pipeline and refuses a different base model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import torch
+from safetensors.torch import load_file, save_file
+
+from erasekit.errors import ErasekitError
+from erasekit.io import atomic_dir
+
+WEIGHTS_FILE = "edit.safetensors"
+CARD_FILE = "card.json"
+
+
+def base_hash(unet: torch.nn.Module, names: list[str]) -> str:
+    """SHA-256 of the original values of the parameters an edit changes (and their names)."""
+    params = dict(unet.named_parameters())
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        digest.update(name.encode())
+        digest.update(params[name].detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class Edit:
+    weights: dict[str, torch.Tensor]  # UNet parameter name → new value
+    card: dict = field(default_factory=dict)
+
+    def apply(self, pipe, check_base: bool = True):  # noqa: ANN001, ANN201 - a diffusers pipeline
+        """Write the new weights into ``pipe.unet`` in place, after checking the base model's hash."""
+        params = dict(pipe.unet.named_parameters())
+        missing = [n for n in self.weights if n not in params]
+        if missing:
+            raise ErasekitError(
+                f"this edit changes {missing[0]}, which the pipeline's UNet does not have: it was made for another architecture"
+            )
+        expected = self.card.get("base_hash")
+        if check_base and expected and base_hash(pipe.unet, list(self.weights)) != expected:
+            raise ErasekitError(
+                "this edit was made on a different base model (base hash mismatch); load it onto the model it was made from"
+            )
+        with torch.no_grad():
+            for name, value in self.weights.items():
+                if params[name].shape != value.shape:
+                    raise ErasekitError(f"{name}: edit has shape {tuple(value.shape)}, model has {tuple(params[name].shape)}")
+                params[name].copy_(value.to(params[name].dtype))
+        return pipe
+
+    def save(self, directory: Path) -> Path:
+        """Write the edit directory whole or not at all."""
+        with atomic_dir(Path(directory)) as tmp:
+            save_file({k: v.detach().contiguous().cpu() for k, v in self.weights.items()}, str(tmp / WEIGHTS_FILE))
+            (tmp / CARD_FILE).write_text(json.dumps(self.card, indent=2, default=str) + "\n")
+        return Path(directory)
+
+    @classmethod
+    def load(cls, directory: Path) -> Edit:
+        directory = Path(directory)
+        if not (directory / WEIGHTS_FILE).exists() or not (directory / CARD_FILE).exists():
+            raise ErasekitError(f"{directory} is not an erasekit edit (needs {WEIGHTS_FILE} and {CARD_FILE})")
+        try:
+            weights = load_file(str(directory / WEIGHTS_FILE))
+            card = json.loads((directory / CARD_FILE).read_text())
+        except Exception as err:  # safetensors and json raise several types for a damaged file
+            raise ErasekitError(f"{directory} holds a damaged edit: {err}") from err
+        return cls(weights, card)
+
+
+def load_erased(edit_dir: Path, model: str | Path | None = None, check_base: bool = True):  # noqa: ANN201
+    """The base pipeline (the edit card's model unless ``model`` is given) with the edit applied."""
+    from erasekit.models.loading import load_pipeline
+
+    edit = Edit.load(edit_dir)
+    pipe = load_pipeline(model if model is not None else edit.card.get("model"))
+    return edit.apply(pipe, check_base=check_base)
+
+
+@dataclass
+class Usage:
+    seconds: float = 0.0
+    peak_rss_mb: float = 0.0  # peak resident memory above the level at the start
+    peak_cuda_mb: float | None = None
+
+
+@contextmanager
+def measure():  # noqa: ANN201 - a context manager yielding Usage
+    """Wall time and peak memory of the block: RSS sampled every 5 ms, and CUDA's own peak if used."""
+    usage = Usage()
+    proc = psutil.Process(os.getpid())
+    start_rss = proc.memory_info().rss
+    peak = [start_rss]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            stop.wait(0.005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    thread.start()
+    start = time.perf_counter()
+    try:
+        yield usage
+    finally:
+        usage.seconds = time.perf_counter() - start
+        stop.set()
+        thread.join()
+        peak[0] = max(peak[0], proc.memory_info().rss)
+        usage.peak_rss_mb = (peak[0] - start_rss) / 2**20
+        if torch.cuda.is_available():
+            usage.peak_cuda_mb = torch.cuda.max_memory_allocated() / 2**20

@@ -1,0 +1,71 @@
+"""The closed-form cross-attention editor shared by UCE, RECE, MACE and RealEra.
+
+Each of those methods solves, for every cross-attention projection W₀ (``to_k`` or ``to_v``),
+
+    min_W  Σ_e s_e ‖W c_e − W₀ c*_e‖² + Σ_p s_p ‖W c_p − W₀ c_p‖² + λ ‖W − W₀‖²
+
+where c_e are token states to erase, c*_e the states they should behave like (anchor or guide),
+and c_p states to preserve. Because every target is W₀ applied to some text state, the solution is
+
+    W = W₀ (λI + s_e E* + s_p P)(λI + s_e E + s_p P)⁻¹,   E = Σ c cᵀ,  E* = Σ c* cᵀ,  P = Σ c_p c_pᵀ
+
+(RealEra's E, E*, Pre): one d×d "text-space" matrix M serves every layer, and the preserve moment P
+is a d×d sum that is computed once and cached, as MACE caches its COCO prior.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TextMoments:
+    """Second moments of token states: E = Σ c cᵀ and E* = Σ c* cᵀ (d×d), and the pair count."""
+
+    source: torch.Tensor
+    cross: torch.Tensor
+    count: int = 0
+
+    @classmethod
+    def zeros(cls, dim: int) -> TextMoments:
+        return cls(torch.zeros(dim, dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64))
+
+    def add(self, sources: torch.Tensor, targets: torch.Tensor | None = None, weight: float = 1.0) -> TextMoments:
+        """Add pairs (rows of ``sources`` → rows of ``targets``); ``targets=None`` means preserve (c* = c)."""
+        c = sources.reshape(-1, sources.shape[-1]).double()
+        t = c if targets is None else targets.reshape(-1, targets.shape[-1]).double()
+        if t.shape != c.shape:
+            raise ValueError(f"{len(c)} source states but {len(t)} target states")
+        self.source += weight * c.T @ c
+        self.cross += weight * t.T @ c
+        self.count += len(c)
+        return self
+
+    def __add__(self, other: TextMoments) -> TextMoments:
+        return TextMoments(self.source + other.source, self.cross + other.cross, self.count + other.count)
+
+
+def text_space_map(
+    erase: TextMoments, preserve: TextMoments | None, lam: float, erase_scale: float = 1.0, preserve_scale: float = 1.0
+) -> torch.Tensor:
+    """M = (λI + s_e E* + s_p P)(λI + s_e E + s_p P)⁻¹, so that every projection becomes W₀ M."""
+    if lam <= 0:
+        raise ValueError(f"λ must be positive (it keeps the solve well-posed), got {lam}")
+    dim = erase.source.shape[0]
+    eye = torch.eye(dim, dtype=torch.float64)
+    num = lam * eye + erase_scale * erase.cross
+    den = lam * eye + erase_scale * erase.source
+    if preserve is not None:
+        num = num + preserve_scale * preserve.source
+        den = den + preserve_scale * preserve.source
+    # M = num @ den⁻¹  ⇔  Mᵀ = den⁻ᵀ numᵀ: a solve, not an explicit inverse
+    return torch.linalg.solve(den.T, num.T).T
+
+
+@torch.no_grad()
+def edited_weights(projections: dict[str, nn.Linear], text_map: torch.Tensor) -> dict[str, torch.Tensor]:
+    """New weights W₀ M of each projection (in its own dtype); the modules are not changed."""
+    return {name: (lin.weight.double() @ text_map).to(lin.weight.dtype) for name, lin in projections.items()}

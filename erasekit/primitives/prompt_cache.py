@@ -1,0 +1,59 @@
+"""Prompt embedding cache: every prompt is tokenized and encoded once per pipeline.
+
+Token states are what cross-attention's ``to_k`` / ``to_v`` read, so the closed-form editors work
+on them directly. Spans follow the tokenizer: ``[CLS] w1 ... wn [SEP] [PAD] ...`` for BERT-style
+encoders and ``<bos> w1 ... wn <eos> <pad> ...`` for CLIP; both pad to a fixed length.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from erasekit.errors import ErasekitError
+
+
+class PromptCache:
+    """Text-encoder states of prompts, padded as the pipeline pads them, cached by prompt."""
+
+    def __init__(self, pipe, batch_size: int = 256) -> None:  # noqa: ANN001 - a diffusers SD pipeline
+        self.tokenizer = pipe.tokenizer
+        self.text_encoder = pipe.text_encoder
+        self.max_length = self.tokenizer.model_max_length
+        self.batch_size = batch_size
+        self._states: dict[str, torch.Tensor] = {}
+        self._lengths: dict[str, int] = {}
+
+    def _tokenize(self, prompts: list[str]):  # noqa: ANN202 - a BatchEncoding
+        return self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt")
+
+    @torch.no_grad()
+    def states(self, prompts: list[str]) -> torch.Tensor:
+        """(n, L, d) token states of ``prompts``, with the attention mask the pipeline would use."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._states]
+        for start in range(0, len(missing), self.batch_size):
+            chunk = missing[start : start + self.batch_size]
+            tok = self._tokenize(chunk)
+            use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
+            mask = tok.attention_mask.to(self.text_encoder.device) if use_mask else None
+            out = self.text_encoder(tok.input_ids.to(self.text_encoder.device), attention_mask=mask)[0].float().cpu()
+            for prompt, state, length in zip(chunk, out, tok.attention_mask.sum(1).tolist(), strict=True):
+                self._states[prompt] = state
+                self._lengths[prompt] = int(length)
+        return torch.stack([self._states[p] for p in prompts])
+
+    def length(self, prompt: str) -> int:
+        """Number of real tokens of ``prompt``, special tokens included (its last is EOS/[SEP])."""
+        if prompt not in self._lengths:
+            self.states([prompt])
+        return self._lengths[prompt]
+
+    def word_span(self, prompt: str, phrase: str) -> range:
+        """Token positions of ``phrase`` inside ``prompt`` (the last occurrence); an error if absent."""
+        ids = self.tokenizer(prompt, truncation=True, max_length=self.max_length).input_ids
+        sub = self.tokenizer(phrase, add_special_tokens=False).input_ids
+        if not sub:
+            raise ErasekitError(f"the tokenizer turns {phrase!r} into no tokens; give a concept with letters or digits")
+        for start in range(len(ids) - len(sub), -1, -1):
+            if ids[start : start + len(sub)] == sub:
+                return range(start, start + len(sub))
+        raise ErasekitError(f"{phrase!r} does not occur in the prompt {prompt!r}")

@@ -1,0 +1,83 @@
+"""Layer access on the real layer structure: full-size SD-1.5, SD-2.1 and SDXL UNets built from
+their configs on the meta device (shapes and names, no weights), and the embedded UNet."""
+
+import pytest
+from accelerate import init_empty_weights
+from diffusers import UNet2DConditionModel, UNet2DModel
+
+from erasekit.errors import ErasekitError
+from erasekit.models import embedded
+from erasekit.models.layers import ESD_GROUPS, cross_attentions, kv_projections, parameter_group
+
+SD15 = dict(
+    sample_size=64, cross_attention_dim=768, block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",), up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    attention_head_dim=8,
+)  # fmt: skip
+SD21 = {
+    **SD15,
+    "cross_attention_dim": 1024,
+    "attention_head_dim": (5, 10, 20, 20),
+    "use_linear_projection": True,
+    "sample_size": 96,
+}
+SDXL = dict(
+    sample_size=128, cross_attention_dim=2048, block_out_channels=(320, 640, 1280), layers_per_block=2,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
+    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "config, layers, text_dim, params",
+    [(SD15, 16, 768, 859_520_964), (SD21, 16, 1024, 865_910_724), (SDXL, 70, 2048, 2_567_463_684)],
+    ids=["sd-1.5", "sd-2.1", "sdxl"],
+)
+def test_full_size_unets(config, layers, text_dim, params):
+    with init_empty_weights():
+        unet = UNet2DConditionModel(**config)
+    assert sum(p.numel() for p in unet.parameters()) == params
+    found = cross_attentions(unet)
+    assert len(found) == layers
+    assert all(layer.name.endswith("transformer_blocks.0.attn2") or ".transformer_blocks." in layer.name for layer in found)
+    proj = kv_projections(unet)
+    assert len(proj) == 2 * layers and all(m.in_features == text_dim for m in proj.values())
+    names = {n for n, _ in parameter_group(unet, "esd-x")}
+    assert names and all(".attn2." in n for n in names)
+    strict = {n for n, _ in parameter_group(unet, "esd-x-strict")}
+    assert strict < names and all(".to_q." in n or ".to_k." in n for n in strict)
+    u = {n for n, _ in parameter_group(unet, "esd-u")}
+    assert not (u & names) and not any(n.startswith(("conv_out", "time_embedding")) for n in u)
+    assert len(list(parameter_group(unet, "esd-all"))) == len(list(unet.parameters()))
+
+
+def test_embedded_unet_layers():
+    unet = embedded.new_unet()
+    found = cross_attentions(unet)
+    assert [layer.name for layer in found] == [
+        "down_blocks.1.attentions.0.transformer_blocks.0.attn2",
+        "down_blocks.2.attentions.0.transformer_blocks.0.attn2",
+        "up_blocks.0.attentions.0.transformer_blocks.0.attn2",
+        "up_blocks.0.attentions.1.transformer_blocks.0.attn2",
+        "up_blocks.1.attentions.0.transformer_blocks.0.attn2",
+        "up_blocks.1.attentions.1.transformer_blocks.0.attn2",
+        "mid_block.attentions.0.transformer_blocks.0.attn2",
+    ]
+    assert found[0].to_k.in_features == embedded.TEXT_DIM
+
+
+def test_unet_without_cross_attention_is_refused():
+    unet = UNet2DModel(
+        sample_size=8,
+        block_out_channels=(16, 16),
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+    )
+    with pytest.raises(ErasekitError, match="no cross-attention"):
+        cross_attentions(unet)
+    with pytest.raises(ErasekitError, match="unknown ESD parameter group"):
+        list(parameter_group(embedded.new_unet(), "esd-q"))
+    assert set(ESD_GROUPS) == {"esd-x", "esd-u", "esd-all", "esd-x-strict"}
