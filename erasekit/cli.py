@@ -7,13 +7,17 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from erasekit.errors import ErasekitError
+
+if TYPE_CHECKING:
+    from erasekit.eval.generation import Generated
+    from erasekit.eval.prompts import PromptRow
 
 app = typer.Typer(
     help="Erase concepts from text-to-image diffusion models and measure how well.",
@@ -66,7 +70,9 @@ def generate(
     console.print(f"wrote {out}/images.npz and {out}/grid.png")
 
 
-def _generate_run(rows: list, out: Path, model: str | None, steps: int, guidance: float, batch_size: int, source: str):  # noqa: ANN202
+def _generate_run(
+    rows: list[PromptRow], out: Path, model: str | None, steps: int, guidance: float, batch_size: int, source: str
+) -> tuple[list[PromptRow], Generated]:
     """Generate ``rows`` into the run directory ``out`` (written whole or not at all)."""
     from erasekit.eval.generation import SamplerSettings, save_grid
     from erasekit.eval.generation import generate as run_generation

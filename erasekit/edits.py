@@ -13,9 +13,11 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 import torch
@@ -23,6 +25,9 @@ from safetensors.torch import load_file, save_file
 
 from erasekit.errors import ErasekitError
 from erasekit.io import atomic_dir
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 WEIGHTS_FILE = "edit.safetensors"
 CARD_FILE = "card.json"
@@ -43,7 +48,7 @@ class Edit:
     weights: dict[str, torch.Tensor]  # UNet parameter name → new value
     card: dict = field(default_factory=dict)
 
-    def apply(self, pipe, check_base: bool = True):  # noqa: ANN001, ANN201 - a diffusers pipeline
+    def apply(self, pipe: DiffusionPipeline, check_base: bool = True) -> DiffusionPipeline:
         """Write the new weights into ``pipe.unet`` in place, after checking the base model's hash."""
         params = dict(pipe.unet.named_parameters())
         missing = [n for n in self.weights if n not in params]
@@ -83,7 +88,7 @@ class Edit:
         return cls(weights, card)
 
 
-def load_erased(edit_dir: Path, model: str | Path | None = None, check_base: bool = True):  # noqa: ANN201
+def load_erased(edit_dir: Path, model: str | Path | None = None, check_base: bool = True) -> DiffusionPipeline:
     """The base pipeline (the edit card's model unless ``model`` is given) with the edit applied."""
     from erasekit.models.loading import load_pipeline
 
@@ -100,7 +105,7 @@ class Usage:
 
 
 @contextmanager
-def measure():  # noqa: ANN201 - a context manager yielding Usage
+def measure() -> Iterator[Usage]:
     """Wall time and peak memory of the block: RSS sampled every 5 ms, and CUDA's own peak if used."""
     usage = Usage()
     proc = psutil.Process(os.getpid())

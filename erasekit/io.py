@@ -6,14 +6,14 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 
 @contextmanager
-def atomic_path(path: Path):  # noqa: ANN201 - a context manager yielding a Path
+def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,7 +39,7 @@ def write_with(path: Path, writer: Callable[[Path], None]) -> None:
 
 
 @contextmanager
-def atomic_dir(path: Path):  # noqa: ANN201 - a context manager yielding a Path
+def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield an empty temporary directory that replaces ``path`` when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -17,6 +18,9 @@ from tqdm.auto import tqdm
 from erasekit.errors import ErasekitError
 from erasekit.eval.prompts import PromptRow
 from erasekit.io import write_with
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ class Generated:
         return cls(z["images"], z["row_index"], z["seeds"])
 
 
-def check_prompts(pipe, prompts: list[str]) -> None:  # noqa: ANN001 - any diffusers pipeline with a tokenizer
+def check_prompts(pipe: DiffusionPipeline, prompts: list[str]) -> None:
     """Reject prompts the tokenizer cannot take whole (the pipeline would silently truncate them)."""
     tokenizer = pipe.tokenizer
     limit = tokenizer.model_max_length
@@ -67,8 +71,11 @@ def expand(rows: list[PromptRow]) -> list[tuple[int, str, int]]:
 
 
 @torch.no_grad()
-def generate(pipe, rows: list[PromptRow], settings: SamplerSettings = SamplerSettings(), progress: bool = True) -> Generated:  # noqa: ANN001
+def generate(
+    pipe: DiffusionPipeline, rows: list[PromptRow], settings: SamplerSettings | None = None, progress: bool = True
+) -> Generated:
     """Generate every image of ``rows`` with ``pipe`` (any StableDiffusionPipeline-like pipeline)."""
+    settings = settings or SamplerSettings()
     jobs = expand(rows)
     check_prompts(pipe, [p for _, p, _ in jobs])
     out = []

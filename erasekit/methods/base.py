@@ -74,7 +74,7 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def make_config(method: Method, overrides: dict[str, object]):  # noqa: ANN201 - the method's config dataclass
+def make_config(method: Method, overrides: dict[str, object]) -> object:
     """The method's config with the paper's defaults, overridden by name (an error for unknown names)."""
     known = {f.name: f for f in fields(method.config)}
     unknown = set(overrides) - set(known)

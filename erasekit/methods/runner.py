@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from erasekit.edits import Edit, base_hash, measure
 from erasekit.methods.base import EraseSpec, get_method, make_config
 
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
 
 def erase(
-    pipe, spec: EraseSpec, method: str = "uce", model: str | None = None, progress: bool = True, **overrides: object
-) -> Edit:  # noqa: ANN001
+    pipe: DiffusionPipeline,
+    spec: EraseSpec,
+    method: str = "uce",
+    model: str | None = None,
+    progress: bool = True,
+    **overrides: object,
+) -> Edit:
     """Erase ``spec`` from ``pipe`` with ``method``; the pipeline itself is left unchanged."""
     from erasekit import __version__
 

@@ -14,6 +14,7 @@ token through [EOS] and padding with the guide's from its last token (``token_sp
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +23,9 @@ from erasekit.methods.base import EraseSpec, config_field, register
 from erasekit.models.layers import kv_projections
 from erasekit.primitives.closed_form import TextMoments, edited_weights, text_space_map
 from erasekit.primitives.prompt_cache import PromptCache
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 
 @dataclass
@@ -85,7 +89,9 @@ def uce_moments(cache: PromptCache, spec: EraseSpec, config: UCEConfig) -> tuple
 
 
 @register("uce", "UCE (Gandikota et al. 2024): closed-form edit of cross-attention to_k/to_v; many concepts at once", UCEConfig)
-def erase(pipe, spec: EraseSpec, config: UCEConfig, progress: bool = True, cache: PromptCache | None = None) -> Edit:  # noqa: ANN001
+def erase(
+    pipe: DiffusionPipeline, spec: EraseSpec, config: UCEConfig, progress: bool = True, cache: PromptCache | None = None
+) -> Edit:
     cache = cache or PromptCache(pipe)
     erase_m, preserve_m = uce_moments(cache, spec, config)
     text_map = text_space_map(erase_m, preserve_m, config.lam, config.erase_scale, config.preserve_scale)

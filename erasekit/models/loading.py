@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from erasekit.errors import ErasekitError
 from erasekit.models import embedded
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 EMBEDDED_NAME = "erasekit-tiny"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -20,7 +24,7 @@ def resolve_model(model: str | Path | None) -> str | Path:
     return model
 
 
-def load_pipeline(model: str | Path | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu"):  # noqa: ANN201
+def load_pipeline(model: str | Path | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu") -> DiffusionPipeline:
     """Load a Stable-Diffusion-family pipeline, with progress bars off and a one-line error on failure."""
     from diffusers import DiffusionPipeline, StableDiffusionPipeline
 

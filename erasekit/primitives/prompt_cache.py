@@ -7,15 +7,21 @@ encoders and ``<bos> w1 ... wn <eos> <pad> ...`` for CLIP; both pad to a fixed l
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from erasekit.errors import ErasekitError
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+    from transformers import BatchEncoding
 
 
 class PromptCache:
     """Text-encoder states of prompts, padded as the pipeline pads them, cached by prompt."""
 
-    def __init__(self, pipe, batch_size: int = 256) -> None:  # noqa: ANN001 - a diffusers SD pipeline
+    def __init__(self, pipe: DiffusionPipeline, batch_size: int = 256) -> None:
         self.tokenizer = pipe.tokenizer
         self.text_encoder = pipe.text_encoder
         self.max_length = self.tokenizer.model_max_length
@@ -23,7 +29,7 @@ class PromptCache:
         self._states: dict[str, torch.Tensor] = {}
         self._lengths: dict[str, int] = {}
 
-    def _tokenize(self, prompts: list[str]):  # noqa: ANN202 - a BatchEncoding
+    def _tokenize(self, prompts: list[str]) -> BatchEncoding:
         return self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt")
 
     @torch.no_grad()

@@ -7,12 +7,16 @@ description), may state colour, size, position and artist, and names flames eith
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from erasekit.world import vocabulary as V
 from erasekit.world.render import Scene
+
+T = TypeVar("T")
 
 SHAPE_TEMPLATES = (
     "a photo of {a} {x}",
@@ -38,7 +42,7 @@ class Captioned:
     term: str | None  # the words used for the shape (class, synonym or association)
 
 
-def _pick(rng: np.random.Generator, items):  # noqa: ANN001, ANN202 - any sequence
+def _pick(rng: np.random.Generator, items: Sequence[T]) -> T:
     return items[int(rng.integers(len(items)))]
 
 

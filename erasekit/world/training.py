@@ -15,6 +15,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from erasekit.eval.evaluator import HEADS, WorldEvaluator, predict
 from erasekit.models import embedded as E
 from erasekit.world import vocabulary as V
 from erasekit.world.dataset import WorldData, cached_dataset
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
 
 @dataclass
@@ -58,7 +62,7 @@ class TrainConfig:
     log: list = field(default_factory=list)
 
 
-def _log(cfg: TrainConfig, **record) -> None:  # noqa: ANN003 - free-form records
+def _log(cfg: TrainConfig, **record: object) -> None:
     record["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
     cfg.log.append(record)
     print(json.dumps(record), flush=True)
@@ -164,7 +168,7 @@ def train_evaluator(cfg: TrainConfig, train: WorldData, test: WorldData) -> Worl
 
 
 # --- VAE --------------------------------------------------------------------------------------
-def train_vae(cfg: TrainConfig, train: WorldData, test: WorldData, evaluator: WorldEvaluator):  # noqa: ANN201
+def train_vae(cfg: TrainConfig, train: WorldData, test: WorldData, evaluator: WorldEvaluator) -> AutoencoderKL:
     ckpt = cfg.work_dir / "vae.pt"
     vae = E.new_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
@@ -234,7 +238,7 @@ def encode_captions(captions: list[str], batch: int = 512) -> tuple[list[str], t
     return unique, torch.cat(states)
 
 
-def _unet_inputs(cfg: TrainConfig, train: WorldData, vae) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:  # noqa: ANN001
+def _unet_inputs(cfg: TrainConfig, train: WorldData, vae: AutoencoderKL) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Cached latents (scaled), text states and each image's caption index."""
     path = cfg.work_dir / "unet-inputs.pt"
     if path.exists():
@@ -258,7 +262,7 @@ def _unet_inputs(cfg: TrainConfig, train: WorldData, vae) -> tuple[torch.Tensor,
     return z["latents"], z["states"], z["caption_idx"], z["empty_idx"]
 
 
-def train_unet(cfg: TrainConfig, train: WorldData, vae):  # noqa: ANN001, ANN201
+def train_unet(cfg: TrainConfig, train: WorldData, vae: AutoencoderKL) -> tuple[UNet2DConditionModel, int, float, list]:
     latents, states, caption_idx, empty_idx = _unet_inputs(cfg, train, vae)
     unet = E.new_unet()
     ema = E.new_unet()
@@ -344,7 +348,7 @@ def train_unet(cfg: TrainConfig, train: WorldData, vae):  # noqa: ANN001, ANN201
 
 
 # --- assembling the pipeline ------------------------------------------------------------------
-def export_pipeline(cfg: TrainConfig, unet, vae, provenance: dict) -> Path:  # noqa: ANN001
+def export_pipeline(cfg: TrainConfig, unet: UNet2DConditionModel, vae: AutoencoderKL, provenance: dict) -> Path:
     """Write a standard StableDiffusionPipeline directory, replacing ``cfg.model_dir`` atomically."""
     from diffusers import StableDiffusionPipeline
 
