@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -104,22 +105,33 @@ def _generate_run(
 
 @app.command("eval")
 def evaluate(
-    source: Annotated[Path, typer.Argument(help="A run directory from `erasekit generate`, or a prompt CSV to generate first.")],
+    source: Annotated[
+        Path | None, typer.Argument(help="A run directory from `erasekit generate`, or a prompt CSV to generate first.")
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Where to write results.json (default: the run directory).")
     ] = None,
+    protocol: Annotated[str | None, typer.Option(help="Erasure protocol instead of a prompt file: object or character.")] = None,
+    edit: Annotated[Path | None, typer.Option(help="Edit directory (from `erasekit erase`) to judge with --protocol.")] = None,
+    concept: Annotated[str | None, typer.Option(help="The erased concept (default: the edit's first target).")] = None,
+    samples: Annotated[int, typer.Option(help="Samples per prompt for --protocol.")] = 16,
     model: ModelOption = None,
     steps: StepsOption = 25,
     guidance: GuidanceOption = 7.5,
     batch_size: BatchOption = 64,
 ) -> None:
-    """Score generated images with the world evaluator: per prompt and per role."""
+    """Score generated images with the world evaluator (per prompt and role), or run an erasure protocol."""
     from erasekit.eval.generation import Generated
     from erasekit.eval.prompts import read_prompt_file
     from erasekit.eval.scoring import score
     from erasekit.io import write_json
     from erasekit.models.evaluators import load_world_evaluator
 
+    if protocol is not None:
+        _run_protocol(protocol, edit, concept, samples, out, model, steps, guidance, batch_size)
+        return
+    if source is None:
+        raise ErasekitError("give a run directory or prompt file, or --protocol with --edit")
     if source.is_dir():
         rows, generated = read_prompt_file(source / "prompts.csv"), Generated.load(source / "images.npz")
         run_dir = source
@@ -138,6 +150,55 @@ def evaluate(
     target = (out or run_dir) / "results.json"
     write_json(target, evaluation.to_json())
     console.print(f"wrote {target} and {run_dir}/grid.png")
+
+
+def _run_protocol(
+    protocol: str,
+    edit_dir: Path | None,
+    concept: str | None,
+    samples: int,
+    out: Path | None,
+    model: str | None,
+    steps: int,
+    guidance: float,
+    batch_size: int,
+) -> None:
+    from erasekit.edits import Edit
+    from erasekit.eval.generation import SamplerSettings, image_grid
+    from erasekit.eval.protocols import run_protocol
+    from erasekit.io import write_json, write_with
+    from erasekit.models.evaluators import load_world_evaluator
+    from erasekit.models.loading import load_pipeline
+
+    if edit_dir is None:
+        raise ErasekitError("--protocol needs --edit DIR (an edit written by `erasekit erase`)")
+    edit = Edit.load(edit_dir)
+    target = concept or edit.card["targets"][0]
+    pipe = load_pipeline(model or edit.card.get("model"))
+    settings = SamplerSettings(steps=steps, guidance=guidance, batch_size=batch_size)
+    result = run_protocol(pipe, edit, protocol, target, load_world_evaluator(), samples, settings)
+    images = result.pop("images")
+    table = Table(title=f"{protocol} protocol, erased {target!r} with {edit.card.get('method')} ({samples} samples per prompt)")
+    table.add_column("model")
+    names = list(result["metrics"]["original"]["accuracy"])
+    for name in names:
+        table.add_column(f"{name} (top-1 / p)")
+    for which, m in result["metrics"].items():
+        table.add_row(which, *(f"{_pct(m['accuracy'][n])} / {_pct(m['probability'][n])}" for n in names))
+    console.print(table)
+    console.print(f"world-FID between original and erased images on kept prompts: {result['world_fid_kept']:.3f}")
+    run_dir = out or edit_dir / f"eval-{protocol}"
+    write_json(run_dir / "results.json", result)
+    per_prompt = min(samples, 8)
+    tiles, labels = [], []
+    for i, row in enumerate(result["rows"]["original"]):  # each prompt: the original's row, then the erased one's
+        for which in ("original", "erased"):
+            g = images[which]
+            tiles.append(g.images[g.row_index == i][:per_prompt])
+            labels.append(f"{which[:4]}: {row['prompt'][:40]}")
+    grid = image_grid(np.concatenate(tiles), per_prompt, labels)
+    write_with(run_dir / "before_after.png", lambda tmp: grid.save(tmp, format="PNG"))
+    console.print(f"wrote {run_dir}/results.json and {run_dir}/before_after.png")
 
 
 @app.command()

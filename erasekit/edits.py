@@ -68,6 +68,18 @@ class Edit:
                 params[name].copy_(value.to(params[name].dtype))
         return pipe
 
+    @contextmanager
+    def applied(self, pipe: DiffusionPipeline, check_base: bool = True) -> Iterator[DiffusionPipeline]:
+        """The pipeline with this edit in place for the block; the original weights come back after."""
+        params = dict(pipe.unet.named_parameters())
+        originals = {n: params[n].detach().clone() for n in self.weights if n in params}
+        try:
+            yield self.apply(pipe, check_base=check_base)
+        finally:
+            with torch.no_grad():
+                for name, value in originals.items():
+                    params[name].copy_(value)
+
     def save(self, directory: Path) -> Path:
         """Write the edit directory whole or not at all."""
         with atomic_dir(Path(directory)) as tmp:

@@ -104,3 +104,12 @@ def test_bad_input(make, message):
 def test_concept_without_tokens(tiny_pipe):
     with pytest.raises(ErasekitError, match="into no tokens"):
         erase(tiny_pipe, EraseSpec(("\u200b",)), "uce")
+
+
+def test_applied_restores_the_original_weights(tiny_pipe):
+    edit = erase(tiny_pipe, EraseSpec(("square",)), "uce")
+    name = next(iter(edit.weights))
+    before = dict(tiny_pipe.unet.named_parameters())[name].detach().clone()
+    with edit.applied(tiny_pipe) as pipe:
+        assert torch.equal(dict(pipe.unet.named_parameters())[name], edit.weights[name])
+    assert torch.equal(dict(tiny_pipe.unet.named_parameters())[name], before)

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from erasekit.errors import ErasekitError
+from erasekit.eval.protocols import character_metrics, character_rows, object_metrics, object_rows
+from erasekit.eval.scoring import Evaluation, RowScore
+
+
+def fake_evaluation(rows, accuracy_by_role):
+    scores = []
+    for r in rows:
+        head = next(iter(r.expected))
+        acc = accuracy_by_role[r.role]
+        scores.append(RowScore(r.prompt, r.role, r.name, r.samples, {head: acc}, {head: acc * 0.9}, acc))
+    return Evaluation(scores, {})
+
+
+def test_object_rows_cover_the_protocol_with_stable_seeds():
+    rows = object_rows("square", samples=4)
+    roles = [r.role for r in rows]
+    assert (
+        roles.count("erase") == 1
+        and roles.count("synonym") == 3
+        and roles.count("retain") == 9
+        and roles.count("associated") == 1
+    )
+    # the prompt "a photo of a heart" has the same seeds whatever is erased
+    heart = {r.prompt: r.seed for r in object_rows("circle", samples=4)}["a photo of a heart"]
+    assert heart == {r.prompt: r.seed for r in rows}["a photo of a heart"]
+    assert len({r.seed for r in rows}) == len(rows)
+
+
+def test_object_metrics_and_harmonic_mean():
+    rows = object_rows("square", samples=4)
+    metrics = object_metrics(fake_evaluation(rows, {"erase": 0.1, "synonym": 0.4, "retain": 0.9, "associated": 0.2}))
+    acc = metrics["accuracy"]
+    assert acc["Acc_e"] == pytest.approx(0.1) and acc["Acc_g"] == pytest.approx(0.4) and acc["residue"] == pytest.approx(0.2)
+    assert acc["H_o"] == pytest.approx(3 / (1 / 0.9 + 1 / 0.9 + 1 / 0.6))
+    assert metrics["probability"]["Acc_s"] == pytest.approx(0.81)
+
+
+def test_character_protocol():
+    rows = character_rows("Captain Nova", samples=2)
+    assert [r.role for r in rows].count("retain") == 5 and any(r.role == "associated" for r in rows)
+    m = character_metrics(fake_evaluation(rows, {"erase": 0.0, "retain": 1.0, "associated": 0.5}))["accuracy"]
+    assert m["H_c"] == pytest.approx(1.0) and m["residue"] == 0.5
+    assert np.isclose(
+        character_metrics(fake_evaluation(rows, {"erase": 1.0, "retain": 1.0, "associated": 1.0}))["accuracy"]["H_c"], 0.0
+    )
+
+
+def test_unknown_targets():
+    with pytest.raises(ErasekitError, match="not a shape class"):
+        object_rows("pentagon")
+    with pytest.raises(ErasekitError, match="not a character"):
+        character_rows("Captain Zed")
