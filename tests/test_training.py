@@ -10,7 +10,7 @@ from erasekit.world.training import TrainConfig, train_all
 def test_train_export_and_resume(tmp_path):
     cfg = dict(
         train_images=192, test_images=64, evaluator_images=192, evaluator_epochs=1, evaluator_batch=64,
-        vae_steps=2, vae_batch=8, unet_steps=2, unet_batch=8, checkpoint_every=1,
+        vae_steps=2, vae_batch=8, adapt_images=64, adapt_epochs=1, unet_steps=2, unet_batch=8, checkpoint_every=1,
         work_dir=tmp_path / "work", model_dir=tmp_path / "model",
     )  # fmt: skip
     path = train_all(TrainConfig(**cfg))
