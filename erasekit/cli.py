@@ -213,7 +213,7 @@ def gates(
     """Quality gates of the embedded model before any erasure: print the table and write gates.json."""
     from erasekit.eval import gates as G
     from erasekit.eval.scoring import score
-    from erasekit.io import write_json
+    from erasekit.io import write_json, write_with
     from erasekit.models.evaluators import load_world_evaluator
 
     rows, generated = _generate_run(G.gate_rows(samples), out, model, steps, guidance, batch_size, source="gates")
@@ -241,7 +241,10 @@ def gates(
         "samples_per_prompt": samples, "steps": steps, "guidance": guidance, "model": str(model or "erasekit-tiny"),
         "summary": summary, "prompts": [{"group": r.group, "accuracy": r.accuracy, "floor": r.floor, "passed": r.passed} for r in results],
     })  # fmt: skip
-    console.print(f"wrote {out}/gates.json; {'all gates pass' if not failing else f'{len(failing)} prompt(s) below their floor'}")
+    write_with(out / "gates.md", lambda tmp: tmp.write_text(G.markdown(summary, results)))
+    console.print(
+        f"wrote {out}/gates.json and gates.md; {'all gates pass' if not failing else f'{len(failing)} prompt(s) below their floor'}"
+    )
 
 
 @app.command()

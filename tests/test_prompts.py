@@ -61,3 +61,16 @@ def test_gates_file_in_repo_matches_the_code():
     from erasekit.eval.gates import gate_rows
 
     assert read_prompt_file(PROMPT_DIR / "gates.csv") == gate_rows()
+
+
+def test_gate_judging_and_markdown():
+    from erasekit.eval.gates import gate_rows, judge, markdown, summary
+    from erasekit.eval.scoring import Evaluation, RowScore
+
+    rows = gate_rows(samples=2)
+    scores = [RowScore(r.prompt, r.role, r.name, 2, {}, {}, 0.5 if r.name == "class/star" else 1.0) for r in rows]
+    results = judge(Evaluation(scores, {}))
+    s = summary(results)
+    assert s["class"]["passing"] == 9 and s["class"]["min"] == 0.5 and s["character"]["passing"] == 46
+    table = markdown(s, results)
+    assert "| class | 10 | 95.0 | 50.0 | 90 | 9/10 |" in table and "Below their floor: class/star 50.0%." in table

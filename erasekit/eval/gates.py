@@ -38,10 +38,17 @@ def gate_rows(samples: int = SAMPLES_PER_PROMPT, seed: int = 10_000) -> list[Pro
             rows.append((f"a photo of {V.article(syn)} {syn}", "synonym", {"shape": shape}, f"synonym/{syn}"))
     for shape, phrase in V.SHAPE_ASSOCIATIONS.items():
         rows.append((f"a picture of {phrase}", "associated", {"shape": shape}, f"shape-association/{shape}"))
+    # A style is always drawn on something in the world, and captions name the artist after the
+    # shape; the same shape for every artist keeps the six gates comparable.
     for artist in V.ARTISTS:
-        rows.append((f"a painting by {artist.name}", "erase", {"artist": artist.name}, f"artist/{artist.name}"))
+        rows.append((f"a square painted by {artist.name}", "erase", {"artist": artist.name}, f"artist/{artist.name}"))
         rows.append(
-            (f"a painting by {artist.association}", "associated", {"artist": artist.name}, f"artist-association/{artist.name}")
+            (
+                f"a square painted by {artist.association}",
+                "associated",
+                {"artist": artist.name},
+                f"artist-association/{artist.name}",
+            )
         )
     for character in V.CHARACTERS:
         rows.append((f"a portrait of {character.name}", "erase", {"character": character.name}, f"character/{character.name}"))
@@ -100,3 +107,17 @@ def summary(results: list[GateResult]) -> dict[str, dict[str, float]]:
                 "passing": sum(a >= floor for a in accs),
             }
     return out
+
+
+def markdown(summary: dict[str, dict[str, float]], results: list[GateResult]) -> str:
+    """The gate table as Markdown, with every prompt below its floor listed under it."""
+    lines = ["| gate | prompts | mean % | min % | floor % | passing |", "| --- | --- | --- | --- | --- | --- |"]
+    for kind, s in summary.items():
+        lines.append(
+            f"| {kind} | {s['prompts']} | {100 * s['mean']:.1f} | {100 * s['min']:.1f} | {100 * s['floor']:.0f} | {s['passing']}/{s['prompts']} |"
+        )
+    failing = [r for r in results if not r.passed]
+    if failing:
+        lines.append("")
+        lines.append("Below their floor: " + ", ".join(f"{r.group} {100 * r.accuracy:.1f}%" for r in failing) + ".")
+    return "\n".join(lines) + "\n"
