@@ -248,7 +248,8 @@ def reconstruction_check(vae: AutoencoderKL, test: WorldData, evaluator: WorldEv
 
 def per_artist_accuracy(evaluator: WorldEvaluator, images: np.ndarray, data: WorldData) -> dict[str, float]:
     pred = predict(evaluator, images).probs["artist"].argmax(1)
-    return {V.ARTIST_LABELS[a]: round(float((pred[data.artist == a] == a).mean()), 4) for a in range(len(V.ARTISTS))}
+    present = [a for a in range(len(V.ARTISTS)) if (data.artist == a).any()]
+    return {V.ARTIST_LABELS[a]: round(float((pred[data.artist == a] == a).mean()), 4) for a in present}
 
 
 def adapt_evaluator(
