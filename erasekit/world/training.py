@@ -140,6 +140,25 @@ def evaluator_accuracy(model: WorldEvaluator, images: np.ndarray, data: WorldDat
     return acc
 
 
+def _evaluator_step(
+    model: WorldEvaluator,
+    x: torch.Tensor,
+    targets: dict[str, torch.Tensor],
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+) -> torch.Tensor:
+    """One optimiser step on the four classification heads and the mask head; returns the loss."""
+    out = model(x)
+    loss = sum(F.cross_entropy(out[h], targets[h]) for h in HEADS) + F.binary_cross_entropy_with_logits(
+        out["mask"], targets["mask"]
+    )
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss
+
+
 def train_evaluator(cfg: TrainConfig, train: WorldData, test: WorldData) -> WorldEvaluator:
     out_dir = cfg.model_dir / E.EVALUATOR_SUBDIR
     ckpt = cfg.work_dir / "evaluator.pt"
@@ -161,14 +180,9 @@ def train_evaluator(cfg: TrainConfig, train: WorldData, test: WorldData) -> Worl
         order = np.random.default_rng([cfg.seed, epoch]).permutation(n_images)
         for step in range(steps_per_epoch):
             idx = np.sort(order[step * cfg.evaluator_batch : (step + 1) * cfg.evaluator_batch])
-            x = _augment(_to_float(train.images[idx]).add(1).div(2), gen)
-            out = model(x)
-            t = _targets(train, idx)
-            loss = sum(F.cross_entropy(out[h], t[h]) for h in HEADS) + F.binary_cross_entropy_with_logits(out["mask"], t["mask"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            loss = _evaluator_step(
+                model, _augment(_to_float(train.images[idx]).add(1).div(2), gen), _targets(train, idx), opt, sched
+            )
             bar.update()
             if step % 100 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -282,13 +296,7 @@ def adapt_evaluator(
         for step in range(steps_per_epoch):
             pick = perm[step * cfg.evaluator_batch : (step + 1) * cfg.evaluator_batch]
             x = _augment(torch.from_numpy(images[pick]).permute(0, 3, 1, 2).float() / 255.0, gen)
-            out = evaluator(x)
-            t = _targets(train, order_labels[pick])
-            loss = sum(F.cross_entropy(out[h], t[h]) for h in HEADS) + F.binary_cross_entropy_with_logits(out["mask"], t["mask"])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            _evaluator_step(evaluator, x, _targets(train, order_labels[pick]), opt, sched)
             bar.update()
     bar.close()
     evaluator.eval()
