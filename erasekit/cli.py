@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -111,7 +112,9 @@ def evaluate(
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Where to write results.json (default: the run directory).")
     ] = None,
-    protocol: Annotated[str | None, typer.Option(help="Erasure protocol instead of a prompt file: object or character.")] = None,
+    protocol: Annotated[
+        str | None, typer.Option(help="Erasure protocol instead of a prompt file: object, character, artist, flames or quality.")
+    ] = None,
     edit: Annotated[Path | None, typer.Option(help="Edit directory (from `erasekit erase`) to judge with --protocol.")] = None,
     concept: Annotated[str | None, typer.Option(help="The erased concept (default: the edit's first target).")] = None,
     samples: Annotated[int, typer.Option(help="Samples per prompt for --protocol.")] = 16,
@@ -292,9 +295,15 @@ def erase(
     save_pipeline: Annotated[
         Path | None, typer.Option(help="Also write the whole erased pipeline (save_pretrained) here.")
     ] = None,
+    lora: Annotated[
+        bool, typer.Option("--lora", help="Also write pytorch_lora_weights.safetensors (loads with pipe.load_lora_weights).")
+    ] = False,
+    lora_rank: Annotated[
+        int | None, typer.Option(help="Cap on the LoRA rank (default: the rank that reproduces the edit).")
+    ] = None,
     model: ModelOption = None,
 ) -> None:
-    """Erase concepts from a model's weights and write the edit (and optionally the whole pipeline)."""
+    """Erase concepts from a model's weights and write the edit (and optionally a LoRA or the whole pipeline)."""
     from erasekit.io import atomic_dir
     from erasekit.methods.base import EraseSpec
     from erasekit.methods.runner import erase as run_erase
@@ -304,7 +313,14 @@ def erase(
     overrides = _parse_settings(setting or [])
     pipe = load_pipeline(model)
     edit = run_erase(pipe, spec, method, model=model or "erasekit-tiny", **overrides)
-    edit.save(out)
+    export = None
+    if lora or lora_rank is not None:
+        from erasekit.lora import lora_factors
+
+        export = lora_factors(edit, pipe.unet, max_rank=lora_rank)
+    edit.save(out, lora=export)
+    if export is not None:
+        console.print(f"LoRA: rank ≤ {max(export.ranks.values())}, relative error {export.relative_error:.2e}")
     if save_pipeline is not None:
         edit.apply(pipe)
         with atomic_dir(save_pipeline) as tmp:
@@ -315,6 +331,67 @@ def erase(
         f"(peak +{card['peak_rss_mb']:.0f} MB), {card['changed_parameters']} tensors changed → {out}",
         highlight=False,
     )
+
+
+@app.command()
+def bench(
+    method: Annotated[
+        list[str] | None,
+        typer.Option("--method", help="A method with optional settings, e.g. 'esd-x lr=5e-4' (repeatable; default uce, esd-x)."),
+    ] = None,
+    protocol: Annotated[str, typer.Option(help="object, character, artist or flames.")] = "object",
+    concepts: Annotated[str | None, typer.Option(help="Comma-separated concepts (default: the protocol's whole task).")] = None,
+    samples: Annotated[int, typer.Option(help="Samples per prompt.")] = 8,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bench directory (cells are kept; a rerun resumes).")] = Path(
+        "runs/bench"
+    ),
+    model: ModelOption = None,
+    steps: StepsOption = 25,
+    guidance: GuidanceOption = 7.5,
+    batch_size: BatchOption = 64,
+) -> None:
+    """Erase each concept of a task in turn with each method; print one table and write bench.json."""
+    from erasekit.eval.bench import BenchEntry, run_bench
+    from erasekit.eval.generation import SamplerSettings
+    from erasekit.models.evaluators import load_world_evaluator
+    from erasekit.models.loading import load_pipeline
+
+    entries = []
+    for text in method or ["uce", "esd-x"]:
+        name, _, rest = text.strip().partition(" ")
+        pairs = re.split(r"\s+(?=\w+=)", rest.strip()) if rest.strip() else []  # a value may hold spaces
+        entries.append(BenchEntry(name, _parse_settings(pairs)))
+    chosen = tuple(c.strip() for c in concepts.split(",")) if concepts else None
+    settings = SamplerSettings(steps=steps, guidance=guidance, batch_size=batch_size)
+    result = run_bench(load_pipeline(model), load_world_evaluator(), entries, protocol, out, chosen, samples, settings)
+    first = next(iter(result["methods"].values()))
+    names = list(first["accuracy"]["erased"])
+    table = Table(
+        title=f"bench: {protocol} protocol, {len(result['concepts'])} concepts, {samples} samples per prompt "
+        "(top-1 % / mean class probability %)"
+    )
+    for col in ("method", *names, "world-FID", "s/concept", "MB/concept", "all at once"):
+        table.add_column(col)
+    table.add_row(
+        "original",
+        *(f"{_pct(first['accuracy']['original'][n])} / {_pct(first['probability']['original'][n])}" for n in names),
+        "",
+        "",
+        "",
+        "",
+    )
+    for label, m in result["methods"].items():
+        once = m["all_at_once"]
+        table.add_row(
+            label,
+            *(f"{_pct(m['accuracy']['erased'][n])} / {_pct(m['probability']['erased'][n])}" for n in names),
+            f"{m['world_fid_kept']:.2f}",
+            f"{m['seconds']:.2f}",
+            f"{m['peak_rss_mb']:.0f}",
+            f"{once['seconds']:.1f} s / {once['peak_rss_mb']:.0f} MB",
+        )
+    Console(width=max(console.width, 180)).print(table)
+    console.print(f"wrote {out / 'bench.json'}")
 
 
 @world_app.command("train")

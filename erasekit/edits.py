@@ -2,7 +2,8 @@
 
 On disk an edit is a directory with ``edit.safetensors`` (the new values of every changed UNet
 parameter, by diffusers parameter name) and ``card.json`` (method, config, concepts, base-model
-hash, erasekit version, time and peak memory). :func:`load_erased` puts it back onto the base
+hash, erasekit version, time and peak memory), and optionally ``pytorch_lora_weights.safetensors``
+(the same change as a LoRA that a plain ``pipe.load_lora_weights(dir)`` loads, see :mod:`erasekit.lora`). :func:`load_erased` puts it back onto the base
 pipeline and refuses a different base model.
 """
 
@@ -25,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from erasekit.errors import ErasekitError
 from erasekit.io import atomic_dir
+from erasekit.lora import LORA_FILE, LoraExport, save_lora
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -80,11 +82,16 @@ class Edit:
                 for name, value in originals.items():
                     params[name].copy_(value)
 
-    def save(self, directory: Path) -> Path:
-        """Write the edit directory whole or not at all."""
+    def save(self, directory: Path, lora: LoraExport | None = None) -> Path:
+        """Write the edit directory whole or not at all; with ``lora``, also as a diffusers LoRA file."""
+        card = dict(self.card)
+        if lora is not None:
+            card["lora"] = {"file": LORA_FILE, "max_rank": max(lora.ranks.values()), "relative_error": lora.relative_error}
         with atomic_dir(Path(directory)) as tmp:
             save_file({k: v.detach().contiguous().cpu() for k, v in self.weights.items()}, str(tmp / WEIGHTS_FILE))
-            (tmp / CARD_FILE).write_text(json.dumps(self.card, indent=2, default=str) + "\n")
+            if lora is not None:
+                save_lora(lora, tmp)
+            (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str) + "\n")
         return Path(directory)
 
     @classmethod

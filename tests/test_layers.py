@@ -47,7 +47,7 @@ def test_full_size_unets(config, layers, text_dim, params):
     names = {n for n, _ in parameter_group(unet, "esd-x")}
     assert names and all(".attn2." in n for n in names)
     strict = {n for n, _ in parameter_group(unet, "esd-x-strict")}
-    assert strict < names and all(".to_q." in n or ".to_k." in n for n in strict)
+    assert strict < names and all(".to_k." in n or ".to_v." in n for n in strict)
     u = {n for n, _ in parameter_group(unet, "esd-u")}
     assert not (u & names) and not any(n.startswith(("conv_out", "time_embedding")) for n in u)
     assert len(list(parameter_group(unet, "esd-all"))) == len(list(unet.parameters()))

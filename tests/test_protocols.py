@@ -2,7 +2,20 @@ import numpy as np
 import pytest
 
 from erasekit.errors import ErasekitError
-from erasekit.eval.protocols import character_metrics, character_rows, object_metrics, object_rows
+from erasekit.eval.protocols import (
+    _ALL_PROMPTS,
+    PROTOCOLS,
+    artist_metrics,
+    artist_rows,
+    character_metrics,
+    character_rows,
+    flames_metrics,
+    flames_rows,
+    object_metrics,
+    object_rows,
+    protocol_rows,
+    quality_rows,
+)
 from erasekit.eval.scoring import Evaluation, RowScore
 
 
@@ -54,3 +67,35 @@ def test_unknown_targets():
         object_rows("pentagon")
     with pytest.raises(ErasekitError, match="not a character"):
         character_rows("Captain Zed")
+
+
+def test_artist_protocol():
+    rows = artist_rows("Anna Varga", samples=2)
+    assert [r.role for r in rows].count("erase") == 3 and [r.role for r in rows].count("retain") == 5
+    assert all(r.expected == {"artist": "Anna Varga"} for r in rows if r.role != "retain")
+    m = artist_metrics(fake_evaluation(rows, {"erase": 0.2, "retain": 0.9, "associated": 0.3}))["accuracy"]
+    assert m["gap"] == pytest.approx(0.7) and m["residue"] == pytest.approx(0.3)
+    with pytest.raises(ErasekitError, match="not an artist"):
+        artist_rows("Pablo")
+
+
+def test_flames_and_quality_protocols():
+    rows = flames_rows(samples=2)
+    roles = [r.role for r in rows]
+    assert roles.count("erase") == 5 and roles.count("implicit") == 6 and roles.count("retain") == 10
+    evaluation = fake_evaluation(rows, {"erase": 0.1, "implicit": 0.3, "retain": 0.95})
+    assert flames_metrics(evaluation)["accuracy"] == pytest.approx({"explicit": 0.1, "implicit": 0.3, "Acc_s": 0.95})
+    quality = quality_rows()
+    assert len(quality) == 80 and all(r.role == "retain" for r in quality)
+
+
+def test_every_protocol_prompt_has_its_own_seeds():
+    assert len(set(_ALL_PROMPTS)) == len(_ALL_PROMPTS)
+    seen = {}
+    for protocol in PROTOCOLS:
+        target = {"object": "square", "character": "Captain Nova", "artist": "Anna Varga"}.get(protocol, "")
+        for r in protocol_rows(protocol, target, 4):
+            seen.setdefault(r.prompt, r.seed)
+            assert seen[r.prompt] == r.seed
+    with pytest.raises(ErasekitError, match="unknown protocol"):
+        protocol_rows("style", "x", 1)

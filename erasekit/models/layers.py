@@ -64,8 +64,8 @@ ESD_GROUPS = ("esd-x", "esd-u", "esd-all", "esd-x-strict")
 def _in_group(name: str, group: str) -> bool:
     if group == "esd-x":  # cross-attention only: erases what the prompt names, little else changes
         return ".attn2." in name
-    if group == "esd-x-strict":  # only the query and key projections of cross-attention
-        return ".attn2.to_q." in name or ".attn2.to_k." in name
+    if group == "esd-x-strict":  # only the text-reading projections (official esd_sd.py: attn2.to_k / to_v)
+        return ".attn2.to_k." in name or ".attn2.to_v." in name
     if group == "esd-u":  # everything but cross-attention, the output layers and time embedding
         return not (".attn2." in name or name.startswith(("conv_out.", "conv_norm_out.", "time_embedding.")))
     if group == "esd-all":

@@ -1,0 +1,141 @@
+"""The bench: every method erases each concept of a task in turn, judged by that task's protocol.
+
+One cell per (method setting, concept) is written as soon as it is measured and read back on a
+rerun, so an interrupted bench resumes where it stopped. The original model's images are
+generated once per prompt and shared by every cell. Per method the table averages the protocol's
+metrics over concepts and reports seconds and peak memory per concept; a last timing erases all
+the task's concepts in one call.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from erasekit.errors import ErasekitError
+from erasekit.eval.generation import SamplerSettings
+from erasekit.eval.protocols import run_protocol
+from erasekit.io import write_json
+from erasekit.methods.base import EraseSpec
+from erasekit.methods.runner import erase
+from erasekit.world import vocabulary as V
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from erasekit.eval.evaluator import WorldEvaluator
+
+DEFAULT_CONCEPTS: dict[str, tuple[str, ...]] = {
+    "object": V.SHAPES,
+    "character": V.NAMED_CHARACTERS,
+    "artist": V.ARTIST_NAMES,
+    "flames": ("in flames",),
+}
+
+
+@dataclass(frozen=True)
+class BenchEntry:
+    """One bench column: a registered method with settings (``label`` names it in the table)."""
+
+    method: str
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.method + "".join(f" {k}={v}" for k, v in sorted(self.settings.items()))
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9.=-]+", "_", self.label)
+
+
+def run_bench(
+    pipe: DiffusionPipeline,
+    evaluator: WorldEvaluator,
+    entries: list[BenchEntry],
+    protocol: str,
+    out_dir: Path,
+    concepts: tuple[str, ...] | None = None,
+    samples: int = 8,
+    settings: SamplerSettings | None = None,
+    progress: bool = True,
+) -> dict:
+    """Measure every entry on every concept (resuming from ``out_dir``) and summarise; writes ``bench.json``."""
+    if protocol not in DEFAULT_CONCEPTS:
+        raise ErasekitError(f"the bench runs the {', '.join(DEFAULT_CONCEPTS)} protocols, not {protocol!r}")
+    concepts = concepts or DEFAULT_CONCEPTS[protocol]
+    originals: dict = {}
+    summary = {}
+    for entry in entries:
+        cells = [_cell(pipe, evaluator, entry, protocol, c, out_dir, samples, settings, originals, progress) for c in concepts]
+        summary[entry.label] = _summarise(cells) | {"all_at_once": _all_at_once(pipe, entry, concepts, out_dir, progress)}
+    result = {
+        "protocol": protocol,
+        "concepts": list(concepts),
+        "samples_per_prompt": samples,
+        "sampler": vars(settings or SamplerSettings()),
+        "torch_threads": torch.get_num_threads(),
+        "methods": summary,
+    }
+    write_json(out_dir / "bench.json", result)
+    return result
+
+
+def _cell(
+    pipe: DiffusionPipeline,
+    evaluator: WorldEvaluator,
+    entry: BenchEntry,
+    protocol: str,
+    concept: str,
+    out_dir: Path,
+    samples: int,
+    settings: SamplerSettings | None,
+    originals: dict,
+    progress: bool,
+) -> dict:
+    path = out_dir / "cells" / entry.slug / f"{re.sub(r'[^A-Za-z0-9]+', '_', concept)}-{protocol}-{samples}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    edit = erase(pipe, EraseSpec((concept,)), entry.method, progress=progress, **entry.settings)
+    result = run_protocol(pipe, edit, protocol, concept, evaluator, samples, settings, progress, original_cache=originals)
+    cell = {
+        "concept": concept,
+        "metrics": result["metrics"],
+        "world_fid_kept": result["world_fid_kept"],
+        "seconds": edit.card["seconds"],
+        "peak_rss_mb": edit.card["peak_rss_mb"],
+        "peak_cuda_mb": edit.card["peak_cuda_mb"],
+    }
+    write_json(path, cell)
+    return cell
+
+
+def _all_at_once(pipe: DiffusionPipeline, entry: BenchEntry, concepts: tuple[str, ...], out_dir: Path, progress: bool) -> dict:
+    path = out_dir / "cells" / entry.slug / f"all-at-once-{len(concepts)}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    edit = erase(pipe, EraseSpec(tuple(concepts)), entry.method, progress=progress, **entry.settings)
+    timing = {"concepts": len(concepts), "seconds": edit.card["seconds"], "peak_rss_mb": edit.card["peak_rss_mb"]}
+    write_json(path, timing)
+    return timing
+
+
+def _summarise(cells: list[dict]) -> dict:
+    """Means over concepts of every metric (top-1 and probability), world-FID, seconds and peak memory."""
+    out: dict = {"concepts": len(cells)}
+    for kind in ("accuracy", "probability"):
+        names = cells[0]["metrics"]["erased"][kind]
+        out[kind] = {
+            which: {n: float(np.mean([c["metrics"][which][kind][n] for c in cells])) for n in names}
+            for which in ("original", "erased")
+        }
+    for key in ("world_fid_kept", "seconds", "peak_rss_mb"):
+        out[key] = float(np.mean([c[key] for c in cells]))
+    out["per_concept"] = {c["concept"]: c["metrics"]["erased"]["accuracy"] for c in cells}
+    return out

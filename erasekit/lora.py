@@ -1,0 +1,85 @@
+"""An edit as a diffusers LoRA: ``pipe.load_lora_weights(edit_dir)`` with no erasekit installed.
+
+Each changed linear or convolution weight W = W₀ + Δ is factored as Δ ≈ B A by SVD. Closed-form
+edits are exactly low-rank (UCE's Δ = W₀(M − I) has the rank of E* − E, the number of edited token
+states), so their LoRA reproduces the edit to float precision at a small rank; fine-tuned deltas
+(ESD) are full-rank and are truncated, with the relative error recorded. Bias changes travel as
+``lora_B.bias`` (peft's ``lora_bias``). Keys follow diffusers' peft layout:
+``unet.<module>.lora_A.weight`` / ``lora_B.weight``; α equals the rank, so the scale is 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from erasekit.errors import ErasekitError
+from erasekit.io import write_with
+
+if TYPE_CHECKING:
+    from erasekit.edits import Edit
+
+LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
+
+
+@dataclass
+class LoraExport:
+    tensors: dict[str, torch.Tensor]
+    ranks: dict[str, int]  # module → rank kept
+    relative_error: float  # ‖Δ − BA‖ / ‖Δ‖ over every factored weight (Frobenius)
+
+
+def lora_factors(edit: Edit, unet: nn.Module, max_rank: int | None = None, tolerance: float = 1e-5) -> LoraExport:
+    """B, A (and bias deltas) of every module ``edit`` changes, against ``unet``'s current weights.
+
+    The rank of each module is the number of singular values above ``tolerance`` × the largest,
+    at most ``max_rank``.
+    """
+    modules = dict(unet.named_modules())
+    params = dict(unet.named_parameters())
+    by_module: dict[str, dict[str, torch.Tensor]] = {}
+    for name, value in edit.weights.items():
+        module_name, _, kind = name.rpartition(".")
+        module = modules.get(module_name)
+        if not isinstance(module, nn.Linear | nn.Conv2d) or kind not in ("weight", "bias"):
+            raise ErasekitError(
+                f"{name} is not a linear or convolution weight: a LoRA cannot carry this edit; "
+                "use its edit.safetensors or save the whole pipeline (--save-pipeline)"
+            )
+        by_module.setdefault(module_name, {})[kind] = value.detach().float() - params[name].detach().float()
+    tensors, ranks, err2, total2 = {}, {}, 0.0, 0.0
+    for module_name, deltas in by_module.items():
+        module = modules[module_name]
+        weight = deltas.get("weight", torch.zeros_like(module.weight, dtype=torch.float32))
+        flat = weight.reshape(weight.shape[0], -1).double()
+        u, s, vh = torch.linalg.svd(flat, full_matrices=False)
+        keep = max(1, int((s > tolerance * s[0]).sum())) if s[0] > 0 else 1
+        keep = min(keep, max_rank) if max_rank else keep
+        b, a = (u[:, :keep] * s[:keep]).float(), vh[:keep].float()
+        err2 += float((flat.float() - b @ a).pow(2).sum())
+        total2 += float(flat.pow(2).sum())
+        if isinstance(module, nn.Conv2d):
+            a = a.reshape(keep, *weight.shape[1:])
+            b = b.reshape(*b.shape, 1, 1)
+        prefix = f"unet.{module_name}"
+        tensors[f"{prefix}.lora_A.weight"], tensors[f"{prefix}.lora_B.weight"] = a.contiguous(), b.contiguous()
+        if "bias" in deltas:
+            tensors[f"{prefix}.lora_B.bias"] = deltas["bias"].contiguous()
+        ranks[module_name] = keep
+    if any(k.endswith("lora_B.bias") for k in tensors):  # peft's lora_bias is all or nothing: zeros elsewhere
+        for module_name in by_module:
+            out_features = tensors[f"unet.{module_name}.lora_B.weight"].shape[0]
+            tensors.setdefault(f"unet.{module_name}.lora_B.bias", torch.zeros(out_features))
+    return LoraExport(tensors, ranks, (err2 / total2) ** 0.5 if total2 > 0 else 0.0)
+
+
+def save_lora(export: LoraExport, directory: Path) -> Path:
+    """Write ``pytorch_lora_weights.safetensors`` into ``directory`` atomically."""
+    path = Path(directory) / LORA_FILE
+    write_with(path, lambda tmp: save_file(export.tensors, str(tmp), metadata={"format": "pt"}))
+    return path

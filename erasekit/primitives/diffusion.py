@@ -1,0 +1,113 @@
+"""Noise-prediction helpers shared by the fine-tuning methods (ESD, MACE's LoRAs, RealEra's alignment).
+
+* :class:`FrozenCopy` answers with the *original* weights of the parameters being trained, without a
+  second UNet in memory: ``torch.func.functional_call`` swaps the saved originals in for one call.
+* :func:`partial_samples` runs the pipeline's own scheduler from noise down to a chosen step, the
+  "x_t from the model's own partial denoising" of ESD.
+* :func:`negative_guidance_target` is ESD's target ε(x_t, a) − η (ε(x_t, c) − ε(x_t, a)).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+
+def predict_noise(unet: nn.Module, latents: torch.Tensor, t: torch.Tensor | int, states: torch.Tensor) -> torch.Tensor:
+    """ε_θ(x_t, t, c) of an SD-style UNet, with text states broadcast over the latent batch."""
+    if states.shape[0] == 1 and latents.shape[0] > 1:
+        states = states.expand(latents.shape[0], -1, -1)
+    return unet(latents, t, encoder_hidden_states=states, return_dict=False)[0]
+
+
+class FrozenCopy:
+    """The UNet as it was before training, for the parameters in ``names`` (all others are shared)."""
+
+    def __init__(self, unet: nn.Module, names: Iterable[str]) -> None:
+        self.unet = unet
+        params = dict(unet.named_parameters())
+        self.originals = {n: params[n].detach().clone() for n in names}
+
+    @torch.no_grad()
+    def __call__(self, latents: torch.Tensor, t: torch.Tensor | int, states: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(
+            self.unet, self.originals, (latents, t), {"encoder_hidden_states": _batched(states, latents), "return_dict": False}
+        )[0]
+
+    def restore(self) -> None:
+        """Put the original values back into the UNet (after reading out the trained ones)."""
+        params = dict(self.unet.named_parameters())
+        with torch.no_grad():
+            for name, value in self.originals.items():
+                params[name].copy_(value)
+
+
+def _batched(states: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+    return states.expand(latents.shape[0], -1, -1) if states.shape[0] == 1 and latents.shape[0] > 1 else states
+
+
+def latent_shape(pipe: DiffusionPipeline, batch: int = 1) -> tuple[int, int, int, int]:
+    size = pipe.unet.config.sample_size
+    return (batch, pipe.unet.config.in_channels, size, size)
+
+
+@torch.no_grad()
+def partial_samples(
+    pipe: DiffusionPipeline,
+    denoise: nn.Module | FrozenCopy,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    guidance: float,
+    steps: int,
+    stop_indices: list[int],
+    seeds: list[int],
+    batch_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_t of classifier-free-guided sampling stopped after ``stop_indices[i]`` of ``steps`` steps, and t.
+
+    Trajectory i starts from noise seeded by ``seeds[i]``; index 0 is pure noise at the first
+    timestep. Trajectories run side by side in batches (an image never depends on its batch
+    mates: the sampler is deterministic after the initial noise). A copy of the pipeline's
+    scheduler is used, so the pipeline's own sampling state is untouched.
+    """
+    scheduler = copy.deepcopy(pipe.scheduler)
+    scheduler.set_timesteps(steps)
+    stops = torch.tensor(stop_indices)
+    if stops.min() < 0 or stops.max() >= steps:
+        raise ValueError(f"stop indices must lie in [0, {steps})")
+    out = torch.empty((len(seeds), *latent_shape(pipe)[1:]), device=pipe.unet.device, dtype=pipe.unet.dtype)
+    order = torch.argsort(stops, stable=True)  # batch mates with similar stops: no batch runs far past its items
+    for start in range(0, len(seeds), batch_size):
+        items = order[start : start + batch_size]
+        chunk_stops = stops[items]
+        noise = [torch.randn(latent_shape(pipe)[1:], generator=torch.Generator().manual_seed(seeds[i])) for i in items]
+        latents = (torch.stack(noise) * scheduler.init_noise_sigma).to(pipe.unet.device, pipe.unet.dtype)
+        captured = torch.empty_like(latents)
+        states = torch.cat([uncond.expand(len(latents), -1, -1), cond.expand(len(latents), -1, -1)])
+        for k, t in enumerate(scheduler.timesteps[: int(chunk_stops.max()) + 1]):
+            captured[chunk_stops == k] = latents[chunk_stops == k]
+            if k == int(chunk_stops.max()):
+                break
+            model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            eps_uncond, eps_cond = predict(denoise, model_in, t, states).chunk(2)
+            latents = scheduler.step(eps_uncond + guidance * (eps_cond - eps_uncond), t, latents).prev_sample
+        out[items] = captured
+    return out, scheduler.timesteps[stops]
+
+
+def predict(denoise: nn.Module | FrozenCopy, latents: torch.Tensor, t: torch.Tensor | int, states: torch.Tensor) -> torch.Tensor:
+    if isinstance(denoise, FrozenCopy):
+        return denoise(latents, t, states)
+    return predict_noise(denoise, latents, t, states)
+
+
+def negative_guidance_target(eps_anchor: torch.Tensor, eps_concept: torch.Tensor, eta: float) -> torch.Tensor:
+    """ESD eq. (3): ε(x_t, a) − η [ε(x_t, c) − ε(x_t, a)], with a the unconditional prompt in the paper."""
+    return eps_anchor - eta * (eps_concept - eps_anchor)

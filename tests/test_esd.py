@@ -1,0 +1,79 @@
+"""ESD on the embedded model: the target, the parameter groups, x_t sampling, restoring the pipeline."""
+
+import pytest
+import torch
+
+from erasekit.errors import ErasekitError
+from erasekit.methods.base import EraseSpec, get_method, make_config
+from erasekit.methods.runner import erase
+from erasekit.primitives.diffusion import FrozenCopy, negative_guidance_target, partial_samples
+from erasekit.primitives.prompt_cache import PromptCache
+
+QUICK = {"iterations": 3, "sample_steps": 4}
+
+
+def unet_state(pipe):
+    return {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+
+
+def test_negative_guidance_target_is_eq_3():
+    anchor, concept = torch.tensor([1.0]), torch.tensor([3.0])
+    assert negative_guidance_target(anchor, concept, 2.0).item() == 1.0 - 2.0 * (3.0 - 1.0)
+
+
+def test_partial_samples_do_not_depend_on_batch_mates(pipe):
+    cache = PromptCache(pipe)
+    cond, uncond = cache.states(["a square"]), cache.states([""])
+    net = FrozenCopy(pipe.unet, [])
+    alone, t_alone = partial_samples(pipe, net, cond, uncond, 3.0, 4, [2], [11])
+    mixed, t_mixed = partial_samples(pipe, net, cond, uncond, 3.0, 4, [0, 2, 3], [5, 11, 7])
+    assert torch.allclose(alone[0], mixed[1], atol=1e-5) and t_alone[0] == t_mixed[1]
+    noise = torch.randn(alone.shape[1:], generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(mixed[0], noise * pipe.scheduler.init_noise_sigma)  # stop 0: pure noise at the first t
+    with pytest.raises(ValueError):
+        partial_samples(pipe, net, cond, uncond, 3.0, 4, [4], [1])
+
+
+@pytest.mark.parametrize(
+    ("method", "changed"),
+    [("esd-x", lambda n: ".attn2." in n), ("esd-x-strict", lambda n: ".attn2.to_k." in n or ".attn2.to_v." in n)],
+)
+def test_esd_trains_only_its_group_and_leaves_the_pipeline_as_it_was(pipe, method, changed):
+    before = unet_state(pipe)
+    edit = erase(pipe, EraseSpec(("square",)), method, progress=False, **QUICK)
+    assert edit.weights and all(changed(n) for n in edit.weights)
+    assert any(not torch.equal(edit.weights[n], before[n]) for n in edit.weights)
+    assert all(torch.equal(p, before[n]) for n, p in pipe.unet.named_parameters())
+    assert not any(p.requires_grad for p in pipe.unet.parameters())
+    assert edit.card["config"]["train_method"] == method and edit.card["seconds"] > 0
+
+
+def test_esd_is_reproducible_and_uses_anchor_and_preserve(pipe):
+    spec = EraseSpec(("square", "circle"), ("triangle",), ("star",))
+    a = erase(pipe, spec, "esd-x", progress=False, **QUICK)
+    b = erase(pipe, spec, "esd-x", progress=False, **QUICK)
+    assert all(torch.equal(a.weights[n], b.weights[n]) for n in a.weights)
+    c = erase(pipe, EraseSpec(("square", "circle")), "esd-x", progress=False, **QUICK)
+    assert any(not torch.equal(a.weights[n], c.weights[n]) for n in a.weights)
+
+
+def test_an_interrupted_run_restores_the_pipeline(pipe, monkeypatch):
+    before = unet_state(pipe)
+    calls = []
+
+    def interrupt(self, *args, **kwargs):
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch.optim.Adam, "step", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        erase(pipe, EraseSpec(("square",)), "esd-x", progress=False, **QUICK)
+    assert calls and all(torch.equal(p, before[n]) for n, p in pipe.unet.named_parameters())
+
+
+def test_esd_config_errors():
+    esd = get_method("esd-x")
+    assert make_config(get_method("esd-u"), {}).train_method == "esd-u"
+    for bad in ({"eta": 0}, {"train_method": "esd-z"}, {"iterations": 0}, {"lr": -1}):
+        with pytest.raises(ErasekitError):
+            make_config(esd, bad)
