@@ -19,7 +19,7 @@ def test_bench_writes_cells_and_resumes(pipe, evaluator, tmp_path, monkeypatch):
     assert set(summary["accuracy"]["erased"]) == {"Acc_e", "Acc_s", "Acc_g", "residue", "H_o"}
     assert summary["seconds"] > 0 and summary["all_at_once"]["concepts"] == 1
     assert json.loads((tmp_path / "bench.json").read_text())["concepts"] == ["square"]
-    assert (tmp_path / "cells" / entry.slug).is_dir()
+    assert (tmp_path / "cells" / entry.slug).is_dir() and "| `uce lam=0.5` |" in (tmp_path / "bench.md").read_text()
 
     def no_more_erasing(*args, **kwargs):
         raise AssertionError("a finished cell was measured again")

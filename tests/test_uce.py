@@ -101,9 +101,10 @@ def test_bad_input(make, message):
         make()
 
 
-def test_concept_without_tokens(tiny_pipe):
+@pytest.mark.parametrize("method", ["uce", "esd-x"])
+def test_concept_without_tokens(tiny_pipe, method):
     with pytest.raises(ErasekitError, match="into no tokens"):
-        erase(tiny_pipe, EraseSpec(("\u200b",)), "uce")
+        erase(tiny_pipe, EraseSpec(("\u200b",)), method)
 
 
 def test_applied_restores_the_original_weights(tiny_pipe):

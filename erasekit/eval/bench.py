@@ -21,7 +21,7 @@ import torch
 from erasekit.errors import ErasekitError
 from erasekit.eval.generation import SamplerSettings
 from erasekit.eval.protocols import run_protocol
-from erasekit.io import write_json
+from erasekit.io import write_json, write_with
 from erasekit.methods.base import EraseSpec
 from erasekit.methods.runner import erase
 from erasekit.world import vocabulary as V
@@ -84,7 +84,29 @@ def run_bench(
         "methods": summary,
     }
     write_json(out_dir / "bench.json", result)
+    write_with(out_dir / "bench.md", lambda tmp: tmp.write_text(markdown_table(result)))
     return result
+
+
+def markdown_table(result: dict) -> str:
+    """The bench summary as a markdown table: top-1 % / mean class probability %, then cost per concept."""
+    first = next(iter(result["methods"].values()))
+    names = list(first["accuracy"]["erased"])
+    header = ["method", *names, "world-FID", "s / concept", "peak MB / concept", f"all {len(result['concepts'])} at once"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+
+    def cells(m: dict, which: str) -> list[str]:
+        return [f"{100 * m['accuracy'][which][n]:.1f} / {100 * m['probability'][which][n]:.1f}" for n in names]
+
+    lines.append("| original | " + " | ".join(cells(first, "original")) + " | | | | |")
+    for label, m in result["methods"].items():
+        once = m["all_at_once"]
+        lines.append(
+            f"| `{label}` | "
+            + " | ".join(cells(m, "erased"))
+            + f" | {m['world_fid_kept']:.2f} | {m['seconds']:.2f} | {m['peak_rss_mb']:.0f} | {once['seconds']:.1f} s |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _cell(

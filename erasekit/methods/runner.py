@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from erasekit.edits import Edit, base_hash, measure
+from erasekit.errors import ErasekitError
 from erasekit.methods.base import EraseSpec, get_method, make_config
 
 if TYPE_CHECKING:
@@ -26,6 +27,9 @@ def erase(
 
     entry = get_method(method)
     config = make_config(entry, overrides)
+    for concept in (*spec.targets, *(a for a in spec.anchors if a), *spec.preserve):
+        if not pipe.tokenizer(concept, add_special_tokens=False).input_ids:
+            raise ErasekitError(f"the tokenizer turns {concept!r} into no tokens; give a concept with letters or digits")
     with measure() as usage:
         edit = entry.erase(pipe, spec, config, progress)
     edit.card.update(
