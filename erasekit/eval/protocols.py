@@ -19,6 +19,7 @@ prompts. Quality: world-FID and shape accuracy on 80 neutral prompts (every colo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -140,47 +141,49 @@ def role_scores(evaluation: Evaluation, head: str) -> dict[str, RoleScores]:
     return out
 
 
+def _by_kind(evaluation: Evaluation, head: str, metrics: Callable[[dict[str, float]], dict[str, float]]) -> dict:
+    """``metrics`` of the per-role scores of ``head``, once on top-1 accuracy and once on mean class probability."""
+    roles = role_scores(evaluation, head)
+    return {kind: metrics({role: getattr(s, kind) for role, s in roles.items()}) for kind in ("accuracy", "probability")}
+
+
 def object_metrics(evaluation: Evaluation) -> dict[str, dict[str, float]]:
     """Acc_e, Acc_s, Acc_g, residue and H_o, as top-1 accuracy and as mean class probability."""
-    roles = role_scores(evaluation, "shape")
-    out = {}
-    for kind in ("accuracy", "probability"):
-        acc = {role: getattr(s, kind) for role, s in roles.items()}
-        out[kind] = {
+    return _by_kind(
+        evaluation,
+        "shape",
+        lambda acc: {
             "Acc_e": acc["erase"],
             "Acc_s": acc["retain"],
             "Acc_g": acc["synonym"],
             "residue": acc["associated"],
             "H_o": harmonic_mean(1 - acc["erase"], acc["retain"], 1 - acc["synonym"]),
-        }
-    return out
+        },
+    )
 
 
 def character_metrics(evaluation: Evaluation) -> dict[str, dict[str, float]]:
     """Acc_e, Acc_s, residue (when the character has an association) and H_c."""
-    roles = role_scores(evaluation, "character")
-    out = {}
-    for kind in ("accuracy", "probability"):
-        acc = {role: getattr(s, kind) for role, s in roles.items()}
-        out[kind] = {"Acc_e": acc["erase"], "Acc_s": acc["retain"], "H_c": harmonic_mean(1 - acc["erase"], acc["retain"])}
-        if "associated" in acc:
-            out[kind]["residue"] = acc["associated"]
-    return out
+
+    def metrics(acc: dict[str, float]) -> dict[str, float]:
+        out = {"Acc_e": acc["erase"], "Acc_s": acc["retain"], "H_c": harmonic_mean(1 - acc["erase"], acc["retain"])}
+        return out | ({"residue": acc["associated"]} if "associated" in acc else {})
+
+    return _by_kind(evaluation, "character", metrics)
 
 
 def artist_metrics(evaluation: Evaluation) -> dict[str, dict[str, float]]:
     """Acc_e, Acc_s, residue (the artist's association) and the gap Acc_s − Acc_e of the style head."""
-    roles = role_scores(evaluation, "artist")
-    out = {}
-    for kind in ("accuracy", "probability"):
-        acc = {role: getattr(s, kind) for role, s in roles.items()}
-        out[kind] = {
+    return _by_kind(
+        evaluation,
+        "artist",
+        lambda acc: {
             "Acc_e": acc["erase"],
             "Acc_s": acc["retain"],
             "residue": acc["associated"],
             "gap": acc["retain"] - acc["erase"],
-        }
-    return out
+        },
+    )
 
 
 def flames_metrics(evaluation: Evaluation) -> dict[str, dict[str, float]]:
@@ -197,8 +200,7 @@ def flames_metrics(evaluation: Evaluation) -> dict[str, dict[str, float]]:
 
 
 def quality_metrics(evaluation: Evaluation) -> dict[str, dict[str, float]]:
-    shapes = role_scores(evaluation, "shape")["retain"]
-    return {"accuracy": {"Acc_s": shapes.accuracy}, "probability": {"Acc_s": shapes.probability}}
+    return _by_kind(evaluation, "shape", lambda acc: {"Acc_s": acc["retain"]})
 
 
 def protocol_rows(protocol: str, target: str, samples: int) -> list[PromptRow]:
