@@ -273,6 +273,9 @@ def _parse_settings(settings: list[str]) -> dict[str, object]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ErasekitError(f"--set takes key=value, not {item!r}")
+        if value.strip().lower() in ("true", "false"):  # shell habit: lora=false
+            out[key.strip()] = value.strip().lower() == "true"
+            continue
         try:
             out[key.strip()] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -295,11 +298,22 @@ def erase(
     save_pipeline: Annotated[
         Path | None, typer.Option(help="Also write the whole erased pipeline (save_pretrained) here.")
     ] = None,
+    save_single_file: Annotated[
+        Path | None,
+        typer.Option(help="Also write the erased model as one original-layout .safetensors (WebUIs, from_single_file)."),
+    ] = None,
     lora: Annotated[
         bool, typer.Option("--lora", help="Also write pytorch_lora_weights.safetensors (loads with pipe.load_lora_weights).")
     ] = False,
     lora_rank: Annotated[
         int | None, typer.Option(help="Cap on the LoRA rank (default: the rank that reproduces the edit).")
+    ] = None,
+    expand: Annotated[
+        int, typer.Option(help="Also erase up to N nearest phrases per concept (`erasekit expand` shows them).")
+    ] = 0,
+    expand_min_similarity: Annotated[float, typer.Option(help="Least cosine similarity of an added phrase.")] = 0.5,
+    expand_vocabulary: Annotated[
+        Path | None, typer.Option(help="Phrases to expand from, one per line (default: the tokenizer's words).")
     ] = None,
     model: ModelOption = None,
 ) -> None:
@@ -312,7 +326,13 @@ def erase(
     spec = EraseSpec(tuple(concepts), tuple(anchor or ()), tuple(preserve or ()))
     overrides = _parse_settings(setting or [])
     pipe = load_pipeline(model)
-    edit = run_erase(pipe, spec, method, model=model or "erasekit-tiny", **overrides)
+    vocabulary = str(expand_vocabulary) if expand_vocabulary else None
+    edit = run_erase(
+        pipe, spec, method, model=model or "erasekit-tiny", expand=expand, expand_min_similarity=expand_min_similarity,
+        expand_vocabulary=vocabulary, **overrides,
+    )  # fmt: skip
+    for target, found in edit.card.get("expanded", {}).items():
+        console.print(f"expanded {target!r}: " + ", ".join(f"{p} ({s:.2f})" for p, s in found), highlight=False)
     export = None
     if lora or lora_rank is not None:
         from erasekit.lora import lora_factors
@@ -321,10 +341,15 @@ def erase(
     edit.save(out, lora=export)
     if export is not None:
         console.print(f"LoRA: rank ≤ {max(export.ranks.values())}, relative error {export.relative_error:.2e}")
-    if save_pipeline is not None:
+    if save_pipeline is not None or save_single_file is not None:
         edit.apply(pipe)
+    if save_pipeline is not None:
         with atomic_dir(save_pipeline) as tmp:
             pipe.save_pretrained(tmp)
+    if save_single_file is not None:
+        from erasekit.models.ldm_checkpoint import save_single_file as write_single_file
+
+        write_single_file(pipe, save_single_file)
     card = edit.card
     console.print(
         f"{card['method']}: erased {', '.join(spec.targets)} in {card['seconds']:.2f} s "
@@ -334,12 +359,39 @@ def erase(
 
 
 @app.command()
+def expand(
+    concepts: Annotated[list[str], typer.Argument(help="Concepts to expand.")],
+    top_k: Annotated[int, typer.Option(help="Phrases to propose per concept.")] = 10,
+    vocabulary: Annotated[
+        Path | None, typer.Option(help="Phrases to choose from, one per line (default: the tokenizer's words).")
+    ] = None,
+    model: ModelOption = None,
+) -> None:
+    """Propose phrases near each concept in the text encoder's space, with their similarity."""
+    from erasekit.models.loading import load_pipeline
+    from erasekit.primitives.expansion import expand_concepts, read_vocabulary
+    from erasekit.primitives.prompt_cache import PromptCache
+
+    words = read_vocabulary(vocabulary) if vocabulary else None
+    found = expand_concepts(PromptCache(load_pipeline(model)), tuple(concepts), words, top_k)
+    for concept, candidates in found.items():
+        table = Table(title=f"near {concept!r}")
+        table.add_column("phrase")
+        table.add_column("cosine similarity")
+        for c in candidates:
+            table.add_row(c.phrase, f"{c.similarity:.3f}")
+        console.print(table)
+
+
+@app.command()
 def bench(
     method: Annotated[
         list[str] | None,
         typer.Option("--method", help="A method with optional settings, e.g. 'esd-x lr=5e-4' (repeatable; default uce, esd-x)."),
     ] = None,
-    protocol: Annotated[str, typer.Option(help="object, character, artist or flames.")] = "object",
+    protocol: Annotated[
+        str, typer.Option(help="object, character, artist or flames; 'mass' erases 1, 5, 10, 20 roster characters at once.")
+    ] = "object",
     concepts: Annotated[str | None, typer.Option(help="Comma-separated concepts (default: the protocol's whole task).")] = None,
     samples: Annotated[int, typer.Option(help="Samples per prompt.")] = 8,
     out: Annotated[Path, typer.Option("--out", "-o", help="Bench directory (cells are kept; a rerun resumes).")] = Path(
@@ -360,9 +412,19 @@ def bench(
     for text in method or ["uce", "esd-x"]:
         name, _, rest = text.strip().partition(" ")
         pairs = re.split(r"\s+(?=\w+=)", rest.strip()) if rest.strip() else []  # a value may hold spaces
-        entries.append(BenchEntry(name, _parse_settings(pairs)))
+        settings = _parse_settings(pairs)
+        preserve_others = settings.pop("preserve", None) == "others"
+        expand = int(settings.pop("expand", 0))
+        entries.append(BenchEntry(name, settings, preserve_others, expand))
     chosen = tuple(c.strip() for c in concepts.split(",")) if concepts else None
     settings = SamplerSettings(steps=steps, guidance=guidance, batch_size=batch_size)
+    if protocol == "mass":
+        from erasekit.eval.bench import mass_table, run_mass
+
+        mass = run_mass(load_pipeline(model), load_world_evaluator(), entries, out, samples=samples, settings=settings)
+        console.print(mass_table(mass), markup=False)
+        console.print(f"wrote {out / 'mass.json'}")
+        return
     result = run_bench(load_pipeline(model), load_world_evaluator(), entries, protocol, out, chosen, samples, settings)
     first = next(iter(result["methods"].values()))
     names = list(first["accuracy"]["erased"])

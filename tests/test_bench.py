@@ -32,3 +32,26 @@ def test_bench_writes_cells_and_resumes(pipe, evaluator, tmp_path, monkeypatch):
 def test_bench_refuses_unknown_protocols(pipe, evaluator, tmp_path):
     with pytest.raises(ErasekitError, match="bench runs"):
         run_bench(pipe, evaluator, [BenchEntry("uce")], "quality", tmp_path)
+
+
+def test_bench_entry_preserves_the_others_and_expands():
+    from erasekit.eval.bench import BenchEntry
+
+    entry = BenchEntry("uce", {"lam": 0.1}, preserve_others=True, expand=3)
+    assert entry.label == "uce lam=0.1 preserve=others expand=3"
+    spec = entry.spec(("square",), ("square", "circle", "heart"))
+    assert spec.preserve == ("circle", "heart") and BenchEntry("uce").spec(("square",), ("square", "circle")).preserve == ()
+
+
+def test_mass_erasure_counts_erased_and_kept_roster_characters(pipe, evaluator, tmp_path):
+    from erasekit.eval.bench import mass_table, run_mass
+    from erasekit.world import vocabulary as V
+
+    entry = BenchEntry("uce", preserve_others=True)
+    result = run_mass(pipe, evaluator, [entry], tmp_path, counts=(1, 2), samples=1, settings=FAST, progress=False)
+    cells = result["methods"]["uce preserve=others"]
+    assert list(cells) == [1, 2] and result["keep_group"] == list(V.ROSTER_NAMES[20:])
+    assert set(cells[2]["metrics"]["erased"]["accuracy"]) == {"Acc_e", "Acc_s", "H_c"}
+    assert "| `uce preserve=others` | 2 |" in mass_table(result) and (tmp_path / "mass.md").exists()
+    with pytest.raises(ErasekitError, match="at most 20"):
+        run_mass(pipe, evaluator, [entry], tmp_path, counts=(21,), samples=1, settings=FAST, progress=False)

@@ -41,14 +41,25 @@ DEFAULT_CONCEPTS: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class BenchEntry:
-    """One bench column: a registered method with settings (``label`` names it in the table)."""
+    """One bench column: a registered method with settings (``label`` names it in the table).
+
+    ``preserve_others`` passes the task's other concepts as the preserve set, as a user erasing one
+    class while keeping the rest of a known list would.
+    """
 
     method: str
     settings: dict = field(default_factory=dict)
+    preserve_others: bool = False
+    expand: int = 0  # concept expansion: nearest phrases per target (0: off)
 
     @property
     def label(self) -> str:
-        return self.method + "".join(f" {k}={v}" for k, v in sorted(self.settings.items()))
+        suffix = (" preserve=others" if self.preserve_others else "") + (f" expand={self.expand}" if self.expand else "")
+        return self.method + "".join(f" {k}={v}" for k, v in sorted(self.settings.items())) + suffix
+
+    def spec(self, targets: tuple[str, ...], task: tuple[str, ...]) -> EraseSpec:
+        preserve = tuple(c for c in task if c not in targets) if self.preserve_others else ()
+        return EraseSpec(targets, preserve=preserve)
 
     @property
     def slug(self) -> str:
@@ -73,7 +84,10 @@ def run_bench(
     originals: dict = {}
     summary = {}
     for entry in entries:
-        cells = [_cell(pipe, evaluator, entry, protocol, c, out_dir, samples, settings, originals, progress) for c in concepts]
+        cells = [
+            _cell(pipe, evaluator, entry, protocol, c, concepts, out_dir, samples, settings, originals, progress)
+            for c in concepts
+        ]
         summary[entry.label] = _summarise(cells) | {"all_at_once": _all_at_once(pipe, entry, concepts, out_dir, progress)}
     result = {
         "protocol": protocol,
@@ -115,6 +129,7 @@ def _cell(
     entry: BenchEntry,
     protocol: str,
     concept: str,
+    task: tuple[str, ...],
     out_dir: Path,
     samples: int,
     settings: SamplerSettings | None,
@@ -124,7 +139,7 @@ def _cell(
     path = out_dir / "cells" / entry.slug / f"{re.sub(r'[^A-Za-z0-9]+', '_', concept)}-{protocol}-{samples}.json"
     if path.exists():
         return json.loads(path.read_text())
-    edit = erase(pipe, EraseSpec((concept,)), entry.method, progress=progress, **entry.settings)
+    edit = erase(pipe, entry.spec((concept,), task), entry.method, progress=progress, expand=entry.expand, **entry.settings)
     result = run_protocol(pipe, edit, protocol, concept, evaluator, samples, settings, progress, original_cache=originals)
     cell = {
         "concept": concept,
@@ -133,6 +148,7 @@ def _cell(
         "seconds": edit.card["seconds"],
         "peak_rss_mb": edit.card["peak_rss_mb"],
         "peak_cuda_mb": edit.card["peak_cuda_mb"],
+        "expanded": edit.card.get("expanded", {}),
     }
     write_json(path, cell)
     return cell
@@ -142,7 +158,7 @@ def _all_at_once(pipe: DiffusionPipeline, entry: BenchEntry, concepts: tuple[str
     path = out_dir / "cells" / entry.slug / f"all-at-once-{len(concepts)}.json"
     if path.exists():
         return json.loads(path.read_text())
-    edit = erase(pipe, EraseSpec(tuple(concepts)), entry.method, progress=progress, **entry.settings)
+    edit = erase(pipe, entry.spec(concepts, concepts), entry.method, progress=progress, expand=entry.expand, **entry.settings)
     timing = {"concepts": len(concepts), "seconds": edit.card["seconds"], "peak_rss_mb": edit.card["peak_rss_mb"]}
     write_json(path, timing)
     return timing
@@ -161,3 +177,67 @@ def _summarise(cells: list[dict]) -> dict:
         out[key] = float(np.mean([c[key] for c in cells]))
     out["per_concept"] = {c["concept"]: c["metrics"]["erased"]["accuracy"] for c in cells}
     return out
+
+
+MASS_COUNTS = (1, 5, 10, 20)
+
+
+def run_mass(
+    pipe: DiffusionPipeline,
+    evaluator: WorldEvaluator,
+    entries: list[BenchEntry],
+    out_dir: Path,
+    counts: tuple[int, ...] = MASS_COUNTS,
+    samples: int = 4,
+    settings: SamplerSettings | None = None,
+    progress: bool = True,
+) -> dict:
+    """MACE's mass erasure on the roster: erase its first 1 → 5 → 10 → 20 characters at once, keep its
+    last 20, and report Acc_e, Acc_s, H_c and seconds and peak memory per concept at each count."""
+    from erasekit.eval.protocols import character_metrics, evaluate_rows, mass_character_rows
+
+    if max(counts) > len(V.ROSTER_NAMES) // 2:
+        raise ErasekitError(f"the roster has {len(V.ROSTER_NAMES)} characters: at most {len(V.ROSTER_NAMES) // 2} can be erased")
+    erase_group, keep_group = V.ROSTER_NAMES[: len(V.ROSTER_NAMES) // 2], V.ROSTER_NAMES[len(V.ROSTER_NAMES) // 2 :]
+    originals: dict = {}
+    summary: dict = {}
+    for entry in entries:
+        summary[entry.label] = {}
+        for count in counts:
+            path = out_dir / "cells" / entry.slug / f"mass-{count}-{samples}.json"
+            if not path.exists():
+                targets = erase_group[:count]
+                spec = EraseSpec(targets, preserve=keep_group if entry.preserve_others else ())
+                edit = erase(pipe, spec, entry.method, progress=progress, expand=entry.expand, **entry.settings)
+                rows = mass_character_rows(targets, keep_group, samples)
+                result = evaluate_rows(pipe, edit, rows, character_metrics, evaluator, settings, progress, originals)
+                write_json(path, {
+                    "count": count, "metrics": result["metrics"], "world_fid_kept": result["world_fid_kept"],
+                    "seconds_per_concept": edit.card["seconds_per_concept"], "peak_rss_mb": edit.card["peak_rss_mb"],
+                })  # fmt: skip
+            summary[entry.label][count] = json.loads(path.read_text())
+    result = {
+        "task": "mass character erasure",
+        "erase_group": list(erase_group),
+        "keep_group": list(keep_group),
+        "samples_per_prompt": samples,
+        "torch_threads": torch.get_num_threads(),
+        "methods": summary,
+    }
+    write_json(out_dir / "mass.json", result)
+    write_with(out_dir / "mass.md", lambda tmp: tmp.write_text(mass_table(result)))
+    return result
+
+
+def mass_table(result: dict) -> str:
+    """Acc_e / Acc_s / H_c (top-1 %) and cost per concept at each count, one row per method and count."""
+    lines = ["| method | concepts | Acc_e | Acc_s | H_c | world-FID | s / concept | peak MB |", "|" + " --- |" * 8]
+    for label, by_count in result["methods"].items():
+        for count, cell in by_count.items():
+            erased, original = cell["metrics"]["erased"]["accuracy"], cell["metrics"]["original"]["accuracy"]
+            lines.append(
+                f"| `{label}` | {count} | {100 * erased['Acc_e']:.1f} (was {100 * original['Acc_e']:.1f}) | "
+                f"{100 * erased['Acc_s']:.1f} | {100 * erased['H_c']:.1f} | {cell['world_fid_kept']:.2f} | "
+                f"{cell['seconds_per_concept']:.2f} | {cell['peak_rss_mb']:.0f} |"
+            )
+    return "\n".join(lines) + "\n"

@@ -246,6 +246,34 @@ def run_protocol(
     here) keeps the original model's images per prompt row across calls, as the bench does.
     """
     rows = protocol_rows(protocol, target, samples)
+    result = evaluate_rows(
+        pipe, edit, rows, lambda e: protocol_metrics(protocol, e), evaluator, settings, progress, original_cache
+    )
+    return {"protocol": protocol, "target": target, "samples_per_prompt": samples, **result}
+
+
+def mass_character_rows(
+    targets: tuple[str, ...], keep: tuple[str, ...], samples: int = 4, seed: int = PROTOCOL_SEED
+) -> list[PromptRow]:
+    """MACE's multi-concept celebrity task on the roster: every erased and every kept character's portrait."""
+    unknown = [c for c in (*targets, *keep) if c not in V.CHARACTER_NAMES]
+    if unknown:
+        raise ErasekitError(f"{', '.join(unknown)} not characters of the world; `erasekit world vocabulary` lists them")
+    rows = [(f"a portrait of {c}", "erase", c) for c in targets] + [(f"a portrait of {c}", "retain", c) for c in keep]
+    return [PromptRow(p, seed + _prompt_index(p) * samples, role, {"character": c}, samples, p) for p, role, c in rows]
+
+
+def evaluate_rows(
+    pipe: DiffusionPipeline,
+    edit: Edit,
+    rows: list[PromptRow],
+    metrics: Callable[[Evaluation], dict],
+    evaluator: WorldEvaluator,
+    settings: SamplerSettings | None = None,
+    progress: bool = True,
+    original_cache: dict | None = None,
+) -> dict:
+    """Generate ``rows`` with the original and the erased model (same seeds), score both with ``metrics``."""
     before = (
         generate_cached(pipe, rows, settings, progress, original_cache)
         if original_cache is not None
@@ -257,10 +285,7 @@ def run_protocol(
     kept = np.isin(before.row_index, [i for i, r in enumerate(rows) if r.role == "retain"])
     feats = {k: predict(evaluator, g.images[kept]).features for k, g in (("original", before), ("erased", after))}
     return {
-        "protocol": protocol,
-        "target": target,
-        "samples_per_prompt": samples,
-        "metrics": {k: protocol_metrics(protocol, e) for k, e in evals.items()},
+        "metrics": {k: metrics(e) for k, e in evals.items()},
         "world_fid_kept": frechet_distance(feats["original"], feats["erased"]),
         "rows": {k: e.to_json()["rows"] for k, e in evals.items()},
         "images": {"original": before, "erased": after},

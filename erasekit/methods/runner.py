@@ -20,13 +20,24 @@ def erase(
     method: str = "uce",
     model: str | None = None,
     progress: bool = True,
+    expand: int = 0,
+    expand_min_similarity: float = 0.5,
+    expand_vocabulary: str | None = None,
     **overrides: object,
 ) -> Edit:
-    """Erase ``spec`` from ``pipe`` with ``method``; the pipeline itself is left unchanged."""
+    """Erase ``spec`` from ``pipe`` with ``method``; the pipeline itself is left unchanged.
+
+    ``expand=k`` first adds, for every target, up to k phrases that lie near it in the text
+    encoder's space (similarity ≥ ``expand_min_similarity``) from the tokenizer's vocabulary or the
+    ``expand_vocabulary`` file; each takes its target's anchor, and the card lists them.
+    """
     from erasekit import __version__
 
     entry = get_method(method)
     config = make_config(entry, overrides)
+    expanded: dict[str, list] = {}
+    if expand:
+        spec, expanded = expanded_spec(pipe, spec, expand, expand_min_similarity, expand_vocabulary)
     for concept in (*spec.targets, *(a for a in spec.anchors if a), *spec.preserve):
         if not pipe.tokenizer(concept, add_special_tokens=False).input_ids:
             raise ErasekitError(f"the tokenizer turns {concept!r} into no tokens; give a concept with letters or digits")
@@ -48,4 +59,25 @@ def erase(
         peak_cuda_mb=usage.peak_cuda_mb,
         changed_parameters=len(edit.weights),
     )
+    if expand:
+        edit.card["expanded"] = expanded
     return edit
+
+
+def expanded_spec(
+    pipe: DiffusionPipeline, spec: EraseSpec, top_k: int, min_similarity: float, vocabulary: str | None
+) -> tuple[EraseSpec, dict[str, list]]:
+    """``spec`` with each target's nearest phrases added as targets (same anchor), and what was added."""
+    from erasekit.primitives.expansion import expand_concepts, read_vocabulary
+    from erasekit.primitives.prompt_cache import PromptCache
+
+    words = read_vocabulary(vocabulary) if vocabulary else None
+    found = expand_concepts(PromptCache(pipe), spec.targets, words, top_k, min_similarity, exclude=spec.preserve)
+    targets, anchors = list(spec.targets), list(spec.anchors)
+    for target, anchor in zip(spec.targets, spec.anchors, strict=True):
+        for candidate in found[target]:
+            if candidate.phrase.lower() not in {t.lower() for t in targets}:
+                targets.append(candidate.phrase)
+                anchors.append(anchor)
+    added = {t: [[c.phrase, c.similarity] for c in found[t]] for t in spec.targets}
+    return EraseSpec(tuple(targets), tuple(anchors), spec.preserve), added

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,8 +25,18 @@ def resolve_model(model: str | Path | None) -> str | Path:
     return model
 
 
-def load_pipeline(model: str | Path | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu") -> DiffusionPipeline:
-    """Load a Stable-Diffusion-family pipeline, with progress bars off and a one-line error on failure."""
+def load_pipeline(
+    model: str | Path | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    config: str | Path | None = None,
+) -> DiffusionPipeline:
+    """Load a Stable-Diffusion-family pipeline, with progress bars off and a one-line error on failure.
+
+    ``config`` serves single files: a diffusers directory (or hub id) whose component configs the
+    checkpoint's weights fill, so no config is fetched from the hub. A text encoder that the original
+    layout cannot hold (anything but CLIP, as in the embedded model) is taken from that directory.
+    """
     from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
     source = resolve_model(model)
@@ -41,7 +52,7 @@ def load_pipeline(model: str | Path | None = None, dtype: torch.dtype = torch.fl
         elif path.suffix in SINGLE_FILE_SUFFIXES:
             if not path.exists():
                 raise ErasekitError(f"checkpoint file {path} does not exist")
-            pipe = StableDiffusionPipeline.from_single_file(str(path), dtype=dtype)
+            pipe = StableDiffusionPipeline.from_single_file(str(path), dtype=dtype, **_single_file_extras(config))
         elif path.exists():
             raise ErasekitError(f"{path} is neither a pipeline directory nor a {'/'.join(SINGLE_FILE_SUFFIXES)} file")
         elif str(source).startswith(("/", "./", "../", "~")):
@@ -55,3 +66,16 @@ def load_pipeline(model: str | Path | None = None, dtype: torch.dtype = torch.fl
         raise ErasekitError(f"could not load a pipeline from {source}: {first}") from err
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def _single_file_extras(config: str | Path | None) -> dict:
+    if config is None:
+        return {}
+    extras: dict = {"config": str(config)}
+    index = Path(config) / "model_index.json"
+    if index.exists() and json.loads(index.read_text()).get("text_encoder", [None, None])[1] != "CLIPTextModel":
+        from transformers import AutoModel, AutoTokenizer
+
+        extras["text_encoder"] = AutoModel.from_pretrained(Path(config) / "text_encoder")
+        extras["tokenizer"] = AutoTokenizer.from_pretrained(Path(config) / "tokenizer")
+    return extras

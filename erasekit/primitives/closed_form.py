@@ -69,3 +69,40 @@ def text_space_map(
 def edited_weights(projections: dict[str, nn.Linear], text_map: torch.Tensor) -> dict[str, torch.Tensor]:
     """New weights W₀ M of each projection (in its own dtype); the modules are not changed."""
     return {name: (lin.weight.double() @ text_map).to(lin.weight.dtype) for name, lin in projections.items()}
+
+
+@torch.no_grad()
+def fused_weights(
+    refined: dict[str, torch.Tensor],
+    deltas: list[dict[str, torch.Tensor]],
+    moments: list[torch.Tensor],
+    lam: float,
+    preserve: torch.Tensor | None = None,
+    originals: dict[str, torch.Tensor] | None = None,
+    preserve_scale: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """MACE eq. (6): one weight per layer that answers every concept's prompts as that concept's LoRA did.
+
+        W* = (λW' + Σ_i (W' + ΔW_i) E_i + s_p W₀ P) (λI + Σ_i E_i + s_p P)⁻¹
+
+    ``refined`` holds W' (the closed-form refined weights), ``deltas[i]`` concept i's ΔW per layer and
+    ``moments[i]`` its E_i = Σ e eᵀ over the tokens of its prompts; P and W₀ (``originals``) keep the
+    prior. Unlike :func:`text_space_map`, targets differ per layer, so each layer has its own numerator.
+    """
+    if lam <= 0:
+        raise ValueError(f"λ must be positive (it keeps the solve well-posed), got {lam}")
+    if len(deltas) != len(moments):
+        raise ValueError(f"{len(deltas)} adapters but {len(moments)} moment matrices")
+    dim = moments[0].shape[0]
+    den = lam * torch.eye(dim, dtype=torch.float64) + sum(m.double() for m in moments)
+    if preserve is not None:
+        den = den + preserve_scale * preserve.double()
+    out = {}
+    for name, w in refined.items():
+        w64 = w.double()
+        num = w64 @ (den - (preserve_scale * preserve.double() if preserve is not None else 0))
+        num = num + sum(d[name].double() @ m.double() for d, m in zip(deltas, moments, strict=True) if name in d)
+        if preserve is not None:
+            num = num + preserve_scale * originals[name].double() @ preserve.double()
+        out[name] = torch.linalg.solve(den.T, num.T).T.to(w.dtype)
+    return out

@@ -63,3 +63,25 @@ class PromptCache:
             if ids[start : start + len(sub)] == sub:
                 return range(start, start + len(sub))
         raise ErasekitError(f"{phrase!r} does not occur in the prompt {prompt!r}")
+
+
+def aligned_positions(ids: list[int], other_ids: list[int], length: int, middle: bool = True) -> tuple[list[int], list[int]]:
+    """Token positions of one prompt paired with another's: the common prefix, the differing middle
+    (position by position, the shorter side repeating its last middle token), the common suffix and
+    the padding up to ``length``. ``middle=False`` leaves the differing words out (MACE's co-existing
+    words). ``ids`` are token ids with special tokens and without padding."""
+    start = 0
+    while start < min(len(ids), len(other_ids)) and ids[start] == other_ids[start]:
+        start += 1
+    end, other_end = len(ids), len(other_ids)
+    while end > start and other_end > start and ids[end - 1] == other_ids[other_end - 1]:
+        end, other_end = end - 1, other_end - 1
+    pads = length - max(len(ids), len(other_ids))
+    mine, theirs = list(range(start)), list(range(start))
+    if middle:
+        width = max(end - start, other_end - start)
+        mine += [min(start + i, max(end - 1, start)) for i in range(width)] if end > start else [start] * width
+        theirs += [min(start + i, max(other_end - 1, start)) for i in range(width)] if other_end > start else [start] * width
+    mine += list(range(end, len(ids) + pads))
+    theirs += list(range(other_end, len(other_ids) + pads))
+    return mine, theirs

@@ -1,0 +1,273 @@
+"""MACE: Mass Concept Erasure in Diffusion Models (Lu et al., CVPR 2024).
+
+Three stages, each on a shared primitive:
+
+1. **Closed-form cross-attention refinement** (eq. 1–2). A concept's information also lives in the
+   words around it: the encoder mixes it into every token. For each augmented prompt p(c) and the
+   same prompt with the anchor, p(c*), the tokens the two prompts share (the co-existing words,
+   [EOS] and padding) are mapped onto their states in p(c*); the concept's own tokens are left
+   alone (the official ``find_matching_indices``). With λ pulling towards W₀ and an optional prior
+   cache P, W' = (λW₀ + Σ W₀e_g e_fᵀ + s_p W₀P)(λI + Σ e_f e_fᵀ + s_p P)⁻¹.
+2. **One LoRA per concept** (eq. 3–5). Rank-r adapters on every ``attn2.to_k``/``to_v`` of the
+   refined model, trained to drive to zero the attention that the concept's tokens receive inside
+   the concept's segmentation mask, Σ_l ‖A_{t,l} ⊙ M‖, on images the original model generated for the
+   concept; t is drawn by concept-focal importance sampling ξ(t).
+3. **Closed-form fusion** (eq. 6–7). One weight per layer reproduces every concept's LoRA on that
+   concept's prompts while staying near W': W* = (λW' + Σ_i (W'+ΔW_i)E_i + s_p W₀P)(λI + Σ_i E_i + s_p P)⁻¹.
+
+Defaults follow the official object configs (``configs/object/*.yaml``): λ=1e3, rank 1,
+lr 1e-5, 50 steps, batch 1, CFIS with t₁=200, t₂=400, γ=0.05, no prior cache (scale 0).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from erasekit.edits import Edit
+from erasekit.errors import ErasekitError
+from erasekit.methods.base import EraseSpec, config_field, register
+from erasekit.models.layers import kv_projections
+from erasekit.models.segmenters import SEGMENTERS, Segmenter, make_segmenter
+from erasekit.primitives.attention import probing
+from erasekit.primitives.closed_form import TextMoments, edited_weights, fused_weights, text_space_map
+from erasekit.primitives.diffusion import predict_noise
+from erasekit.primitives.lora_trainer import lora_adapter
+from erasekit.primitives.prompt_cache import PromptCache, aligned_positions
+from erasekit.primitives.timesteps import TimestepSampler
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+# Prompt augmentation in the manner of MACE's (one phrasing per line, the concept where {} is).
+OBJECT_TEMPLATES = (
+    "a photo of {}", "{} in a photo", "an image of {}", "a picture of {}", "a drawing of {}",
+    "a rendering of {}", "a snapshot of {}", "a close-up of {}", "{} on a plain background", "a sketch of {}",
+    "a painting of {}", "{} captured in an image",
+)  # fmt: skip
+STYLE_TEMPLATES = (
+    "an artwork by {}", "a painting by {}", "a drawing by {}", "an illustration by {}", "art in the style of {}",
+    "a picture painted by {}", "a sketch by {}", "a famous piece by {}", "an image in the manner of {}",
+    "a work of art by {}", "a canvas by {}", "a study by {}",
+)  # fmt: skip
+
+
+@dataclass
+class MACEConfig:
+    """Defaults: the official MACE object configs (symbols of the paper in brackets)."""
+
+    lam: float = config_field(1e3, "λ: pull of the refinement and the fusion towards the current weights (official lamb 1e3)")
+    concept_type: str = config_field("object", "'object' (objects, identities) or 'style': which prompt augmentation")
+    templates: tuple[str, ...] = config_field((), "augmented prompts with {} for the concept (default: the concept type's)")
+    preserve_scale: float = config_field(1.0, "s_p: weight of the preserve concepts' token moments in both closed forms")
+    prior_prompts: str = config_field(
+        "", "prior cache P (MACE caches COCO): 'world' (500 world captions that name no target) or a prompt file"
+    )
+    prior_scale: float = config_field(0.0, "weight of the prior cache (official object configs: 0)")
+    lora: bool = config_field(True, "train the per-concept LoRAs (False: closed-form refinement only)")
+    rank: int = config_field(1, "r: LoRA rank per concept (official 1)")
+    lr: float = config_field(1e-5, "LoRA learning rate, AdamW (official 1e-5)")
+    steps: int = config_field(50, "LoRA gradient steps per concept (official max_train_steps 50)")
+    batch_size: int = config_field(1, "images per LoRA step (official 1)")
+    focal: bool = config_field(True, "concept-focal importance sampling of t (CFIS); False: uniform")
+    t1: float = config_field(200.0, "t₁: start of CFIS's high-probability window")
+    t2: float = config_field(400.0, "t₂: end of CFIS's high-probability window")
+    gamma: float = config_field(0.05, "γ: CFIS temperature")
+    images_per_concept: int = config_field(8, "images generated for each concept to train its LoRA on")
+    segmenter: str = config_field("world", "masks M of those images: 'world' (evaluator mask head) or 'none' (whole image)")
+    fusion: str = config_field("closed-form", "'closed-form' (eq. 7) or 'sum' (the naive sum of eq. 6, for ablation)")
+    sample_steps: int = config_field(25, "sampler steps for the generated training images")
+    guidance: float = config_field(7.5, "guidance scale for the generated training images")
+    seed: int = config_field(0, "seed of image generation, timesteps and noise")
+
+    def __post_init__(self) -> None:
+        if self.lam <= 0:
+            raise ErasekitError(f"λ (lam) must be positive, got {self.lam}")
+        if self.concept_type not in ("object", "style"):
+            raise ErasekitError(f"concept_type must be 'object' or 'style', not {self.concept_type!r}")
+        if any("{}" not in t for t in self.templates):
+            raise ErasekitError("each template must contain {} where the concept goes")
+        if self.rank < 1 or self.steps < 0 or self.batch_size < 1 or self.images_per_concept < 1 or self.lr <= 0:
+            raise ErasekitError("rank, batch_size and images_per_concept must be ≥ 1, steps ≥ 0 and lr positive")
+        if self.segmenter not in SEGMENTERS:
+            raise ErasekitError(f"segmenter must be one of {', '.join(SEGMENTERS)}, not {self.segmenter!r}")
+        if self.fusion not in ("closed-form", "sum"):
+            raise ErasekitError(f"fusion must be 'closed-form' or 'sum', not {self.fusion!r}")
+        if self.prior_prompts and self.prior_prompts != "world" and not Path(self.prior_prompts).is_file():
+            raise ErasekitError(f"prior prompt file {self.prior_prompts} does not exist")
+
+    @property
+    def prompt_templates(self) -> tuple[str, ...]:
+        return self.templates or (OBJECT_TEMPLATES if self.concept_type == "object" else STYLE_TEMPLATES)
+
+
+def co_existing_pairs(cache: PromptCache, prompt: str, anchor_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """States of the tokens ``prompt`` shares with ``anchor_prompt`` (common prefix, common suffix,
+    padding), and the anchor prompt's states at the same words; the differing middle is skipped."""
+    ids = [cache.tokenizer(p, truncation=True, max_length=cache.max_length).input_ids for p in (prompt, anchor_prompt)]
+    mine, theirs = aligned_positions(*ids, cache.max_length, middle=False)
+    states = cache.states([prompt, anchor_prompt])
+    return states[0, mine], states[1, theirs]
+
+
+def refinement_moments(cache: PromptCache, spec: EraseSpec, templates: tuple[str, ...]) -> TextMoments:
+    """E = Σ e_f e_fᵀ and E* = Σ e_g e_fᵀ over every concept's augmented prompts (eq. 1)."""
+    moments = TextMoments.zeros(cache.text_encoder.config.hidden_size)
+    for target, anchor in zip(spec.targets, spec.anchors, strict=True):
+        for template in templates:
+            moments.add(*co_existing_pairs(cache, template.format(target), template.format(anchor).strip() or " "))
+    return moments
+
+
+def preserve_moments(cache: PromptCache, spec: EraseSpec, config: MACEConfig) -> TextMoments | None:
+    """P over all tokens of the preserve concepts' prompts (weight s_p) and of the prior prompt file."""
+    if not (spec.preserve and config.preserve_scale > 0) and not (config.prior_prompts and config.prior_scale > 0):
+        return None
+    moments = TextMoments.zeros(cache.text_encoder.config.hidden_size)
+    if spec.preserve and config.preserve_scale > 0:
+        prompts = [t.format(p) for p in spec.preserve for t in config.prompt_templates]
+        moments.add(cache.states(prompts), weight=config.preserve_scale)
+    if config.prior_prompts and config.prior_scale > 0:
+        moments.add(cache.states(prior_prompts(config.prior_prompts, spec.targets)), weight=config.prior_scale)
+    return moments
+
+
+def prior_prompts(source: str, targets: tuple[str, ...], count: int = 500, seed: int = 0) -> list[str]:
+    """The prior's prompts: world captions (seeded; those naming a target are left out) or a file's lines."""
+    if source != "world":
+        return [line.strip() for line in Path(source).read_text().splitlines() if line.strip()]
+    from erasekit.world.captions import describe, sample_scene
+
+    rng = np.random.default_rng(seed)
+    captions = (describe(sample_scene(rng), rng).caption for _ in range(4 * count))
+    kept = [c for c in captions if not any(t.lower() in c.lower() for t in targets)]
+    return kept[:count]
+
+
+@torch.no_grad()
+def concept_images(pipe: DiffusionPipeline, prompts: list[str], config: MACEConfig, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Latents x₀ and uint8 images the (original) model generates for ``prompts``, one per prompt."""
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+    latents = pipe(
+        prompts,
+        num_inference_steps=config.sample_steps,
+        guidance_scale=config.guidance,
+        generator=generators,
+        output_type="latent",
+    ).images
+    decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    images = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return latents, images
+
+
+@dataclass
+class ConceptData:
+    """What one concept's LoRA trains on: prompts, their x₀ latents, masks M and token positions S."""
+
+    prompts: list[str]
+    latents: torch.Tensor
+    masks: torch.Tensor
+    token_masks: torch.Tensor
+    usable: list[int]
+
+
+def concept_data(
+    pipe: DiffusionPipeline, cache: PromptCache, concept: str, index: int, config: MACEConfig, segmenter: Segmenter
+) -> ConceptData:
+    """Generate the concept's images with the pipeline as it is now, segment them, locate its tokens."""
+    templates = config.prompt_templates
+    prompts = [templates[k % len(templates)].format(concept) for k in range(config.images_per_concept)]
+    latents, images = concept_images(pipe, prompts, config, seed=config.seed + 1000 * index)
+    masks = segmenter(images, concept)
+    usable = [i for i in range(len(prompts)) if masks[i].sum() > 0]
+    if not usable:
+        raise ErasekitError(
+            f"the segmenter found no foreground in any of the {len(prompts)} images generated for {concept!r}; "
+            "the model may not draw it, or use segmenter=none for concepts without a region (styles)"
+        )
+    token_masks = torch.zeros((len(prompts), cache.max_length), dtype=torch.bool)
+    for i, prompt in enumerate(prompts):
+        token_masks[i, list(cache.word_span(prompt, concept))] = True
+    return ConceptData(prompts, latents, masks, token_masks, usable)
+
+
+def train_concept_lora(
+    pipe: DiffusionPipeline, cache: PromptCache, data: ConceptData, index: int, config: MACEConfig, progress: bool
+) -> dict[str, torch.Tensor]:
+    """ΔW of one concept's LoRA on the pipeline's current (refined) weights: min Σ_l ‖A_{t,l} ⊙ M‖ (eq. 3)."""
+    unet = pipe.unet
+    rng = random.Random(config.seed + index)
+    states = cache.states(data.prompts).to(unet.device, unet.dtype)
+    sampler = TimestepSampler(
+        pipe.scheduler.config.num_train_timesteps, config.focal, config.t1, config.t2, config.gamma, config.seed + index
+    )
+    generator = torch.Generator().manual_seed(config.seed + index)
+    with lora_adapter(unet, list(kv_projections(unet)), config.rank, seed=config.seed + index) as adapter, probing(unet) as probe:
+        optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=0.01)
+        bar = tqdm(range(config.steps), desc=f"MACE LoRA {index + 1}", disable=not progress)
+        for _ in bar:
+            batch = [rng.choice(data.usable) for _ in range(config.batch_size)]
+            x0 = data.latents[batch]
+            t = sampler(len(batch))
+            noise = torch.randn(x0.shape, generator=generator).to(x0)
+            probe.reset()
+            probe.token_mask, probe.pixel_mask = data.token_masks[batch], data.masks[batch]
+            predict_noise(unet, pipe.scheduler.add_noise(x0, noise, t), t, states[batch])
+            loss = probe.loss()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(adapter.parameters(), 1.0)
+            optimizer.step()
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        probe.reset()
+        return adapter.deltas()
+
+
+@register("mace", "MACE (Lu et al. 2024): closed-form refinement, one LoRA per concept, closed-form fusion", MACEConfig)
+def erase(
+    pipe: DiffusionPipeline, spec: EraseSpec, config: MACEConfig, progress: bool = True, cache: PromptCache | None = None
+) -> Edit:
+    cache = cache or PromptCache(pipe)
+    projections = kv_projections(pipe.unet)
+    originals = {f"{name}.weight": lin.weight.detach().clone() for name, lin in projections.items()}
+    templates = config.prompt_templates
+    preserve = preserve_moments(cache, spec, config)
+
+    # Stage 1: closed-form refinement of the co-existing words (eq. 2): one text-space map serves all layers.
+    text_map = text_space_map(refinement_moments(cache, spec, templates), preserve, config.lam)
+    refined = {f"{name}.weight": w for name, w in edited_weights(projections, text_map).items()}
+    if not config.lora:
+        return Edit(refined, {"config": asdict(config)})
+
+    # Stage 2: one LoRA per concept on the refined model, trained on images of the original model.
+    segmenter = make_segmenter(config.segmenter)
+    data = [concept_data(pipe, cache, c, k, config, segmenter) for k, c in enumerate(spec.targets)]
+    was_training = pipe.unet.training
+    try:
+        _write(projections, refined)
+        pipe.unet.requires_grad_(False)
+        deltas = [train_concept_lora(pipe, cache, d, k, config, progress) for k, d in enumerate(data)]
+    finally:  # also on Ctrl-C: the pipeline gets its original weights back and nothing is written
+        _write(projections, originals)
+        pipe.unet.train(was_training)
+
+    # Stage 3: fuse the LoRAs in closed form (eq. 7), or add them up (eq. 6 with ω_i = 1, the ablation).
+    if config.fusion == "sum":
+        fused = {n: w + sum(d[n] for d in deltas).to(w.dtype) for n, w in refined.items()}
+    else:
+        dim = cache.text_encoder.config.hidden_size
+        moments = [TextMoments.zeros(dim).add(cache.states([t.format(c) for t in templates])).source for c in spec.targets]
+        fused = fused_weights(refined, deltas, moments, config.lam, preserve.source if preserve else None, originals)
+    return Edit(fused, {"config": asdict(config)})
+
+
+@torch.no_grad()
+def _write(projections: dict, weights: dict[str, torch.Tensor]) -> None:
+    for name, lin in projections.items():
+        lin.weight.copy_(weights[f"{name}.weight"])

@@ -1,0 +1,95 @@
+"""Temporary LoRA adapters (peft) on named linear layers, read back as dense weight deltas.
+
+MACE trains one adapter per concept and RealEra one for noise alignment; both then fold the
+adapters into a closed-form edit, so an adapter lives only for its training run: injected with
+peft's ``inject_adapter_in_model``, trained, read out as ΔW = (α/r)·B·A per layer, and removed,
+which leaves the UNet exactly as it was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from torch import nn
+
+from erasekit.errors import ErasekitError
+
+ADAPTER = "erasekit"
+
+
+class LoraAdapter:
+    """Handle on an injected adapter: its trainable parameters and its dense deltas."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        self.model = model
+        self.names = names
+
+    def _layer(self, name: str) -> nn.Module:
+        return self.model.get_submodule(name)
+
+    def parameters(self) -> list[nn.Parameter]:
+        params = []
+        for name in self.names:
+            layer = self._layer(name)
+            params += [layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight]
+        return params
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """The model without the adapter for the block (the frozen model of a noise-alignment target)."""
+        layers = [self._layer(n) for n in self.names]
+        for layer in layers:
+            layer.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.enable_adapters(True)
+
+    @torch.no_grad()
+    def deltas(self) -> dict[str, torch.Tensor]:
+        """``{"<layer>.weight": ΔW}`` with ΔW = scaling · B A, in float32."""
+        out = {}
+        for name in self.names:
+            layer = self._layer(name)
+            a, b = layer.lora_A[ADAPTER].weight.float(), layer.lora_B[ADAPTER].weight.float()
+            out[f"{name}.weight"] = layer.scaling[ADAPTER] * (b @ a)
+        return out
+
+
+@contextmanager
+def lora_adapter(
+    model: nn.Module, names: list[str], rank: int, alpha: float | None = None, seed: int = 0
+) -> Iterator[LoraAdapter]:
+    """Inject a rank-``rank`` LoRA into each linear layer in ``names`` (B = 0, so the model starts unchanged).
+
+    A's random initialisation is drawn from ``seed`` without touching the global random state.
+    """
+    for name in names:
+        layer = model.get_submodule(name)
+        if not isinstance(layer, nn.Linear):
+            raise ErasekitError(f"{name} is a {type(layer).__name__}, not a linear layer a LoRA can adapt")
+        if not 1 <= rank <= min(layer.in_features, layer.out_features):
+            raise ErasekitError(
+                f"LoRA rank {rank} does not fit {name} ({layer.out_features}×{layer.in_features}); "
+                f"use 1 … {min(layer.in_features, layer.out_features)}"
+            )
+    config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, target_modules=names, lora_dropout=0.0)
+    had_config = hasattr(model, "peft_config")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    try:
+        yield LoraAdapter(model, names)
+    finally:  # also on Ctrl-C: put the plain layers back
+        for name in names:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            wrapper = getattr(parent, child)
+            if hasattr(wrapper, "get_base_layer"):
+                setattr(parent, child, wrapper.get_base_layer())
+        if not had_config and hasattr(model, "peft_config"):
+            del model.peft_config
