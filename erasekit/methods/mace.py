@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import EraseSpec, config_field, register
-from erasekit.models.layers import kv_projections
+from erasekit.models.layers import kv_projections, kv_weights
 from erasekit.models.segmenters import SEGMENTERS, Segmenter, make_segmenter
 from erasekit.primitives.attention import probing
 from erasekit.primitives.closed_form import TextMoments, edited_weights, fused_weights, text_space_map
@@ -235,7 +235,7 @@ def erase(
 ) -> Edit:
     cache = cache or PromptCache(pipe)
     projections = kv_projections(pipe.unet)
-    originals = {f"{name}.weight": lin.weight.detach().clone() for name, lin in projections.items()}
+    originals = kv_weights(pipe.unet)
     templates = config.prompt_templates
     preserve = preserve_moments(cache, spec, config)
 
@@ -248,14 +248,9 @@ def erase(
     # Stage 2: one LoRA per concept on the refined model, trained on images of the original model.
     segmenter = make_segmenter(config.segmenter)
     data = [concept_data(pipe, cache, c, k, config, segmenter) for k, c in enumerate(spec.targets)]
-    was_training = pipe.unet.training
-    try:
-        _write(projections, refined)
+    with Edit(refined).applied(pipe, check_base=False):  # the original weights come back, also on Ctrl-C
         pipe.unet.requires_grad_(False)
         deltas = [train_concept_lora(pipe, cache, d, k, config, progress) for k, d in enumerate(data)]
-    finally:  # also on Ctrl-C: the pipeline gets its original weights back and nothing is written
-        _write(projections, originals)
-        pipe.unet.train(was_training)
 
     # Stage 3: fuse the LoRAs in closed form (eq. 7), or add them up (eq. 6 with ω_i = 1, the ablation).
     if config.fusion == "sum":
@@ -265,9 +260,3 @@ def erase(
         moments = [TextMoments.zeros(dim).add(cache.states([t.format(c) for t in templates])).source for c in spec.targets]
         fused = fused_weights(refined, deltas, moments, config.lam, preserve.source if preserve else None, originals)
     return Edit(fused, {"config": asdict(config)})
-
-
-@torch.no_grad()
-def _write(projections: dict, weights: dict[str, torch.Tensor]) -> None:
-    for name, lin in projections.items():
-        lin.weight.copy_(weights[f"{name}.weight"])

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import EraseSpec, config_field, register
-from erasekit.methods.mace import OBJECT_TEMPLATES, STYLE_TEMPLATES, _write
+from erasekit.methods.mace import OBJECT_TEMPLATES, STYLE_TEMPLATES
 from erasekit.models.layers import kv_projections
 from erasekit.primitives.closed_form import TextMoments, edited_weights, text_space_map
 from erasekit.primitives.diffusion import partial_samples, predict_noise
@@ -265,18 +265,12 @@ def erase(
     cache = cache or PromptCache(pipe)
     rng = torch.Generator().manual_seed(config.seed)
     projections = kv_projections(pipe.unet)
-    originals = {f"{name}.weight": lin.weight.detach().clone() for name, lin in projections.items()}
     hoods = neighbourhoods(cache, spec, config, rng)
     text_map = closed_form_map(cache, spec, config, hoods)
     edited = {f"{name}.weight": w for name, w in edited_weights(projections, text_map).items()}
     if not config.lora or config.epochs == 0:
         return Edit(edited, {"config": asdict(config)})
-    was_training = pipe.unet.training
-    try:
-        _write(projections, edited)
+    with Edit(edited).applied(pipe, check_base=False):  # the original weights come back, also on Ctrl-C
         pipe.unet.requires_grad_(False)
         deltas = align_noise(pipe, cache, spec, config, progress)
-    finally:  # also on Ctrl-C: the pipeline gets its original weights back and nothing is written
-        _write(projections, originals)
-        pipe.unet.train(was_training)
     return Edit({n: (w + deltas[n].to(w.dtype)) for n, w in edited.items()}, {"config": asdict(config)})

@@ -34,8 +34,7 @@ from erasekit.errors import ErasekitError
 from erasekit.eval.metrics import harmonic_mean
 from erasekit.methods import uce
 from erasekit.methods.base import EraseSpec, config_field, register
-from erasekit.methods.mace import _write
-from erasekit.models.layers import kv_projections
+from erasekit.models.layers import kv_weights
 from erasekit.primitives.closed_form import TextMoments, text_space_map
 from erasekit.primitives.prompt_cache import PromptCache
 
@@ -125,9 +124,8 @@ def erase(
     pipe: DiffusionPipeline, spec: EraseSpec, config: RECEConfig, progress: bool = True, cache: PromptCache | None = None
 ) -> Edit:
     cache = cache or PromptCache(pipe)
-    projections = kv_projections(pipe.unet)
-    names = [f"{n}.weight" for n in projections]
-    originals = {n: lin.weight.detach().clone() for n, lin in zip(names, projections.values(), strict=True)}
+    originals = kv_weights(pipe.unet)
+    names = list(originals)
     start = uce.erase(pipe, spec, uce.UCEConfig(templates=config.uce_templates), progress=False, cache=cache)
     current = {n: start.weights[n].double() for n in names}
     concepts = {c: cache.states([c])[0] for c in spec.targets}
@@ -140,21 +138,18 @@ def erase(
         w = [current[n] for n in names]
         return {c: adversarial_states(s, w, [originals[n] for n in names], config.reg_scale) for c, s in concepts.items()}
 
-    try:
-        for epoch in tqdm(range(config.epochs + 1), desc="RECE epochs", disable=not progress):
-            attack = next_attack()
-            if validator is not None:
-                _write(projections, current)
+    for epoch in tqdm(range(config.epochs + 1), desc="RECE epochs", disable=not progress):
+        if validator is not None:
+            with Edit(current).applied(pipe, check_base=False):
                 history.append((validator.score(spec.targets, spec.preserve), dict(current)))
-            if epoch == config.epochs:
-                break
-            erase_m = TextMoments.zeros(keep.source.shape[0])
-            for target, anchor in zip(spec.targets, spec.anchors, strict=True):
-                erase_m.add(attack[target], guides[anchor])
-            text_map = text_space_map(erase_m, keep, config.lam, config.erase_scale, config.preserve_scale)
-            current = {n: w @ text_map for n, w in current.items()}  # a UCE step on the current weights
-    finally:  # also on Ctrl-C: the pipeline gets its original weights back
-        _write(projections, originals)
+        if epoch == config.epochs:
+            break
+        attack = next_attack()
+        erase_m = TextMoments.zeros(keep.source.shape[0])
+        for target, anchor in zip(spec.targets, spec.anchors, strict=True):
+            erase_m.add(attack[target], guides[anchor])
+        text_map = text_space_map(erase_m, keep, config.lam, config.erase_scale, config.preserve_scale)
+        current = {n: w @ text_map for n, w in current.items()}  # a UCE step on the current weights
     scores = [s for s, _ in history]
     # ties go to the later epoch: it has erased more adversarial embeddings at the same validation score
     best = max(range(len(scores)), key=lambda k: (scores[k], k)) if history else config.epochs

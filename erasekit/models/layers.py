@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from erasekit.errors import ErasekitError
@@ -77,3 +78,8 @@ def parameter_group(unet: nn.Module, group: str) -> Iterator[tuple[str, nn.Param
     """The (name, parameter) pairs that ESD variant ``group`` fine-tunes."""
     cross_attentions(unet)  # a UNet without cross-attention is refused before training starts
     return ((n, p) for n, p in unet.named_parameters() if _in_group(n, group))
+
+
+def kv_weights(unet: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of every cross-attention ``to_k``/``to_v`` weight, by parameter name (``<attn2>.to_k.weight``)."""
+    return {f"{name}.weight": lin.weight.detach().clone() for name, lin in kv_projections(unet).items()}
