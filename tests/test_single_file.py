@@ -9,7 +9,7 @@ from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 from erasekit.errors import ErasekitError
 from erasekit.models.ldm_checkpoint import UNET_PREFIX, save_single_file, unet_to_ldm
 from erasekit.models.loading import load_pipeline
-from tests.test_layers import SD15, SDXL
+from erasekit.models.reference_configs import SD15, SDXL
 
 
 def test_embedded_pipeline_round_trips_through_from_single_file(pipe, embedded_dir, tmp_path):
