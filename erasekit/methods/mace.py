@@ -104,13 +104,18 @@ class MACEConfig:
 
     @property
     def prompt_templates(self) -> tuple[str, ...]:
-        return self.templates or (OBJECT_TEMPLATES if self.concept_type == "object" else STYLE_TEMPLATES)
+        return augmented_templates(self.templates, self.concept_type)
+
+
+def augmented_templates(templates: tuple[str, ...], concept_type: str) -> tuple[str, ...]:
+    """The user's templates, else the concept type's default augmentation."""
+    return templates or (OBJECT_TEMPLATES if concept_type == "object" else STYLE_TEMPLATES)
 
 
 def co_existing_pairs(cache: PromptCache, prompt: str, anchor_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
     """States of the tokens ``prompt`` shares with ``anchor_prompt`` (common prefix, common suffix,
     padding), and the anchor prompt's states at the same words; the differing middle is skipped."""
-    ids = [cache.tokenizer(p, truncation=True, max_length=cache.max_length).input_ids for p in (prompt, anchor_prompt)]
+    ids = [cache.token_ids(p) for p in (prompt, anchor_prompt)]
     mine, theirs = aligned_positions(*ids, cache.max_length, middle=False)
     states = cache.states([prompt, anchor_prompt])
     return states[0, mine], states[1, theirs]

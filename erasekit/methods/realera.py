@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import EraseSpec, config_field, register
-from erasekit.methods.mace import OBJECT_TEMPLATES, STYLE_TEMPLATES
+from erasekit.methods.mace import augmented_templates
 from erasekit.models.layers import kv_projections
 from erasekit.primitives.closed_form import TextMoments, edited_weights, text_space_map
 from erasekit.primitives.diffusion import partial_samples, predict_noise
@@ -98,7 +98,7 @@ class RealEraConfig:
 
     @property
     def prompt_templates(self) -> tuple[str, ...]:
-        return self.templates or (OBJECT_TEMPLATES if self.concept_type == "object" else STYLE_TEMPLATES)
+        return augmented_templates(self.templates, self.concept_type)
 
 
 def sample_perturbations(
@@ -147,7 +147,7 @@ def mine(cache: PromptCache, prompt: str, concept: str, anchor_prompt: str, anch
         length = states.shape[0] - max(start, anchor_start)
         positions, anchor_positions = list(range(start, start + length)), list(range(anchor_start, anchor_start + length))
     else:
-        ids = [cache.tokenizer(p, truncation=True, max_length=cache.max_length).input_ids for p in (prompt, anchor_prompt)]
+        ids = [cache.token_ids(p) for p in (prompt, anchor_prompt)]
         positions, anchor_positions = aligned_positions(*ids, cache.max_length)
     e = states[start]
     etas = sample_perturbations(e, config.m, 0.0, config.d1, lambda c: config.s2 <= c <= config.s1, rng)
@@ -221,6 +221,7 @@ def align_noise(
             x, t = partial_samples(pipe, unet, anchor_states[anchor], uncond, config.guidance, config.sample_steps,
                                    [plan[i][1] for i in mine_steps], [plan[i][2] for i in mine_steps])  # fmt: skip
             points.update({i: (x[j : j + 1], t[j]) for j, i in enumerate(mine_steps)})
+    one_each = _one_each(config)
     with lora_adapter(unet, names, config.rank, seed=config.seed) as adapter:
         optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr)
         bar = tqdm(range(config.epochs), desc="RealEra alignment", disable=not progress)
@@ -236,7 +237,7 @@ def align_noise(
                 loss = F.mse_loss(predict_noise(unet, z_t, t, prompt), eps_anchor)
             else:  # even step: eq. 9 with perturbations resampled now
                 hood = mine(cache, template.format(target), target, template.format(anchor) if anchor else " ", anchor,
-                            _one_each(config), torch_rng)  # fmt: skip
+                            one_each, torch_rng)  # fmt: skip
                 associated, beyond = hood.associated.to(unet.dtype), hood.beyond.to(unet.dtype)
                 with torch.no_grad(), adapter.disabled():
                     eps_beyond = predict_noise(unet, z_t, t, beyond)

@@ -94,14 +94,11 @@ def fused_weights(
     if len(deltas) != len(moments):
         raise ValueError(f"{len(deltas)} adapters but {len(moments)} moment matrices")
     dim = moments[0].shape[0]
-    den = lam * torch.eye(dim, dtype=torch.float64) + sum(m.double() for m in moments)
-    if preserve is not None:
-        den = den + preserve_scale * preserve.double()
+    base = lam * torch.eye(dim, dtype=torch.float64) + sum(m.double() for m in moments)  # λI + Σ_i E_i
+    den = base if preserve is None else base + preserve_scale * preserve.double()
     out = {}
     for name, w in refined.items():
-        w64 = w.double()
-        num = w64 @ (den - (preserve_scale * preserve.double() if preserve is not None else 0))
-        num = num + sum(d[name].double() @ m.double() for d, m in zip(deltas, moments, strict=True) if name in d)
+        num = w.double() @ base + sum(d[name].double() @ m.double() for d, m in zip(deltas, moments, strict=True) if name in d)
         if preserve is not None:
             num = num + preserve_scale * originals[name].double() @ preserve.double()
         out[name] = torch.linalg.solve(den.T, num.T).T.to(w.dtype)

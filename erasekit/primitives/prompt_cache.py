@@ -53,9 +53,13 @@ class PromptCache:
             self.states([prompt])
         return self._lengths[prompt]
 
+    def token_ids(self, prompt: str) -> list[int]:
+        """Token ids of ``prompt`` with special tokens, truncated as encoded, without padding."""
+        return self.tokenizer(prompt, truncation=True, max_length=self.max_length).input_ids
+
     def word_span(self, prompt: str, phrase: str) -> range:
         """Token positions of ``phrase`` inside ``prompt`` (the last occurrence); an error if absent."""
-        ids = self.tokenizer(prompt, truncation=True, max_length=self.max_length).input_ids
+        ids = self.token_ids(prompt)
         sub = self.tokenizer(phrase, add_special_tokens=False).input_ids
         if not sub:
             raise ErasekitError(f"the tokenizer turns {phrase!r} into no tokens; give a concept with letters or digits")
