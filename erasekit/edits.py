@@ -35,14 +35,19 @@ WEIGHTS_FILE = "edit.safetensors"
 CARD_FILE = "card.json"
 
 
+def weights_hash(weights: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (names and float32 values)."""
+    digest = hashlib.sha256()
+    for name in sorted(weights):
+        digest.update(name.encode())
+        digest.update(weights[name].detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def base_hash(unet: torch.nn.Module, names: list[str]) -> str:
     """SHA-256 of the original values of the parameters an edit changes (and their names)."""
     params = dict(unet.named_parameters())
-    digest = hashlib.sha256()
-    for name in sorted(names):
-        digest.update(name.encode())
-        digest.update(params[name].detach().to(torch.float32).contiguous().cpu().numpy().tobytes())
-    return digest.hexdigest()
+    return weights_hash({name: params[name] for name in names})
 
 
 @dataclass

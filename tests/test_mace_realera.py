@@ -181,3 +181,22 @@ def test_concept_expansion_adds_nearest_phrases_and_records_them(pipe):
     assert len(edit.card["targets"]) == 3 and list(edit.card["expanded"]) == ["square"]
     with pytest.raises(ErasekitError, match="top_k"):
         expand_concepts(cache, ("flames",), vocabulary, top_k=0)
+
+
+def test_mace_adapter_dir_resumes_and_refuses_adapters_of_another_base(pipe, tmp_path, monkeypatch):
+    spec = EraseSpec(("square", "heart"))
+    settings = {**QUICK_MACE, "adapter_dir": str(tmp_path)}
+    first = erase(pipe, spec, "mace", progress=False, **settings)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heart.safetensors", "square.safetensors"]
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("a stored adapter was retrained")
+
+    monkeypatch.setattr(mace, "train_concept_lora", must_not_train)
+    again = erase(pipe, spec, "mace", progress=False, **settings)  # a rerun (or a resumed one) fuses the stored LoRAs
+    assert all(torch.equal(again.weights[k], first.weights[k]) for k in first.weights)
+    with pytest.raises(ErasekitError, match="different base"):  # the refinement, so the LoRAs' base, changes
+        erase(pipe, EraseSpec(("square", "heart"), preserve=("circle",)), "mace", progress=False, **settings)
+    with pytest.raises(ErasekitError, match="other settings"):
+        erase(pipe, spec, "mace", progress=False, **{**settings, "lr": 5e-3})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["heart.safetensors", "square.safetensors"]  # nothing lost

@@ -21,20 +21,33 @@ lr 1e-5, 50 steps, batch 1, CFIS with t₁=200, t₂=400, γ=0.05, no prior cach
 
 from __future__ import annotations
 
+import json
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from erasekit.edits import Edit
+from erasekit.edits import Edit, weights_hash
 from erasekit.errors import ErasekitError
+from erasekit.io import atomic_path
 from erasekit.methods.base import EraseSpec, config_field, register
 from erasekit.models.layers import kv_projections, kv_weights
-from erasekit.models.segmenters import SEGMENTERS, Segmenter, make_segmenter
+from erasekit.models.segmenters import (
+    BOX_THRESHOLD,
+    GROUNDING_MODEL,
+    SAM_MODEL,
+    SEGMENTERS,
+    TEXT_THRESHOLD,
+    Segmenter,
+    make_segmenter,
+)
 from erasekit.primitives.attention import probing
 from erasekit.primitives.closed_form import TextMoments, edited_weights, fused_weights, text_space_map
 from erasekit.primitives.diffusion import predict_noise
@@ -80,7 +93,16 @@ class MACEConfig:
     t2: float = config_field(400.0, "t₂: end of CFIS's high-probability window")
     gamma: float = config_field(0.05, "γ: CFIS temperature")
     images_per_concept: int = config_field(8, "images generated for each concept to train its LoRA on")
-    segmenter: str = config_field("world", "masks M of those images: 'world' (evaluator mask head) or 'none' (whole image)")
+    segmenter: str = config_field(
+        "world", "masks M of those images: 'world' (evaluator mask head), 'grounded-sam' (real models) or 'none' (whole image)"
+    )
+    grounding_model: str = config_field(GROUNDING_MODEL, "Grounded-SAM's GroundingDINO: hub id or directory")
+    sam_model: str = config_field(SAM_MODEL, "Grounded-SAM's SAM: hub id or directory")
+    box_threshold: float = config_field(BOX_THRESHOLD, "GroundingDINO box score threshold")
+    text_threshold: float = config_field(TEXT_THRESHOLD, "GroundingDINO text score threshold")
+    adapter_dir: str = config_field(
+        "", "keep each concept's LoRA here; a rerun reuses those made on the same refined base with the same settings"
+    )
     fusion: str = config_field("closed-form", "'closed-form' (eq. 7) or 'sum' (the naive sum of eq. 6, for ablation)")
     sample_steps: int = config_field(25, "sampler steps for the generated training images")
     guidance: float = config_field(7.5, "guidance scale for the generated training images")
@@ -101,6 +123,23 @@ class MACEConfig:
             raise ErasekitError(f"fusion must be 'closed-form' or 'sum', not {self.fusion!r}")
         if self.prior_prompts and self.prior_prompts != "world" and not Path(self.prior_prompts).is_file():
             raise ErasekitError(f"prior prompt file {self.prior_prompts} does not exist")
+
+    @property
+    def segmenter_options(self) -> dict[str, object]:
+        if self.segmenter != "grounded-sam":
+            return {}
+        return {
+            "grounding_model": self.grounding_model, "sam_model": self.sam_model,
+            "box_threshold": self.box_threshold, "text_threshold": self.text_threshold,
+        }  # fmt: skip
+
+    @property
+    def lora_settings(self) -> dict[str, object]:
+        """What a concept's LoRA depends on besides the refined base and the concept."""
+        fields = ("rank", "lr", "steps", "batch_size", "focal", "t1", "t2", "gamma", "images_per_concept", "segmenter",
+                  "sample_steps", "guidance", "seed")  # fmt: skip
+        settings = {f: getattr(self, f) for f in fields}
+        return {**settings, **self.segmenter_options, "templates": list(self.prompt_templates)}
 
     @property
     def prompt_templates(self) -> tuple[str, ...]:
@@ -234,6 +273,43 @@ def train_concept_lora(
         return adapter.deltas()
 
 
+class AdapterStore:
+    """Per-concept LoRA deltas on disk (MACE trains and saves them one by one, then fuses), so that an
+    interrupted run resumes, and adapters from another base or other settings are refused, not fused."""
+
+    def __init__(self, directory: Path, base: str, settings: dict[str, object]) -> None:
+        self.directory, self.base, self.settings = directory, base, json.dumps(settings, sort_keys=True)
+
+    def path(self, concept: str) -> Path:
+        return self.directory / f"{re.sub(r'[^A-Za-z0-9]+', '_', concept).strip('_').lower() or 'concept'}.safetensors"
+
+    def load(self, concept: str, index: int) -> dict[str, torch.Tensor] | None:
+        path = self.path(concept)
+        if not path.exists():
+            return None
+        with safe_open(str(path), "pt") as file:
+            meta = file.metadata() or {}
+            deltas = {name: file.get_tensor(name) for name in file.keys()}
+        if meta.get("concept") != concept:
+            raise ErasekitError(f"{path} holds the LoRA of {meta.get('concept')!r}, not of {concept!r}")
+        if meta.get("base_hash") != self.base:
+            raise ErasekitError(
+                f"the LoRA of {concept!r} in {path.parent} was trained on a different base (another model, concept list "
+                "or refinement setting); fusing it would be wrong. Use another adapter_dir or remove that file"
+            )
+        if meta.get("settings") != self.settings or meta.get("index") != str(index):
+            raise ErasekitError(
+                f"the LoRA of {concept!r} in {path.parent} was trained with other settings or at another position in "
+                "the concept list; use another adapter_dir or remove that file"
+            )
+        return deltas
+
+    def save(self, concept: str, index: int, deltas: dict[str, torch.Tensor]) -> None:
+        meta = {"concept": concept, "index": str(index), "base_hash": self.base, "settings": self.settings}
+        with atomic_path(self.path(concept)) as tmp:
+            save_file({n: d.contiguous() for n, d in deltas.items()}, str(tmp), metadata=meta)
+
+
 @register("mace", "MACE (Lu et al. 2024): closed-form refinement, one LoRA per concept, closed-form fusion", MACEConfig)
 def erase(
     pipe: DiffusionPipeline, spec: EraseSpec, config: MACEConfig, progress: bool = True, cache: PromptCache | None = None
@@ -251,11 +327,18 @@ def erase(
         return Edit(refined, {"config": asdict(config)})
 
     # Stage 2: one LoRA per concept on the refined model, trained on images of the original model.
-    segmenter = make_segmenter(config.segmenter)
-    data = [concept_data(pipe, cache, c, k, config, segmenter) for k, c in enumerate(spec.targets)]
-    with Edit(refined).applied(pipe, check_base=False):  # the original weights come back, also on Ctrl-C
-        pipe.unet.requires_grad_(False)
-        deltas = [train_concept_lora(pipe, cache, d, k, config, progress) for k, d in enumerate(data)]
+    store = AdapterStore(Path(config.adapter_dir), weights_hash(refined), config.lora_settings) if config.adapter_dir else None
+    deltas: list[dict[str, torch.Tensor] | None] = [store.load(c, k) if store else None for k, c in enumerate(spec.targets)]
+    missing = [k for k, d in enumerate(deltas) if d is None]
+    if missing:
+        segmenter = make_segmenter(config.segmenter, **config.segmenter_options)
+        data = {k: concept_data(pipe, cache, spec.targets[k], k, config, segmenter) for k in missing}
+        with Edit(refined).applied(pipe, check_base=False):  # the original weights come back, also on Ctrl-C
+            pipe.unet.requires_grad_(False)
+            for k in missing:
+                deltas[k] = train_concept_lora(pipe, cache, data[k], k, config, progress)
+                if store:
+                    store.save(spec.targets[k], k, deltas[k])
 
     # Stage 3: fuse the LoRAs in closed form (eq. 7), or add them up (eq. 6 with ω_i = 1, the ablation).
     if config.fusion == "sum":
