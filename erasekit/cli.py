@@ -390,8 +390,13 @@ def bench(
         typer.Option("--method", help="A method with optional settings, e.g. 'esd-x lr=5e-4' (repeatable; default uce, esd-x)."),
     ] = None,
     protocol: Annotated[
-        str, typer.Option(help="object, character, artist or flames; 'mass' erases 1, 5, 10, 20 roster characters at once.")
+        str,
+        typer.Option(
+            help="object, character, artist or flames; 'mass' erases 1, 5, 10, 20 roster characters at once; "
+            "'cost' times those erasures, each in a fresh process, without evaluating them."
+        ),
     ] = "object",
+    counts: Annotated[str, typer.Option(help="Comma-separated counts of characters for 'mass' and 'cost'.")] = "1,5,10,20",
     concepts: Annotated[str | None, typer.Option(help="Comma-separated concepts (default: the protocol's whole task).")] = None,
     samples: Annotated[int, typer.Option(help="Samples per prompt.")] = 8,
     out: Annotated[Path, typer.Option("--out", "-o", help="Bench directory (cells are kept; a rerun resumes).")] = Path(
@@ -418,10 +423,22 @@ def bench(
         entries.append(BenchEntry(name, settings, preserve_others, expand))
     chosen = tuple(c.strip() for c in concepts.split(",")) if concepts else None
     settings = SamplerSettings(steps=steps, guidance=guidance, batch_size=batch_size)
+    try:
+        count_list = tuple(int(c) for c in counts.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"counts must be comma-separated whole numbers, not {counts!r}") from None
+    if protocol == "cost":
+        from erasekit.eval.bench import cost_table, run_cost
+
+        cost = run_cost(model, entries, out, count_list)
+        console.print(cost_table(cost), markup=False)
+        console.print(f"wrote {out / 'cost.json'}")
+        return
     if protocol == "mass":
         from erasekit.eval.bench import mass_table, run_mass
 
-        mass = run_mass(load_pipeline(model), load_world_evaluator(), entries, out, samples=samples, settings=settings)
+        pipe = load_pipeline(model)
+        mass = run_mass(pipe, load_world_evaluator(), entries, out, count_list, samples=samples, settings=settings)
         console.print(mass_table(mass), markup=False)
         console.print(f"wrote {out / 'mass.json'}")
         return

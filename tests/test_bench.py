@@ -55,3 +55,21 @@ def test_mass_erasure_counts_erased_and_kept_roster_characters(pipe, evaluator, 
     assert "| `uce preserve=others` | 2 |" in mass_table(result) and (tmp_path / "mass.md").exists()
     with pytest.raises(ErasekitError, match="at most 20"):
         run_mass(pipe, evaluator, [entry], tmp_path, counts=(21,), samples=1, settings=FAST, progress=False)
+
+
+def test_cost_measures_each_count_in_a_fresh_process_and_resumes(tmp_path):
+    from erasekit.eval.bench import cost_table, run_cost
+
+    entry = BenchEntry("uce", preserve_others=True)
+    result = run_cost(None, [entry], tmp_path, counts=(1, 2))
+    cells = result["methods"]["uce preserve=others"]
+    assert list(cells) == [1, 2]
+    for count, cell in cells.items():  # a fresh interpreter allocates for its prompt states every time
+        assert cell["seconds"] > 0 and cell["peak_rss_mb"] > 0
+        assert cell["peak_rss_mb_per_concept"] == pytest.approx(cell["peak_rss_mb"] / count)
+    assert "| `uce preserve=others` | 2 |" in cost_table(result) and (tmp_path / "cost.md").exists()
+    marker = tmp_path / "cells" / entry.slug / "cost-2.json"
+    marker.write_text(marker.read_text().replace('"count": 2', '"count": 2, "resumed": true'))
+    assert run_cost(None, [entry], tmp_path, counts=(2,))["methods"][entry.label][2]["resumed"] is True
+    with pytest.raises(ErasekitError, match="at most 20"):
+        run_cost(None, [entry], tmp_path, counts=(0,))

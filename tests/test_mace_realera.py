@@ -168,6 +168,14 @@ def test_rece_erases_epoch_by_epoch_and_keeps_the_validated_epoch(pipe):
         erase(pipe, EraseSpec(("a blue thing",)), "rece", progress=False, epochs=1)
 
 
+def test_rece_validates_flames_with_the_evaluators_flames_head(pipe):
+    from erasekit.methods.rece import RECEConfig, WorldValidator
+
+    spec = EraseSpec(("in flames",), preserve=("square",))
+    validator = WorldValidator(pipe, PromptCache(pipe), spec, RECEConfig(validation_samples=1, sample_steps=2))
+    assert validator.labels == {"in flames": ("flames", "yes"), "square": ("shape", "square")}
+
+
 def test_concept_expansion_adds_nearest_phrases_and_records_them(pipe):
     from erasekit.primitives.expansion import expand_concepts
 

@@ -10,7 +10,10 @@ the task's concepts in one call.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import re
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,6 +40,7 @@ DEFAULT_CONCEPTS: dict[str, tuple[str, ...]] = {
     "artist": V.ARTIST_NAMES,
     "flames": ("in flames",),
 }
+MASS_COUNTS = (1, 5, 10, 20)
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,87 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def roster_groups(counts: tuple[int, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The mass task's halves of the roster, erased (first 20) and kept (last 20); checks ``counts`` fit."""
+    half = len(V.ROSTER_NAMES) // 2
+    if not counts or min(counts) < 1 or max(counts) > half:
+        raise ErasekitError(f"the roster has {len(V.ROSTER_NAMES)} characters: at most {half} can be erased")
+    return V.ROSTER_NAMES[:half], V.ROSTER_NAMES[half:]
+
+
+def _roster_cells(
+    entries: list[BenchEntry],
+    counts: tuple[int, ...],
+    out_dir: Path,
+    cell_name: Callable[[int], str],
+    measure: Callable[[BenchEntry, EraseSpec], dict],
+) -> dict:
+    """Per entry and count, the cell of erasing the roster's first ``count`` characters: read back if
+    written by an earlier run, else ``measure``d and written at once (so a rerun resumes)."""
+    erase_group, keep_group = roster_groups(counts)
+    summary: dict = {}
+    for entry in entries:
+        summary[entry.label] = {}
+        for count in counts:
+            path = out_dir / "cells" / entry.slug / cell_name(count)
+            if not path.exists():
+                spec = EraseSpec(erase_group[:count], preserve=keep_group if entry.preserve_others else ())
+                write_json(path, {"count": count, **measure(entry, spec)})
+            summary[entry.label][count] = json.loads(path.read_text())
+    return summary
+
+
+def run_cost(model: str | None, entries: list[BenchEntry], out_dir: Path, counts: tuple[int, ...] = MASS_COUNTS) -> dict:
+    """Seconds and peak memory per concept as the count grows, each erasure in a fresh process.
+
+    Erases the roster's first 1 → 5 → 10 → 20 characters at once (the kept 20 are the preserve set
+    where the entry says so). In one long-lived process the allocator reuses memory freed by earlier
+    work, so a later measurement can read near zero; a fresh process per measurement, with the
+    pipeline loaded before the clock starts, gives each method's own figure. Cells resume.
+    """
+    summary = _roster_cells(
+        entries,
+        counts,
+        out_dir,
+        lambda count: f"cost-{count}.json",
+        lambda entry, spec: measure_in_fresh_process(model, entry, spec),
+    )
+    result = {"task": "cost per concept", "model": model, "torch_threads": torch.get_num_threads(), "methods": summary}
+    write_json(out_dir / "cost.json", result)
+    write_with(out_dir / "cost.md", lambda tmp: tmp.write_text(cost_table(result)))
+    return result
+
+
+def measure_in_fresh_process(model: str | None, entry: BenchEntry, spec: EraseSpec) -> dict:
+    """Erase ``spec`` in a new interpreter and return its seconds and peak memory (the edit is dropped)."""
+    context = multiprocessing.get_context("spawn")  # not fork: a forked child shares the parent's heap
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(_erase_and_measure, model, entry, spec, torch.get_num_threads()).result()
+
+
+def _erase_and_measure(model: str | None, entry: BenchEntry, spec: EraseSpec, threads: int) -> dict:
+    from erasekit.models.loading import load_pipeline
+
+    torch.set_num_threads(threads)
+    pipe = load_pipeline(model)
+    card = erase(pipe, spec, entry.method, progress=False, expand=entry.expand, **entry.settings).card
+    return {key: card[key] for key in ("seconds", "seconds_per_concept", "peak_rss_mb", "peak_cuda_mb")} | {
+        "peak_rss_mb_per_concept": card["peak_rss_mb"] / len(spec.targets)
+    }
+
+
+def cost_table(result: dict) -> str:
+    """One row per method and count: seconds and peak MB, in all and per concept."""
+    lines = ["| method | concepts | s | s / concept | peak MB | peak MB / concept |", "|" + " --- |" * 6]
+    for label, by_count in result["methods"].items():
+        for count, cell in by_count.items():
+            lines.append(
+                f"| `{label}` | {count} | {cell['seconds']:.2f} | {cell['seconds_per_concept']:.2f} | "
+                f"{cell['peak_rss_mb']:.0f} | {cell['peak_rss_mb_per_concept']:.1f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def _cell(
     pipe: DiffusionPipeline,
     evaluator: WorldEvaluator,
@@ -179,9 +264,6 @@ def _summarise(cells: list[dict]) -> dict:
     return out
 
 
-MASS_COUNTS = (1, 5, 10, 20)
-
-
 def run_mass(
     pipe: DiffusionPipeline,
     evaluator: WorldEvaluator,
@@ -196,26 +278,19 @@ def run_mass(
     last 20, and report Acc_e, Acc_s, H_c and seconds and peak memory per concept at each count."""
     from erasekit.eval.protocols import character_metrics, evaluate_rows, mass_character_rows
 
-    if max(counts) > len(V.ROSTER_NAMES) // 2:
-        raise ErasekitError(f"the roster has {len(V.ROSTER_NAMES)} characters: at most {len(V.ROSTER_NAMES) // 2} can be erased")
-    erase_group, keep_group = V.ROSTER_NAMES[: len(V.ROSTER_NAMES) // 2], V.ROSTER_NAMES[len(V.ROSTER_NAMES) // 2 :]
+    erase_group, keep_group = roster_groups(counts)
     originals: dict = {}
-    summary: dict = {}
-    for entry in entries:
-        summary[entry.label] = {}
-        for count in counts:
-            path = out_dir / "cells" / entry.slug / f"mass-{count}-{samples}.json"
-            if not path.exists():
-                targets = erase_group[:count]
-                spec = EraseSpec(targets, preserve=keep_group if entry.preserve_others else ())
-                edit = erase(pipe, spec, entry.method, progress=progress, expand=entry.expand, **entry.settings)
-                rows = mass_character_rows(targets, keep_group, samples)
-                result = evaluate_rows(pipe, edit, rows, character_metrics, evaluator, settings, progress, originals)
-                write_json(path, {
-                    "count": count, "metrics": result["metrics"], "world_fid_kept": result["world_fid_kept"],
-                    "seconds_per_concept": edit.card["seconds_per_concept"], "peak_rss_mb": edit.card["peak_rss_mb"],
-                })  # fmt: skip
-            summary[entry.label][count] = json.loads(path.read_text())
+
+    def measure(entry: BenchEntry, spec: EraseSpec) -> dict:
+        edit = erase(pipe, spec, entry.method, progress=progress, expand=entry.expand, **entry.settings)
+        rows = mass_character_rows(spec.targets, keep_group, samples)
+        result = evaluate_rows(pipe, edit, rows, character_metrics, evaluator, settings, progress, originals)
+        return {
+            "metrics": result["metrics"], "world_fid_kept": result["world_fid_kept"],
+            "seconds_per_concept": edit.card["seconds_per_concept"], "peak_rss_mb": edit.card["peak_rss_mb"],
+        }  # fmt: skip
+
+    summary = _roster_cells(entries, counts, out_dir, lambda count: f"mass-{count}-{samples}.json", measure)
     result = {
         "task": "mass character erasure",
         "erase_group": list(erase_group),

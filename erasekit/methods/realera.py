@@ -27,7 +27,7 @@ What the paper leaves open, and the choices made here (recorded in each field's 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -175,16 +175,15 @@ def token_span(cache: PromptCache, config: RealEraConfig) -> str:
     return "following" if "CLIP" in type(cache.text_encoder).__name__ else "all"
 
 
-def neighbourhoods(cache: PromptCache, spec: EraseSpec, config: RealEraConfig, rng: torch.Generator) -> list[Neighbourhood]:
-    """Every concept's prompts, each with its mined neighbours (Algorithm 1, steps 2–23)."""
-    return [
-        mine(cache, template.format(target), target, template.format(anchor) if anchor else " ", anchor, config, rng)
-        for target, anchor in zip(spec.targets, spec.anchors, strict=True)
-        for template in config.prompt_templates
-    ]
+def neighbourhoods(cache: PromptCache, spec: EraseSpec, config: RealEraConfig, rng: torch.Generator) -> Iterator[Neighbourhood]:
+    """Every concept's prompts, each with its mined neighbours (Algorithm 1, steps 2–23), one at a time:
+    the closed form needs only their sums, and M·L·d states per prompt would add up over 20 concepts."""
+    for target, anchor in zip(spec.targets, spec.anchors, strict=True):
+        for template in config.prompt_templates:
+            yield mine(cache, template.format(target), target, template.format(anchor) if anchor else " ", anchor, config, rng)
 
 
-def closed_form_map(cache: PromptCache, spec: EraseSpec, config: RealEraConfig, hoods: list[Neighbourhood]) -> torch.Tensor:
+def closed_form_map(cache: PromptCache, spec: EraseSpec, config: RealEraConfig, hoods: Iterable[Neighbourhood]) -> torch.Tensor:
     """Eq. 7 with E, E* (the prompts and their neighbours) and Pre (beyond-concept samples, user preserves)."""
     dim = cache.text_encoder.config.hidden_size
     erase, preserve = TextMoments.zeros(dim), TextMoments.zeros(dim)

@@ -37,6 +37,7 @@ from erasekit.methods.base import EraseSpec, config_field, register
 from erasekit.models.layers import kv_weights
 from erasekit.primitives.closed_form import TextMoments, text_space_map
 from erasekit.primitives.prompt_cache import PromptCache
+from erasekit.world import vocabulary as V
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -86,12 +87,15 @@ class WorldValidator:
 
         self.pipe, self.cache, self.config, self.predict = pipe, cache, config, predict
         self.model = load_world_evaluator()
-        self.heads = {}
+        self.labels: dict[str, tuple[str, str]] = {}  # concept -> (evaluator head, the label that means "present")
         for concept in (*spec.targets, *spec.preserve):
             head = next((h for h, labels in HEADS.items() if concept in labels), None)
-            if head is None:
+            if head is not None:
+                self.labels[concept] = (head, concept)
+            elif concept.lower() in (*V.FLAME_EXPLICIT, "flames", "fire"):  # the world's unsafe content
+                self.labels[concept] = ("flames", "yes")
+            else:
                 raise ErasekitError(f"the world evaluator has no label {concept!r}; use validate=none for this concept")
-            self.heads[concept] = head
 
     @torch.no_grad()
     def _labels(self, states: torch.Tensor, head: str) -> list[str]:
@@ -112,7 +116,8 @@ class WorldValidator:
 
         def accuracy(concept: str) -> float:
             states = self.cache.states([t.format(concept) for t in VALIDATION_TEMPLATES])
-            return float(np.mean([np.mean([lab == concept for lab in self._labels(st, self.heads[concept])]) for st in states]))
+            head, present = self.labels[concept]
+            return float(np.mean([np.mean([lab == present for lab in self._labels(st, head)]) for st in states]))
 
         erased = float(np.mean([accuracy(c) for c in targets]))
         kept = [accuracy(p) for p in preserve]
