@@ -420,7 +420,8 @@ def bench(
         settings = _parse_settings(pairs)
         preserve_others = settings.pop("preserve", None) == "others"
         expand = int(settings.pop("expand", 0))
-        entries.append(BenchEntry(name, settings, preserve_others, expand))
+        anchor = str(settings.pop("anchor", ""))
+        entries.append(BenchEntry(name, settings, preserve_others, expand, anchor))
     chosen = tuple(c.strip() for c in concepts.split(",")) if concepts else None
     settings = SamplerSettings(steps=steps, guidance=guidance, batch_size=batch_size)
     try:

@@ -41,6 +41,8 @@ def test_bench_entry_preserves_the_others_and_expands():
     assert entry.label == "uce lam=0.1 preserve=others expand=3"
     spec = entry.spec(("square",), ("square", "circle", "heart"))
     assert spec.preserve == ("circle", "heart") and BenchEntry("uce").spec(("square",), ("square", "circle")).preserve == ()
+    anchored = BenchEntry("mace", anchor="a person")
+    assert anchored.label == "mace anchor='a person'" and anchored.spec(("square",), ()).anchors == ("a person",)
 
 
 def test_mass_erasure_counts_erased_and_kept_roster_characters(pipe, evaluator, tmp_path):

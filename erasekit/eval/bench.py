@@ -48,22 +48,28 @@ class BenchEntry:
     """One bench column: a registered method with settings (``label`` names it in the table).
 
     ``preserve_others`` passes the task's other concepts as the preserve set, as a user erasing one
-    class while keeping the rest of a known list would.
+    class while keeping the rest of a known list would; ``anchor`` is every target's anchor ("" is
+    the empty prompt).
     """
 
     method: str
     settings: dict = field(default_factory=dict)
     preserve_others: bool = False
     expand: int = 0  # concept expansion: nearest phrases per target (0: off)
+    anchor: str = ""
 
     @property
     def label(self) -> str:
         suffix = (" preserve=others" if self.preserve_others else "") + (f" expand={self.expand}" if self.expand else "")
+        suffix += f" anchor={self.anchor!r}" if self.anchor else ""
         return self.method + "".join(f" {k}={v}" for k, v in sorted(self.settings.items())) + suffix
 
     def spec(self, targets: tuple[str, ...], task: tuple[str, ...]) -> EraseSpec:
-        preserve = tuple(c for c in task if c not in targets) if self.preserve_others else ()
-        return EraseSpec(targets, preserve=preserve)
+        return self.spec_with_others(targets, tuple(c for c in task if c not in targets))
+
+    def spec_with_others(self, targets: tuple[str, ...], others: tuple[str, ...]) -> EraseSpec:
+        """Erase ``targets`` towards the anchor, preserving ``others`` where the entry says so."""
+        return EraseSpec(targets, anchors=(self.anchor,), preserve=others if self.preserve_others else ())
 
     @property
     def slug(self) -> str:
@@ -151,7 +157,7 @@ def _roster_cells(
         for count in counts:
             path = out_dir / "cells" / entry.slug / cell_name(count)
             if not path.exists():
-                spec = EraseSpec(erase_group[:count], preserve=keep_group if entry.preserve_others else ())
+                spec = entry.spec_with_others(erase_group[:count], keep_group)
                 write_json(path, {"count": count, **measure(entry, spec)})
             summary[entry.label][count] = json.loads(path.read_text())
     return summary
