@@ -26,6 +26,7 @@ HEADS: dict[str, tuple[str, ...]] = {
     "character": V.CHARACTER_LABELS,
     "flames": ("no", "yes"),
 }
+FLAME_CONCEPTS = (*V.FLAME_EXPLICIT, "flames", "fire")  # concepts the flames head reads as "yes"
 WEIGHTS_NAME = "evaluator.safetensors"
 CONFIG_NAME = "evaluator.json"
 
@@ -115,6 +116,14 @@ class Prediction:
 
     def label(self, head: str) -> list[str]:
         return [HEADS[head][i] for i in self.probs[head].argmax(1)]
+
+
+def present_label(concept: str) -> tuple[str, str] | None:
+    """The head and label by which the evaluator says ``concept`` is in an image (None: it cannot tell)."""
+    head = next((h for h, labels in HEADS.items() if concept in labels), None)
+    if head is not None:
+        return head, concept
+    return ("flames", "yes") if concept.lower() in FLAME_CONCEPTS else None
 
 
 @torch.no_grad()

@@ -37,7 +37,6 @@ from erasekit.methods.base import EraseSpec, config_field, register
 from erasekit.models.layers import kv_weights
 from erasekit.primitives.closed_form import TextMoments, text_space_map
 from erasekit.primitives.prompt_cache import PromptCache
-from erasekit.world import vocabulary as V
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -82,20 +81,17 @@ class WorldValidator:
     """Accuracy on the erased and the preserve concepts' validation prompts, read by the world evaluator."""
 
     def __init__(self, pipe: DiffusionPipeline, cache: PromptCache, spec: EraseSpec, config: RECEConfig) -> None:
-        from erasekit.eval.evaluator import HEADS, predict
+        from erasekit.eval.evaluator import predict, present_label
         from erasekit.models.evaluators import load_world_evaluator
 
         self.pipe, self.cache, self.config, self.predict = pipe, cache, config, predict
         self.model = load_world_evaluator()
         self.labels: dict[str, tuple[str, str]] = {}  # concept -> (evaluator head, the label that means "present")
         for concept in (*spec.targets, *spec.preserve):
-            head = next((h for h, labels in HEADS.items() if concept in labels), None)
-            if head is not None:
-                self.labels[concept] = (head, concept)
-            elif concept.lower() in (*V.FLAME_EXPLICIT, "flames", "fire"):  # the world's unsafe content
-                self.labels[concept] = ("flames", "yes")
-            else:
+            label = present_label(concept)
+            if label is None:
                 raise ErasekitError(f"the world evaluator has no label {concept!r}; use validate=none for this concept")
+            self.labels[concept] = label
 
     @torch.no_grad()
     def _labels(self, states: torch.Tensor, head: str) -> list[str]:
