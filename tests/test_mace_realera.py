@@ -115,6 +115,7 @@ def test_perturbations_lie_in_the_neighbourhood_the_paper_defines():
         (dict(d2=0.5), "D₂"),
         (dict(lam1=0), "λ₁"),
         (dict(span="x"), "span"),
+        (dict(outside_preserve=1.0), "outside_preserve"),
     ],
 )
 def test_realera_config_errors(settings, message):
@@ -134,6 +135,26 @@ def test_realera_closed_form_and_alignment(pipe):
     assert realera.token_span(cache, RealEraConfig()) == "all"  # the embedded encoder is bidirectional
     plain = erase(pipe, spec, "realera", progress=False, lora=False, m=0, n=0)
     assert not torch.allclose(closed.weights[key], plain.weights[key])  # the mined neighbours count
+
+
+def test_realera_mines_outside_the_preserve_prompts_directions(pipe):
+    cache = PromptCache(pipe)
+    spec = EraseSpec(("square",), preserve=("circle", "heart"))
+    config = RealEraConfig(m=16, outside_preserve=0.01, lora=False)
+    projector = realera.preserve_complement(cache, spec, config)
+    assert torch.allclose(projector @ projector, projector, atol=1e-9)  # a projector
+    kept = realera.preserve_states(cache, spec, config).double().reshape(-1, 384)
+    assert (kept @ projector).norm() < 0.06 * kept.norm()  # the preserve states barely reach its subspace
+    hood = realera.mine(cache, "a photo of a square", "square", "a photo of a ", "", config, torch.Generator(), projector)
+    etas = hood.associated[:, hood.positions[0]] - hood.prompt[hood.positions[0]]
+    assert torch.allclose(etas @ projector, etas, atol=1e-9)  # every neighbour moves inside it
+    assert realera.preserve_complement(cache, EraseSpec(("square",)), config) is None  # nothing to keep clear of
+
+    anywhere, outside = (
+        erase(pipe, spec, "realera", progress=False, **{**vars(config), "outside_preserve": tau}) for tau in (0, 0.01)
+    )
+    assert outside.card["config"]["outside_preserve"] == 0.01
+    assert not any(torch.allclose(anywhere.weights[k], outside.weights[k]) for k in outside.weights)
 
 
 def test_realera_setting_that_admits_no_samples(pipe):

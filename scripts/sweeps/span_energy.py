@@ -2,7 +2,8 @@
 
 Prints the number of singular values of the nine kept classes' states (RealEra's twelve default
 templates, all positions) above 1 % and 10 % of the largest, and the share of the energy of prompts
-naming "plus sign", "medic symbol" and "plus" that falls in their top k directions.
+naming "plus sign", "medic symbol" and "plus" that falls in their top k directions; then the share of
+what sets "cross" and its synonyms apart from the bare template that lies outside those directions.
 """
 
 import torch
@@ -22,3 +23,12 @@ synonyms = cache.states(["a photo of a plus sign", "a photo of a medic symbol", 
 for k in (20, 50, 100, 200):
     share = (synonyms @ directions[:k].T).norm() ** 2 / synonyms.norm() ** 2
     print(f"top {k}: {float(share):.3f}")
+
+# What tells a phrase apart from the bare template: the share of ‖states("a photo of a X") − states("a photo of a")‖²
+# outside the kept classes' directions (singular values ≥ 1 % of the largest), for the class name and its synonyms.
+kept_directions = directions[: int((singular > singular[0] * 1e-2).sum())]
+bare = cache.states(["a photo of a"]).double()
+for label, words in (("name", ["cross"]), ("synonyms", ["plus sign", "plus", "medic symbol"])):
+    difference = (cache.states([f"a photo of a {w}" for w in words]).double() - bare).reshape(-1, flat.shape[1])
+    outside = difference - difference @ kept_directions.T @ kept_directions
+    print(f"{label}: {float(outside.norm() ** 2 / difference.norm() ** 2):.3f} outside the kept directions")
