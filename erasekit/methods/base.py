@@ -43,6 +43,12 @@ class EraseSpec:
         object.__setattr__(self, "preserve", preserve)
 
 
+def anchor_prompt(template: str, anchor: str) -> str:
+    """The prompt a target's prompt maps onto: the template around the anchor, or " " for the empty
+    anchor (the official UCE script's unconditional guide, a prompt of no words)."""
+    return template.format(anchor) if anchor else " "
+
+
 @dataclass(frozen=True)
 class Method:
     name: str

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import EraseSpec, config_field, register
+from erasekit.methods.base import EraseSpec, anchor_prompt, config_field, register
 from erasekit.methods.mace import augmented_templates
 from erasekit.models.layers import kv_projections
 from erasekit.primitives.closed_form import TextMoments, edited_weights, text_space_map
@@ -219,8 +219,7 @@ def neighbourhoods(
     the closed form needs only their sums, and M·L·d states per prompt would add up over 20 concepts."""
     for target, anchor in zip(spec.targets, spec.anchors, strict=True):
         for template in config.prompt_templates:
-            anchor_prompt = template.format(anchor) if anchor else " "
-            yield mine(cache, template.format(target), target, anchor_prompt, anchor, config, rng, projector)
+            yield mine(cache, template.format(target), target, anchor_prompt(template, anchor), anchor, config, rng, projector)
 
 
 def closed_form_map(cache: PromptCache, spec: EraseSpec, config: RealEraConfig, hoods: Iterable[Neighbourhood]) -> torch.Tensor:
@@ -279,8 +278,8 @@ def align_noise(
                 prompt = cache.states([template.format(target)]).to(unet.dtype)
                 loss = F.mse_loss(predict_noise(unet, z_t, t, prompt), eps_anchor)
             else:  # even step: eq. 9 with perturbations resampled now
-                hood = mine(cache, template.format(target), target, template.format(anchor) if anchor else " ", anchor,
-                            one_each, torch_rng, projector)  # fmt: skip
+                hood = mine(cache, template.format(target), target, anchor_prompt(template, anchor), anchor, one_each,
+                            torch_rng, projector)  # fmt: skip
                 associated, beyond = hood.associated.to(unet.dtype), hood.beyond.to(unet.dtype)
                 with torch.no_grad(), adapter.disabled():
                     eps_beyond = predict_noise(unet, z_t, t, beyond)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from erasekit.edits import Edit
-from erasekit.methods.base import EraseSpec, config_field, register
+from erasekit.methods.base import EraseSpec, anchor_prompt, config_field, register
 from erasekit.models.layers import kv_projections
 from erasekit.primitives.closed_form import TextMoments, edited_weights, text_space_map
 from erasekit.primitives.prompt_cache import PromptCache
@@ -77,7 +77,7 @@ def uce_moments(cache: PromptCache, spec: EraseSpec, config: UCEConfig) -> tuple
     for target, anchor in zip(spec.targets, spec.anchors, strict=True):
         for template in config.templates:
             prompt = template.format(target)
-            guide_prompt = template.format(anchor) if anchor else " "
+            guide_prompt = anchor_prompt(template, anchor)
             src, tgt = aligned_states(cache, prompt, target, guide_prompt, anchor, config.token_span)
             erase.add(src, tgt)
     preserve = None
