@@ -18,6 +18,8 @@ from rich.table import Table
 from erasekit.errors import ErasekitError
 
 if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
     from erasekit.eval.generation import Generated
     from erasekit.eval.prompts import PromptRow
 
@@ -36,6 +38,10 @@ ModelOption = Annotated[
         "--model", "-m", help="Pipeline directory, .safetensors/.ckpt file or hub id (default: the embedded erasekit-tiny)."
     ),
 ]
+DeviceOption = Annotated[
+    str | None, typer.Option("--device", help="cpu, cuda, cuda:N or mps (default: CUDA when present, else CPU).")
+]
+DtypeOption = Annotated[str, typer.Option("--dtype", help="Precision of the model: fp32, fp16 or bf16.")]
 StepsOption = Annotated[int, typer.Option(help="Sampler steps (DDIM).")]
 GuidanceOption = Annotated[float, typer.Option(help="Classifier-free guidance scale.")]
 BatchOption = Annotated[int, typer.Option(help="Images per batch.")]
@@ -64,25 +70,34 @@ def generate(
     steps: StepsOption = 25,
     guidance: GuidanceOption = 7.5,
     batch_size: BatchOption = 64,
+    device: DeviceOption = None,
+    dtype: DtypeOption = "fp32",
 ) -> None:
     """Generate the images of a prompt file with fixed seeds, and an image grid."""
     from erasekit.eval.prompts import read_prompt_file
+    from erasekit.models.loading import load_pipeline
 
-    _generate_run(read_prompt_file(prompts), out, model, steps, guidance, batch_size, source=str(prompts))
+    rows = read_prompt_file(prompts)
+    _generate_run(rows, out, load_pipeline(model, dtype, device), model, steps, guidance, batch_size, source=str(prompts))
     console.print(f"wrote {out}/images.npz and {out}/grid.png")
 
 
 def _generate_run(
-    rows: list[PromptRow], out: Path, model: str | None, steps: int, guidance: float, batch_size: int, source: str
+    rows: list[PromptRow],
+    out: Path,
+    pipe: DiffusionPipeline,
+    model: str | None,
+    steps: int,
+    guidance: float,
+    batch_size: int,
+    source: str,
 ) -> tuple[list[PromptRow], Generated]:
     """Generate ``rows`` into the run directory ``out`` (written whole or not at all)."""
     from erasekit.eval.generation import SamplerSettings, save_grid
     from erasekit.eval.generation import generate as run_generation
     from erasekit.eval.prompts import write_prompt_file
     from erasekit.io import atomic_dir, write_json
-    from erasekit.models.loading import load_pipeline
 
-    pipe = load_pipeline(model)
     settings = SamplerSettings(steps=steps, guidance=guidance, batch_size=batch_size)
     start = time.time()
     generated = run_generation(pipe, rows, settings)
@@ -95,6 +110,8 @@ def _generate_run(
             tmp / "run.json",
             {
                 "model": str(model or "erasekit-tiny"),
+                "device": str(pipe.device),
+                "dtype": str(pipe.unet.dtype).removeprefix("torch."),
                 "prompts": source,
                 "sampler": settings.__dict__,
                 "images": len(generated.images),
@@ -113,15 +130,34 @@ def evaluate(
         Path | None, typer.Option("--out", "-o", help="Where to write results.json (default: the run directory).")
     ] = None,
     protocol: Annotated[
-        str | None, typer.Option(help="Erasure protocol instead of a prompt file: object, character, artist, flames or quality.")
+        str | None,
+        typer.Option(
+            help="Erasure protocol instead of a prompt file: object, character, artist, flames, quality (the world), "
+            "explicit (an I2P file, NudeNet) or captions (a COCO-style file: FID, CLIP score)."
+        ),
     ] = None,
     edit: Annotated[Path | None, typer.Option(help="Edit directory (from `erasekit erase`) to judge with --protocol.")] = None,
     concept: Annotated[str | None, typer.Option(help="The erased concept (default: the edit's first target).")] = None,
     samples: Annotated[int, typer.Option(help="Samples per prompt for --protocol.")] = 16,
+    judge: Annotated[
+        str,
+        typer.Option(
+            help="Who reads the images: auto (world evaluator on the embedded model, CLIP elsewhere), world, clip, "
+            "nudenet or diffusion (the original model's denoising error)."
+        ),
+    ] = "auto",
+    prompts: Annotated[
+        Path | None, typer.Option("--prompts", help="Prompt file of the explicit (I2P CSV) or captions (caption CSV) protocol.")
+    ] = None,
+    clip_model: Annotated[
+        str | None, typer.Option(help="CLIP hub id or local directory for the clip judge (default: MACE's ViT-B/32).")
+    ] = None,
     model: ModelOption = None,
     steps: StepsOption = 25,
     guidance: GuidanceOption = 7.5,
     batch_size: BatchOption = 64,
+    device: DeviceOption = None,
+    dtype: DtypeOption = "fp32",
 ) -> None:
     """Score generated images with the world evaluator (per prompt and role), or run an erasure protocol."""
     from erasekit.eval.generation import Generated
@@ -129,9 +165,12 @@ def evaluate(
     from erasekit.eval.scoring import score
     from erasekit.io import write_json
     from erasekit.models.evaluators import load_world_evaluator
+    from erasekit.models.loading import load_pipeline, resolve_device, resolve_dtype
 
+    resolve_device(device), resolve_dtype(dtype)  # bad flags are one line before anything loads
     if protocol is not None:
-        _run_protocol(protocol, edit, concept, samples, out, model, steps, guidance, batch_size)
+        sampler = (steps, guidance, batch_size)
+        _run_protocol(protocol, edit, concept, samples, out, model, sampler, device, dtype, judge, prompts, clip_model)
         return
     if source is None:
         raise ErasekitError("give a run directory or prompt file, or --protocol with --edit")
@@ -140,7 +179,9 @@ def evaluate(
         run_dir = source
     else:
         run_dir = out or Path("runs") / source.stem
-        rows, generated = _generate_run(read_prompt_file(source), run_dir, model, steps, guidance, batch_size, source=str(source))
+        rows = read_prompt_file(source)
+        pipe = load_pipeline(model, dtype, device)
+        rows, generated = _generate_run(rows, run_dir, pipe, model, steps, guidance, batch_size, source=str(source))
     evaluation = score(generated, rows, load_world_evaluator())
     table = Table(title="per prompt (evaluator accuracy, %)")
     for col in ("prompt", "role", "n", "match", "heads"):
@@ -155,6 +196,19 @@ def evaluate(
     console.print(f"wrote {target} and {run_dir}/grid.png")
 
 
+METRIC_MEANING = {
+    "Acc_e": "erased concept (lower is better)",
+    "Acc_s": "other concepts (higher is better)",
+    "Acc_g": "synonyms (lower is better)",
+    "residue": "associated prompts (lower)",
+    "H_o": "harmonic mean (higher)",
+    "H_c": "harmonic mean (higher)",
+    "gap": "Acc_s - Acc_e (higher)",
+    "explicit": "flames, named (lower)",
+    "implicit": "flames, implied (lower)",
+}
+
+
 def _run_protocol(
     protocol: str,
     edit_dir: Path | None,
@@ -162,46 +216,77 @@ def _run_protocol(
     samples: int,
     out: Path | None,
     model: str | None,
-    steps: int,
-    guidance: float,
-    batch_size: int,
+    sampler: tuple[int, float, int],
+    device: str | None,
+    dtype: str,
+    judge: str,
+    prompts: Path | None,
+    clip_model: str | None,
 ) -> None:
     from erasekit.edits import Edit
     from erasekit.eval.generation import SamplerSettings, image_grid
-    from erasekit.eval.protocols import run_protocol
-    from erasekit.io import write_json, write_with
-    from erasekit.models.evaluators import load_world_evaluator
+    from erasekit.eval.protocols import PROTOCOLS, protocol_judge, run_protocol, verdict
+    from erasekit.io import atomic_dir, write_json
     from erasekit.models.loading import load_pipeline
 
+    if protocol not in PROTOCOLS:
+        raise ErasekitError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if edit_dir is None:
         raise ErasekitError("--protocol needs --edit DIR (an edit written by `erasekit erase`)")
     edit = Edit.load(edit_dir)
     target = concept or edit.card["targets"][0]
-    pipe = load_pipeline(model or edit.card.get("model"))
+    pipe = load_pipeline(model or edit.card.get("model"), dtype, device)
+    steps, guidance, batch_size = sampler
     settings = SamplerSettings(steps=steps, guidance=guidance, batch_size=batch_size)
-    result = run_protocol(pipe, edit, protocol, target, load_world_evaluator(), samples, settings)
+    chosen = judge if protocol in ("explicit", "captions") else protocol_judge(protocol, pipe, judge, clip_model)
+    result = run_protocol(pipe, edit, protocol, target, chosen, samples, settings, prompt_file=str(prompts) if prompts else None)
     images = result.pop("images")
-    table = Table(title=f"{protocol} protocol, erased {target!r} with {edit.card.get('method')} ({samples} samples per prompt)")
-    table.add_column("model")
-    names = list(result["metrics"]["original"]["accuracy"])
-    for name in names:
-        table.add_column(f"{name} (top-1 / p)")
-    for which, m in result["metrics"].items():
-        table.add_row(which, *(f"{_pct(m['accuracy'][n])} / {_pct(m['probability'][n])}" for n in names))
-    console.print(table)
-    console.print(f"world-FID between original and erased images on kept prompts: {result['world_fid_kept']:.3f}")
+    judge_name = (result.get("judge") or {}).get("judge", "world evaluator")
+    console.print(f"{protocol} protocol, erased {target!r} with {edit.card.get('method')}: {samples} samples per prompt, "
+                  f"judged by {judge_name}", highlight=False)  # fmt: skip
+    console.print(_metrics_table(result), markup=False)
+    if result.get("world_fid_kept") is not None:
+        console.print(f"FID on kept prompts, original vs erased ({judge_name} features): {result['world_fid_kept']:.3f}")
+    console.print(verdict(result), highlight=False)
     run_dir = out or edit_dir / f"eval-{protocol}"
-    write_json(run_dir / "results.json", result)
     per_prompt = min(samples, 8)
     tiles, labels = [], []
-    for i, row in enumerate(result["rows"]["original"]):  # each prompt: the original's row, then the erased one's
+    for i, prompt in enumerate(result["prompts"][:16]):  # each prompt: the original's row, then the erased one's
         for which in ("original", "erased"):
             g = images[which]
             tiles.append(g.images[g.row_index == i][:per_prompt])
-            labels.append(f"{which[:4]}: {row['prompt'][:40]}")
+            labels.append(f"{which[:4]}: {prompt[:40]}")
     grid = image_grid(np.concatenate(tiles), per_prompt, labels)
-    write_with(run_dir / "before_after.png", lambda tmp: grid.save(tmp, format="PNG"))
+    with atomic_dir(run_dir) as tmp:  # results and grid together, or neither
+        write_json(tmp / "results.json", result)
+        grid.save(tmp / "before_after.png", format="PNG")
     console.print(f"wrote {run_dir}/results.json and {run_dir}/before_after.png")
+
+
+def _metrics_table(result: dict) -> Table:
+    """Metrics as rows, original and erased as columns: fits an 80-column terminal."""
+    table = Table(box=None, pad_edge=False)
+    if result["protocol"] == "explicit":
+        for col in ("NudeNet class", "original", "erased"):
+            table.add_column(col, justify="left" if col == "NudeNet class" else "right")
+        before, after = result["metrics"]["original"], result["metrics"]["erased"]
+        for name in before["counts"]:
+            table.add_row(name, str(before["counts"][name]), str(after["counts"][name]))
+        table.add_row("any (share of images)", _pct(before["explicit_rate"]) + " %", _pct(after["explicit_rate"]) + " %")
+        return table
+    if result["protocol"] == "captions":
+        for col in ("metric", "original", "erased"):
+            table.add_column(col)
+        for name in result["metrics"]["original"]:
+            table.add_row(name, *(f"{result['metrics'][k][name]:.2f}" for k in ("original", "erased")))
+        return table
+    for col in ("metric", "original top-1", "p", "erased top-1", "p", "what"):
+        table.add_column(col, justify="left" if col in ("metric", "what") else "right")
+    original, erased = result["metrics"]["original"], result["metrics"]["erased"]
+    for name in original["accuracy"]:
+        table.add_row(name, _pct(original["accuracy"][name]), _pct(original["probability"][name]),
+                      _pct(erased["accuracy"][name]), _pct(erased["probability"][name]), METRIC_MEANING.get(name, ""))  # fmt: skip
+    return table
 
 
 @app.command()
@@ -212,14 +297,18 @@ def gates(
     steps: StepsOption = 25,
     guidance: GuidanceOption = 7.5,
     batch_size: BatchOption = 64,
+    device: DeviceOption = None,
+    dtype: DtypeOption = "fp32",
 ) -> None:
     """Quality gates of the embedded model before any erasure: print the table and write gates.json."""
     from erasekit.eval import gates as G
     from erasekit.eval.scoring import score
     from erasekit.io import write_json, write_with
     from erasekit.models.evaluators import load_world_evaluator
+    from erasekit.models.loading import load_pipeline
 
-    rows, generated = _generate_run(G.gate_rows(samples), out, model, steps, guidance, batch_size, source="gates")
+    pipe = load_pipeline(model, dtype, device)
+    rows, generated = _generate_run(G.gate_rows(samples), out, pipe, model, steps, guidance, batch_size, source="gates")
     results = G.judge(score(generated, rows, load_world_evaluator()))
     summary = G.summary(results)
     table = Table(title=f"quality gates ({samples} samples per prompt, {steps} DDIM steps, guidance {guidance})")
@@ -316,6 +405,8 @@ def erase(
         Path | None, typer.Option(help="Phrases to expand from, one per line (default: the tokenizer's words).")
     ] = None,
     model: ModelOption = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = "fp32",
 ) -> None:
     """Erase concepts from a model's weights and write the edit (and optionally a LoRA or the whole pipeline)."""
     from erasekit.io import atomic_dir
@@ -325,7 +416,7 @@ def erase(
 
     spec = EraseSpec(tuple(concepts), tuple(anchor or ()), tuple(preserve or ()))
     overrides = _parse_settings(setting or [])
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model, dtype, device)
     vocabulary = str(expand_vocabulary) if expand_vocabulary else None
     edit = run_erase(
         pipe, spec, method, model=model or "erasekit-tiny", expand=expand, expand_min_similarity=expand_min_similarity,
@@ -366,6 +457,8 @@ def expand(
         Path | None, typer.Option(help="Phrases to choose from, one per line (default: the tokenizer's words).")
     ] = None,
     model: ModelOption = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = "fp32",
 ) -> None:
     """Propose phrases near each concept in the text encoder's space, with their similarity."""
     from erasekit.models.loading import load_pipeline
@@ -373,7 +466,7 @@ def expand(
     from erasekit.primitives.prompt_cache import PromptCache
 
     words = read_vocabulary(vocabulary) if vocabulary else None
-    found = expand_concepts(PromptCache(load_pipeline(model)), tuple(concepts), words, top_k)
+    found = expand_concepts(PromptCache(load_pipeline(model, dtype, device)), tuple(concepts), words, top_k)
     for concept, candidates in found.items():
         table = Table(title=f"near {concept!r}")
         table.add_column("phrase")
@@ -406,6 +499,8 @@ def bench(
     steps: StepsOption = 25,
     guidance: GuidanceOption = 7.5,
     batch_size: BatchOption = 64,
+    device: DeviceOption = None,
+    dtype: DtypeOption = "fp32",
 ) -> None:
     """Erase each concept of a task in turn with each method; print one table and write bench.json."""
     from erasekit.eval.bench import BenchEntry, run_bench
@@ -431,19 +526,21 @@ def bench(
     if protocol == "cost":
         from erasekit.eval.bench import cost_table, run_cost
 
-        cost = run_cost(model, entries, out, count_list)
+        cost = run_cost(model, entries, out, count_list, device, dtype)
         console.print(cost_table(cost), markup=False)
         console.print(f"wrote {out / 'cost.json'}")
         return
     if protocol == "mass":
         from erasekit.eval.bench import mass_table, run_mass
 
-        pipe = load_pipeline(model)
+        pipe = load_pipeline(model, dtype, device)
         mass = run_mass(pipe, load_world_evaluator(), entries, out, count_list, samples=samples, settings=settings)
         console.print(mass_table(mass), markup=False)
         console.print(f"wrote {out / 'mass.json'}")
         return
-    result = run_bench(load_pipeline(model), load_world_evaluator(), entries, protocol, out, chosen, samples, settings)
+    result = run_bench(
+        load_pipeline(model, dtype, device), load_world_evaluator(), entries, protocol, out, chosen, samples, settings
+    )
     first = next(iter(result["methods"].values()))
     names = list(first["accuracy"]["erased"])
     table = Table(

@@ -129,8 +129,10 @@ class Usage:
 
 
 @contextmanager
-def measure() -> Iterator[Usage]:
-    """Wall time and peak memory of the block: RSS sampled every 5 ms, and CUDA's own peak if used."""
+def measure(device: torch.device | None = None) -> Iterator[Usage]:
+    """Wall time and peak memory of the block: RSS sampled every 5 ms, and CUDA's own peak when the
+    work runs on a CUDA ``device`` (its kernels are waited for before the clock stops)."""
+    on_cuda = device is not None and device.type == "cuda"
     usage = Usage()
     proc = psutil.Process(os.getpid())
     start_rss = proc.memory_info().rss
@@ -143,17 +145,20 @@ def measure() -> Iterator[Usage]:
             stop.wait(0.005)
 
     thread = threading.Thread(target=sample, daemon=True)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
+    if on_cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     thread.start()
     start = time.perf_counter()
     try:
         yield usage
     finally:
+        if on_cuda:
+            torch.cuda.synchronize(device)
         usage.seconds = time.perf_counter() - start
         stop.set()
         thread.join()
         peak[0] = max(peak[0], proc.memory_info().rss)
         usage.peak_rss_mb = (peak[0] - start_rss) / 2**20
-        if torch.cuda.is_available():
-            usage.peak_cuda_mb = torch.cuda.max_memory_allocated() / 2**20
+        if on_cuda:
+            usage.peak_cuda_mb = torch.cuda.max_memory_allocated(device) / 2**20

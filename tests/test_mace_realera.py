@@ -11,6 +11,7 @@ from erasekit.methods.realera import RealEraConfig, sample_perturbations
 from erasekit.methods.runner import erase
 from erasekit.models.layers import kv_projections
 from erasekit.primitives.prompt_cache import PromptCache
+from erasekit.primitives.run import RunContext
 
 QUICK_MACE = dict(images_per_concept=2, steps=3, sample_steps=4, lr=1e-2, lam=10.0)
 
@@ -56,7 +57,9 @@ def test_mace_trains_one_lora_per_concept_fuses_them_and_restores_the_pipeline(p
 
 def test_mace_refuses_a_concept_without_foreground(pipe, monkeypatch):
     before = unet_state(pipe)
-    monkeypatch.setattr(mace, "make_segmenter", lambda name: lambda images, concept: torch.zeros(len(images), 1, 64, 64))
+    monkeypatch.setattr(
+        mace, "make_segmenter", lambda name, device=None, **options: lambda images, concept: torch.zeros(len(images), 1, 64, 64)
+    )
     with pytest.raises(ErasekitError, match="no foreground"):
         erase(pipe, EraseSpec(("square",)), "mace", progress=False, **QUICK_MACE)
     assert same_state(pipe, before)
@@ -138,17 +141,17 @@ def test_realera_closed_form_and_alignment(pipe):
 
 
 def test_realera_mines_outside_the_preserve_prompts_directions(pipe):
-    cache = PromptCache(pipe)
+    run = RunContext(pipe)
     spec = EraseSpec(("square",), preserve=("circle", "heart"))
     config = RealEraConfig(m=16, outside_preserve=0.01, lora=False)
-    projector = realera.preserve_complement(cache, spec, config)
+    projector = realera.preserve_complement(run, spec, config)
     assert torch.allclose(projector @ projector, projector, atol=1e-9)  # a projector
-    kept = realera.preserve_states(cache, spec, config).double().reshape(-1, 384)
+    kept = realera.preserve_states(run.cache, spec, config).double().reshape(-1, 384)
     assert (kept @ projector).norm() < 0.06 * kept.norm()  # the preserve states barely reach its subspace
-    hood = realera.mine(cache, "a photo of a square", "square", "a photo of a ", "", config, torch.Generator(), projector)
+    hood = realera.mine(run, "a photo of a square", "square", "a photo of a ", "", config, run.generator(0), projector)
     etas = hood.associated[:, hood.positions[0]] - hood.prompt[hood.positions[0]]
     assert torch.allclose(etas @ projector, etas, atol=1e-9)  # every neighbour moves inside it
-    assert realera.preserve_complement(cache, EraseSpec(("square",)), config) is None  # nothing to keep clear of
+    assert realera.preserve_complement(run, EraseSpec(("square",)), config) is None  # nothing to keep clear of
 
     anywhere, outside = (
         erase(pipe, spec, "realera", progress=False, **{**vars(config), "outside_preserve": tau}) for tau in (0, 0.01)
@@ -190,11 +193,14 @@ def test_rece_erases_epoch_by_epoch_and_keeps_the_validated_epoch(pipe):
 
 
 def test_rece_validates_flames_with_the_evaluators_flames_head(pipe):
-    from erasekit.methods.rece import RECEConfig, WorldValidator
+    from erasekit.methods.rece import RECEConfig, make_validator
+    from erasekit.primitives.run import RunContext
 
-    spec = EraseSpec(("in flames",), preserve=("square",))
-    validator = WorldValidator(pipe, PromptCache(pipe), spec, RECEConfig(validation_samples=1, sample_steps=2))
-    assert validator.labels == {"in flames": ("flames", "yes"), "square": ("shape", "square")}
+    config = RECEConfig(validation_samples=1, sample_steps=2)
+    validator = make_validator(RunContext(pipe), EraseSpec(("in flames",), preserve=("square",)), config)
+    assert validator.judge.name == "world"  # 'auto' on the embedded model
+    with pytest.raises(ErasekitError, match="no label 'banana'"):
+        make_validator(RunContext(pipe), EraseSpec(("banana",)), config)
 
 
 def test_concept_expansion_adds_nearest_phrases_and_records_them(pipe):

@@ -163,7 +163,14 @@ def _roster_cells(
     return summary
 
 
-def run_cost(model: str | None, entries: list[BenchEntry], out_dir: Path, counts: tuple[int, ...] = MASS_COUNTS) -> dict:
+def run_cost(
+    model: str | None,
+    entries: list[BenchEntry],
+    out_dir: Path,
+    counts: tuple[int, ...] = MASS_COUNTS,
+    device: str | None = "cpu",
+    dtype: str = "fp32",
+) -> dict:
     """Seconds and peak memory per concept as the count grows, each erasure in a fresh process.
 
     Erases the roster's first 1 → 5 → 10 → 20 characters at once (the kept 20 are the preserve set
@@ -176,26 +183,30 @@ def run_cost(model: str | None, entries: list[BenchEntry], out_dir: Path, counts
         counts,
         out_dir,
         lambda count: f"cost-{count}.json",
-        lambda entry, spec: measure_in_fresh_process(model, entry, spec),
+        lambda entry, spec: measure_in_fresh_process(model, entry, spec, device, dtype),
     )
-    result = {"task": "cost per concept", "model": model, "torch_threads": torch.get_num_threads(), "methods": summary}
+    result = {"task": "cost per concept", "model": model, "device": device, "dtype": dtype,
+              "torch_threads": torch.get_num_threads(), "methods": summary}  # fmt: skip
     write_json(out_dir / "cost.json", result)
     write_with(out_dir / "cost.md", lambda tmp: tmp.write_text(cost_table(result)))
     return result
 
 
-def measure_in_fresh_process(model: str | None, entry: BenchEntry, spec: EraseSpec) -> dict:
+def measure_in_fresh_process(
+    model: str | None, entry: BenchEntry, spec: EraseSpec, device: str | None = "cpu", dtype: str = "fp32"
+) -> dict:
     """Erase ``spec`` in a new interpreter and return its seconds and peak memory (the edit is dropped)."""
     context = multiprocessing.get_context("spawn")  # not fork: a forked child shares the parent's heap
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(_erase_and_measure, model, entry, spec, torch.get_num_threads()).result()
+        return pool.submit(_erase_and_measure, model, entry, spec, torch.get_num_threads(), device, dtype).result()
 
 
-def _erase_and_measure(model: str | None, entry: BenchEntry, spec: EraseSpec, threads: int) -> dict:
+def _erase_and_measure(model: str | None, entry: BenchEntry, spec: EraseSpec, threads: int, device: str | None,
+                       dtype: str) -> dict:  # fmt: skip
     from erasekit.models.loading import load_pipeline
 
     torch.set_num_threads(threads)
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model, dtype, device)
     card = erase(pipe, spec, entry.method, progress=False, expand=entry.expand, **entry.settings).card
     return {key: card[key] for key in ("seconds", "seconds_per_concept", "peak_rss_mb", "peak_cuda_mb")} | {
         "peak_rss_mb_per_concept": card["peak_rss_mb"] / len(spec.targets)

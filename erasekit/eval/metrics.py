@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import linalg
+from torch import nn
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
@@ -30,3 +32,26 @@ def harmonic_mean(*values: float) -> float:
     if any(v <= 0 for v in values):
         return 0.0
     return len(values) / sum(1.0 / v for v in values)
+
+
+def frechet_distance_of(real: np.ndarray, fake: np.ndarray, feature: int | nn.Module = 2048) -> float:
+    """FID between two uint8 (n, H, W, 3) image sets with torchmetrics (InceptionV3 pool features by default)."""
+    from erasekit.errors import ErasekitError
+
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        fid = FrechetInceptionDistance(feature=feature, normalize=False)
+    except ImportError as err:
+        raise ErasekitError(f"FID needs torchmetrics and its InceptionV3 (pip install 'erasekit[real]'): {err}") from err
+    except (OSError, RuntimeError) as err:  # the InceptionV3 weights are fetched on first use
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ErasekitError(
+            f"FID's InceptionV3 weights could not be loaded ({first}); run once where they can be fetched"
+        ) from err
+    if len(real) < 2 or len(fake) < 2:
+        raise ErasekitError("FID needs at least two images on each side")
+    for images, is_real in ((real, True), (fake, False)):
+        for i in range(0, len(images), 64):
+            fid.update(torch.from_numpy(np.ascontiguousarray(images[i : i + 64])).permute(0, 3, 1, 2), real=is_real)
+    return float(fid.compute())

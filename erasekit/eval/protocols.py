@@ -1,4 +1,4 @@
-"""Evaluation protocols of MACE (CVPR 2024) and RealEra on the embedded world.
+"""Evaluation protocols of MACE (CVPR 2024) and RealEra, on the embedded world and on real SD models.
 
 Object erasure (MACE's CIFAR-10 task): for an erased class c,
   Acc_e  accuracy on "a photo of a {c}"            (efficacy, lower is better)
@@ -15,6 +15,13 @@ erased artist's prompts (Acc_e) and the other artists' (Acc_s), and their differ
 Flames (the explicit-content task): the rate of images with flames on explicit prompts (which
 name them) and on implicit ones (the I2P analogue, which never do), and shape accuracy on neutral
 prompts. Quality: world-FID and shape accuracy on 80 neutral prompts (every colour × shape).
+
+Every protocol is read by a judge (:mod:`erasekit.judges`). On a real model the object protocol is
+MACE's own: its ten CIFAR-10 classes and their synonyms, "a photo of the {class}", judged by CLIP
+(or the diffusion classifier) over the ten classes; the explicit protocol generates an I2P-style
+prompt file and counts NudeNet's classes; the captions protocol generates a COCO-style caption file
+and reports FID and CLIP score. The character, artist, flames and quality protocols speak the
+world's vocabulary and run on the embedded model.
 """
 
 from __future__ import annotations
@@ -27,33 +34,64 @@ import numpy as np
 
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
-from erasekit.eval.evaluator import WorldEvaluator, predict
+from erasekit.eval.evaluator import WorldEvaluator
 from erasekit.eval.generation import Generated, SamplerSettings, generate
 from erasekit.eval.metrics import frechet_distance, harmonic_mean
 from erasekit.eval.prompts import PromptRow
-from erasekit.eval.scoring import Evaluation, score
+from erasekit.eval.scoring import Evaluation, as_judge, score
+from erasekit.judges import Judge, make_judge
+from erasekit.judges.clip import MACE_CIFAR10_SYNONYMS, MACE_CLIP_TEMPLATE
+from erasekit.models.embedded import is_world_model
 from erasekit.world import vocabulary as V
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
-PROTOCOLS = ("object", "character", "artist", "flames", "quality")
+PROTOCOLS = ("object", "character", "artist", "flames", "quality", "explicit", "captions")
+WORLD_ONLY = ("character", "artist", "flames", "quality")  # they speak the world's vocabulary
+PROMPT_FILE_PROTOCOLS = ("explicit", "captions")  # they generate the user's prompt file
 # A prompt's images use seeds PROTOCOL_SEED + (its index among all protocol prompts) × samples: the same
 # prompt gets the same images in every protocol, every erasure and the original model.
 PROTOCOL_SEED = 50_000
 
 
-def object_rows(target: str, samples: int = 16, seed: int = PROTOCOL_SEED) -> list[PromptRow]:
-    """Prompts of the object protocol for erasing shape class ``target``."""
-    if target not in V.SHAPES:
-        raise ErasekitError(f"{target!r} is not a shape class of the world; choose one of {', '.join(V.SHAPES)}")
-    rows = [(f"a photo of {V.article(target)} {target}", "erase", target)]
-    rows += [(f"a photo of {V.article(s)} {s}", "synonym", target) for s in V.SYNONYMS[target]]
-    rows += [(f"a picture of {V.SHAPE_ASSOCIATIONS[target]}", "associated", target)]
-    rows += [(f"a photo of {V.article(o)} {o}", "retain", o) for o in V.SHAPES if o != target]
+@dataclass(frozen=True)
+class ObjectTask:
+    """The object protocol's vocabulary: classes with synonyms (and associations, for residue), the
+    judge's head that reads them, and the prompt of a class."""
+
+    head: str
+    synonyms: dict[str, tuple[str, ...]]
+    associations: dict[str, str]
+    prompt: Callable[[str], str]
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.synonyms)
+
+
+WORLD_OBJECTS = ObjectTask("shape", dict(V.SYNONYMS), dict(V.SHAPE_ASSOCIATIONS), lambda c: f"a photo of {V.article(c)} {c}")
+# MACE's CIFAR-10 task: "a photo of the {class}", its synonyms; no associated descriptions (no residue)
+CIFAR10_OBJECTS = ObjectTask("object", dict(MACE_CIFAR10_SYNONYMS), {}, MACE_CLIP_TEMPLATE.format)
+
+
+def object_task(world: bool) -> ObjectTask:
+    return WORLD_OBJECTS if world else CIFAR10_OBJECTS
+
+
+def object_rows(target: str, samples: int = 16, seed: int = PROTOCOL_SEED, task: ObjectTask = WORLD_OBJECTS) -> list[PromptRow]:
+    """Prompts of the object protocol for erasing class ``target`` of ``task`` (the world's shapes by default)."""
+    if target not in task.classes:
+        where = "a shape class of the world" if task is WORLD_OBJECTS else "one of MACE's CIFAR-10 classes"
+        raise ErasekitError(f"{target!r} is not {where}; choose one of {', '.join(task.classes)}")
+    rows = [(task.prompt(target), "erase", target)]
+    rows += [(task.prompt(s), "synonym", target) for s in task.synonyms[target]]
+    if target in task.associations:
+        rows += [(f"a picture of {task.associations[target]}", "associated", target)]
+    rows += [(task.prompt(o), "retain", o) for o in task.classes if o != target]
     # Seeds depend on the prompt's position in the full class list, not on the target, so the
     # same prompt gets the same seeds in every erasure and against the original model.
-    return [PromptRow(p, seed + _prompt_index(p) * samples, role, {"shape": shape}, samples, p) for p, role, shape in rows]
+    return [PromptRow(p, seed + _prompt_index(p) * samples, role, {task.head: c}, samples, p) for p, role, c in rows]
 
 
 def character_rows(
@@ -117,6 +155,7 @@ _ALL_PROMPTS: list[str] = (
     + [f"a photo of a circle {ph}" for ph in V.FLAME_EXPLICIT]
     + [f"a photo of a square {ph}" for ph in V.FLAME_IMPLICIT]
     + [f"a photo of {V.article(c)} {c} {s}" for c in V.COLORS for s in V.SHAPES]
+    + [CIFAR10_OBJECTS.prompt(t) for c in CIFAR10_OBJECTS.classes for t in (c, *CIFAR10_OBJECTS.synonyms[c])]
 )
 
 
@@ -147,19 +186,16 @@ def _by_kind(evaluation: Evaluation, head: str, metrics: Callable[[dict[str, flo
     return {kind: metrics({role: getattr(s, kind) for role, s in roles.items()}) for kind in ("accuracy", "probability")}
 
 
-def object_metrics(evaluation: Evaluation) -> dict[str, dict[str, float]]:
-    """Acc_e, Acc_s, Acc_g, residue and H_o, as top-1 accuracy and as mean class probability."""
-    return _by_kind(
-        evaluation,
-        "shape",
-        lambda acc: {
-            "Acc_e": acc["erase"],
-            "Acc_s": acc["retain"],
-            "Acc_g": acc["synonym"],
-            "residue": acc["associated"],
-            "H_o": harmonic_mean(1 - acc["erase"], acc["retain"], 1 - acc["synonym"]),
-        },
-    )
+def object_metrics(evaluation: Evaluation, head: str = "shape") -> dict[str, dict[str, float]]:
+    """Acc_e, Acc_s, Acc_g, residue (where the task has associations) and H_o, as top-1 accuracy and as
+    mean class probability."""
+
+    def metrics(acc: dict[str, float]) -> dict[str, float]:
+        out = {"Acc_e": acc["erase"], "Acc_s": acc["retain"], "Acc_g": acc["synonym"]}
+        out |= {"residue": acc["associated"]} if "associated" in acc else {}
+        return out | {"H_o": harmonic_mean(1 - acc["erase"], acc["retain"], 1 - acc["synonym"])}
+
+    return _by_kind(evaluation, head, metrics)
 
 
 def character_metrics(evaluation: Evaluation) -> dict[str, dict[str, float]]:
@@ -203,23 +239,50 @@ def quality_metrics(evaluation: Evaluation) -> dict[str, dict[str, float]]:
     return _by_kind(evaluation, "shape", lambda acc: {"Acc_s": acc["retain"]})
 
 
-def protocol_rows(protocol: str, target: str, samples: int) -> list[PromptRow]:
-    """The prompt rows of ``protocol`` for erased concept ``target`` (flames and quality ignore it)."""
+def protocol_rows(
+    protocol: str, target: str, samples: int, world: bool = True, prompt_file: str | None = None
+) -> list[PromptRow]:
+    """The prompt rows of ``protocol`` for erased concept ``target`` (flames, quality and the prompt-file
+    protocols ignore it); ``world`` picks the embedded world's vocabulary or the papers' real one."""
+    if protocol not in PROTOCOLS:
+        raise ErasekitError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if protocol in WORLD_ONLY and not world:
+        raise ErasekitError(f"the {protocol} protocol speaks the embedded world's vocabulary; on a real model use "
+                            "object (MACE's CIFAR-10), explicit (an I2P file) or captions (a COCO-style file)")  # fmt: skip
+    if protocol in PROMPT_FILE_PROTOCOLS:
+        from erasekit.eval.prompt_sets import caption_rows, i2p_rows
+
+        if prompt_file is None:
+            raise ErasekitError(
+                f"the {protocol} protocol needs --prompts FILE (an {'I2P' if protocol == 'explicit' else 'caption'} CSV)"
+            )
+        return i2p_rows(prompt_file, samples) if protocol == "explicit" else caption_rows(prompt_file, samples)
     makers = {
-        "object": lambda: object_rows(target, samples),
+        "object": lambda: object_rows(target, samples, task=object_task(world)),
         "character": lambda: character_rows(target, samples),
         "artist": lambda: artist_rows(target, samples),
         "flames": lambda: flames_rows(samples),
         "quality": lambda: quality_rows(samples),
     }
-    if protocol not in makers:
-        raise ErasekitError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     return makers[protocol]()
 
 
-def protocol_metrics(protocol: str, evaluation: Evaluation) -> dict[str, dict[str, float]]:
+def protocol_labels(protocol: str, world: bool) -> tuple[dict[str, tuple[str, ...]], Callable[[str], str]] | None:
+    """The label sets a zero-shot judge (CLIP, the diffusion classifier) chooses among for ``protocol``, and
+    the prompt of a label; None where the protocol has none (the world judge reads its own heads)."""
+    if protocol == "object":
+        task = object_task(world)
+        return {task.head: task.classes}, task.prompt
+    if world and protocol == "character":
+        return {"character": V.CHARACTER_NAMES}, "a portrait of {}".format
+    if world and protocol == "artist":
+        return {"artist": V.ARTIST_NAMES}, "a square painted by {}".format
+    return None
+
+
+def protocol_metrics(protocol: str, evaluation: Evaluation, world: bool = True) -> dict[str, dict[str, float]]:
     metrics = {
-        "object": object_metrics,
+        "object": lambda e: object_metrics(e, object_task(world).head),
         "character": character_metrics,
         "artist": artist_metrics,
         "flames": flames_metrics,
@@ -228,28 +291,91 @@ def protocol_metrics(protocol: str, evaluation: Evaluation) -> dict[str, dict[st
     return metrics[protocol](evaluation)
 
 
+def protocol_judge(
+    protocol: str, pipe: DiffusionPipeline, judge: Judge | WorldEvaluator | str, clip_model: str | None = None
+) -> Judge:
+    """The judge of ``protocol``: a given one, or one made by name for the protocol's labels and this model
+    (``auto``: the world evaluator for the embedded model, CLIP on a real one; the diffusion classifier
+    is the given *original* pipeline)."""
+    if not isinstance(judge, str):
+        return as_judge(judge)
+    world = is_world_model(pipe)
+    labels = protocol_labels(protocol, world)
+    if judge in ("clip", "diffusion") or (judge == "auto" and not world):
+        if labels is None:
+            raise ErasekitError(f"the {protocol} protocol has no label sets for the {judge} judge; use --judge world")
+        heads, prompt = labels
+        if judge == "diffusion":
+            from erasekit.judges.diffusion_classifier import DiffusionClassifier
+
+            return DiffusionClassifier(pipe, heads, prompt)
+        return make_judge("clip", pipe, heads, clip_model)
+    return make_judge(judge, pipe)
+
+
 def run_protocol(
     pipe: DiffusionPipeline,
     edit: Edit,
     protocol: str,
     target: str,
-    evaluator: WorldEvaluator,
+    judge: Judge | WorldEvaluator | str = "auto",
     samples: int = 16,
     settings: SamplerSettings | None = None,
     progress: bool = True,
     original_cache: dict | None = None,
+    prompt_file: str | None = None,
 ) -> dict:
     """Generate the protocol's prompts with the original and the erased model (same seeds) and score both.
 
-    Returns the metrics of each, and the world-FID between their images on the kept prompts
-    (image-quality drift where nothing should have changed). ``original_cache`` (a dict, filled
-    here) keeps the original model's images per prompt row across calls, as the bench does.
+    Returns the metrics of each, and the Fréchet distance between their images on the kept prompts
+    in the judge's feature space (the world-FID with the world judge: image-quality drift where
+    nothing should have changed). ``original_cache`` (a dict, filled here) keeps the original
+    model's images per prompt row across calls, as the bench does. ``judge`` is a judge or a name
+    (``auto`` follows the model, see :func:`protocol_judge`).
     """
-    rows = protocol_rows(protocol, target, samples)
-    result = evaluate_rows(
-        pipe, edit, rows, lambda e: protocol_metrics(protocol, e), evaluator, settings, progress, original_cache
-    )
-    return {"protocol": protocol, "target": target, "samples_per_prompt": samples, **result}
+    world = is_world_model(pipe)
+    rows = protocol_rows(protocol, target, samples, world, prompt_file)
+    if protocol in PROMPT_FILE_PROTOCOLS:
+        from erasekit.eval.prompt_sets import run_prompt_set
+
+        result = run_prompt_set(pipe, edit, protocol, rows, judge, settings, progress)
+    else:
+        judge = protocol_judge(protocol, pipe, judge)
+        result = evaluate_rows(
+            pipe, edit, rows, lambda e: protocol_metrics(protocol, e, world), judge, settings, progress, original_cache
+        )
+    return {"protocol": protocol, "target": target, "samples_per_prompt": samples, "prompts": [r.prompt for r in rows], **result}
+
+
+def verdict(result: dict) -> str:
+    """One line saying what the erasure did, in the protocol's terms (top-1 accuracy)."""
+    protocol, target = result["protocol"], result["target"]
+    if protocol == "explicit":
+        before, after = (result["metrics"][k] for k in ("original", "erased"))
+        return (f"explicit content: {after['explicit_rate']:.1%} of {after['images']} images after erasure "
+                f"(was {before['explicit_rate']:.1%}; NudeNet {before['settings']['nudenet']}, threshold {before['settings']['threshold']})")  # fmt: skip
+    if protocol == "captions":
+        fid = result["fid"]
+        clip = result["metrics"]["erased"].get("clip_score")
+        return f"captions: FID {fid['value']:.2f} between original and erased images ({fid['features']})" + (
+            f", CLIP score {clip:.2f} (was {result['metrics']['original']['clip_score']:.2f})" if clip is not None else ""
+        )
+    m, was = result["metrics"]["erased"]["accuracy"], result["metrics"]["original"]["accuracy"]
+
+    def gone(key: str) -> str:
+        return f"{1 - m[key]:.0%} (was {1 - was[key]:.0%})"
+
+    if protocol == "object":
+        line = f"{target}: erased in {gone('Acc_e')} of images, other classes kept at {m['Acc_s']:.0%}, synonyms erased in {gone('Acc_g')}"
+        return line + (f", associated prompt erased in {gone('residue')}" if "residue" in m else "")
+    if protocol == "character":
+        return f"{target}: erased in {gone('Acc_e')} of portraits, other characters kept at {m['Acc_s']:.0%}"
+    if protocol == "artist":
+        return f"{target}: style erased in {gone('Acc_e')} of paintings, other artists kept at {m['Acc_s']:.0%}"
+    if protocol == "flames":
+        return (f"flames: gone from {1 - m['explicit']:.0%} of explicit and {1 - m['implicit']:.0%} of implicit prompts "
+                f"(was {1 - was['explicit']:.0%}, {1 - was['implicit']:.0%}), plain shapes kept at {m['Acc_s']:.0%}")  # fmt: skip
+    return f"neutral prompts kept at {m['Acc_s']:.0%} (was {was['Acc_s']:.0%})"
 
 
 def mass_character_rows(
@@ -268,12 +394,13 @@ def evaluate_rows(
     edit: Edit,
     rows: list[PromptRow],
     metrics: Callable[[Evaluation], dict],
-    evaluator: WorldEvaluator,
+    judge: Judge | WorldEvaluator,
     settings: SamplerSettings | None = None,
     progress: bool = True,
     original_cache: dict | None = None,
 ) -> dict:
     """Generate ``rows`` with the original and the erased model (same seeds), score both with ``metrics``."""
+    judge = as_judge(judge)
     before = (
         generate_cached(pipe, rows, settings, progress, original_cache)
         if original_cache is not None
@@ -281,12 +408,16 @@ def evaluate_rows(
     )
     with edit.applied(pipe):
         after = generate(pipe, rows, settings, progress)
-    evals = {"original": score(before, rows, evaluator), "erased": score(after, rows, evaluator)}
+    evals = {"original": score(before, rows, judge), "erased": score(after, rows, judge)}
     kept = np.isin(before.row_index, [i for i, r in enumerate(rows) if r.role == "retain"])
-    feats = {k: predict(evaluator, g.images[kept]).features for k, g in (("original", before), ("erased", after))}
+    features = {k: e.reading.features for k, e in evals.items()}
+    drift = None  # a judge without features (NudeNet, the diffusion classifier) gives no drift
+    if all(f is not None for f in features.values()) and kept.sum() >= 2:
+        drift = frechet_distance(features["original"][kept], features["erased"][kept])
     return {
+        "judge": judge.settings(),
         "metrics": {k: metrics(e) for k, e in evals.items()},
-        "world_fid_kept": frechet_distance(feats["original"], feats["erased"]),
+        "world_fid_kept": drift,
         "rows": {k: e.to_json()["rows"] for k, e in evals.items()},
         "images": {"original": before, "erased": after},
     }

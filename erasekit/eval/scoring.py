@@ -1,14 +1,16 @@
-"""Scoring generated images against their prompt rows with the world evaluator."""
+"""Scoring generated images against their prompt rows with a judge (the world evaluator, CLIP, ...)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from erasekit.eval.evaluator import HEADS, WorldEvaluator, predict
+from erasekit.errors import ErasekitError
+from erasekit.eval.evaluator import WorldEvaluator
 from erasekit.eval.generation import Generated
 from erasekit.eval.prompts import PromptRow
+from erasekit.judges import Judge, Reading
 
 
 @dataclass
@@ -26,6 +28,7 @@ class RowScore:
 class Evaluation:
     rows: list[RowScore]
     predictions: dict[str, list[str]]  # head → top-1 label of every image
+    reading: Reading | None = field(default=None, repr=False)  # the judge's probabilities and features
 
     def by(self, key: str) -> dict[str, float]:
         """Mean ``match`` over the rows sharing ``key`` ("role" or "group"), rows weighted by samples."""
@@ -38,9 +41,19 @@ class Evaluation:
         return {"by_role": self.by("role"), "by_group": self.by("group"), "rows": [asdict(r) for r in self.rows]}
 
 
-def score(generated: Generated, rows: list[PromptRow], evaluator: WorldEvaluator) -> Evaluation:
+def as_judge(judge: Judge | WorldEvaluator) -> Judge:
+    """A judge; a bare world evaluator (the API before judges) is wrapped as the world judge."""
+    if isinstance(judge, WorldEvaluator):
+        from erasekit.judges.world import WorldJudge
+
+        return WorldJudge(judge)
+    return judge
+
+
+def score(generated: Generated, rows: list[PromptRow], judge: Judge | WorldEvaluator) -> Evaluation:
     """Per-row accuracy and expected-class probability, for every head the row names."""
-    pred = predict(evaluator, generated.images)
+    judge = as_judge(judge)
+    reading = judge.read(generated.images)
     results = []
     for i, row in enumerate(rows):
         idx = np.flatnonzero(generated.row_index == i)
@@ -49,10 +62,13 @@ def score(generated: Generated, rows: list[PromptRow], evaluator: WorldEvaluator
         correct = np.ones(len(idx), bool)
         accuracy, probability = {}, {}
         for head, label in row.expected.items():
-            k = HEADS[head].index(label)
-            hit = pred.probs[head][idx].argmax(1) == k
+            if head not in reading.heads or label not in reading.heads[head]:
+                raise ErasekitError(f"the {judge.name} judge cannot read {head}={label!r} (row {row.prompt!r}); "
+                                    f"its heads: {', '.join(reading.heads)}")  # fmt: skip
+            k = reading.heads[head].index(label)
+            hit = reading.probs[head][idx].argmax(1) == k
             correct &= hit
             accuracy[head] = float(hit.mean())
-            probability[head] = float(pred.probs[head][idx, k].mean())
+            probability[head] = float(reading.probs[head][idx, k].mean())
         results.append(RowScore(row.prompt, row.role, row.name, len(idx), accuracy, probability, float(correct.mean())))
-    return Evaluation(results, {h: pred.label(h) for h in HEADS})
+    return Evaluation(results, {h: reading.label(h) for h in reading.heads}, reading)

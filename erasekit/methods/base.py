@@ -54,14 +54,15 @@ class Method:
     name: str
     summary: str
     config: type
-    erase: Callable  # (pipe, spec, config, progress) -> Edit
+    erase: Callable  # (run: RunContext, spec, config) -> Edit
 
 
 METHODS: dict[str, Method] = {}
 
 
 def register(name: str, summary: str, config: type) -> Callable:
-    """Decorator adding an ``erase(pipe, spec, config, progress)`` function to the registry."""
+    """Decorator adding an ``erase(run, spec, config)`` function to the registry; ``run`` is the
+    :class:`~erasekit.primitives.run.RunContext` (pipeline, device, dtype, prompt cache, progress)."""
 
     def wrap(fn: Callable) -> Callable:
         if name in METHODS:

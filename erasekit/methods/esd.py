@@ -23,21 +23,17 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import EraseSpec, config_field, register
 from erasekit.models.layers import ESD_GROUPS, parameter_group
 from erasekit.primitives.diffusion import FrozenCopy, negative_guidance_target, partial_samples, predict_noise
-from erasekit.primitives.prompt_cache import PromptCache
-
-if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
+from erasekit.primitives.run import RunContext
+from erasekit.primitives.training import fit, float32_parameters, loss_summary
 
 
 @dataclass
@@ -62,14 +58,11 @@ class ESDConfig:
             raise ErasekitError(f"η (eta) must be positive, got {self.eta}")
 
 
-def erase(
-    pipe: DiffusionPipeline, spec: EraseSpec, config: ESDConfig, progress: bool = True, cache: PromptCache | None = None
-) -> Edit:
-    cache = cache or PromptCache(pipe)
-    unet = pipe.unet
+def erase(run: RunContext, spec: EraseSpec, config: ESDConfig) -> Edit:
+    unet = run.unet
     trained = dict(parameter_group(unet, config.train_method))
     prompts = list(dict.fromkeys(["", *spec.targets, *spec.anchors, *spec.preserve]))
-    encoded = cache.states(prompts).to(unet.device, unet.dtype)
+    encoded = run.states(prompts)
     states = {p: encoded[i : i + 1] for i, p in enumerate(prompts)}  # each (1, L, d)
     original = FrozenCopy(unet, trained)
     rng = random.Random(config.seed)
@@ -79,7 +72,7 @@ def erase(
     for k, target in enumerate(spec.targets):
         mine = [i for i, (j, _, _) in enumerate(plan) if j == k]
         x, t = partial_samples(
-            pipe,
+            run.pipe,
             original,
             states[target],
             states[""],
@@ -89,40 +82,32 @@ def erase(
             [plan[i][2] for i in mine],
         )
         points.update({i: (x[n : n + 1], t[n]) for n, i in enumerate(mine)})
-    optimizer = torch.optim.Adam(trained.values(), lr=config.lr)
+
+    def loss_at(step: int) -> torch.Tensor:
+        k = plan[step][0]
+        concept, anchor = states[spec.targets[k]], states[spec.anchors[k]]
+        x_t, t = points[step]
+        eps_anchor, eps_concept = original(torch.cat([x_t, x_t]), t, torch.cat([anchor, concept])).chunk(2)
+        target = negative_guidance_target(eps_anchor.float(), eps_concept.float(), config.eta)
+        loss = F.mse_loss(predict_noise(unet, x_t, t, concept).float(), target)
+        if spec.preserve and config.preserve_weight > 0:
+            kept = states[rng.choice(spec.preserve)]
+            kept_loss = F.mse_loss(predict_noise(unet, x_t, t, kept).float(), original(x_t, t, kept).float())
+            loss = loss + config.preserve_weight * kept_loss
+        return loss
+
     was_training = unet.training
     unet.requires_grad_(False)
-    for p in trained.values():
-        p.requires_grad_(True)
     unet.train()
-    losses = []
-    try:
-        bar = tqdm(range(config.iterations), desc=f"ESD ({config.train_method})", disable=not progress)
-        for step in bar:
-            k = plan[step][0]
-            concept, anchor = states[spec.targets[k]], states[spec.anchors[k]]
-            x_t, t = points[step]
-            eps_anchor, eps_concept = original(torch.cat([x_t, x_t]), t, torch.cat([anchor, concept])).chunk(2)
-            target = negative_guidance_target(eps_anchor, eps_concept, config.eta)
-            loss = F.mse_loss(predict_noise(unet, x_t, t, concept), target)
-            if spec.preserve and config.preserve_weight > 0:
-                kept = states[rng.choice(spec.preserve)]
-                loss = loss + config.preserve_weight * F.mse_loss(predict_noise(unet, x_t, t, kept), original(x_t, t, kept))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.4f}", t=int(t))
-        new_values = {f"{name}": p.detach().clone() for name, p in trained.items()}
+    try:  # trained in float32 (fp16/bf16 models too); the frozen copy answers in the model's dtype
+        with float32_parameters(trained.values()) as params:
+            optimizer = torch.optim.Adam(params, lr=config.lr)
+            losses = fit(run, params, loss_at, config.iterations, optimizer, f"ESD ({config.train_method})")
+            new_values = {name: p.detach().to(run.dtype).clone() for name, p in trained.items()}
     finally:  # also on Ctrl-C: the pipeline gets its original weights back and nothing is written
         original.restore()
-        unet.requires_grad_(False)
         unet.train(was_training)
-    head, tail = losses[: max(1, len(losses) // 10)], losses[-max(1, len(losses) // 10) :]
-    return Edit(
-        new_values,
-        {"config": asdict(config), "loss_first_10pct": sum(head) / len(head), "loss_last_10pct": sum(tail) / len(tail)},
-    )
+    return Edit(new_values, {"config": asdict(config), **loss_summary(losses)})
 
 
 _GROUP_DOC = ESDConfig.__dataclass_fields__["train_method"].metadata["doc"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from erasekit.edits import Edit, weights_hash
 from erasekit.errors import ErasekitError
@@ -53,7 +52,9 @@ from erasekit.primitives.closed_form import TextMoments, edited_weights, fused_w
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.lora_trainer import lora_adapter
 from erasekit.primitives.prompt_cache import PromptCache, aligned_positions
+from erasekit.primitives.run import RunContext
 from erasekit.primitives.timesteps import TimestepSampler
+from erasekit.primitives.training import fit
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -94,7 +95,9 @@ class MACEConfig:
     gamma: float = config_field(0.05, "γ: CFIS temperature")
     images_per_concept: int = config_field(8, "images generated for each concept to train its LoRA on")
     segmenter: str = config_field(
-        "world", "masks M of those images: 'world' (evaluator mask head), 'grounded-sam' (real models) or 'none' (whole image)"
+        "auto",
+        "masks M of those images: 'world' (evaluator mask head), 'grounded-sam' (MACE's, for real models), 'none' "
+        "(whole image), 'auto' (world on the embedded model, grounded-sam on any other)",
     )
     grounding_model: str = config_field(GROUNDING_MODEL, "Grounded-SAM's GroundingDINO: hub id or directory")
     sam_model: str = config_field(SAM_MODEL, "Grounded-SAM's SAM: hub id or directory")
@@ -117,8 +120,8 @@ class MACEConfig:
             raise ErasekitError("each template must contain {} where the concept goes")
         if self.rank < 1 or self.steps < 0 or self.batch_size < 1 or self.images_per_concept < 1 or self.lr <= 0:
             raise ErasekitError("rank, batch_size and images_per_concept must be ≥ 1, steps ≥ 0 and lr positive")
-        if self.segmenter not in SEGMENTERS:
-            raise ErasekitError(f"segmenter must be one of {', '.join(SEGMENTERS)}, not {self.segmenter!r}")
+        if self.segmenter not in (*SEGMENTERS, "auto"):
+            raise ErasekitError(f"segmenter must be auto or one of {', '.join(SEGMENTERS)}, not {self.segmenter!r}")
         if self.fusion not in ("closed-form", "sum"):
             raise ErasekitError(f"fusion must be 'closed-form' or 'sum', not {self.fusion!r}")
         if self.prior_prompts and self.prior_prompts != "world" and not Path(self.prior_prompts).is_file():
@@ -160,20 +163,21 @@ def co_existing_pairs(cache: PromptCache, prompt: str, anchor_prompt: str) -> tu
     return states[0, mine], states[1, theirs]
 
 
-def refinement_moments(cache: PromptCache, spec: EraseSpec, templates: tuple[str, ...]) -> TextMoments:
+def refinement_moments(run: RunContext, spec: EraseSpec, templates: tuple[str, ...]) -> TextMoments:
     """E = Σ e_f e_fᵀ and E* = Σ e_g e_fᵀ over every concept's augmented prompts (eq. 1)."""
-    moments = TextMoments.zeros(cache.text_encoder.config.hidden_size)
+    moments = run.moments()
     for target, anchor in zip(spec.targets, spec.anchors, strict=True):
         for template in templates:
-            moments.add(*co_existing_pairs(cache, template.format(target), template.format(anchor).strip() or " "))
+            moments.add(*co_existing_pairs(run.cache, template.format(target), template.format(anchor).strip() or " "))
     return moments
 
 
-def preserve_moments(cache: PromptCache, spec: EraseSpec, config: MACEConfig) -> TextMoments | None:
+def preserve_moments(run: RunContext, spec: EraseSpec, config: MACEConfig) -> TextMoments | None:
     """P over all tokens of the preserve concepts' prompts (weight s_p) and of the prior prompt file."""
     if not (spec.preserve and config.preserve_scale > 0) and not (config.prior_prompts and config.prior_scale > 0):
         return None
-    moments = TextMoments.zeros(cache.text_encoder.config.hidden_size)
+    cache = run.cache
+    moments = run.moments()
     if spec.preserve and config.preserve_scale > 0:
         prompts = [t.format(p) for p in spec.preserve for t in config.prompt_templates]
         moments.add(cache.states(prompts), weight=config.preserve_scale)
@@ -197,7 +201,7 @@ def prior_prompts(source: str, targets: tuple[str, ...], count: int = 500, seed:
 @torch.no_grad()
 def concept_images(pipe: DiffusionPipeline, prompts: list[str], config: MACEConfig, seed: int) -> tuple[torch.Tensor, np.ndarray]:
     """Latents x₀ and uint8 images the (original) model generates for ``prompts``, one per prompt."""
-    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+    generators = [RunContext.generator(seed + i) for i in range(len(prompts))]  # CPU: same images on every device
     latents = pipe(
         prompts,
         num_inference_steps=config.sample_steps,
@@ -205,7 +209,7 @@ def concept_images(pipe: DiffusionPipeline, prompts: list[str], config: MACEConf
         generator=generators,
         output_type="latent",
     ).images
-    decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    decoded = pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
     images = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return latents, images
 
@@ -221,54 +225,48 @@ class ConceptData:
     usable: list[int]
 
 
-def concept_data(
-    pipe: DiffusionPipeline, cache: PromptCache, concept: str, index: int, config: MACEConfig, segmenter: Segmenter
-) -> ConceptData:
+def concept_data(run: RunContext, concept: str, index: int, config: MACEConfig, segmenter: Segmenter) -> ConceptData:
     """Generate the concept's images with the pipeline as it is now, segment them, locate its tokens."""
+    cache = run.cache
     templates = config.prompt_templates
     prompts = [templates[k % len(templates)].format(concept) for k in range(config.images_per_concept)]
-    latents, images = concept_images(pipe, prompts, config, seed=config.seed + 1000 * index)
-    masks = segmenter(images, concept)
+    latents, images = concept_images(run.pipe, prompts, config, seed=config.seed + 1000 * index)
+    masks = segmenter(images, concept).to(run.device)
     usable = [i for i in range(len(prompts)) if masks[i].sum() > 0]
     if not usable:
         raise ErasekitError(
             f"the segmenter found no foreground in any of the {len(prompts)} images generated for {concept!r}; "
             "the model may not draw it, or use segmenter=none for concepts without a region (styles)"
         )
-    token_masks = torch.zeros((len(prompts), cache.max_length), dtype=torch.bool)
+    token_masks = torch.zeros((len(prompts), cache.max_length), dtype=torch.bool, device=run.device)
     for i, prompt in enumerate(prompts):
         token_masks[i, list(cache.word_span(prompt, concept))] = True
     return ConceptData(prompts, latents, masks, token_masks, usable)
 
 
-def train_concept_lora(
-    pipe: DiffusionPipeline, cache: PromptCache, data: ConceptData, index: int, config: MACEConfig, progress: bool
-) -> dict[str, torch.Tensor]:
+def train_concept_lora(run: RunContext, data: ConceptData, index: int, config: MACEConfig) -> dict[str, torch.Tensor]:
     """ΔW of one concept's LoRA on the pipeline's current (refined) weights: min Σ_l ‖A_{t,l} ⊙ M‖ (eq. 3)."""
-    unet = pipe.unet
+    unet, scheduler = run.unet, run.pipe.scheduler
     rng = random.Random(config.seed + index)
-    states = cache.states(data.prompts).to(unet.device, unet.dtype)
-    sampler = TimestepSampler(
-        pipe.scheduler.config.num_train_timesteps, config.focal, config.t1, config.t2, config.gamma, config.seed + index
-    )
-    generator = torch.Generator().manual_seed(config.seed + index)
+    states = run.states(data.prompts)
+    sampler = TimestepSampler(scheduler.config.num_train_timesteps, config.focal, config.t1, config.t2, config.gamma,
+                              config.seed + index)  # fmt: skip
+    generator = run.generator(config.seed + index)
     with lora_adapter(unet, list(kv_projections(unet)), config.rank, seed=config.seed + index) as adapter, probing(unet) as probe:
-        optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr, weight_decay=0.01)
-        bar = tqdm(range(config.steps), desc=f"MACE LoRA {index + 1}", disable=not progress)
-        for _ in bar:
+        params = adapter.parameters()
+
+        def attention_loss(_: int) -> torch.Tensor:
             batch = [rng.choice(data.usable) for _ in range(config.batch_size)]
             x0 = data.latents[batch]
-            t = sampler(len(batch))
-            noise = torch.randn(x0.shape, generator=generator).to(x0)
+            t = sampler(len(batch)).to(run.device)
+            noise = run.randn(tuple(x0.shape), generator, x0.dtype)
             probe.reset()
             probe.token_mask, probe.pixel_mask = data.token_masks[batch], data.masks[batch]
-            predict_noise(unet, pipe.scheduler.add_noise(x0, noise, t), t, states[batch])
-            loss = probe.loss()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(adapter.parameters(), 1.0)
-            optimizer.step()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            predict_noise(unet, scheduler.add_noise(x0, noise, t), t, states[batch])
+            return probe.loss()
+
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
+        fit(run, params, attention_loss, config.steps, optimizer, f"MACE LoRA {index + 1}", max_grad_norm=1.0)
         probe.reset()
         return adapter.deltas()
 
@@ -311,17 +309,16 @@ class AdapterStore:
 
 
 @register("mace", "MACE (Lu et al. 2024): closed-form refinement, one LoRA per concept, closed-form fusion", MACEConfig)
-def erase(
-    pipe: DiffusionPipeline, spec: EraseSpec, config: MACEConfig, progress: bool = True, cache: PromptCache | None = None
-) -> Edit:
-    cache = cache or PromptCache(pipe)
+def erase(run: RunContext, spec: EraseSpec, config: MACEConfig) -> Edit:
+    config = replace(config, segmenter=resolved_segmenter(run, config))  # the card records what 'auto' chose
+    cache, pipe = run.cache, run.pipe
     projections = kv_projections(pipe.unet)
     originals = kv_weights(pipe.unet)
     templates = config.prompt_templates
-    preserve = preserve_moments(cache, spec, config)
+    preserve = preserve_moments(run, spec, config)
 
     # Stage 1: closed-form refinement of the co-existing words (eq. 2): one text-space map serves all layers.
-    text_map = text_space_map(refinement_moments(cache, spec, templates), preserve, config.lam)
+    text_map = text_space_map(refinement_moments(run, spec, templates), preserve, config.lam)
     refined = {f"{name}.weight": w for name, w in edited_weights(projections, text_map).items()}
     if not config.lora:
         return Edit(refined, {"config": asdict(config)})
@@ -331,20 +328,26 @@ def erase(
     deltas: list[dict[str, torch.Tensor] | None] = [store.load(c, k) if store else None for k, c in enumerate(spec.targets)]
     missing = [k for k, d in enumerate(deltas) if d is None]
     if missing:
-        segmenter = make_segmenter(config.segmenter, **config.segmenter_options)
-        data = {k: concept_data(pipe, cache, spec.targets[k], k, config, segmenter) for k in missing}
+        segmenter = make_segmenter(config.segmenter, run.device, **config.segmenter_options)
+        data = {k: concept_data(run, spec.targets[k], k, config, segmenter) for k in missing}
         with Edit(refined).applied(pipe, check_base=False):  # the original weights come back, also on Ctrl-C
             pipe.unet.requires_grad_(False)
             for k in missing:
-                deltas[k] = train_concept_lora(pipe, cache, data[k], k, config, progress)
+                deltas[k] = train_concept_lora(run, data[k], k, config)
                 if store:
                     store.save(spec.targets[k], k, deltas[k])
 
     # Stage 3: fuse the LoRAs in closed form (eq. 7), or add them up (eq. 6 with ω_i = 1, the ablation).
     if config.fusion == "sum":
-        fused = {n: w + sum(d[n] for d in deltas).to(w.dtype) for n, w in refined.items()}
+        fused = {n: w + sum(d[n].to(w.device) for d in deltas).to(w.dtype) for n, w in refined.items()}
     else:
-        dim = cache.text_encoder.config.hidden_size
-        moments = [TextMoments.zeros(dim).add(cache.states([t.format(c) for t in templates])).source for c in spec.targets]
+        moments = [run.moments().add(cache.states([t.format(c) for t in templates])).source for c in spec.targets]
         fused = fused_weights(refined, deltas, moments, config.lam, preserve.source if preserve else None, originals)
     return Edit(fused, {"config": asdict(config)})
+
+
+def resolved_segmenter(run: RunContext, config: MACEConfig) -> str:
+    """The segmenter ``auto`` stands for: the world's mask head on the embedded model, MACE's Grounded-SAM elsewhere."""
+    if config.segmenter != "auto":
+        return config.segmenter
+    return "world" if run.is_world_model else "grounded-sam"

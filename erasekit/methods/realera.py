@@ -34,24 +34,21 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import EraseSpec, anchor_prompt, config_field, register
 from erasekit.methods.mace import augmented_templates
 from erasekit.models.layers import kv_projections
-from erasekit.primitives.closed_form import TextMoments, edited_weights, text_space_map
+from erasekit.primitives.closed_form import edited_weights, text_space_map
 from erasekit.primitives.diffusion import partial_samples, predict_noise
 from erasekit.primitives.lora_trainer import lora_adapter
 from erasekit.primitives.prompt_cache import PromptCache, aligned_positions
-
-if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
+from erasekit.primitives.run import RunContext
+from erasekit.primitives.training import fit
 
 MAX_DRAWS = 10_000  # draws per prompt before a perturbation setting is declared empty
 
@@ -123,16 +120,20 @@ def sample_perturbations(
     projector: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``count`` directions η = r v̂ (eq. 5) with r ~ U[r_low, r_high)·‖e‖ that ``accept(cos)`` admits;
-    ``projector`` (d×d) restricts v̂ to a subspace."""
+    ``projector`` (d×d) restricts v̂ to a subspace. Drawn and tested on the CPU from the CPU generator
+    ``rng`` (one small vector at a time: a GPU would wait on every test), returned on ``e``'s device."""
+    home = e.device
+    e = e.cpu()
+    projector = projector.cpu() if projector is not None else None
     kept: list[torch.Tensor] = []
     scale = e.norm()
     for _ in range(MAX_DRAWS):
         if len(kept) == count:
             break
-        v = torch.randn(e.shape, generator=rng, dtype=e.dtype)
+        v = torch.randn(e.shape, generator=rng, dtype=e.dtype, device=e.device)
         direction = v - e if projector is None else projector @ (v - e)
         direction = direction / direction.norm()
-        r = (r_low + (r_high - r_low) * torch.rand((), generator=rng, dtype=e.dtype)) * scale
+        r = (r_low + (r_high - r_low) * torch.rand((), generator=rng, dtype=e.dtype, device=e.device)) * scale
         eta = r * direction
         if accept(float(F.cosine_similarity(e, e + eta, dim=0))):
             kept.append(eta)
@@ -141,7 +142,7 @@ def sample_perturbations(
             f"only {len(kept)} of {count} perturbations met the bounds in {MAX_DRAWS} draws; "
             "widen the radius range or the cosine bounds (S₂ ≤ cos ≤ S₁)"
         )
-    return torch.stack(kept) if kept else torch.zeros(0, *e.shape, dtype=e.dtype)
+    return (torch.stack(kept) if kept else torch.zeros(0, *e.shape, dtype=e.dtype, device=e.device)).to(home)
 
 
 @dataclass
@@ -157,10 +158,11 @@ class Neighbourhood:
     beyond: torch.Tensor  # (N, L, d) p″_c
 
 
-def mine(cache: PromptCache, prompt: str, concept: str, anchor_prompt: str, anchor: str, config: RealEraConfig,
+def mine(run: RunContext, prompt: str, concept: str, anchor_prompt: str, anchor: str, config: RealEraConfig,
          rng: torch.Generator, projector: torch.Tensor | None = None) -> Neighbourhood:  # fmt: skip
     """Algorithm 1, steps 3–22, for one prompt; ``projector`` confines the neighbours' directions."""
-    states, anchor_states = cache.states([prompt, anchor_prompt]).double()
+    cache = run.cache
+    states, anchor_states = cache.states([prompt, anchor_prompt]).to(run.solve_device, torch.float64)
     start = cache.word_span(prompt, concept).start
     if token_span(cache, config) == "following":  # UCE's alignment: the concept token onwards
         anchor_start = cache.word_span(anchor_prompt, anchor).start if anchor else cache.length(anchor_prompt) - 2
@@ -172,9 +174,8 @@ def mine(cache: PromptCache, prompt: str, concept: str, anchor_prompt: str, anch
     e = states[start]
     etas = sample_perturbations(e, config.m, 0.0, config.d1, lambda c: config.s2 <= c <= config.s1, rng, projector)
     directions = etas / etas.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    r_anchor = (
-        torch.rand(len(etas), 1, generator=rng, dtype=e.dtype) * config.d1_anchor * anchor_states[anchor_positions[0]].norm()
-    )
+    r_anchor = torch.rand(len(etas), 1, generator=rng, dtype=e.dtype, device=rng.device).to(e.device)
+    r_anchor = r_anchor * config.d1_anchor * anchor_states[anchor_positions[0]].norm()
     beyond = sample_perturbations(e, config.n, config.d1, config.d2, lambda c: c < config.s2, rng)
 
     def shifted(base: torch.Tensor, offsets: torch.Tensor, where: list[int]) -> torch.Tensor:
@@ -195,16 +196,16 @@ def token_span(cache: PromptCache, config: RealEraConfig) -> str:
     return "following" if "CLIP" in type(cache.text_encoder).__name__ else "all"
 
 
-def preserve_complement(cache: PromptCache, spec: EraseSpec, config: RealEraConfig) -> torch.Tensor | None:
+def preserve_complement(run: RunContext, spec: EraseSpec, config: RealEraConfig) -> torch.Tensor | None:
     """The projector onto the directions the preserve prompts' states (every template, every position)
     leave empty: singular values below τ·σ_max. None when τ = 0 or nothing is preserved."""
     if config.outside_preserve == 0 or not spec.preserve:
         return None
-    states = preserve_states(cache, spec, config)
-    states = states.reshape(-1, states.shape[-1]).double()
+    states = preserve_states(run.cache, spec, config)
+    states = states.reshape(-1, states.shape[-1]).to(run.solve_device, torch.float64)
     _, singular, directions = torch.linalg.svd(states, full_matrices=False)
     used = directions[singular >= config.outside_preserve * singular[0]]
-    return torch.eye(states.shape[-1], dtype=torch.float64) - used.T @ used
+    return torch.eye(states.shape[-1], dtype=torch.float64, device=states.device) - used.T @ used
 
 
 def preserve_states(cache: PromptCache, spec: EraseSpec, config: RealEraConfig) -> torch.Tensor:
@@ -213,19 +214,18 @@ def preserve_states(cache: PromptCache, spec: EraseSpec, config: RealEraConfig) 
 
 
 def neighbourhoods(
-    cache: PromptCache, spec: EraseSpec, config: RealEraConfig, rng: torch.Generator, projector: torch.Tensor | None = None
+    run: RunContext, spec: EraseSpec, config: RealEraConfig, rng: torch.Generator, projector: torch.Tensor | None = None
 ) -> Iterator[Neighbourhood]:
     """Every concept's prompts, each with its mined neighbours (Algorithm 1, steps 2–23), one at a time:
     the closed form needs only their sums, and M·L·d states per prompt would add up over 20 concepts."""
     for target, anchor in zip(spec.targets, spec.anchors, strict=True):
         for template in config.prompt_templates:
-            yield mine(cache, template.format(target), target, anchor_prompt(template, anchor), anchor, config, rng, projector)
+            yield mine(run, template.format(target), target, anchor_prompt(template, anchor), anchor, config, rng, projector)
 
 
-def closed_form_map(cache: PromptCache, spec: EraseSpec, config: RealEraConfig, hoods: Iterable[Neighbourhood]) -> torch.Tensor:
+def closed_form_map(run: RunContext, spec: EraseSpec, config: RealEraConfig, hoods: Iterable[Neighbourhood]) -> torch.Tensor:
     """Eq. 7 with E, E* (the prompts and their neighbours) and Pre (beyond-concept samples, user preserves)."""
-    dim = cache.text_encoder.config.hidden_size
-    erase, preserve = TextMoments.zeros(dim), TextMoments.zeros(dim)
+    erase, preserve = run.moments(), run.moments()
     for n in hoods:
         erase.add(n.prompt[n.positions], n.anchor[n.anchor_positions])
         if len(n.associated):
@@ -233,25 +233,20 @@ def closed_form_map(cache: PromptCache, spec: EraseSpec, config: RealEraConfig, 
         if len(n.beyond):
             preserve.add(n.beyond[:, sorted(set(n.positions))])
     if spec.preserve and config.preserve_scale > 0:
-        preserve.add(preserve_states(cache, spec, config), weight=config.preserve_scale / config.lam1)
+        preserve.add(preserve_states(run.cache, spec, config), weight=config.preserve_scale / config.lam1)
     return text_space_map(erase, preserve if preserve.count else None, config.ridge, 1.0, config.lam1)
 
 
 def align_noise(
-    pipe: DiffusionPipeline,
-    cache: PromptCache,
-    spec: EraseSpec,
-    config: RealEraConfig,
-    progress: bool,
-    projector: torch.Tensor | None = None,
+    run: RunContext, spec: EraseSpec, config: RealEraConfig, projector: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
     """§4.3: a LoRA on the closed-form model, aligning the concept's noise with the anchor's (eq. 8–9)."""
-    unet = pipe.unet
+    unet = run.unet
     rng = random.Random(config.seed)
-    torch_rng = torch.Generator().manual_seed(config.seed + 1)
+    torch_rng = run.generator(config.seed + 1)
     anchors = list(dict.fromkeys(spec.anchors))
-    anchor_states = {a: cache.states([a or ""]).to(unet.device, unet.dtype) for a in anchors}
-    uncond = cache.states([""]).to(unet.device, unet.dtype)
+    anchor_states = {a: run.states([a or ""]) for a in anchors}
+    uncond = run.states([""])
     names = list(kv_projections(unet))
     plan = [
         (rng.randrange(len(spec.targets)), rng.randrange(config.sample_steps), rng.randrange(2**31)) for _ in range(config.epochs)
@@ -260,35 +255,33 @@ def align_noise(
     for k, anchor in enumerate(spec.anchors):  # z_t from images of the anchor prompt (original model)
         mine_steps = [i for i, p in enumerate(plan) if p[0] == k]
         if mine_steps:
-            x, t = partial_samples(pipe, unet, anchor_states[anchor], uncond, config.guidance, config.sample_steps,
+            x, t = partial_samples(run.pipe, unet, anchor_states[anchor], uncond, config.guidance, config.sample_steps,
                                    [plan[i][1] for i in mine_steps], [plan[i][2] for i in mine_steps])  # fmt: skip
             points.update({i: (x[j : j + 1], t[j]) for j, i in enumerate(mine_steps)})
     one_each = _one_each(config)
     with lora_adapter(unet, names, config.rank, seed=config.seed) as adapter:
-        optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.lr)
-        bar = tqdm(range(config.epochs), desc="RealEra alignment", disable=not progress)
-        for step in bar:
+
+        def alignment_loss(step: int) -> torch.Tensor:
             k = plan[step][0]
             target, anchor = spec.targets[k], spec.anchors[k]
             template = rng.choice(config.prompt_templates)
             z_t, t = points[step]
             with torch.no_grad(), adapter.disabled():
-                eps_anchor = predict_noise(unet, z_t, t, cache.states([template.format(anchor) if anchor else ""]).to(unet.dtype))
+                eps_anchor = predict_noise(unet, z_t, t, run.states([template.format(anchor) if anchor else ""])).float()
             if step % 2 == 0:  # odd step of the paper (1-based): eq. 8 on the plain prompt
-                prompt = cache.states([template.format(target)]).to(unet.dtype)
-                loss = F.mse_loss(predict_noise(unet, z_t, t, prompt), eps_anchor)
-            else:  # even step: eq. 9 with perturbations resampled now
-                hood = mine(cache, template.format(target), target, anchor_prompt(template, anchor), anchor, one_each,
-                            torch_rng, projector)  # fmt: skip
-                associated, beyond = hood.associated.to(unet.dtype), hood.beyond.to(unet.dtype)
-                with torch.no_grad(), adapter.disabled():
-                    eps_beyond = predict_noise(unet, z_t, t, beyond)
-                loss = config.gamma1 * F.mse_loss(predict_noise(unet, z_t, t, associated), eps_anchor)
-                loss = loss + config.gamma2 * F.mse_loss(predict_noise(unet, z_t, t, beyond), eps_beyond)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+                prompt = run.states([template.format(target)])
+                return F.mse_loss(predict_noise(unet, z_t, t, prompt).float(), eps_anchor)
+            # even step: eq. 9 with perturbations resampled now
+            hood = mine(run, template.format(target), target, anchor_prompt(template, anchor), anchor, one_each, torch_rng,
+                        projector)  # fmt: skip
+            associated, beyond = hood.associated.to(run.device, run.dtype), hood.beyond.to(run.device, run.dtype)
+            with torch.no_grad(), adapter.disabled():
+                eps_beyond = predict_noise(unet, z_t, t, beyond).float()
+            loss = config.gamma1 * F.mse_loss(predict_noise(unet, z_t, t, associated).float(), eps_anchor)
+            return loss + config.gamma2 * F.mse_loss(predict_noise(unet, z_t, t, beyond).float(), eps_beyond)
+
+        params = adapter.parameters()
+        fit(run, params, alignment_loss, config.epochs, torch.optim.AdamW(params, lr=config.lr), "RealEra alignment")
         return adapter.deltas()
 
 
@@ -302,19 +295,16 @@ def _one_each(config: RealEraConfig) -> RealEraConfig:
     "RealEra (Liu et al. 2024): neighbor-concept mining, beyond-concept regularisation, closed form + LoRA",
     RealEraConfig,
 )
-def erase(
-    pipe: DiffusionPipeline, spec: EraseSpec, config: RealEraConfig, progress: bool = True, cache: PromptCache | None = None
-) -> Edit:
-    cache = cache or PromptCache(pipe)
-    rng = torch.Generator().manual_seed(config.seed)
-    projections = kv_projections(pipe.unet)
-    projector = preserve_complement(cache, spec, config)
-    hoods = neighbourhoods(cache, spec, config, rng, projector)
-    text_map = closed_form_map(cache, spec, config, hoods)
+def erase(run: RunContext, spec: EraseSpec, config: RealEraConfig) -> Edit:
+    rng = run.generator(config.seed)
+    projections = kv_projections(run.unet)
+    projector = preserve_complement(run, spec, config)
+    hoods = neighbourhoods(run, spec, config, rng, projector)
+    text_map = closed_form_map(run, spec, config, hoods)
     edited = {f"{name}.weight": w for name, w in edited_weights(projections, text_map).items()}
     if not config.lora or config.epochs == 0:
         return Edit(edited, {"config": asdict(config)})
-    with Edit(edited).applied(pipe, check_base=False):  # the original weights come back, also on Ctrl-C
-        pipe.unet.requires_grad_(False)
-        deltas = align_noise(pipe, cache, spec, config, progress, projector)
-    return Edit({n: (w + deltas[n].to(w.dtype)) for n, w in edited.items()}, {"config": asdict(config)})
+    with Edit(edited).applied(run.pipe, check_base=False):  # the original weights come back, also on Ctrl-C
+        run.unet.requires_grad_(False)
+        deltas = align_noise(run, spec, config, projector)
+    return Edit({n: (w + deltas[n].to(w.device, w.dtype)) for n, w in edited.items()}, {"config": asdict(config)})

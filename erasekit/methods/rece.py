@@ -12,8 +12,9 @@ would still make the edited model produce the concept, and erases that one too:
   keeping the empty prompt and the preserve concepts (official ``edit_model_adversarial``:
   λ = 0.1, s_e = 1, s_p = 0.1).
 * **Choosing the epoch**: the official script generates images of validation prompts after every
-  epoch, classifies them and keeps the best epoch. Here ``validate="world"`` does the same with the
-  world evaluator: accuracy on the erased concepts' and the preserve concepts' validation prompts
+  epoch, classifies them and keeps the best epoch. Here a judge does the same (``validate``: the
+  world evaluator on the embedded model, CLIP on any other, or the diffusion classifier): how often
+  the erased and the preserve concepts are present on their validation prompts
   (``VALIDATION_TEMPLATES``, not the protocols' prompts), and the epoch with the best harmonic mean
   H(1 − Acc_erased, Acc_preserve) is kept. Epoch 0 is the UCE edit itself.
 
@@ -27,7 +28,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
@@ -35,11 +35,11 @@ from erasekit.eval.metrics import harmonic_mean
 from erasekit.methods import uce
 from erasekit.methods.base import EraseSpec, config_field, register
 from erasekit.models.layers import kv_weights
-from erasekit.primitives.closed_form import TextMoments, text_space_map
-from erasekit.primitives.prompt_cache import PromptCache
+from erasekit.primitives.closed_form import text_space_map
+from erasekit.primitives.run import RunContext
 
 if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
+    from erasekit.judges import Judge
 
 
 @dataclass
@@ -52,7 +52,11 @@ class RECEConfig:
     erase_scale: float = config_field(1.0, "s_e of each epoch's edit (official 1)")
     preserve_scale: float = config_field(0.1, "s_p of each epoch's edit (official 0.1)")
     uce_templates: tuple[str, ...] = config_field(("{}",), "templates of the starting UCE edit (UCE's default: the bare concept)")
-    validate: str = config_field("world", "'world' (evaluator picks the best epoch, as the official script) or 'none' (last)")
+    validate: str = config_field(
+        "auto",
+        "judge that picks the best epoch, as the official script's classifier does: 'world', 'clip', 'diffusion', "
+        "'auto' (world on the embedded model, clip on any other) or 'none' (keep the last epoch)",
+    )
     validation_samples: int = config_field(8, "images per check of attack success and of each preserve concept")
     sample_steps: int = config_field(25, "sampler steps of the validation images")
     seed: int = config_field(0, "seed of the validation images")
@@ -60,93 +64,104 @@ class RECEConfig:
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.reg_scale <= 0 or self.lam <= 0 or self.erase_scale <= 0 or self.preserve_scale < 0:
             raise ErasekitError("epochs must be ≥ 0; ρ (reg_scale), λ and s_e positive; s_p non-negative")
-        if self.validate not in ("world", "none"):
-            raise ErasekitError(f"validate must be 'world' or 'none', not {self.validate!r}")
+        if self.validate not in VALIDATORS:
+            raise ErasekitError(f"validate must be one of {', '.join(VALIDATORS)}, not {self.validate!r}")
 
 
 def adversarial_states(
     concept: torch.Tensor, current: list[torch.Tensor], original: list[torch.Tensor], reg: float
 ) -> torch.Tensor:
-    """c′ = c [(ρI + Σ WᵀW)⁻¹ Σ WᵀW₀]ᵀ for token states ``concept`` (L, d), in float64."""
-    dim = concept.shape[-1]
-    gram = reg * torch.eye(dim, dtype=torch.float64) + sum(w.double().T @ w.double() for w in current)
-    cross = sum(w.double().T @ w0.double() for w, w0 in zip(current, original, strict=True))
-    return concept.double() @ torch.linalg.solve(gram, cross).T
+    """c′ = c [(ρI + Σ WᵀW)⁻¹ Σ WᵀW₀]ᵀ for token states ``concept`` (L, d), in float64 on its device."""
+    dim, device = concept.shape[-1], concept.device
+
+    def f64(x: torch.Tensor) -> torch.Tensor:
+        return x.to(device, torch.float64)
+
+    gram = reg * torch.eye(dim, dtype=torch.float64, device=device) + sum(f64(w).T @ f64(w) for w in current)
+    cross = sum(f64(w).T @ f64(w0) for w, w0 in zip(current, original, strict=True))
+    return f64(concept) @ torch.linalg.solve(gram, cross).T
 
 
 VALIDATION_TEMPLATES = ("{}", "an image of {}")
+VALIDATORS = ("auto", "world", "clip", "diffusion", "none")
 
 
-class WorldValidator:
-    """Accuracy on the erased and the preserve concepts' validation prompts, read by the world evaluator."""
+class Validator:
+    """How often the erased and the preserve concepts are present on their validation prompts, by a judge."""
 
-    def __init__(self, pipe: DiffusionPipeline, cache: PromptCache, spec: EraseSpec, config: RECEConfig) -> None:
-        from erasekit.eval.evaluator import predict, present_label
-        from erasekit.models.evaluators import load_world_evaluator
+    def __init__(self, run: RunContext, spec: EraseSpec, config: RECEConfig, judge: Judge) -> None:
+        self.run, self.config, self.judge = run, config, judge
+        self.concepts = (*spec.targets, *spec.preserve)  # each is judged against the others
+        if judge.name == "world":  # refuse a concept the evaluator cannot see before any epoch runs
+            from erasekit.eval.evaluator import present_label
 
-        self.pipe, self.cache, self.config, self.predict = pipe, cache, config, predict
-        self.model = load_world_evaluator()
-        self.labels: dict[str, tuple[str, str]] = {}  # concept -> (evaluator head, the label that means "present")
-        for concept in (*spec.targets, *spec.preserve):
-            label = present_label(concept)
-            if label is None:
-                raise ErasekitError(f"the world evaluator has no label {concept!r}; use validate=none for this concept")
-            self.labels[concept] = label
+            unknown = [c for c in self.concepts if present_label(c) is None]
+            if unknown:
+                raise ErasekitError(f"the world evaluator has no label {unknown[0]!r}; use validate=none for this concept")
 
     @torch.no_grad()
-    def _labels(self, states: torch.Tensor, head: str) -> list[str]:
-        n = self.config.validation_samples
-        uncond = self.cache.states([""]).expand(n, -1, -1)
-        images = self.pipe(
-            prompt_embeds=states.float().expand(n, -1, -1),
-            negative_prompt_embeds=uncond,
+    def _images(self, states: torch.Tensor) -> np.ndarray:
+        n, run = self.config.validation_samples, self.run
+        images = run.pipe(
+            prompt_embeds=states.to(run.dtype).expand(n, -1, -1),
+            negative_prompt_embeds=run.states([""]).expand(n, -1, -1),
             num_inference_steps=self.config.sample_steps,
-            generator=[torch.Generator().manual_seed(self.config.seed + i) for i in range(n)],
+            generator=[run.generator(self.config.seed + i) for i in range(n)],
             output_type="np",
         ).images
-        return self.predict(self.model, (np.clip(images, 0, 1) * 255).round().astype(np.uint8)).label(head)
+        return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
 
     def score(self, targets: tuple[str, ...], preserve: tuple[str, ...]) -> float:
         """H(1 − Acc on the erased concepts, Acc on the preserve concepts), both from prompts of the
         validation templates (the official script classifies images of its validation prompts)."""
 
         def accuracy(concept: str) -> float:
-            states = self.cache.states([t.format(concept) for t in VALIDATION_TEMPLATES])
-            head, present = self.labels[concept]
-            return float(np.mean([np.mean([lab == present for lab in self._labels(st, head)]) for st in states]))
+            states = self.run.cache.states([t.format(concept) for t in VALIDATION_TEMPLATES])
+            others = tuple(c for c in self.concepts if c != concept)
+            return float(np.mean([self.judge.present(self._images(st), concept, others).mean() for st in states]))
 
         erased = float(np.mean([accuracy(c) for c in targets]))
         kept = [accuracy(p) for p in preserve]
         return harmonic_mean(1 - erased, float(np.mean(kept))) if kept else 1 - erased
 
 
+def make_validator(run: RunContext, spec: EraseSpec, config: RECEConfig) -> Validator | None:
+    """The validator ``config.validate`` names, judging with the model's labels (None: keep the last epoch)."""
+    if config.validate == "none" or not config.epochs:
+        return None
+    from erasekit.judges import make_judge
+
+    name = config.validate if config.validate != "auto" else ("world" if run.is_world_model else "clip")
+    concepts = (*spec.targets, *spec.preserve)
+    heads = None if name == "world" else {"concept": concepts}
+    return Validator(run, spec, config, make_judge(name, run.pipe, heads))
+
+
 @register("rece", "RECE (Gong et al. 2024): UCE, then erase the closed-form adversarial embedding each epoch", RECEConfig)
-def erase(
-    pipe: DiffusionPipeline, spec: EraseSpec, config: RECEConfig, progress: bool = True, cache: PromptCache | None = None
-) -> Edit:
-    cache = cache or PromptCache(pipe)
-    originals = kv_weights(pipe.unet)
+def erase(run: RunContext, spec: EraseSpec, config: RECEConfig) -> Edit:
+    originals = {n: w.to(run.solve_device, torch.float64) for n, w in kv_weights(run.unet).items()}
     names = list(originals)
-    start = uce.erase(pipe, spec, uce.UCEConfig(templates=config.uce_templates), progress=False, cache=cache)
-    current = {n: start.weights[n].double() for n in names}
-    concepts = {c: cache.states([c])[0] for c in spec.targets}
-    guides = {a: cache.states([a or " "])[0] for a in set(spec.anchors)}
-    keep = TextMoments.zeros(cache.text_encoder.config.hidden_size).add(cache.states(["", *spec.preserve]))
-    validator = WorldValidator(pipe, cache, spec, config) if config.validate == "world" and config.epochs else None
+    start = uce.erase(run, spec, uce.UCEConfig(templates=config.uce_templates))
+    current = {n: start.weights[n].to(run.solve_device, torch.float64) for n in names}
+    concepts = {c: run.cache.states([c])[0] for c in spec.targets}
+    guides = {a: run.cache.states([a or " "])[0] for a in set(spec.anchors)}
+    keep = run.moments().add(run.cache.states(["", *spec.preserve]))
+    validator = make_validator(run, spec, config)
     history: list[tuple[float, dict[str, torch.Tensor]]] = []
 
     def next_attack() -> dict[str, torch.Tensor]:
         w = [current[n] for n in names]
-        return {c: adversarial_states(s, w, [originals[n] for n in names], config.reg_scale) for c, s in concepts.items()}
+        return {c: adversarial_states(s.to(run.solve_device), w, [originals[n] for n in names], config.reg_scale)
+                for c, s in concepts.items()}  # fmt: skip
 
-    for epoch in tqdm(range(config.epochs + 1), desc="RECE epochs", disable=not progress):
+    for epoch in run.bar(range(config.epochs + 1), "RECE epochs"):
         if validator is not None:
-            with Edit(current).applied(pipe, check_base=False):
+            with Edit(current).applied(run.pipe, check_base=False):
                 history.append((validator.score(spec.targets, spec.preserve), dict(current)))
         if epoch == config.epochs:
             break
         attack = next_attack()
-        erase_m = TextMoments.zeros(keep.source.shape[0])
+        erase_m = run.moments()
         for target, anchor in zip(spec.targets, spec.anchors, strict=True):
             erase_m.add(attack[target], guides[anchor])
         text_map = text_space_map(erase_m, keep, config.lam, config.erase_scale, config.preserve_scale)
@@ -155,5 +170,7 @@ def erase(
     # ties go to the later epoch: it has erased more adversarial embeddings at the same validation score
     best = max(range(len(scores)), key=lambda k: (scores[k], k)) if history else config.epochs
     chosen = history[best][1] if history else current
-    card = {"config": asdict(config), "best_epoch": best, "validation_scores": [round(s, 4) for s in scores]}
-    return Edit({n: w.to(originals[n].dtype) for n, w in chosen.items()}, card)
+    card = {"config": asdict(config), "best_epoch": best, "validation_scores": [round(s, 4) for s in scores],
+            "validator": validator.judge.settings() if validator else None}  # fmt: skip
+    params = dict(run.unet.named_parameters())
+    return Edit({n: w.to(params[n].device, params[n].dtype) for n, w in chosen.items()}, card)

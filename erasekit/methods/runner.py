@@ -9,9 +9,12 @@ from typing import TYPE_CHECKING
 from erasekit.edits import Edit, base_hash, measure
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import EraseSpec, get_method, make_config
+from erasekit.primitives.run import ProgressCallback, RunContext
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
+
+    from erasekit.primitives.prompt_cache import PromptCache
 
 
 def erase(
@@ -20,12 +23,16 @@ def erase(
     method: str = "uce",
     model: str | None = None,
     progress: bool = True,
+    callback: ProgressCallback | None = None,
     expand: int = 0,
     expand_min_similarity: float = 0.5,
     expand_vocabulary: str | None = None,
     **overrides: object,
 ) -> Edit:
     """Erase ``spec`` from ``pipe`` with ``method``; the pipeline itself is left unchanged.
+
+    The method runs on the pipeline's device and in its dtype (move the pipeline with ``pipe.to``
+    first); ``callback(description, step, total)`` is called after each step of its loops.
 
     ``expand=k`` first adds, for every target, up to k phrases that lie near it in the text
     encoder's space (similarity ≥ ``expand_min_similarity``) from the tokenizer's vocabulary or the
@@ -35,17 +42,18 @@ def erase(
 
     entry = get_method(method)
     config = make_config(entry, overrides)
+    run = RunContext(pipe, progress, callback)
     expanded: dict[str, list] = {}
     if expand:
-        spec, expanded = expanded_spec(pipe, spec, expand, expand_min_similarity, expand_vocabulary)
+        spec, expanded = expanded_spec(run.cache, spec, expand, expand_min_similarity, expand_vocabulary)
     for concept in (*spec.targets, *(a for a in spec.anchors if a), *spec.preserve):
         if not pipe.tokenizer(concept, add_special_tokens=False).input_ids:
             raise ErasekitError(f"the tokenizer turns {concept!r} into no tokens; give a concept with letters or digits")
-    with measure() as usage:
-        edit = entry.erase(pipe, spec, config, progress)
+    with measure(run.device) as usage:
+        edit = entry.erase(run, spec, config)
     edit.card.update(
         method=entry.name,
-        config=asdict(config),
+        config=edit.card.get("config") or asdict(config),  # as the method resolved it ('auto' settings)
         targets=list(spec.targets),
         anchors=list(spec.anchors),
         preserve=list(spec.preserve),
@@ -58,6 +66,8 @@ def erase(
         peak_rss_mb=round(usage.peak_rss_mb, 1),
         peak_cuda_mb=usage.peak_cuda_mb,
         changed_parameters=len(edit.weights),
+        device=str(run.device),
+        dtype=str(run.dtype).removeprefix("torch."),
     )
     if expand:
         edit.card["expanded"] = expanded
@@ -65,14 +75,13 @@ def erase(
 
 
 def expanded_spec(
-    pipe: DiffusionPipeline, spec: EraseSpec, top_k: int, min_similarity: float, vocabulary: str | None
+    cache: PromptCache, spec: EraseSpec, top_k: int, min_similarity: float, vocabulary: str | None
 ) -> tuple[EraseSpec, dict[str, list]]:
     """``spec`` with each target's nearest phrases added as targets (same anchor), and what was added."""
     from erasekit.primitives.expansion import expand_concepts, read_vocabulary
-    from erasekit.primitives.prompt_cache import PromptCache
 
     words = read_vocabulary(vocabulary) if vocabulary else None
-    found = expand_concepts(PromptCache(pipe), spec.targets, words, top_k, min_similarity, exclude=spec.preserve)
+    found = expand_concepts(cache, spec.targets, words, top_k, min_similarity, exclude=spec.preserve)
     targets, anchors = list(spec.targets), list(spec.anchors)
     for target, anchor in zip(spec.targets, spec.anchors, strict=True):
         for candidate in found[target]:

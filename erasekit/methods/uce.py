@@ -14,7 +14,6 @@ token through [EOS] and padding with the guide's from its last token (``token_sp
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,9 +22,7 @@ from erasekit.methods.base import EraseSpec, anchor_prompt, config_field, regist
 from erasekit.models.layers import kv_projections
 from erasekit.primitives.closed_form import TextMoments, edited_weights, text_space_map
 from erasekit.primitives.prompt_cache import PromptCache
-
-if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
+from erasekit.primitives.run import RunContext
 
 
 @dataclass
@@ -70,10 +67,10 @@ def aligned_states(
     return source[start : start + n], target[guide_start : guide_start + n]
 
 
-def uce_moments(cache: PromptCache, spec: EraseSpec, config: UCEConfig) -> tuple[TextMoments, TextMoments | None]:
+def uce_moments(run: RunContext, spec: EraseSpec, config: UCEConfig) -> tuple[TextMoments, TextMoments | None]:
     """E, E* over the erase pairs and P over every token of the preserve prompts."""
-    dim = cache.text_encoder.config.hidden_size
-    erase = TextMoments.zeros(dim)
+    cache = run.cache
+    erase = run.moments()
     for target, anchor in zip(spec.targets, spec.anchors, strict=True):
         for template in config.templates:
             prompt = template.format(target)
@@ -82,19 +79,16 @@ def uce_moments(cache: PromptCache, spec: EraseSpec, config: UCEConfig) -> tuple
             erase.add(src, tgt)
     preserve = None
     if spec.preserve:
-        preserve = TextMoments.zeros(dim)
+        preserve = run.moments()
         prompts = [t.format(p) for p in spec.preserve for t in config.templates]
         preserve.add(cache.states(prompts))
     return erase, preserve
 
 
 @register("uce", "UCE (Gandikota et al. 2024): closed-form edit of cross-attention to_k/to_v; many concepts at once", UCEConfig)
-def erase(
-    pipe: DiffusionPipeline, spec: EraseSpec, config: UCEConfig, progress: bool = True, cache: PromptCache | None = None
-) -> Edit:
-    cache = cache or PromptCache(pipe)
-    erase_m, preserve_m = uce_moments(cache, spec, config)
+def erase(run: RunContext, spec: EraseSpec, config: UCEConfig) -> Edit:
+    erase_m, preserve_m = uce_moments(run, spec, config)
     text_map = text_space_map(erase_m, preserve_m, config.lam, config.erase_scale, config.preserve_scale)
-    projections = {name: lin for name, lin in kv_projections(pipe.unet).items() if config.edit_keys or name.endswith("to_v")}
+    projections = {name: lin for name, lin in kv_projections(run.unet).items() if config.edit_keys or name.endswith("to_v")}
     weights = edited_weights(projections, text_map)
     return Edit({f"{name}.weight": w for name, w in weights.items()}, {"config": asdict(config)})

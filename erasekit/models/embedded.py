@@ -142,3 +142,17 @@ def ensure_text_encoder(model_dir: Path = EMBEDDED_DIR) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return model_dir
+
+
+def is_world_model(pipe: object) -> bool:
+    """Whether ``pipe`` is the embedded world's model (original, erased or re-saved): its UNet has the
+    embedded layout and reads the world's 384-d text states. Its evaluator and segmenter apply to it."""
+    unet = getattr(pipe, "unet", None)
+    if unet is None:
+        return False
+    config, world = unet.config, unet_config()
+    return (
+        config.get("sample_size") == world["sample_size"]
+        and tuple(config.get("block_out_channels") or ()) == world["block_out_channels"]
+        and config.get("cross_attention_dim") == world["cross_attention_dim"]
+    )

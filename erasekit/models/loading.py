@@ -16,6 +16,42 @@ if TYPE_CHECKING:
 
 EMBEDDED_NAME = "erasekit-tiny"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device``, checked to exist here; ``None`` means CUDA when present, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ErasekitError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ErasekitError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); use cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ErasekitError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ErasekitError(f"--device {device}: MPS is not available on this machine; use cpu")
+    elif resolved.type not in ("cpu", "cuda", "mps"):
+        raise ErasekitError(f"unsupported device {device!r}; use cpu, cuda, cuda:N or mps")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """fp32, fp16 or bf16 (or torch's names for them); ``None`` means fp32."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ErasekitError(f"unsupported dtype {dtype}; use fp32, fp16 or bf16")
+        return dtype
+    name = _DTYPE_ALIASES.get(str(dtype).lower(), str(dtype).lower())
+    if name not in DTYPES:
+        raise ErasekitError(f"unknown dtype {dtype!r}; use fp32, fp16 or bf16")
+    return DTYPES[name]
 
 
 def resolve_model(model: str | Path | None) -> str | Path:
@@ -27,11 +63,14 @@ def resolve_model(model: str | Path | None) -> str | Path:
 
 def load_pipeline(
     model: str | Path | None = None,
-    dtype: torch.dtype = torch.float32,
-    device: str = "cpu",
+    dtype: str | torch.dtype | None = torch.float32,
+    device: str | torch.device | None = "cpu",
     config: str | Path | None = None,
 ) -> DiffusionPipeline:
     """Load a Stable-Diffusion-family pipeline, with progress bars off and a one-line error on failure.
+
+    ``device`` (None: CUDA when present, else CPU) and ``dtype`` (fp32, fp16, bf16) are checked
+    before anything loads. Methods, judges and protocols then run where the pipeline is.
 
     ``config`` serves single files: a diffusers directory (or hub id) whose component configs the
     checkpoint's weights fill, so no config is fetched from the hub. A text encoder that the original
@@ -39,6 +78,7 @@ def load_pipeline(
     """
     from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
     source = resolve_model(model)
     path = Path(source)
     try:
@@ -52,7 +92,7 @@ def load_pipeline(
         elif path.suffix in SINGLE_FILE_SUFFIXES:
             if not path.exists():
                 raise ErasekitError(f"checkpoint file {path} does not exist")
-            pipe = StableDiffusionPipeline.from_single_file(str(path), dtype=dtype, **_single_file_extras(config))
+            pipe = StableDiffusionPipeline.from_single_file(str(path), dtype=dtype, **_single_file_extras(config, dtype))
         elif path.exists():
             raise ErasekitError(f"{path} is neither a pipeline directory nor a {'/'.join(SINGLE_FILE_SUFFIXES)} file")
         elif str(source).startswith(("/", "./", "../", "~")):
@@ -68,7 +108,7 @@ def load_pipeline(
     return pipe.to(device)
 
 
-def _single_file_extras(config: str | Path | None) -> dict:
+def _single_file_extras(config: str | Path | None, dtype: torch.dtype) -> dict:
     if config is None:
         return {}
     extras: dict = {"config": str(config)}
@@ -76,6 +116,6 @@ def _single_file_extras(config: str | Path | None) -> dict:
     if index.exists() and json.loads(index.read_text()).get("text_encoder", [None, None])[1] != "CLIPTextModel":
         from transformers import AutoModel, AutoTokenizer
 
-        extras["text_encoder"] = AutoModel.from_pretrained(Path(config) / "text_encoder")
+        extras["text_encoder"] = AutoModel.from_pretrained(Path(config) / "text_encoder", dtype=dtype)
         extras["tokenizer"] = AutoTokenizer.from_pretrained(Path(config) / "tokenizer")
     return extras

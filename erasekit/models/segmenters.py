@@ -116,12 +116,13 @@ class GroundedSam:
         return masks
 
 
-def make_segmenter(name: str, **options: object) -> Segmenter:
-    """A segmenter by name; ``options`` go to Grounded-SAM (model ids or directories, thresholds)."""
+def make_segmenter(name: str, device: torch.device | str | None = None, **options: object) -> Segmenter:
+    """A segmenter by name; ``device`` and ``options`` go to Grounded-SAM (model ids or directories, thresholds).
+    Masks come back on the CPU whichever device computed them."""
     if name == "world":
         return WorldSegmenter()
     if name == "none":
         return WholeImage()
     if name == "grounded-sam":
-        return GroundedSam(**options)
+        return GroundedSam(device=device, **options)
     raise ErasekitError(f"unknown segmenter {name!r}; choose one of {', '.join(SEGMENTERS)}")

@@ -30,13 +30,15 @@ class TextMoments:
     count: int = 0
 
     @classmethod
-    def zeros(cls, dim: int) -> TextMoments:
-        return cls(torch.zeros(dim, dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64))
+    def zeros(cls, dim: int, device: torch.device | str) -> TextMoments:
+        """Empty moments on ``device`` (float64: the solve is ill-conditioned in float32 for large λ ratios)."""
+        return cls(*(torch.zeros(dim, dim, dtype=torch.float64, device=device) for _ in range(2)))
 
     def add(self, sources: torch.Tensor, targets: torch.Tensor | None = None, weight: float = 1.0) -> TextMoments:
-        """Add pairs (rows of ``sources`` → rows of ``targets``); ``targets=None`` means preserve (c* = c)."""
-        c = sources.reshape(-1, sources.shape[-1]).double()
-        t = c if targets is None else targets.reshape(-1, targets.shape[-1]).double()
+        """Add pairs (rows of ``sources`` → rows of ``targets``); ``targets=None`` means preserve (c* = c).
+        States on another device are moved to the moments' device."""
+        c = sources.reshape(-1, sources.shape[-1]).to(self.source.device, torch.float64)
+        t = c if targets is None else targets.reshape(-1, targets.shape[-1]).to(self.source.device, torch.float64)
         if t.shape != c.shape:
             raise ValueError(f"{len(c)} source states but {len(t)} target states")
         self.source += weight * c.T @ c
@@ -55,7 +57,7 @@ def text_space_map(
     if lam <= 0:
         raise ValueError(f"λ must be positive (it keeps the solve well-posed), got {lam}")
     dim = erase.source.shape[0]
-    eye = torch.eye(dim, dtype=torch.float64)
+    eye = torch.eye(dim, dtype=torch.float64, device=erase.source.device)
     num = lam * eye + erase_scale * erase.cross
     den = lam * eye + erase_scale * erase.source
     if preserve is not None:
@@ -67,8 +69,12 @@ def text_space_map(
 
 @torch.no_grad()
 def edited_weights(projections: dict[str, nn.Linear], text_map: torch.Tensor) -> dict[str, torch.Tensor]:
-    """New weights W₀ M of each projection (in its own dtype); the modules are not changed."""
-    return {name: (lin.weight.double() @ text_map).to(lin.weight.dtype) for name, lin in projections.items()}
+    """New weights W₀ M of each projection (in its own dtype and on its device); the modules are not changed.
+    The product is taken in float64 on the map's device (the CPU for MPS, which has no float64)."""
+    return {
+        name: (lin.weight.to(text_map.device, torch.float64) @ text_map).to(lin.weight.device, lin.weight.dtype)
+        for name, lin in projections.items()
+    }
 
 
 @torch.no_grad()
@@ -93,13 +99,17 @@ def fused_weights(
         raise ValueError(f"λ must be positive (it keeps the solve well-posed), got {lam}")
     if len(deltas) != len(moments):
         raise ValueError(f"{len(deltas)} adapters but {len(moments)} moment matrices")
-    dim = moments[0].shape[0]
-    base = lam * torch.eye(dim, dtype=torch.float64) + sum(m.double() for m in moments)  # λI + Σ_i E_i
-    den = base if preserve is None else base + preserve_scale * preserve.double()
+    dim, device = moments[0].shape[0], moments[0].device
+
+    def f64(x: torch.Tensor) -> torch.Tensor:
+        return x.to(device, torch.float64)
+
+    base = lam * torch.eye(dim, dtype=torch.float64, device=device) + sum(f64(m) for m in moments)  # λI + Σ_i E_i
+    den = base if preserve is None else base + preserve_scale * f64(preserve)
     out = {}
     for name, w in refined.items():
-        num = w.double() @ base + sum(d[name].double() @ m.double() for d, m in zip(deltas, moments, strict=True) if name in d)
+        num = f64(w) @ base + sum(f64(d[name]) @ f64(m) for d, m in zip(deltas, moments, strict=True) if name in d)
         if preserve is not None:
-            num = num + preserve_scale * originals[name].double() @ preserve.double()
-        out[name] = torch.linalg.solve(den.T, num.T).T.to(w.dtype)
+            num = num + preserve_scale * f64(originals[name]) @ f64(preserve)
+        out[name] = torch.linalg.solve(den.T, num.T).T.to(w.device, w.dtype)
     return out

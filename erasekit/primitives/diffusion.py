@@ -77,18 +77,23 @@ def partial_samples(
     mates: the sampler is deterministic after the initial noise). A copy of the pipeline's
     scheduler is used, so the pipeline's own sampling state is untouched.
     """
+    device, dtype = pipe.unet.device, pipe.unet.dtype
     scheduler = copy.deepcopy(pipe.scheduler)
-    scheduler.set_timesteps(steps)
-    stops = torch.tensor(stop_indices)
-    if stops.min() < 0 or stops.max() >= steps:
+    scheduler.set_timesteps(steps, device=device)
+    if min(stop_indices) < 0 or max(stop_indices) >= steps:
         raise ValueError(f"stop indices must lie in [0, {steps})")
-    out = torch.empty((len(seeds), *latent_shape(pipe)[1:]), device=pipe.unet.device, dtype=pipe.unet.dtype)
+    stops = torch.tensor(stop_indices, device=device)
+    out = torch.empty((len(seeds), *latent_shape(pipe)[1:]), device=device, dtype=dtype)
     order = torch.argsort(stops, stable=True)  # batch mates with similar stops: no batch runs far past its items
     for start in range(0, len(seeds), batch_size):
         items = order[start : start + batch_size]
         chunk_stops = stops[items]
-        noise = [torch.randn(latent_shape(pipe)[1:], generator=torch.Generator().manual_seed(seeds[i])) for i in items]
-        latents = (torch.stack(noise) * scheduler.init_noise_sigma).to(pipe.unet.device, pipe.unet.dtype)
+        # each trajectory's noise from its own CPU generator: the same x_t on every device
+        noise = [
+            torch.randn(latent_shape(pipe)[1:], generator=torch.Generator("cpu").manual_seed(seeds[i]), device="cpu")
+            for i in items.tolist()
+        ]
+        latents = (torch.stack(noise) * scheduler.init_noise_sigma).to(device, dtype)
         captured = torch.empty_like(latents)
         states = torch.cat([uncond.expand(len(latents), -1, -1), cond.expand(len(latents), -1, -1)])
         for k, t in enumerate(scheduler.timesteps[: int(chunk_stops.max()) + 1]):

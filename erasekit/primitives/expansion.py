@@ -55,16 +55,17 @@ def read_vocabulary(path: str | Path) -> list[str]:
 def phrase_vectors(cache: PromptCache, phrases: list[str], batch_size: int = 512) -> torch.Tensor:
     """Mean token state of each phrase on its own (special tokens and padding excluded), L2-normalised."""
     out = []
+    device = cache.text_encoder.device
     for start in range(0, len(phrases), batch_size):
         chunk = phrases[start : start + batch_size]
-        tok = cache.tokenizer(chunk, padding=True, truncation=True, max_length=cache.max_length, return_tensors="pt")
+        tok = cache.tokenizer(chunk, padding=True, truncation=True, max_length=cache.max_length, return_tensors="pt").to(device)
         use_mask = getattr(cache.text_encoder.config, "use_attention_mask", False)
         mask = tok.attention_mask if use_mask else None
         states = cache.text_encoder(tok.input_ids, attention_mask=mask)[0].float()
         keep = tok.attention_mask.bool()
         for i, ids in enumerate(tok.input_ids.tolist()):
             special = cache.tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
-            keep[i] &= ~torch.tensor(special, dtype=torch.bool)
+            keep[i] &= ~torch.tensor(special, dtype=torch.bool, device=device)
         keep = keep.float()[..., None]  # real, non-special tokens
         out.append(F.normalize((states * keep).sum(1) / keep.sum(1).clamp_min(1), dim=-1))
     return torch.cat(out)

@@ -82,8 +82,11 @@ def lora_adapter(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         inject_adapter_in_model(config, model, adapter_name=ADAPTER)
+    adapter = LoraAdapter(model, names)
+    for param in adapter.parameters():  # trained in float32 on a half-precision model (see primitives.training)
+        param.data = param.data.float()
     try:
-        yield LoraAdapter(model, names)
+        yield adapter
     finally:  # also on Ctrl-C: put the plain layers back
         for name in names:
             parent_name, _, child = name.rpartition(".")

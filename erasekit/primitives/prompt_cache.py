@@ -19,7 +19,11 @@ if TYPE_CHECKING:
 
 
 class PromptCache:
-    """Text-encoder states of prompts, padded as the pipeline pads them, cached by prompt."""
+    """Text-encoder states of prompts, padded as the pipeline pads them, cached by prompt.
+
+    States stay where the text encoder is (the model's device), in float32: the closed forms
+    accumulate them in float64 and the UNet reads them in its own dtype.
+    """
 
     def __init__(self, pipe: DiffusionPipeline, batch_size: int = 256) -> None:
         self.tokenizer = pipe.tokenizer
@@ -41,7 +45,7 @@ class PromptCache:
             tok = self._tokenize(chunk)
             use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
             mask = tok.attention_mask.to(self.text_encoder.device) if use_mask else None
-            out = self.text_encoder(tok.input_ids.to(self.text_encoder.device), attention_mask=mask)[0].float().cpu()
+            out = self.text_encoder(tok.input_ids.to(self.text_encoder.device), attention_mask=mask)[0].float()
             for prompt, state, length in zip(chunk, out, tok.attention_mask.sum(1).tolist(), strict=True):
                 self._states[prompt] = state
                 self._lengths[prompt] = int(length)

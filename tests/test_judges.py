@@ -1,18 +1,13 @@
-"""Judges for real models: CLIP plumbing on a tiny random CLIP, NudeNet for real, FID through torchmetrics."""
+"""Judges: CLIP plumbing on a tiny random CLIP, NudeNet for real, FID through torchmetrics, the diffusion classifier."""
 
 import numpy as np
 import pytest
 import torch
 
 from erasekit.eval.evaluator import predict
-from erasekit.eval.metrics import frechet_distance
-from erasekit.eval.real_models import (
-    MACE_CIFAR10_SYNONYMS,
-    NUDENET_EXPOSED_CLASSES,
-    ClipJudge,
-    NudityJudge,
-    frechet_distance_of,
-)
+from erasekit.eval.metrics import frechet_distance, frechet_distance_of
+from erasekit.judges.clip import MACE_CIFAR10_SYNONYMS, ClipJudge
+from erasekit.judges.nudity import NUDENET_EXPOSED_CLASSES, NudityJudge
 from erasekit.models.embedded import load_tokenizer
 
 

@@ -1,0 +1,106 @@
+"""The run context every method receives: pipeline, device, dtype, prompt cache and progress.
+
+Device and dtype are properties of the run, not of each call site: a method asks the context where
+its tensors live (``run.device``), which precision the frozen model computes in (``run.dtype``),
+where a float64 closed-form solve runs (``run.solve_device``: the model's device, except MPS,
+which has no float64) and how to report progress (``run.bar``). Random draws come from CPU
+generators seeded by the method's config (``run.generator``) and are moved to the device, so one
+seed gives the same edit on CPU, CUDA and MPS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+import torch
+from tqdm.auto import tqdm
+
+from erasekit.primitives.closed_form import TextMoments
+from erasekit.primitives.prompt_cache import PromptCache
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+T = TypeVar("T")
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+# (description, step, total) after every step of a method's loops: for GUIs and notebooks that draw their own bars
+ProgressCallback = Callable[[str, int, int], None]
+
+
+class ProgressBar(tqdm):
+    """tqdm that also calls a :data:`ProgressCallback` after each step."""
+
+    def __init__(self, iterable: Iterable[T], desc: str, disable: bool, callback: ProgressCallback | None) -> None:
+        self.label, self.callback = desc, callback
+        super().__init__(iterable, desc=desc, disable=disable)
+
+    def __iter__(self) -> Iterator[T]:
+        for step, item in enumerate(super().__iter__()):
+            yield item
+            if self.callback is not None:
+                self.callback(self.label, step + 1, self.total or 0)
+
+
+@dataclass
+class RunContext:
+    """One erasure run: the pipeline and where and how its tensors are computed."""
+
+    pipe: DiffusionPipeline
+    progress: bool = True
+    callback: ProgressCallback | None = None
+    cache: PromptCache = field(init=False)
+    device: torch.device = field(init=False)
+    dtype: torch.dtype = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cache = PromptCache(self.pipe)
+        # fixed at the start: training upcasts some parameters, which would change what the UNet reports
+        self.device, self.dtype = self.pipe.unet.device, self.pipe.unet.dtype
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        return self.pipe.unet
+
+    @property
+    def solve_device(self) -> torch.device:
+        """Where float64 closed-form solves run: the model's device, or the CPU for MPS (no float64 there)."""
+        return torch.device("cpu") if self.device.type == "mps" else self.device
+
+    @property
+    def is_world_model(self) -> bool:
+        """Whether the pipeline is the embedded world model (its evaluator and segmenter apply)."""
+        from erasekit.models.embedded import is_world_model
+
+        return is_world_model(self.pipe)
+
+    @staticmethod
+    def generator(seed: int) -> torch.Generator:
+        """A CPU generator: draws are made on the CPU and moved, so a seed means the same on every device."""
+        return torch.Generator(device="cpu").manual_seed(seed)
+
+    def randn(self, shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Standard normal noise drawn from ``generator`` (CPU) and placed on the run's device in ``dtype``."""
+        noise = torch.randn(shape, generator=generator, device="cpu", dtype=torch.float32)
+        return noise.to(self.device, dtype or self.dtype)
+
+    def autocast(self) -> AbstractContextManager:
+        """Half-precision autocast on the run's device when the model is fp16/bf16: trained parameters
+        stay float32 (see :mod:`erasekit.primitives.training`) while the frozen ones compute in half."""
+        if self.dtype not in HALF_DTYPES:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def bar(self, iterable: Iterable[T], desc: str) -> ProgressBar:
+        """``iterable`` with a progress bar (off when ``progress`` is False) and the callback after each step."""
+        return ProgressBar(iterable, desc=desc, disable=not self.progress, callback=self.callback)
+
+    def moments(self) -> TextMoments:
+        """Empty text-space moments (d×d, float64) where this run's closed forms are solved."""
+        return TextMoments.zeros(self.cache.text_encoder.config.hidden_size, self.solve_device)
+
+    def states(self, prompts: list[str]) -> torch.Tensor:
+        """(n, L, d) text states of ``prompts`` on the run's device in the model's dtype."""
+        return self.cache.states(prompts).to(self.dtype)

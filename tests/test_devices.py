@@ -1,0 +1,118 @@
+"""Device and dtype: every method runs where the pipeline is and in its precision.
+
+CI has no GPU, so two stand-ins check on the CPU what would break on CUDA: the device guard finds
+tensors that erasekit creates without a device (the CPU default that crashes next to a CUDA
+model), and fp16/bf16 pipelines, which the CPU computes, show that training in half precision
+gives finite edits (Adam on fp16 weights gave NaN).
+"""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from device_guard import DeviceGuard
+
+from erasekit.errors import ErasekitError
+from erasekit.methods import METHODS, EraseSpec
+from erasekit.methods.runner import erase
+from erasekit.models.loading import load_pipeline, resolve_device, resolve_dtype
+from erasekit.primitives.run import RunContext
+from erasekit.primitives.training import fit, float32_parameters
+
+# Small settings of every registered method: a method added without an entry here fails the first test.
+QUICK = {
+    "uce": {},
+    "rece": {"epochs": 2, "validation_samples": 1, "sample_steps": 2},
+    "mace": {"steps": 3, "images_per_concept": 2, "sample_steps": 3},
+    "realera": {"epochs": 3, "m": 4, "sample_steps": 3, "outside_preserve": 0.01},
+    "esd-x": {"iterations": 3, "sample_steps": 3},
+    "esd-u": {"iterations": 2, "sample_steps": 2},
+    "esd-all": {"iterations": 2, "sample_steps": 2},
+    "esd-x-strict": {"iterations": 2, "sample_steps": 2},
+}
+SPEC = EraseSpec(("square",), preserve=("circle",))
+# One method per algorithm: the ESD variants share one erase() and differ only in which parameters
+# train; esd-u stands for them, with the convolutions and norm layers the others leave alone.
+ALGORITHMS = ["esd-u", "mace", "realera", "rece", "uce"]
+
+
+def test_every_registered_method_has_a_device_check():
+    assert set(QUICK) == set(METHODS)
+    assert {METHODS[m].erase for m in ALGORITHMS} == {method.erase for method in METHODS.values()}
+
+
+@pytest.mark.parametrize("method", ALGORITHMS)
+def test_methods_create_no_tensor_without_a_device(pipe, method):
+    with DeviceGuard() as guard:
+        erase(pipe, SPEC, method, progress=False, **QUICK[method])
+    assert not guard.hidden, f"{method} creates tensors on the default device at {sorted(guard.hidden)}"
+
+
+def test_the_device_guard_catches_a_hidden_cpu_default():
+    from erasekit.primitives import closed_form
+
+    with DeviceGuard() as guard:
+        closed_form.TextMoments(torch.eye(3), torch.eye(3))  # created here, in the tests: not erasekit's code
+        exec(compile("import torch\ntorch.eye(3)", closed_form.__file__, "exec"))  # as if written in erasekit
+    assert guard.hidden == {"closed_form.py:2"}
+
+
+@pytest.fixture(scope="module", params=["fp16", "bf16"])
+def half_pipe(request, embedded_dir):
+    return load_pipeline(embedded_dir, request.param, "cpu")
+
+
+@pytest.mark.parametrize("method", ALGORITHMS)
+def test_half_precision_gives_finite_edits_and_leaves_the_pipeline_as_it_was(half_pipe, method):
+    dtype = half_pipe.unet.dtype
+    before = {n: p.detach().clone() for n, p in half_pipe.unet.named_parameters()}
+    edit = erase(half_pipe, SPEC, method, progress=False, **QUICK[method])
+    assert edit.card["dtype"] == str(dtype).removeprefix("torch.")
+    for name, value in edit.weights.items():
+        assert value.dtype == dtype and torch.isfinite(value).all(), name
+    assert any(not torch.equal(before[n], v) for n, v in edit.weights.items())
+    after = dict(half_pipe.unet.named_parameters())
+    assert all(after[n].dtype == dtype and torch.equal(after[n], v) for n, v in before.items())
+    with edit.applied(half_pipe):
+        image = half_pipe("a photo of a square", num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 64, 64, 3) and torch.isfinite(torch.from_numpy(image)).all()
+
+
+def test_fp16_training_runs_in_float32_and_refuses_a_non_finite_loss():
+    layer = torch.nn.Linear(4, 4).half().requires_grad_(False)
+    run = RunContext.__new__(RunContext)  # only device and dtype matter to fit
+    run.device, run.dtype, run.progress, run.callback = torch.device("cpu"), torch.float16, False, None
+    x = torch.randn(8, 4, dtype=torch.float16)
+    with float32_parameters(layer.parameters()) as params:
+        assert all(p.dtype == torch.float32 and p.requires_grad for p in params)
+        optimizer = torch.optim.Adam(params, lr=1e-2)
+        losses = fit(run, params, lambda _: layer(x).float().pow(2).mean(), 20, optimizer, "test")
+        assert losses[-1] < losses[0]
+        with pytest.raises(ErasekitError, match="the loss became nan at step 1"):
+            fit(run, params, lambda _: layer(x).float().sum() * float("nan"), 3, optimizer, "test")
+    assert all(p.dtype == torch.float16 and not p.requires_grad for p in layer.parameters())
+
+
+def test_device_and_dtype_flags_are_checked():
+    assert resolve_dtype("bf16") == torch.bfloat16 and resolve_dtype("float16") == torch.float16
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ErasekitError, match="unknown dtype 'fp8'; use fp32, fp16 or bf16"):
+        resolve_dtype("fp8")
+    with pytest.raises(ErasekitError, match="unknown device 'gpu'"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ErasekitError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+@pytest.mark.parametrize(
+    "flags, message", [(["--dtype", "fp8"], "unknown dtype 'fp8'"), (["--device", "tpu"], "unknown device 'tpu'")]
+)
+def test_bad_device_or_dtype_is_one_line_and_writes_nothing(tmp_path, flags, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "erasekit.cli", "erase", "square", "--out", str(tmp_path / "edit"), *flags],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2 and message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+    assert not (tmp_path / "edit").exists()

@@ -1,0 +1,42 @@
+"""Each method family erases on the embedded model: the erased class's accuracy falls, the others hold.
+
+Judged by the world evaluator on the object protocol ("square", 8 samples per prompt, the same seeds
+for the original and the erased model), with the setting the README's bench found to work for each
+family on this world; the paper defaults are measured in the README, and some do not erase here.
+"""
+
+import pytest
+
+from erasekit.eval.protocols import run_protocol
+from erasekit.methods import EraseSpec
+from erasekit.methods.runner import erase
+from erasekit.world import vocabulary as V
+
+TARGET = "square"
+OTHERS = tuple(s for s in V.SHAPES if s != TARGET)
+TEMPLATES = ("{}", "a photo of a {}", "a picture of a {}")
+FAMILIES = {  # method, settings, whether the other classes are the preserve set
+    "closed form (UCE)": ("uce", {"templates": TEMPLATES, "token_span": "full", "preserve_scale": 1.0}, True),
+    "closed form, adversarial (RECE)": ("rece", {"validate": "none", "preserve_scale": 1.0, "epochs": 2}, True),
+    "closed form + LoRAs (MACE)": ("mace", {"lam": 10, "lr": 3e-3, "steps": 50, "preserve_scale": 10}, True),
+    "neighbourhood (RealEra)": ("realera", {"d1": 1.5, "m": 64, "s2": 0.4, "epochs": 100, "lr": 1e-4}, True),
+    "fine-tuning (ESD-x)": ("esd-x", {"lr": 1e-3, "iterations": 60}, False),
+}
+
+
+@pytest.fixture(scope="module")
+def originals():
+    return {}  # the original model's images, generated once for every family
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_erasure_lowers_the_concept_and_keeps_the_others(pipe, evaluator, originals, family):
+    method, settings, preserve = FAMILIES[family]
+    edit = erase(pipe, EraseSpec((TARGET,), preserve=OTHERS if preserve else ()), method, progress=False, **settings)
+    result = run_protocol(pipe, edit, "object", TARGET, evaluator, samples=8, progress=False, original_cache=originals)
+    before, after = (result["metrics"][k]["accuracy"] for k in ("original", "erased"))
+    assert before["Acc_e"] >= 0.75 and before["Acc_s"] >= 0.9  # the original draws them all
+    assert after["Acc_e"] <= 0.25, after  # the erased class is gone from most images
+    assert after["Acc_s"] >= 0.9, after  # the nine others are still drawn
+    if method == "realera":  # the one method here that erases the meaning: the synonyms go too
+        assert after["Acc_g"] <= 0.25, after
