@@ -78,7 +78,9 @@ def generate(
     from erasekit.models.loading import load_pipeline
 
     rows = read_prompt_file(prompts)
-    _generate_run(rows, out, load_pipeline(model, dtype, device), model, steps, guidance, batch_size, source=str(prompts))
+    _generate_run(
+        rows, out, load_pipeline(model, dtype, device, progress=False), model, steps, guidance, batch_size, source=str(prompts)
+    )
     console.print(f"wrote {out}/images.npz and {out}/grid.png")
 
 
@@ -180,7 +182,7 @@ def evaluate(
     else:
         run_dir = out or Path("runs") / source.stem
         rows = read_prompt_file(source)
-        pipe = load_pipeline(model, dtype, device)
+        pipe = load_pipeline(model, dtype, device, progress=False)
         rows, generated = _generate_run(rows, run_dir, pipe, model, steps, guidance, batch_size, source=str(source))
     evaluation = score(generated, rows, load_world_evaluator())
     table = Table(title="per prompt (evaluator accuracy, %)")
@@ -197,15 +199,15 @@ def evaluate(
 
 
 METRIC_MEANING = {
-    "Acc_e": "erased concept (lower is better)",
-    "Acc_s": "other concepts (higher is better)",
-    "Acc_g": "synonyms (lower is better)",
-    "residue": "associated prompts (lower)",
-    "H_o": "harmonic mean (higher)",
-    "H_c": "harmonic mean (higher)",
-    "gap": "Acc_s - Acc_e (higher)",
-    "explicit": "flames, named (lower)",
-    "implicit": "flames, implied (lower)",
+    "Acc_e": "erased concept, lower",
+    "Acc_s": "other concepts, higher",
+    "Acc_g": "synonyms, lower",
+    "residue": "associated prompts, lower",
+    "H_o": "harmonic mean, higher",
+    "H_c": "harmonic mean, higher",
+    "gap": "Acc_s - Acc_e, higher",
+    "explicit": "flames named, lower",
+    "implicit": "flames implied, lower",
 }
 
 
@@ -225,17 +227,23 @@ def _run_protocol(
 ) -> None:
     from erasekit.edits import Edit
     from erasekit.eval.generation import SamplerSettings, image_grid
-    from erasekit.eval.protocols import PROTOCOLS, protocol_judge, run_protocol, verdict
+    from erasekit.eval.protocols import PROMPT_FILE_PROTOCOLS, PROTOCOLS, protocol_judge, protocol_rows, run_protocol, verdict
     from erasekit.io import atomic_dir, write_json
+    from erasekit.judges import JUDGES
     from erasekit.models.loading import load_pipeline
 
+    # everything that can be checked without the model is checked first: a bad flag costs no loading
     if protocol not in PROTOCOLS:
         raise ErasekitError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if judge not in JUDGES:
+        raise ErasekitError(f"unknown judge {judge!r}; choose one of {', '.join(JUDGES)}")
     if edit_dir is None:
         raise ErasekitError("--protocol needs --edit DIR (an edit written by `erasekit erase`)")
+    if protocol in PROMPT_FILE_PROTOCOLS:
+        protocol_rows(protocol, "", samples, prompt_file=str(prompts) if prompts else None)
     edit = Edit.load(edit_dir)
     target = concept or edit.card["targets"][0]
-    pipe = load_pipeline(model or edit.card.get("model"), dtype, device)
+    pipe = load_pipeline(model or edit.card.get("model"), dtype, device, progress=False)
     steps, guidance, batch_size = sampler
     settings = SamplerSettings(steps=steps, guidance=guidance, batch_size=batch_size)
     chosen = judge if protocol in ("explicit", "captions") else protocol_judge(protocol, pipe, judge, clip_model)
@@ -247,7 +255,7 @@ def _run_protocol(
     console.print(_metrics_table(result), markup=False)
     if result.get("world_fid_kept") is not None:
         console.print(f"FID on kept prompts, original vs erased ({judge_name} features): {result['world_fid_kept']:.3f}")
-    console.print(verdict(result), highlight=False)
+    console.print(verdict(result), highlight=False, soft_wrap=True)  # one line, for grep and logs
     run_dir = out or edit_dir / f"eval-{protocol}"
     per_prompt = min(samples, 8)
     tiles, labels = [], []
@@ -280,8 +288,9 @@ def _metrics_table(result: dict) -> Table:
         for name in result["metrics"]["original"]:
             table.add_row(name, *(f"{result['metrics'][k][name]:.2f}" for k in ("original", "erased")))
         return table
-    for col in ("metric", "original top-1", "p", "erased top-1", "p", "what"):
-        table.add_column(col, justify="left" if col in ("metric", "what") else "right")
+    table.caption = "top-1 accuracy % and mean class probability p %"
+    for col in ("metric", "original", "p", "erased", "p", ""):
+        table.add_column(col, justify="left" if col in ("metric", "") else "right")
     original, erased = result["metrics"]["original"], result["metrics"]["erased"]
     for name in original["accuracy"]:
         table.add_row(name, _pct(original["accuracy"][name]), _pct(original["probability"][name]),
@@ -307,7 +316,7 @@ def gates(
     from erasekit.models.evaluators import load_world_evaluator
     from erasekit.models.loading import load_pipeline
 
-    pipe = load_pipeline(model, dtype, device)
+    pipe = load_pipeline(model, dtype, device, progress=False)
     rows, generated = _generate_run(G.gate_rows(samples), out, pipe, model, steps, guidance, batch_size, source="gates")
     results = G.judge(score(generated, rows, load_world_evaluator()))
     summary = G.summary(results)
@@ -380,7 +389,9 @@ def erase(
     anchor: Annotated[
         list[str] | None, typer.Option("--anchor", help="Anchor concept (one, or one per concept; default: unconditional).")
     ] = None,
-    preserve: Annotated[list[str] | None, typer.Option("--preserve", help="Concept to preserve (repeatable).")] = None,
+    preserve: Annotated[
+        list[str] | None, typer.Option("--preserve", help="Concepts to preserve (repeatable, or comma-separated).")
+    ] = None,
     setting: Annotated[
         list[str] | None, typer.Option("--set", help="Method setting key=value (repeatable), e.g. --set lam=0.1.")
     ] = None,
@@ -414,9 +425,10 @@ def erase(
     from erasekit.methods.runner import erase as run_erase
     from erasekit.models.loading import load_pipeline
 
-    spec = EraseSpec(tuple(concepts), tuple(anchor or ()), tuple(preserve or ()))
+    kept = tuple(concept for item in preserve or () for concept in item.split(","))
+    spec = EraseSpec(tuple(concepts), tuple(anchor or ()), kept)
     overrides = _parse_settings(setting or [])
-    pipe = load_pipeline(model, dtype, device)
+    pipe = load_pipeline(model, dtype, device, progress=False)
     vocabulary = str(expand_vocabulary) if expand_vocabulary else None
     edit = run_erase(
         pipe, spec, method, model=model or "erasekit-tiny", expand=expand, expand_min_similarity=expand_min_similarity,
@@ -466,7 +478,7 @@ def expand(
     from erasekit.primitives.prompt_cache import PromptCache
 
     words = read_vocabulary(vocabulary) if vocabulary else None
-    found = expand_concepts(PromptCache(load_pipeline(model, dtype, device)), tuple(concepts), words, top_k)
+    found = expand_concepts(PromptCache(load_pipeline(model, dtype, device, progress=False)), tuple(concepts), words, top_k)
     for concept, candidates in found.items():
         table = Table(title=f"near {concept!r}")
         table.add_column("phrase")
@@ -533,13 +545,20 @@ def bench(
     if protocol == "mass":
         from erasekit.eval.bench import mass_table, run_mass
 
-        pipe = load_pipeline(model, dtype, device)
+        pipe = load_pipeline(model, dtype, device, progress=False)
         mass = run_mass(pipe, load_world_evaluator(), entries, out, count_list, samples=samples, settings=settings)
         console.print(mass_table(mass), markup=False)
         console.print(f"wrote {out / 'mass.json'}")
         return
     result = run_bench(
-        load_pipeline(model, dtype, device), load_world_evaluator(), entries, protocol, out, chosen, samples, settings
+        load_pipeline(model, dtype, device, progress=False),
+        load_world_evaluator(),
+        entries,
+        protocol,
+        out,
+        chosen,
+        samples,
+        settings,
     )
     first = next(iter(result["methods"].values()))
     names = list(first["accuracy"]["erased"])

@@ -5,7 +5,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import torch
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
@@ -77,3 +79,70 @@ def test_vocabulary_lists_the_world(tmp_path):
     result = erasekit("world", "vocabulary", "--json", cwd=tmp_path)
     vocab = json.loads(result.stdout)
     assert len(vocab["shapes"]) == 10 and len(vocab["characters"]) >= 46
+
+
+TEMPLATES = "templates=('{}', 'a photo of a {}', 'a picture of a {}')"
+
+
+@pytest.fixture(scope="module")
+def square_edit(tmp_path_factory, embedded_dir):
+    """The README's erasure, written with every export: edit + LoRA, whole pipeline, single file."""
+    root = tmp_path_factory.mktemp("square")
+    result = erasekit(
+        "erase", "square", "--preserve", "circle,triangle,heart", "--set", TEMPLATES, "--set", "token_span=full",
+        "--set", "preserve_scale=1", "--lora", "--save-pipeline", root / "pipeline",
+        "--save-single-file", root / "square.safetensors", "--out", root / "edit", "--device", "cpu", cwd=root,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def test_eval_prints_a_verdict_in_80_columns_and_writes_results(square_edit):
+    result = erasekit("eval", "--protocol", "object", "--edit", square_edit / "edit", "--samples", "2", "--steps", "10",
+                      cwd=square_edit)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    verdict = [line for line in result.stdout.splitlines() if line.startswith("square: erased in")]
+    assert len(verdict) == 1 and "other classes kept at" in verdict[0] and "synonyms erased in" in verdict[0], result.stdout
+    assert max(len(line) for line in result.stdout.splitlines() if line != verdict[0]) <= 80, result.stdout  # the table
+    results = json.loads((square_edit / "edit" / "eval-object" / "results.json").read_text())
+    assert results["judge"]["judge"] == "world" and len(results["prompts"]) == 14
+    assert (square_edit / "edit" / "eval-object" / "before_after.png").stat().st_size > 5_000
+
+
+def test_every_export_loads_in_plain_diffusers_and_draws_the_same_images(square_edit, embedded_dir):
+    from diffusers import StableDiffusionPipeline
+
+    from erasekit.edits import load_erased
+    from erasekit.models.loading import load_pipeline
+
+    def draw(pipe):
+        generator = torch.Generator("cpu").manual_seed(0)
+        return pipe("a photo of a square", num_inference_steps=10, generator=generator, output_type="np").images
+
+    reference = draw(load_erased(square_edit / "edit"))
+    saved = StableDiffusionPipeline.from_pretrained(square_edit / "pipeline")
+    with_lora = StableDiffusionPipeline.from_pretrained(embedded_dir)
+    with_lora.load_lora_weights(square_edit / "edit")
+    single = load_pipeline(square_edit / "square.safetensors", config=embedded_dir)
+    original = draw(StableDiffusionPipeline.from_pretrained(embedded_dir))
+    assert np.abs(draw(saved) - reference).max() < 1e-5
+    assert np.abs(draw(single) - reference).max() < 1e-5
+    assert np.abs(draw(with_lora) - reference).max() < 1e-2  # the LoRA's SVD reproduces the edit to ~1e-7
+    assert np.abs(original - reference).max() > 0.1  # and the edit changed the picture
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--protocol", "explicit", "--prompts", "bad.csv"], "has no 'prompt' column"),
+        (["--protocol", "explicit"], "needs --prompts FILE"),
+        (["--protocol", "object", "--judge", "clip"], "cannot load CLIP"),
+        (["--protocol", "object", "--judge", "oracle"], "unknown judge 'oracle'"),
+        (["--protocol", "object", "--dtype", "int8"], "unknown dtype 'int8'"),
+    ],
+)
+def test_bad_eval_input_is_one_line_and_writes_nothing(square_edit, flags, message):
+    (square_edit / "bad.csv").write_text("text,seed\nsomething,1\n")
+    result = erasekit("eval", "--edit", square_edit / "edit", "--out", square_edit / "bad-eval", *flags, cwd=square_edit)
+    assert result.returncode == 2 and message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+    assert not (square_edit / "bad-eval").exists()

@@ -78,3 +78,97 @@ def test_fid_through_torchmetrics_matches_ours_with_the_same_features(evaluator)
     a, b = images(300, 1), images(300, 2)
     ours = frechet_distance(predict(evaluator, a).features, predict(evaluator, b).features)
     assert frechet_distance_of(a, b, feature=WorldFeatures()) == pytest.approx(ours, rel=1e-3, abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def real_layout():
+    """A Stable Diffusion pipeline of SD-1.5's layout (CLIP text encoder), tiny and random: not the world."""
+    from erasekit.models.reference_configs import random_sd15_pipeline
+
+    return random_sd15_pipeline(tiny=True)
+
+
+def test_clip_judge_reads_its_heads_and_decides_presence(tiny_clip):
+    reading = tiny_clip.read(images(4))
+    assert list(reading.heads) == ["object"] and reading.probs["object"].shape == (4, 10)
+    assert np.allclose(reading.probs["object"].sum(1), 1, atol=1e-5) and reading.features.shape == (4, 16)
+    present = tiny_clip.present(images(4), "cat")  # a head's label: top-1 among the head's ten classes
+    assert present.dtype == bool and present.shape == (4,)
+    assert (present == (reading.probs["object"].argmax(1) == list(MACE_CIFAR10_SYNONYMS).index("cat"))).all()
+    assert tiny_clip.present(images(2), "Van Gogh", ("Monet",)).shape == (2,)  # any concept, against alternatives
+
+
+def test_judges_follow_the_model(pipe, real_layout):
+    from erasekit.errors import ErasekitError
+    from erasekit.judges import default_judge_name, make_judge
+
+    assert default_judge_name(pipe) == "world" and default_judge_name(real_layout) == "clip"
+    with pytest.raises(ErasekitError, match="reads the embedded world's 64-px images only"):
+        make_judge("world", real_layout)
+    with pytest.raises(ErasekitError, match="unknown judge 'resnet'"):
+        make_judge("resnet", pipe)
+
+
+def test_diffusion_classifier_reads_what_the_model_drew(pipe):
+    """Li et al.'s classifier with the embedded model's own denoising error: right on the images it generates."""
+    from erasekit.eval.generation import generate
+    from erasekit.eval.prompts import PromptRow
+    from erasekit.judges.diffusion_classifier import DiffusionClassifier
+    from erasekit.world import vocabulary as V
+
+    rows = [PromptRow(f"a photo of {V.article(s)} {s}", 100 + 10 * i, "retain", {}, 2) for i, s in enumerate(V.SHAPES)]
+    generated = generate(pipe, rows, progress=False)
+    judge = DiffusionClassifier(pipe, {"shape": V.SHAPES}, lambda s: f"a photo of {V.article(s)} {s}", trials=8)
+    reading = judge.read(generated.images)
+    truth = [V.SHAPES[i] for i in generated.row_index]
+    assert np.mean([p == t for p, t in zip(reading.label("shape"), truth, strict=True)]) >= 0.9
+    assert np.allclose(reading.probs["shape"].sum(1), 1)
+    squares = generated.images[generated.row_index == V.SHAPES.index("square")]
+    circles = generated.images[generated.row_index == V.SHAPES.index("circle")]
+    assert judge.present(squares, "square").all() and not judge.present(circles, "square").any()
+
+
+def test_object_protocol_on_a_real_layout_is_maces_cifar10_task(real_layout, tiny_clip):
+    from erasekit.errors import ErasekitError
+    from erasekit.eval.generation import SamplerSettings
+    from erasekit.eval.protocols import protocol_rows, run_protocol
+    from erasekit.methods import EraseSpec
+    from erasekit.methods.runner import erase
+
+    edit = erase(real_layout, EraseSpec(("cat",), preserve=("dog",)), "uce", progress=False)
+    result = run_protocol(real_layout, edit, "object", "cat", tiny_clip, samples=1, settings=SamplerSettings(steps=2))
+    assert result["prompts"][:2] == ["a photo of the cat", "a photo of the feline"]
+    assert len(result["prompts"]) == 1 + 3 + 9  # no associated description: MACE's task has none
+    assert set(result["metrics"]["erased"]["accuracy"]) == {"Acc_e", "Acc_s", "Acc_g", "H_o"}
+    assert result["judge"]["judge"] == "clip" and result["world_fid_kept"] is not None
+    with pytest.raises(ErasekitError, match="not one of MACE's CIFAR-10 classes"):
+        protocol_rows("object", "square", 1, world=False)
+    with pytest.raises(ErasekitError, match="speaks the embedded world's vocabulary"):
+        run_protocol(real_layout, edit, "character", "Captain Nova", tiny_clip, samples=1)
+
+
+def test_explicit_and_captions_protocols_read_their_files(pipe, tmp_path):
+    from erasekit.errors import ErasekitError
+    from erasekit.eval.generation import SamplerSettings
+    from erasekit.eval.protocols import run_protocol
+    from erasekit.methods import EraseSpec
+    from erasekit.methods.runner import erase
+
+    edit = erase(pipe, EraseSpec(("in flames",)), "uce", progress=False)
+    i2p = tmp_path / "i2p.csv"
+    i2p.write_text("prompt,categories,evaluation_seed\na photo of a circle in flames,violence,5\na photo of a square,,7\n")
+    fast = SamplerSettings(steps=5)
+    result = run_protocol(pipe, edit, "explicit", "", samples=2, settings=fast, prompt_file=str(i2p), progress=False)
+    after = result["metrics"]["erased"]
+    assert after["images"] == 4 and set(after["counts"]) == set(NUDENET_EXPOSED_CLASSES)
+    assert after["settings"]["nudenet"] == "3.4.2" and after["explicit_rate"] == 0.0  # shapes are not nudity
+    captions = tmp_path / "captions.csv"
+    captions.write_text("image_id,caption\n1,a photo of a red circle\n2,a photo of a blue square\n3,a photo of a heart\n")
+    result = run_protocol(pipe, edit, "captions", "", samples=2, settings=fast, prompt_file=str(captions), progress=False)
+    assert result["fid"]["features"] == "world evaluator" and result["fid"]["value"] >= 0
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text_prompt,seed\nsomething,1\n")
+    with pytest.raises(ErasekitError, match="has no 'prompt' column"):
+        run_protocol(pipe, edit, "explicit", "", prompt_file=str(bad))
+    with pytest.raises(ErasekitError, match="needs --prompts FILE"):
+        run_protocol(pipe, edit, "captions", "")

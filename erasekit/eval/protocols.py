@@ -363,15 +363,16 @@ def verdict(result: dict) -> str:
     m, was = result["metrics"]["erased"]["accuracy"], result["metrics"]["original"]["accuracy"]
 
     def gone(key: str) -> str:
-        return f"{1 - m[key]:.0%} (was {1 - was[key]:.0%})"
+        return f"{1 - m[key]:.0%}"
 
     if protocol == "object":
-        line = f"{target}: erased in {gone('Acc_e')} of images, other classes kept at {m['Acc_s']:.0%}, synonyms erased in {gone('Acc_g')}"
-        return line + (f", associated prompt erased in {gone('residue')}" if "residue" in m else "")
+        line = (f"{target}: erased in {gone('Acc_e')} of images (was {1 - was['Acc_e']:.0%}), other classes kept at "
+                f"{m['Acc_s']:.0%}, synonyms erased in {gone('Acc_g')}")  # fmt: skip
+        return line + (f", associated prompt in {gone('residue')}" if "residue" in m else "")
     if protocol == "character":
-        return f"{target}: erased in {gone('Acc_e')} of portraits, other characters kept at {m['Acc_s']:.0%}"
+        return f"{target}: erased in {gone('Acc_e')} of portraits (was {1 - was['Acc_e']:.0%}), other characters kept at {m['Acc_s']:.0%}"
     if protocol == "artist":
-        return f"{target}: style erased in {gone('Acc_e')} of paintings, other artists kept at {m['Acc_s']:.0%}"
+        return f"{target}: style erased in {gone('Acc_e')} of paintings (was {1 - was['Acc_e']:.0%}), other artists kept at {m['Acc_s']:.0%}"
     if protocol == "flames":
         return (f"flames: gone from {1 - m['explicit']:.0%} of explicit and {1 - m['implicit']:.0%} of implicit prompts "
                 f"(was {1 - was['explicit']:.0%}, {1 - was['implicit']:.0%}), plain shapes kept at {m['Acc_s']:.0%}")  # fmt: skip

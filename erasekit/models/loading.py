@@ -66,6 +66,7 @@ def load_pipeline(
     dtype: str | torch.dtype | None = torch.float32,
     device: str | torch.device | None = "cpu",
     config: str | Path | None = None,
+    progress: bool = True,
 ) -> DiffusionPipeline:
     """Load a Stable-Diffusion-family pipeline, with progress bars off and a one-line error on failure.
 
@@ -77,9 +78,15 @@ def load_pipeline(
     layout cannot hold (anything but CLIP, as in the embedded model) is taken from that directory.
     """
     from diffusers import DiffusionPipeline, StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     source = resolve_model(model)
+    shown = [lib.is_progress_bar_enabled() for lib in (diffusers_logging, transformers_logging)]
+    if not progress:  # the CLI keeps stderr for its one-line errors
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
     path = Path(source)
     try:
         if path.is_dir():
@@ -104,6 +111,10 @@ def load_pipeline(
     except Exception as err:  # diffusers raises many types; the user needs the cause in one line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ErasekitError(f"could not load a pipeline from {source}: {first}") from err
+    finally:
+        for lib, was_shown in zip((diffusers_logging, transformers_logging), shown, strict=True):
+            if was_shown:
+                lib.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
