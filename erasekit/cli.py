@@ -166,6 +166,7 @@ def evaluate(
     from erasekit.eval.prompts import read_prompt_file
     from erasekit.eval.scoring import score
     from erasekit.io import write_json
+    from erasekit.models.embedded import is_world_model
     from erasekit.models.evaluators import load_world_evaluator
     from erasekit.models.loading import load_pipeline, resolve_device, resolve_dtype
 
@@ -183,6 +184,11 @@ def evaluate(
         run_dir = out or Path("runs") / source.stem
         rows = read_prompt_file(source)
         pipe = load_pipeline(model, dtype, device, progress=False)
+        if not is_world_model(pipe):
+            raise ErasekitError(
+                "a prompt file is judged by the world evaluator, which reads the embedded world's images only; "
+                "for a real model use --protocol object|explicit|captions with --judge"
+            )
         rows, generated = _generate_run(rows, run_dir, pipe, model, steps, guidance, batch_size, source=str(source))
     evaluation = score(generated, rows, load_world_evaluator())
     table = Table(title="per prompt (evaluator accuracy, %)")

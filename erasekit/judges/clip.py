@@ -103,14 +103,14 @@ class ClipJudge:
 
     def _pixels(self, images: np.ndarray) -> torch.Tensor:
         # CLIP's preprocessing: bicubic resize of the short side, centre crop, normalise.
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
         h, w = x.shape[-2:]
         scale = self.size / min(h, w)
         x = nn.functional.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bicubic", align_corners=False)
         top, left = (x.shape[-2] - self.size) // 2, (x.shape[-1] - self.size) // 2
         x = x[..., top : top + self.size, left : left + self.size].clamp(0, 1)
         mean, std = (torch.tensor(v, device=x.device)[:, None, None] for v in (_CLIP_MEAN, _CLIP_STD))
-        return ((x - mean) / std).to(self.device)
+        return ((x - mean) / std).to(self.model.dtype)
 
     @torch.no_grad()
     def image_features(self, images: np.ndarray) -> torch.Tensor:

@@ -1,0 +1,137 @@
+"""GPU check: every registered method on a full-size SD-1.5-layout pipeline with random weights.
+
+For each dtype (fp32, fp16, bf16) every method erases one concept with small settings, its edit is
+checked for finite values, applied, and an image is generated; then each method runs once with
+its paper defaults (fp16, the precision users load SD in), and UCE erases 100 concepts with 1,000
+preserved. Per run: ok, finite, seconds, peak GPU memory. Writes ``$OUT/gpu_check.json`` (or
+``runs/gpu_check/``) after every run, so a run cut short still reports what it did, and prints a
+markdown table at the end. Random weights say nothing about erasure quality, only that the code
+runs on the device, in the dtype, in the time and memory it takes.
+
+Usage (from the project root; diffusers importable)::
+
+    python scripts/gpu_check.py                  # CUDA when present
+    python scripts/gpu_check.py --tiny           # shrunken widths: tries the script itself on a CPU
+    python scripts/gpu_check.py --budget 420     # seconds; later runs are skipped past it
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from erasekit.methods import EraseSpec
+from erasekit.methods.runner import erase
+from erasekit.models.reference_configs import random_sd15_pipeline
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TARGET, PRESERVE = ("cat",), ("dog", "house", "tree")
+# small settings: every code path once, in seconds
+SMALL = {
+    "uce": {},
+    "rece": {"epochs": 2, "validate": "none"},
+    "mace": {"segmenter": "none", "steps": 10, "images_per_concept": 2, "sample_steps": 10},
+    "realera": {"epochs": 10, "m": 8, "sample_steps": 10},
+    "esd-x": {"iterations": 10, "sample_steps": 10},
+    "esd-u": {"iterations": 3, "sample_steps": 10},
+    "esd-all": {"iterations": 3, "sample_steps": 10},
+    "esd-x-strict": {"iterations": 10, "sample_steps": 10},
+}
+# paper defaults, except what needs weights this machine cannot fetch (Grounded-SAM, CLIP validator)
+DEFAULTS = {"uce": {}, "mace": {"segmenter": "none"}, "realera": {}, "esd-x": {}, "rece": {"validate": "none"}}
+
+
+def vocabulary_words(tokenizer: object, count: int) -> list[str]:
+    """``count`` distinct alphabetic words of the tokenizer, as stand-in concepts."""
+    words = sorted(w for w in tokenizer.get_vocab() if w.isalpha() and w.isascii() and len(w) > 3)
+    return words[:count]
+
+
+class Check:
+    def __init__(self, out: Path, device: str, budget: float) -> None:
+        self.out, self.device, self.budget, self.start = out, device, budget, time.time()
+        self.report = {"device": device, "torch": torch.__version__, "runs": []}
+        if device == "cuda":
+            self.report["gpu"] = torch.cuda.get_device_name(0)
+
+    def save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        tmp = self.out / "gpu_check.json.tmp"
+        tmp.write_text(json.dumps(self.report, indent=1))
+        os.replace(tmp, self.out / "gpu_check.json")
+
+    def attempt(self, label: str, pipe: object, method: str, targets: tuple, preserve: tuple, settings: dict) -> None:
+        record = {"label": label, "method": method, "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+                  "concepts": len(targets), "preserve": len(preserve), "settings": settings}  # fmt: skip
+        if time.time() - self.start > self.budget:
+            record["skipped"] = "budget"
+        else:
+            try:
+                edit = erase(pipe, EraseSpec(targets, preserve=preserve), method, progress=False, **settings)
+                record |= {"seconds": edit.card["seconds"], "seconds_per_concept": edit.card["seconds_per_concept"],
+                           "peak_gpu_mb": edit.card["peak_cuda_mb"], "changed": len(edit.weights)}  # fmt: skip
+                record["finite"] = bool(all(torch.isfinite(w).all() for w in edit.weights.values()))
+                with edit.applied(pipe):
+                    generator = torch.Generator("cpu").manual_seed(0)
+                    image = pipe(targets[0], num_inference_steps=2, generator=generator, output_type="np").images
+                record["image_finite"] = bool(torch.isfinite(torch.from_numpy(image)).all())
+                record["ok"] = record["finite"] and record["image_finite"]
+            except Exception as err:  # record and go on: the table shows every method
+                record |= {"ok": False, "error": f"{type(err).__name__}: {err}"[:400],
+                           "where": traceback.format_exc().strip().splitlines()[-3:-1]}  # fmt: skip
+        self.report["runs"].append(record)
+        self.save()
+        print(json.dumps(record), flush=True)
+
+    def table(self) -> str:
+        lines = ["| run | dtype | ok | finite | s | s / concept | peak GPU MB |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in self.report["runs"]:
+            if "skipped" in r:
+                lines.append(f"| {r['label']} | {r['dtype']} | skipped ({r['skipped']}) | | | | |")
+                continue
+            peak = f"{r['peak_gpu_mb']:.0f}" if r.get("peak_gpu_mb") is not None else "–"
+            ok = "yes" if r["ok"] else f"no: {r.get('error', 'not finite')[:60]}"
+            lines.append(f"| {r['label']} | {r['dtype']} | {ok} | {r.get('finite', '')} | {r.get('seconds', '')} | "
+                         f"{r.get('seconds_per_concept', '')} | {peak} |")  # fmt: skip
+        return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="shrunken widths, for trying the script on a CPU")
+    parser.add_argument("--budget", type=float, default=420.0, help="seconds after which the remaining runs are skipped")
+    parser.add_argument("--dtypes", default="fp32,fp16,bf16", help="comma-separated dtypes of the small runs")
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out = Path(os.environ.get("OUT", "runs/gpu_check"))
+    check = Check(out, device, args.budget)
+    for name in args.dtypes.split(","):
+        start = time.time()
+        pipe = random_sd15_pipeline(tiny=args.tiny, device=device, dtype=DTYPES[name])
+        check.report[f"build_{name}_s"] = round(time.time() - start, 1)
+        for method, settings in SMALL.items():
+            check.attempt(f"{method} small", pipe, method, TARGET, PRESERVE, settings)
+        if name == "fp16":  # users load SD in fp16: defaults and scale there
+            for method, settings in DEFAULTS.items():
+                check.attempt(f"{method} defaults", pipe, method, TARGET, PRESERVE, settings)
+            words = vocabulary_words(pipe.tokenizer, 1100)
+            check.attempt("uce 100 concepts + 1000 preserved", pipe, "uce", tuple(words[:100]), tuple(words[100:]), {})
+        del pipe
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    check.report["total_s"] = round(time.time() - check.start, 1)
+    check.save()
+    print(check.table())
+
+
+if __name__ == "__main__":
+    main()
