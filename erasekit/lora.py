@@ -73,8 +73,8 @@ def lora_factors(edit: Edit, unet: nn.Module, max_rank: int | None = None, toler
         ranks[module_name] = keep
     if any(k.endswith("lora_B.bias") for k in tensors):  # peft's lora_bias is all or nothing: zeros elsewhere
         for module_name in by_module:
-            out_features = tensors[f"unet.{module_name}.lora_B.weight"].shape[0]
-            tensors.setdefault(f"unet.{module_name}.lora_B.bias", torch.zeros(out_features))
+            lora_b = tensors[f"unet.{module_name}.lora_B.weight"]
+            tensors.setdefault(f"unet.{module_name}.lora_B.bias", torch.zeros(lora_b.shape[0], device=lora_b.device))
     return LoraExport(tensors, ranks, (err2 / total2) ** 0.5 if total2 > 0 else 0.0)
 
 

@@ -52,7 +52,8 @@ class Judge(Protocol):
         ...
 
     def present(self, images: np.ndarray, concept: str, alternatives: tuple[str, ...] = ()) -> np.ndarray:
-        """(n,) booleans: is ``concept`` in each image (judged against ``alternatives`` where the judge compares)?"""
+        """(n,) booleans: is ``concept`` in each image? A zero-shot judge weighs it against ``alternatives``
+        and a neutral option, so an image of neither counts as absent."""
         ...
 
     def settings(self) -> dict:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from transformers import CLIPModel
 
 MACE_CLIP_TEMPLATE = "a photo of the {}"
+NEUTRAL = "image"  # the "nothing in particular" label of presence decisions
 MACE_CLIP_MODEL = "openai/clip-vit-base-patch32"
 # MACE's object task: the CIFAR-10 classes and the three synonyms of each (its 10_objects_paraphrase.json).
 MACE_CIFAR10_SYNONYMS: dict[str, tuple[str, str, str]] = {
@@ -94,10 +95,9 @@ class ClipJudge:
         return Reading(self.heads, probs, features.cpu().numpy())
 
     def present(self, images: np.ndarray, concept: str, alternatives: tuple[str, ...] = ()) -> np.ndarray:
-        """Top-1 of zero-shot classification among ``concept``, ``alternatives`` and a neutral "image"
-        (or, for a concept of a head, among that head's labels)."""
-        head = next((labels for labels in self.heads.values() if concept in labels), None)
-        candidates = list(head) if head is not None else list(dict.fromkeys((concept, *alternatives, "image")))
+        """Top-1 of zero-shot classification among ``concept``, ``alternatives`` and a neutral "image":
+        an erased concept's image need not look like any alternative to count as absent."""
+        candidates = list(dict.fromkeys((concept, *alternatives, NEUTRAL)))
         probs = self._zero_shot(self.image_features(images), candidates, self.template)
         return probs.argmax(1) == candidates.index(concept)
 

@@ -104,13 +104,11 @@ class DiffusionClassifier:
         return Reading(self.heads, probs)
 
     def present(self, images: np.ndarray, concept: str, alternatives: tuple[str, ...] = ()) -> np.ndarray:
-        """Least error under ``concept`` among its head's labels, or against ``alternatives`` and the empty prompt."""
-        head = next((labels for labels in self.heads.values() if concept in labels), None)
-        candidates = list(head) if head is not None else list(dict.fromkeys((concept, *alternatives)))
-        prompts = [self.prompt(c) for c in candidates]
-        if head is None:  # the unconditional prediction as the "nothing in particular" alternative
-            prompts.append("")
-        return self.prompt_errors(images, prompts).argmin(1) == candidates.index(concept)
+        """Least error under ``concept`` among it, ``alternatives`` and the empty prompt (the unconditional
+        prediction: "nothing in particular", so an erased concept's image need not look like an alternative)."""
+        candidates = list(dict.fromkeys((concept, *alternatives)))
+        prompts = [*(self.prompt(c) for c in candidates), ""]
+        return self.prompt_errors(images, prompts).argmin(1) == 0
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -132,8 +132,7 @@ def make_validator(run: RunContext, spec: EraseSpec, config: RECEConfig) -> Vali
     from erasekit.judges import make_judge
 
     name = config.validate if config.validate != "auto" else ("world" if run.is_world_model else "clip")
-    concepts = (*spec.targets, *spec.preserve)
-    heads = None if name == "world" else {"concept": concepts}
+    heads = None if name == "world" else {"concept": (*spec.targets, *spec.preserve)}  # presence is all it asks
     return Validator(run, spec, config, make_judge(name, run.pipe, heads))
 
 

@@ -22,11 +22,11 @@ if sys.argv[1] == "--diff":
     sys.exit(0)
 
 sys.path.insert(0, sys.argv[1])  # the checkout under test comes before the installed erasekit
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import save_file
 
-from erasekit.methods import EraseSpec  # noqa: E402
-from erasekit.methods.runner import erase  # noqa: E402
-from erasekit.models.loading import load_pipeline  # noqa: E402
+from erasekit.methods import EraseSpec
+from erasekit.methods.runner import erase
+from erasekit.models.loading import load_pipeline
 
 pipe = load_pipeline()
 spec = EraseSpec(("square",), preserve=("circle", "heart"))
