@@ -116,3 +116,9 @@ def test_bad_device_or_dtype_is_one_line_and_writes_nothing(tmp_path, flags, mes
     )  # fmt: skip
     assert result.returncode == 2 and message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
     assert not (tmp_path / "edit").exists()
+
+
+def test_progress_callback_sees_every_step(pipe):
+    calls = []
+    erase(pipe, SPEC, "esd-x", progress=False, callback=lambda *step: calls.append(step), iterations=3, sample_steps=3)
+    assert calls == [("ESD (esd-x)", 1, 3), ("ESD (esd-x)", 2, 3), ("ESD (esd-x)", 3, 3)]

@@ -135,7 +135,7 @@ def _prompt_set_judge(protocol: str, judge: Judge | str, pipe: DiffusionPipeline
         return None  # CLIP knows nothing of the world; its FID uses the world evaluator's features
     if judge not in ("auto", "clip"):
         raise ErasekitError(f"the captions protocol reports CLIP score; --judge {judge} cannot")
-    return make_judge("clip")
+    return make_judge("clip", pipe)
 
 
 def _fid(original: np.ndarray, erased: np.ndarray, world: bool) -> dict:
