@@ -170,7 +170,8 @@ def evaluate(
     from erasekit.models.evaluators import load_world_evaluator
     from erasekit.models.loading import load_pipeline, resolve_device, resolve_dtype
 
-    resolve_device(device), resolve_dtype(dtype)  # bad flags are one line before anything loads
+    resolve_device(device)  # bad flags are one line before anything loads
+    resolve_dtype(dtype)
     if protocol is not None:
         sampler = (steps, guidance, batch_size)
         _run_protocol(protocol, edit, concept, samples, out, model, sampler, device, dtype, judge, prompts, clip_model)

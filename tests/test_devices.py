@@ -122,3 +122,14 @@ def test_progress_callback_sees_every_step(pipe):
     calls = []
     erase(pipe, SPEC, "esd-x", progress=False, callback=lambda *step: calls.append(step), iterations=3, sample_steps=3)
     assert calls == [("ESD (esd-x)", 1, 3), ("ESD (esd-x)", 2, 3), ("ESD (esd-x)", 3, 3)]
+
+
+def test_a_pipeline_whose_text_states_do_not_fit_its_unet_is_refused(pipe):
+    from types import SimpleNamespace
+
+    sdxl_like = SimpleNamespace(  # SDXL's UNet reads 2048-d states made of two text encoders' outputs
+        unet=SimpleNamespace(config=SimpleNamespace(cross_attention_dim=2048)),
+        text_encoder=SimpleNamespace(config=SimpleNamespace(hidden_size=768)),
+    )
+    with pytest.raises(ErasekitError, match="768-d states but its UNet's cross-attention reads 2048-d"):
+        RunContext(sdxl_like)

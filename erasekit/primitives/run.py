@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 import torch
 from tqdm.auto import tqdm
 
+from erasekit.errors import ErasekitError
 from erasekit.primitives.closed_form import TextMoments
 from erasekit.primitives.prompt_cache import PromptCache
 
@@ -56,6 +57,13 @@ class RunContext:
     dtype: torch.dtype = field(init=False)
 
     def __post_init__(self) -> None:
+        text_dim = self.pipe.text_encoder.config.hidden_size
+        cross_dim = self.pipe.unet.config.cross_attention_dim
+        if text_dim != cross_dim:  # SDXL: two text encoders whose states are concatenated
+            raise ErasekitError(
+                f"this pipeline's text encoder gives {text_dim}-d states but its UNet's cross-attention reads "
+                f"{cross_dim}-d ones: pipelines with two text encoders (SDXL) are not supported by the methods yet"
+            )
         self.cache = PromptCache(self.pipe)
         # fixed at the start: training upcasts some parameters, which would change what the UNet reports
         self.device, self.dtype = self.pipe.unet.device, self.pipe.unet.dtype
