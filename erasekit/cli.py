@@ -234,7 +234,7 @@ def _run_protocol(
 ) -> None:
     from erasekit.edits import Edit
     from erasekit.eval.generation import SamplerSettings, image_grid
-    from erasekit.eval.protocols import PROMPT_FILE_PROTOCOLS, PROTOCOLS, protocol_judge, protocol_rows, run_protocol, verdict
+    from erasekit.eval.protocols import PROMPT_FILE_PROTOCOLS, PROTOCOLS, protocol_rows, run_protocol, verdict
     from erasekit.io import atomic_dir, write_json
     from erasekit.judges import JUDGES
     from erasekit.models.loading import load_pipeline
@@ -253,8 +253,8 @@ def _run_protocol(
     pipe = load_pipeline(model or edit.card.get("model"), dtype, device, progress=False)
     steps, guidance, batch_size = sampler
     settings = SamplerSettings(steps=steps, guidance=guidance, batch_size=batch_size)
-    chosen = judge if protocol in ("explicit", "captions") else protocol_judge(protocol, pipe, judge, clip_model)
-    result = run_protocol(pipe, edit, protocol, target, chosen, samples, settings, prompt_file=str(prompts) if prompts else None)
+    prompt_file = str(prompts) if prompts else None
+    result = run_protocol(pipe, edit, protocol, target, judge, samples, settings, prompt_file=prompt_file, clip_model=clip_model)
     images = result.pop("images")
     judge_name = (result.get("judge") or {}).get("judge", "world evaluator")
     console.print(f"{protocol} protocol, erased {target!r} with {edit.card.get('method')}: {samples} samples per prompt, "

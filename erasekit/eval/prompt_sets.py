@@ -100,11 +100,12 @@ def run_prompt_set(
     judge: Judge | str,
     settings: SamplerSettings | None,
     progress: bool,
+    clip_model: str | None = None,
 ) -> dict:
     """Generate ``rows`` with the original and the erased model and measure them as ``protocol`` asks."""
     from erasekit.models.embedded import is_world_model
 
-    judge = _prompt_set_judge(protocol, judge, pipe)  # loaded first: a judge that cannot run stops before generating
+    judge = _prompt_set_judge(protocol, judge, pipe, clip_model)  # loaded first: a judge that cannot run stops before generating
     before = generate(pipe, rows, settings, progress)
     with edit.applied(pipe):
         after = generate(pipe, rows, settings, progress)
@@ -121,7 +122,7 @@ def run_prompt_set(
     return {"judge": judge.settings() if judge else None, "metrics": metrics, "fid": fid, "images": images, "rows": {}}
 
 
-def _prompt_set_judge(protocol: str, judge: Judge | str, pipe: DiffusionPipeline) -> Judge | None:
+def _prompt_set_judge(protocol: str, judge: Judge | str, pipe: DiffusionPipeline, clip_model: str | None) -> Judge | None:
     from erasekit.judges import make_judge
     from erasekit.models.embedded import is_world_model
 
@@ -135,7 +136,7 @@ def _prompt_set_judge(protocol: str, judge: Judge | str, pipe: DiffusionPipeline
         return None  # CLIP knows nothing of the world; its FID uses the world evaluator's features
     if judge not in ("auto", "clip"):
         raise ErasekitError(f"the captions protocol reports CLIP score; --judge {judge} cannot")
-    return make_judge("clip", pipe)
+    return make_judge("clip", pipe, clip_model=clip_model)
 
 
 def _fid(original: np.ndarray, erased: np.ndarray, world: bool) -> dict:

@@ -324,6 +324,7 @@ def run_protocol(
     progress: bool = True,
     original_cache: dict | None = None,
     prompt_file: str | None = None,
+    clip_model: str | None = None,
 ) -> dict:
     """Generate the protocol's prompts with the original and the erased model (same seeds) and score both.
 
@@ -331,16 +332,16 @@ def run_protocol(
     in the judge's feature space (the world-FID with the world judge: image-quality drift where
     nothing should have changed). ``original_cache`` (a dict, filled here) keeps the original
     model's images per prompt row across calls, as the bench does. ``judge`` is a judge or a name
-    (``auto`` follows the model, see :func:`protocol_judge`).
+    (``auto`` follows the model, see :func:`protocol_judge`; ``clip_model`` is the CLIP a named clip judge loads).
     """
     world = is_world_model(pipe)
     rows = protocol_rows(protocol, target, samples, world, prompt_file)
     if protocol in PROMPT_FILE_PROTOCOLS:
         from erasekit.eval.prompt_sets import run_prompt_set
 
-        result = run_prompt_set(pipe, edit, protocol, rows, judge, settings, progress)
+        result = run_prompt_set(pipe, edit, protocol, rows, judge, settings, progress, clip_model)
     else:
-        judge = protocol_judge(protocol, pipe, judge)
+        judge = protocol_judge(protocol, pipe, judge, clip_model)
         result = evaluate_rows(
             pipe, edit, rows, lambda e: protocol_metrics(protocol, e, world), judge, settings, progress, original_cache
         )

@@ -35,7 +35,7 @@ from erasekit.eval.metrics import harmonic_mean
 from erasekit.methods import uce
 from erasekit.methods.base import EraseSpec, config_field, register
 from erasekit.models.layers import kv_weights
-from erasekit.primitives.closed_form import text_space_map
+from erasekit.primitives.closed_form import float64_on, text_space_map
 from erasekit.primitives.run import RunContext
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ def adversarial_states(
     dim, device = concept.shape[-1], concept.device
 
     def f64(x: torch.Tensor) -> torch.Tensor:
-        return x.to(device, torch.float64)
+        return float64_on(x, device)
 
     gram = reg * torch.eye(dim, dtype=torch.float64, device=device) + sum(f64(w).T @ f64(w) for w in current)
     cross = sum(f64(w).T @ f64(w0) for w, w0 in zip(current, original, strict=True))
@@ -129,19 +129,19 @@ def make_validator(run: RunContext, spec: EraseSpec, config: RECEConfig) -> Vali
     """The validator ``config.validate`` names, judging with the model's labels (None: keep the last epoch)."""
     if config.validate == "none" or not config.epochs:
         return None
-    from erasekit.judges import make_judge
+    from erasekit.judges import default_judge_name, make_judge
 
-    name = config.validate if config.validate != "auto" else ("world" if run.is_world_model else "clip")
+    name = config.validate if config.validate != "auto" else default_judge_name(run.pipe)
     heads = None if name == "world" else {"concept": (*spec.targets, *spec.preserve)}  # presence is all it asks
     return Validator(run, spec, config, make_judge(name, run.pipe, heads))
 
 
 @register("rece", "RECE (Gong et al. 2024): UCE, then erase the closed-form adversarial embedding each epoch", RECEConfig)
 def erase(run: RunContext, spec: EraseSpec, config: RECEConfig) -> Edit:
-    originals = {n: w.to(run.solve_device, torch.float64) for n, w in kv_weights(run.unet).items()}
+    originals = {n: float64_on(w, run.solve_device) for n, w in kv_weights(run.unet).items()}
     names = list(originals)
     start = uce.erase(run, spec, uce.UCEConfig(templates=config.uce_templates))
-    current = {n: start.weights[n].to(run.solve_device, torch.float64) for n in names}
+    current = {n: float64_on(start.weights[n], run.solve_device) for n in names}
     concepts = {c: run.cache.states([c])[0] for c in spec.targets}
     guides = {a: run.cache.states([a or " "])[0] for a in set(spec.anchors)}
     keep = run.moments().add(run.cache.states(["", *spec.preserve]))

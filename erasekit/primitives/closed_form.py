@@ -21,6 +21,11 @@ import torch
 from torch import nn
 
 
+def float64_on(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` in float64 on ``device``, where the closed forms are solved (float32 is ill-conditioned there)."""
+    return x.to(device, torch.float64)
+
+
 @dataclass
 class TextMoments:
     """Second moments of token states: E = Σ c cᵀ and E* = Σ c* cᵀ (d×d), and the pair count."""
@@ -37,8 +42,8 @@ class TextMoments:
     def add(self, sources: torch.Tensor, targets: torch.Tensor | None = None, weight: float = 1.0) -> TextMoments:
         """Add pairs (rows of ``sources`` → rows of ``targets``); ``targets=None`` means preserve (c* = c).
         States on another device are moved to the moments' device."""
-        c = sources.reshape(-1, sources.shape[-1]).to(self.source.device, torch.float64)
-        t = c if targets is None else targets.reshape(-1, targets.shape[-1]).to(self.source.device, torch.float64)
+        c = float64_on(sources.reshape(-1, sources.shape[-1]), self.source.device)
+        t = c if targets is None else float64_on(targets.reshape(-1, targets.shape[-1]), self.source.device)
         if t.shape != c.shape:
             raise ValueError(f"{len(c)} source states but {len(t)} target states")
         self.source += weight * c.T @ c
@@ -72,7 +77,7 @@ def edited_weights(projections: dict[str, nn.Linear], text_map: torch.Tensor) ->
     """New weights W₀ M of each projection (in its own dtype and on its device); the modules are not changed.
     The product is taken in float64 on the map's device (the CPU for MPS, which has no float64)."""
     return {
-        name: (lin.weight.to(text_map.device, torch.float64) @ text_map).to(lin.weight.device, lin.weight.dtype)
+        name: (float64_on(lin.weight, text_map.device) @ text_map).to(lin.weight.device, lin.weight.dtype)
         for name, lin in projections.items()
     }
 
@@ -102,7 +107,7 @@ def fused_weights(
     dim, device = moments[0].shape[0], moments[0].device
 
     def f64(x: torch.Tensor) -> torch.Tensor:
-        return x.to(device, torch.float64)
+        return float64_on(x, device)
 
     base = lam * torch.eye(dim, dtype=torch.float64, device=device) + sum(f64(m) for m in moments)  # λI + Σ_i E_i
     den = base if preserve is None else base + preserve_scale * f64(preserve)
