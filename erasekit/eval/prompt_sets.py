@@ -22,6 +22,7 @@ import numpy as np
 from erasekit.errors import ErasekitError
 from erasekit.eval.generation import SamplerSettings, generate
 from erasekit.eval.prompts import PromptRow
+from erasekit.models.embedded import is_world_model
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -103,8 +104,6 @@ def run_prompt_set(
     clip_model: str | None = None,
 ) -> dict:
     """Generate ``rows`` with the original and the erased model and measure them as ``protocol`` asks."""
-    from erasekit.models.embedded import is_world_model
-
     judge = _prompt_set_judge(protocol, judge, pipe, clip_model)  # loaded first: a judge that cannot run stops before generating
     before = generate(pipe, rows, settings, progress)
     with edit.applied(pipe):
@@ -124,7 +123,6 @@ def run_prompt_set(
 
 def _prompt_set_judge(protocol: str, judge: Judge | str, pipe: DiffusionPipeline, clip_model: str | None) -> Judge | None:
     from erasekit.judges import make_judge
-    from erasekit.models.embedded import is_world_model
 
     if not isinstance(judge, str):
         return judge

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from erasekit.errors import ErasekitError
+from erasekit.models.embedded import is_world_model
 from erasekit.primitives.closed_form import TextMoments
 from erasekit.primitives.prompt_cache import PromptCache
 
@@ -80,8 +81,6 @@ class RunContext:
     @property
     def is_world_model(self) -> bool:
         """Whether the pipeline is the embedded world model (its evaluator and segmenter apply)."""
-        from erasekit.models.embedded import is_world_model
-
         return is_world_model(self.pipe)
 
     @staticmethod
