@@ -33,7 +33,7 @@ QUICK = {
 }
 SPEC = EraseSpec(("square",), preserve=("circle",))
 # One method per algorithm: the ESD variants share one erase() and differ only in which parameters
-# train; esd-u stands for them, with the convolutions and norm layers the others leave alone.
+# train; esd-u stands for them, with the convolutions and time embedding the others leave alone.
 ALGORITHMS = ["esd-u", "mace", "realera", "rece", "uce"]
 
 

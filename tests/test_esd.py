@@ -5,8 +5,9 @@ import torch
 
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import EraseSpec, get_method, make_config
+from erasekit.methods.esd import ESDConfig, esd_target
 from erasekit.methods.runner import erase
-from erasekit.primitives.diffusion import FrozenCopy, negative_guidance_target, partial_samples
+from erasekit.primitives.diffusion import FrozenCopy, partial_samples
 from erasekit.primitives.prompt_cache import PromptCache
 
 QUICK = {"iterations": 3, "sample_steps": 4}
@@ -16,9 +17,19 @@ def unet_state(pipe):
     return {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
 
 
-def test_negative_guidance_target_is_eq_3():
-    anchor, concept = torch.tensor([1.0]), torch.tensor([3.0])
-    assert negative_guidance_target(anchor, concept, 2.0).item() == 1.0 - 2.0 * (3.0 - 1.0)
+def test_default_target_is_the_official_scripts_and_paper_is_eq_3():
+    g = torch.Generator().manual_seed(0)
+    eps_null, eps_concept = torch.randn(2, 4, 8, 8, generator=g)
+    config = ESDConfig()
+    assert (config.target, config.eta) == ("official", 2.0)
+    # esd_sd.py: noise_pred_erase_from - (negative_guidance * (noise_pred_erase - noise_pred_null)), erase_from = erase
+    official = eps_concept - (2.0 * (eps_concept - eps_null))
+    assert torch.equal(esd_target(eps_null, eps_concept, config.eta, config.target), official)
+    paper = ESDConfig(target="paper")
+    assert paper.eta == 1.0
+    assert torch.equal(esd_target(eps_null, eps_concept, paper.eta, paper.target), eps_null - (eps_concept - eps_null))
+    # the official η = 2 target is the paper's with η = 1, which is why the paper's η is 1 here
+    assert torch.allclose(esd_target(eps_null, eps_concept, 2.0, "official"), esd_target(eps_null, eps_concept, 1.0, "paper"))
 
 
 def test_partial_samples_do_not_depend_on_batch_mates(pipe):
@@ -74,6 +85,7 @@ def test_an_interrupted_run_restores_the_pipeline(pipe, monkeypatch):
 def test_esd_config_errors():
     esd = get_method("esd-x")
     assert make_config(get_method("esd-u"), {}).train_method == "esd-u"
-    for bad in ({"eta": 0}, {"train_method": "esd-z"}, {"iterations": 0}, {"lr": -1}):
+    assert make_config(esd, {"target": "paper", "eta": 3.0}).eta == 3.0
+    for bad in ({"eta": 0}, {"train_method": "esd-z"}, {"iterations": 0}, {"lr": -1}, {"target": "both"}, {"parameters": "x"}):
         with pytest.raises(ErasekitError):
             make_config(esd, bad)

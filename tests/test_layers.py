@@ -30,8 +30,9 @@ def test_full_size_unets(config, layers, text_dim, params):
     strict = {n for n, _ in parameter_group(unet, "esd-x-strict")}
     assert strict < names and all(".to_k." in n or ".to_v." in n for n in strict)
     u = {n for n, _ in parameter_group(unet, "esd-u")}
-    assert not (u & names) and not any(n.startswith(("conv_out", "time_embedding")) for n in u)
-    assert len(list(parameter_group(unet, "esd-all"))) == len(list(unet.parameters()))
+    assert not (u & names) and {"conv_out.weight", "time_embedding.linear_1.weight"} <= u
+    everything = {n for n, _ in parameter_group(unet, "esd-all")}
+    assert everything == {n for n, p in unet.named_parameters() if "norm" not in n}
 
 
 def test_embedded_unet_layers():
@@ -62,3 +63,32 @@ def test_unet_without_cross_attention_is_refused():
     with pytest.raises(ErasekitError, match="unknown ESD parameter group"):
         list(parameter_group(embedded.new_unet(), "esd-q"))
     assert set(ESD_GROUPS) == {"esd-x", "esd-u", "esd-all", "esd-x-strict"}
+
+
+def official_esd_selection(unet, train_method):
+    """get_esd_trainable_parameters of the official esd_sd.py, restated: by module class name and module name."""
+    names = []
+    for name, module in unet.named_modules():
+        if module.__class__.__name__ in ("Linear", "Conv2d", "LoRACompatibleLinear", "LoRACompatibleConv"):
+            chosen = {
+                "esd-x": "attn2" in name,
+                "esd-u": "attn2" not in name,
+                "esd-all": True,
+                "esd-x-strict": "attn2.to_k" in name or "attn2.to_v" in name,
+            }[train_method]
+            if chosen:
+                names += [f"{name}.{n}" for n, _ in module.named_parameters()]
+    return names
+
+
+@pytest.mark.parametrize("group", ESD_GROUPS)
+def test_esd_groups_are_the_official_selection(group):
+    unets = {"embedded": embedded.new_unet()}
+    with init_empty_weights():
+        unets["sd-1.5"] = UNet2DConditionModel(**SD15)
+    for unet in unets.values():
+        assert [n for n, _ in parameter_group(unet, group)] == official_esd_selection(unet, group)
+    counts = {"esd-x": 35, "esd-u": 189, "esd-all": 224, "esd-x-strict": 14}  # the issue's count on the embedded UNet
+    assert len(list(parameter_group(unets["embedded"], group))) == counts[group]
+    norms = [n for n, _ in parameter_group(unets["sd-1.5"], group, "with-norms") if "norm" in n]
+    assert bool(norms) == (group in ("esd-u", "esd-all"))  # the older selection trained norm layers too

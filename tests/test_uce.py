@@ -31,12 +31,58 @@ def test_concept_tokens_go_where_the_guide_goes(tiny_pipe):
     spec = EraseSpec(("square",), ("circle",))
     edit = erase(tiny_pipe, spec, "uce", lam=1e-3, preserve_scale=0.0)
     cache = PromptCache(tiny_pipe)
-    src, tgt = aligned_states(cache, "square", "square", "circle", "circle", "last")
+    src, tgt = aligned_states(cache, "square", "square", "circle", "circle", "official")
     for name, lin in kv_projections(tiny_pipe.unet).items():
         new = edit.weights[f"{name}.weight"]
         assert relative(src @ new.T, tgt @ lin.weight.T) < 0.02, name
         assert relative(src @ lin.weight.T, tgt @ lin.weight.T) > 0.1  # it was not so before
     assert edit.card["method"] == "uce" and edit.card["changed_parameters"] == 14
+
+
+def official_uce_weights(pipe, erase, guides, preserve, erase_scale=1.0, preserve_scale=1.0, lamb=0.5):
+    """UCE() of the official uce_sd_erase.py, restated: one state per prompt at attention_mask.sum() - 2,
+    outputs of the original modules, a float32 inverse."""
+    states = {}
+    for prompt in dict.fromkeys([*erase, *guides, *preserve]):
+        t_emb = pipe.encode_prompt(prompt=prompt, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)
+        mask = pipe.tokenizer(
+            prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        )["attention_mask"]
+        states[prompt] = t_emb[0][:, mask.sum() - 2, :]
+    weights = {}
+    for name, module in pipe.unet.named_modules():
+        if "attn2" in name and (name.endswith("to_v") or name.endswith("to_k")):
+            w_old = module.weight
+            mat1 = lamb * w_old
+            mat2 = lamb * torch.eye(w_old.shape[1])
+            for concept, guide in zip(erase, guides, strict=True):
+                c_i, v_star = states[concept].T, module(states[guide]).T
+                mat1 = mat1 + erase_scale * (v_star @ c_i.T)
+                mat2 = mat2 + erase_scale * (c_i @ c_i.T)
+            for concept in preserve:
+                c_i, v_star = states[concept].T, module(states[concept]).T
+                mat1 = mat1 + preserve_scale * (v_star @ c_i.T)
+                mat2 = mat2 + preserve_scale * (c_i @ c_i.T)
+            weights[f"{name}.weight"] = mat1 @ torch.inverse(mat2.float())
+    return weights
+
+
+@torch.no_grad()
+def test_default_edit_is_the_official_scripts(pipe):
+    """The target of issue 18: erasekit's default UCE equals uce_sd_erase.py's to 1e-4 relative."""
+    cases = [
+        (("square",), ("",), ()),
+        (("square", "heart"), ("",), ("circle", "triangle", "star")),
+        (("square",), ("circle",), ("triangle",)),
+    ]
+    for targets, anchors, preserve in cases:
+        edit = erase(pipe, EraseSpec(targets, anchors, preserve), "uce", progress=False)
+        guides = [""] * len(targets) if anchors == ("",) else list(anchors)
+        official = official_uce_weights(pipe, list(targets), guides, list(preserve))
+        assert official.keys() == edit.weights.keys()
+        for name, w in official.items():
+            assert relative(edit.weights[name], w) <= 1e-4, (targets, preserve, name)
+        assert relative(edit.weights[name], dict(pipe.unet.named_parameters())[name]) > 1e-3  # it is an edit
 
 
 def test_preserve_terms_keep_other_concepts(tiny_pipe):

@@ -1,19 +1,21 @@
 """ESD: Erasing Concepts from Diffusion Models (Gandikota et al., ICCV 2023).
 
 The model is fine-tuned so that, conditioned on the concept c, it predicts noise guided *away*
-from c (paper eq. 3), using only its own knowledge:
+from c. Two targets, by ``target`` (θ* the frozen original model):
 
-    ε_θ(x_t, c, t)  →  ε_θ*(x_t, t) − η [ε_θ*(x_t, c, t) − ε_θ*(x_t, t)]
+* ``"official"`` (default) — the current official script, ``esd_sd.py`` of rohitgandikota/erasing
+  (commit 25613d2): ε_θ*(x_t, c) − η [ε_θ*(x_t, c) − ε_θ*(x_t)], η = 2;
+* ``"paper"`` — the ICCV paper's eq. 3: ε_θ*(x_t) − η [ε_θ*(x_t, c) − ε_θ*(x_t)], η = 1.
 
-θ* is the frozen original model and x_t comes from the original model's own classifier-free-guided
-denoising of c, stopped at a random step t of the sampler. Which parameters train decides the
-kind of erasure: ESD-x (cross-attention; the concept is erased where the prompt names it, for
-styles), ESD-u (everything but cross-attention; erased globally, for nudity), ESD-all, and
-ESD-x-strict (only attn2.to_k/to_v).
+(The official η = 2 target equals the paper's with η = 1.) x_t comes from the original model's own
+classifier-free-guided denoising of c, stopped at a random step t of the sampler. Which parameters
+train decides the kind of erasure: ESD-x (cross-attention; the concept is erased where the prompt
+names it, for styles), ESD-u (everything but cross-attention; erased globally, for nudity), ESD-all,
+and ESD-x-strict (only attn2.to_k/to_v), each the Linear/Conv2d parameters that ``esd_sd.py``'s
+``get_esd_trainable_parameters`` selects (``parameters="with-norms"``: erasekit's earlier choice).
 
-Defaults are those of the current official script (``esd_sd.py``): 200 iterations, Adam lr 5e-5,
-η = 2, x_t sampled with guidance 3 over 50 steps. The ICCV paper trained 1000 iterations at lr 1e-5
-with η = 1; both are one ``--set`` away.
+Other defaults are also ``esd_sd.py``'s: 200 iterations, Adam lr 5e-5, x_t sampled with guidance 3
+over 50 steps. The ICCV paper trained 1000 iterations at lr 1e-5; both are one ``--set`` away.
 
 erasekit additions, both off unless asked for: an anchor replaces the unconditional prediction as
 the point guided towards; preserve concepts add ‖ε_θ(x_t, p) − ε_θ*(x_t, p)‖² (weight ``preserve_weight``).
@@ -30,10 +32,18 @@ import torch.nn.functional as F
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import EraseSpec, config_field, register
-from erasekit.models.layers import ESD_GROUPS, parameter_group
-from erasekit.primitives.diffusion import FrozenCopy, negative_guidance_target, partial_samples, predict_noise
+from erasekit.models.layers import ESD_GROUPS, ESD_SELECTIONS, parameter_group
+from erasekit.primitives.diffusion import FrozenCopy, partial_samples, predict_noise
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.training import fit, float32_parameters, loss_summary
+
+ESD_TARGETS = {"official": 2.0, "paper": 1.0}  # each target's η
+
+
+def esd_target(eps_anchor: torch.Tensor, eps_concept: torch.Tensor, eta: float, target: str) -> torch.Tensor:
+    """The noise ESD trains ε_θ(x_t, c) towards; the anchor is the unconditional prompt unless one is given."""
+    start = eps_concept if target == "official" else eps_anchor
+    return start - eta * (eps_concept - eps_anchor)
 
 
 @dataclass
@@ -41,9 +51,11 @@ class ESDConfig:
     """Defaults of the official esd_sd.py; the paper's (1000 iterations, lr 1e-5, η = 1) are noted per field."""
 
     train_method: str = config_field("esd-x", "parameter group: esd-x, esd-u, esd-all or esd-x-strict")
+    target: str = config_field("official", "'official' ε*(c) − η(ε*(c) − ε*(∅)) (esd_sd.py) or 'paper' ε*(∅) − η(…) (eq. 3)")
+    parameters: str = config_field("official", "'official' (esd_sd.py's Linear/Conv2d selection) or 'with-norms'")
     iterations: int = config_field(200, "fine-tuning iterations, one x_t each (paper 1000, official script 200)")
     lr: float = config_field(5e-5, "Adam learning rate (paper 1e-5, official script 5e-5)")
-    eta: float = config_field(2.0, "η: negative guidance scale of the target (paper 1, official script 2)")
+    eta: float | None = config_field(None, "η: negative guidance scale; unset, 2 for the official target, 1 for the paper's")
     start_guidance: float = config_field(3.0, "guidance scale of the original model's sampling of x_t (official 3)")
     sample_steps: int = config_field(50, "sampler steps of that sampling; t is one of them at random (official 50)")
     preserve_weight: float = config_field(1.0, "weight of the preserve loss, used only when preserve concepts are given")
@@ -54,13 +66,19 @@ class ESDConfig:
             raise ErasekitError(f"train_method must be one of {', '.join(ESD_GROUPS)}, not {self.train_method!r}")
         if self.iterations < 1 or self.lr <= 0 or self.sample_steps < 1:
             raise ErasekitError("iterations and sample_steps must be at least 1 and lr positive")
+        if self.target not in ESD_TARGETS:
+            raise ErasekitError(f"target must be one of {', '.join(ESD_TARGETS)}, not {self.target!r}")
+        if self.parameters not in ESD_SELECTIONS:
+            raise ErasekitError(f"parameters must be one of {', '.join(ESD_SELECTIONS)}, not {self.parameters!r}")
+        if self.eta is None:
+            self.eta = ESD_TARGETS[self.target]
         if self.eta <= 0:
             raise ErasekitError(f"η (eta) must be positive, got {self.eta}")
 
 
 def erase(run: RunContext, spec: EraseSpec, config: ESDConfig) -> Edit:
     unet = run.unet
-    trained = dict(parameter_group(unet, config.train_method))
+    trained = dict(parameter_group(unet, config.train_method, config.parameters))
     prompts = list(dict.fromkeys(["", *spec.targets, *spec.anchors, *spec.preserve]))
     encoded = run.states(prompts)
     states = {p: encoded[i : i + 1] for i, p in enumerate(prompts)}  # each (1, L, d)
@@ -88,7 +106,7 @@ def erase(run: RunContext, spec: EraseSpec, config: ESDConfig) -> Edit:
         concept, anchor = states[spec.targets[k]], states[spec.anchors[k]]
         x_t, t = points[step]
         eps_anchor, eps_concept = original(torch.cat([x_t, x_t]), t, torch.cat([anchor, concept])).chunk(2)
-        target = negative_guidance_target(eps_anchor.float(), eps_concept.float(), config.eta)
+        target = esd_target(eps_anchor.float(), eps_concept.float(), config.eta, config.target)
         loss = F.mse_loss(predict_noise(unet, x_t, t, concept).float(), target)
         if spec.preserve and config.preserve_weight > 0:
             kept = states[rng.choice(spec.preserve)]

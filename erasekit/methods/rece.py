@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class RECEConfig:
-    """Defaults: the official RECE object script; the starting UCE edit uses UCE's own defaults."""
+    """Defaults: the official RECE object script; the starting UCE edit is train_erase.py's (last-token span, s_p 0.1)."""
 
     epochs: int = config_field(5, "adversarial epochs after the UCE edit (official 5)")
     reg_scale: float = config_field(1e-3, "ρ: pull of the adversarial embedding towards zero (official regular_scale 1e-3)")
@@ -140,7 +140,9 @@ def make_validator(run: RunContext, spec: EraseSpec, config: RECEConfig) -> Vali
 def erase(run: RunContext, spec: EraseSpec, config: RECEConfig) -> Edit:
     originals = {n: float64_on(w, run.solve_device) for n, w in kv_weights(run.unet).items()}
     names = list(originals)
-    start = uce.erase(run, spec, uce.UCEConfig(templates=config.uce_templates))
+    # RECE starts from a checkpoint of UCE's older train_erase.py (its README's `--target_ckpt
+    # ...method_replace...pt`), so its start keeps that script's span and s_p, not UCE's new defaults.
+    start = uce.erase(run, spec, uce.UCEConfig(templates=config.uce_templates, token_span="last", preserve_scale=0.1))
     current = {n: float64_on(start.weights[n], run.solve_device) for n in names}
     concepts = {c: run.cache.states([c])[0] for c in spec.targets}
     guides = {a: run.cache.states([a or " "])[0] for a in set(spec.anchors)}

@@ -6,9 +6,19 @@ preserved concepts keep their keys and values (paper eq. 7, the official ``edit_
 
     W = (λW₀ + s_e Σ W₀c* cᵀ + s_p Σ W₀c_p c_pᵀ) (λI + s_e Σ c cᵀ + s_p Σ c_p c_pᵀ)⁻¹
 
-Which tokens carry the concept: the official script aligns the prompt from the concept's *last*
-token through [EOS] and padding with the guide's from its last token (``token_span="last"``);
-``token_span="full"`` starts at the concept's first token, so multi-token concepts are covered whole.
+Which token states enter E, E* and P (``token_span``), after the two official releases:
+
+* ``"official"`` (default) — the current official script, ``trainscripts/uce_sd_erase.py`` of
+  rohitgandikota/unified-concept-editing (commit 28c81ed): one state per prompt, at
+  ``attention_mask.sum() - 2`` (the prompt's last word token; [BOS] for the empty guide), for erase,
+  guide and preserve prompts alike.
+* ``"last"`` — the older ``train_erase.py``: the concept's last token through [EOS] and the padding,
+  aligned with the guide's; every position of each preserve prompt.
+* ``"full"`` — as ``"last"`` but from the concept's *first* token, so multi-token concepts are covered
+  whole (the setting that works on the embedded model, README).
+
+λ = 0.5, s_e = 1 and s_p = 1 are ``uce_sd_erase.py``'s command-line defaults (``train_erase.py`` had
+s_p = 0.1).
 """
 
 from __future__ import annotations
@@ -24,15 +34,19 @@ from erasekit.primitives.closed_form import TextMoments, edited_weights, text_sp
 from erasekit.primitives.prompt_cache import PromptCache
 from erasekit.primitives.run import RunContext
 
+TOKEN_SPANS = ("official", "last", "full")
+
 
 @dataclass
 class UCEConfig:
-    """Defaults are those of the official script (train_erase.py)."""
+    """Defaults: the current official script, uce_sd_erase.py (see the module docstring)."""
 
     lam: float = config_field(0.5, "λ: pull towards the original weights (official script 0.5)")
     erase_scale: float = config_field(1.0, "s_e: weight of the erase terms (official default 1)")
-    preserve_scale: float = config_field(0.1, "s_p: weight of the preserve terms (official default 0.1)")
-    token_span: str = config_field("last", "'last' (official) or 'full': which of the concept's tokens are edited")
+    preserve_scale: float = config_field(1.0, "s_p: weight of the preserve terms (uce_sd_erase.py 1; train_erase.py 0.1)")
+    token_span: str = config_field(
+        "official", "'official' (one token per prompt, uce_sd_erase.py), 'last' (train_erase.py) or 'full'"
+    )
     edit_keys: bool = config_field(True, "edit to_k as well as to_v (official: with_to_k=True)")
     templates: tuple[str, ...] = config_field(
         ("{}",), "prompts each concept is placed into; the official default is the bare concept"
@@ -45,43 +59,55 @@ class UCEConfig:
             raise ErasekitError(f"λ (lam) must be positive, got {self.lam}")
         if self.erase_scale <= 0 or self.preserve_scale < 0:
             raise ErasekitError("erase_scale must be positive and preserve_scale non-negative")
-        if self.token_span not in ("last", "full"):
-            raise ErasekitError(f"token_span must be 'last' or 'full', not {self.token_span!r}")
+        if self.token_span not in TOKEN_SPANS:
+            raise ErasekitError(f"token_span must be one of {', '.join(TOKEN_SPANS)}, not {self.token_span!r}")
         if not self.templates or any("{}" not in t for t in self.templates):
             raise ErasekitError("each template must contain {} where the concept goes")
+
+
+def last_word_state(cache: PromptCache, prompt: str) -> torch.Tensor:
+    """The state at ``attention_mask.sum() - 2``: the prompt's last word token ([BOS] for an empty prompt)."""
+    return cache.states([prompt])[0, cache.length(prompt) - 2 :][:1]
 
 
 def aligned_states(
     cache: PromptCache, prompt: str, concept: str, guide_prompt: str, guide: str, span: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token states of ``prompt`` from the concept onwards, and of ``guide_prompt`` aligned to them."""
+    """Token states of ``prompt`` that carry the concept, and the states of ``guide_prompt`` they map onto."""
+    words = cache.word_span(prompt, concept)  # also refuses a concept that tokenizes to nothing
+    if span == "official":
+        return last_word_state(cache, prompt), last_word_state(cache, guide_prompt)
     source, target = cache.states([prompt, guide_prompt])
-    words = cache.word_span(prompt, concept)
     start = words.start if span == "full" else words.stop - 1
     if guide:
         g = cache.word_span(guide_prompt, guide)
         guide_start = g.start if span == "full" else g.stop - 1
-    else:  # the unconditional guide: its last real token before [EOS], [CLS]/<bos> for the empty prompt
+    else:  # the unconditional guide: its last real token before [EOS], [BOS] for the empty prompt
         guide_start = cache.length(guide_prompt) - 2
     n = source.shape[0] - max(start, guide_start)
     return source[start : start + n], target[guide_start : guide_start + n]
 
 
 def uce_moments(run: RunContext, spec: EraseSpec, config: UCEConfig) -> tuple[TextMoments, TextMoments | None]:
-    """E, E* over the erase pairs and P over every token of the preserve prompts."""
+    """E, E* over the erase pairs and P over the preserve prompts' states, chosen by the same span."""
     cache = run.cache
+    pairs = [
+        (t.format(target), target, anchor_prompt(t, anchor), anchor)
+        for target, anchor in zip(spec.targets, spec.anchors, strict=True)
+        for t in config.templates
+    ]
+    prompts = [t.format(p) for p in spec.preserve for t in config.templates]
+    cache.states([p for pair in pairs for p in pair[::2]] + prompts)  # one batched encoding of every prompt
     erase = run.moments()
-    for target, anchor in zip(spec.targets, spec.anchors, strict=True):
-        for template in config.templates:
-            prompt = template.format(target)
-            guide_prompt = anchor_prompt(template, anchor)
-            src, tgt = aligned_states(cache, prompt, target, guide_prompt, anchor, config.token_span)
-            erase.add(src, tgt)
+    for prompt, target, guide_prompt, anchor in pairs:
+        erase.add(*aligned_states(cache, prompt, target, guide_prompt, anchor, config.token_span))
     preserve = None
     if spec.preserve:
         preserve = run.moments()
-        prompts = [t.format(p) for p in spec.preserve for t in config.templates]
-        preserve.add(cache.states(prompts))
+        if config.token_span == "official":
+            preserve.add(torch.cat([last_word_state(cache, p) for p in prompts]))
+        else:
+            preserve.add(cache.states(prompts))
     return erase, preserve
 
 

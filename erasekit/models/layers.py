@@ -57,27 +57,47 @@ def kv_projections(unet: nn.Module) -> dict[str, nn.Linear]:
     return out
 
 
-# ESD's parameter groups (Gandikota et al. 2023 and its official code), in diffusers names:
-# the LDM names "out." and "time_embed" are diffusers' conv_norm_out/conv_out and time_embedding.
+# ESD's parameter groups, as the official esd_sd.py (rohitgandikota/erasing, get_esd_trainable_parameters)
+# selects them: the parameters of every Linear / Conv2d module, chosen by the module's name; norm
+# layers are never trained. "with-norms" is the selection erasekit used before: every parameter by
+# name, norms included, and ESD-u without conv_out / conv_norm_out / the time embedding.
 ESD_GROUPS = ("esd-x", "esd-u", "esd-all", "esd-x-strict")
+ESD_SELECTIONS = ("official", "with-norms")
 
 
-def _in_group(name: str, group: str) -> bool:
+def _module_in_group(name: str, group: str) -> bool:
     if group == "esd-x":  # cross-attention only: erases what the prompt names, little else changes
-        return ".attn2." in name
-    if group == "esd-x-strict":  # only the text-reading projections (official esd_sd.py: attn2.to_k / to_v)
-        return ".attn2.to_k." in name or ".attn2.to_v." in name
-    if group == "esd-u":  # everything but cross-attention, the output layers and time embedding
+        return "attn2" in name
+    if group == "esd-x-strict":  # only the text-reading projections
+        return "attn2.to_k" in name or "attn2.to_v" in name
+    if group == "esd-u":  # everything but cross-attention: erases the concept globally
+        return "attn2" not in name
+    return True  # esd-all
+
+
+def _parameter_in_group_with_norms(name: str, group: str) -> bool:
+    if group == "esd-u":
         return not (".attn2." in name or name.startswith(("conv_out.", "conv_norm_out.", "time_embedding.")))
-    if group == "esd-all":
-        return True
-    raise ErasekitError(f"unknown ESD parameter group {group!r}; choose one of {', '.join(ESD_GROUPS)}")
+    if group == "esd-x-strict":
+        return ".attn2.to_k." in name or ".attn2.to_v." in name
+    return group == "esd-all" or ".attn2." in name
 
 
-def parameter_group(unet: nn.Module, group: str) -> Iterator[tuple[str, nn.Parameter]]:
-    """The (name, parameter) pairs that ESD variant ``group`` fine-tunes."""
+def parameter_group(unet: nn.Module, group: str, selection: str = "official") -> Iterator[tuple[str, nn.Parameter]]:
+    """The (name, parameter) pairs that ESD variant ``group`` fine-tunes, in module order."""
+    if group not in ESD_GROUPS:
+        raise ErasekitError(f"unknown ESD parameter group {group!r}; choose one of {', '.join(ESD_GROUPS)}")
+    if selection not in ESD_SELECTIONS:
+        raise ErasekitError(f"unknown ESD parameter selection {selection!r}; choose one of {', '.join(ESD_SELECTIONS)}")
     cross_attentions(unet)  # a UNet without cross-attention is refused before training starts
-    return ((n, p) for n, p in unet.named_parameters() if _in_group(n, group))
+    if selection == "with-norms":
+        return ((n, p) for n, p in unet.named_parameters() if _parameter_in_group_with_norms(n, group))
+    return (
+        (f"{name}.{n}", p)
+        for name, module in unet.named_modules()
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and _module_in_group(name, group)
+        for n, p in module.named_parameters()
+    )
 
 
 def kv_weights(unet: nn.Module) -> dict[str, torch.Tensor]:

@@ -4,7 +4,6 @@
   second UNet in memory: ``torch.func.functional_call`` swaps the saved originals in for one call.
 * :func:`partial_samples` runs the pipeline's own scheduler from noise down to a chosen step, the
   "x_t from the model's own partial denoising" of ESD.
-* :func:`negative_guidance_target` is ESD's target ε(x_t, a) − η (ε(x_t, c) − ε(x_t, a)).
 """
 
 from __future__ import annotations
@@ -111,8 +110,3 @@ def predict(denoise: nn.Module | FrozenCopy, latents: torch.Tensor, t: torch.Ten
     if isinstance(denoise, FrozenCopy):
         return denoise(latents, t, states)
     return predict_noise(denoise, latents, t, states)
-
-
-def negative_guidance_target(eps_anchor: torch.Tensor, eps_concept: torch.Tensor, eta: float) -> torch.Tensor:
-    """ESD eq. (3): ε(x_t, a) − η [ε(x_t, c) − ε(x_t, a)], with a the unconditional prompt in the paper."""
-    return eps_anchor - eta * (eps_concept - eps_anchor)
