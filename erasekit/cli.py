@@ -20,8 +20,10 @@ from erasekit.errors import ErasekitError
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
+    from erasekit.edits import Edit
     from erasekit.eval.generation import Generated
     from erasekit.eval.prompts import PromptRow
+    from erasekit.methods.base import EraseSpec
 
 app = typer.Typer(
     help="Erase concepts from text-to-image diffusion models and measure how well.",
@@ -45,6 +47,10 @@ DtypeOption = Annotated[str, typer.Option("--dtype", help="Precision of the mode
 StepsOption = Annotated[int, typer.Option(help="Sampler steps (DDIM).")]
 GuidanceOption = Annotated[float, typer.Option(help="Classifier-free guidance scale.")]
 BatchOption = Annotated[int, typer.Option(help="Images per batch.")]
+OverwriteOption = Annotated[
+    bool,
+    typer.Option("--overwrite", help="Replace an output path that holds something other than an earlier output of this command."),
+]
 
 
 def _pct(x: float) -> str:
@@ -72,15 +78,17 @@ def generate(
     batch_size: BatchOption = 64,
     device: DeviceOption = None,
     dtype: DtypeOption = "fp32",
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Generate the images of a prompt file with fixed seeds, and an image grid."""
     from erasekit.eval.prompts import read_prompt_file
+    from erasekit.io import claim_output
     from erasekit.models.loading import load_pipeline
 
     rows = read_prompt_file(prompts)
-    _generate_run(
-        rows, out, load_pipeline(model, dtype, device, progress=False), model, steps, guidance, batch_size, source=str(prompts)
-    )
+    with claim_output(out, "run", overwrite):
+        pipe = load_pipeline(model, dtype, device, progress=False)
+        _generate_run(rows, out, pipe, model, steps, guidance, batch_size, source=str(prompts))
     console.print(f"wrote {out}/images.npz and {out}/grid.png")
 
 
@@ -160,12 +168,17 @@ def evaluate(
     batch_size: BatchOption = 64,
     device: DeviceOption = None,
     dtype: DtypeOption = "fp32",
+    overwrite: OverwriteOption = False,
+    no_check_base: Annotated[
+        bool,
+        typer.Option("--no-check-base", help="Judge the edit on --model even if its card's base hash differs or is missing."),
+    ] = False,
 ) -> None:
     """Score generated images with the world evaluator (per prompt and role), or run an erasure protocol."""
     from erasekit.eval.generation import Generated
     from erasekit.eval.prompts import read_prompt_file
     from erasekit.eval.scoring import score
-    from erasekit.io import write_json
+    from erasekit.io import claim_output, write_json
     from erasekit.models.embedded import is_world_model
     from erasekit.models.evaluators import load_world_evaluator
     from erasekit.models.loading import load_pipeline, resolve_device, resolve_dtype
@@ -174,7 +187,8 @@ def evaluate(
     resolve_dtype(dtype)
     if protocol is not None:
         sampler = (steps, guidance, batch_size)
-        _run_protocol(protocol, edit, concept, samples, out, model, sampler, device, dtype, judge, prompts, clip_model)
+        _run_protocol(protocol, edit, concept, samples, out, model, sampler, device, dtype, judge, prompts, clip_model,
+                      overwrite, not no_check_base)  # fmt: skip
         return
     if source is None:
         raise ErasekitError("give a run directory or prompt file, or --protocol with --edit")
@@ -184,13 +198,14 @@ def evaluate(
     else:
         run_dir = out or Path("runs") / source.stem
         rows = read_prompt_file(source)
-        pipe = load_pipeline(model, dtype, device, progress=False)
-        if not is_world_model(pipe):
-            raise ErasekitError(
-                "a prompt file is judged by the world evaluator, which reads the embedded world's images only; "
-                "for a real model use --protocol object|explicit|captions with --judge"
-            )
-        rows, generated = _generate_run(rows, run_dir, pipe, model, steps, guidance, batch_size, source=str(source))
+        with claim_output(run_dir, "run", overwrite):
+            pipe = load_pipeline(model, dtype, device, progress=False)
+            if not is_world_model(pipe):
+                raise ErasekitError(
+                    "a prompt file is judged by the world evaluator, which reads the embedded world's images only; "
+                    "for a real model use --protocol object|explicit|captions with --judge"
+                )
+            rows, generated = _generate_run(rows, run_dir, pipe, model, steps, guidance, batch_size, source=str(source))
     evaluation = score(generated, rows, load_world_evaluator())
     table = Table(title="per prompt (evaluator accuracy, %)")
     for col in ("prompt", "role", "n", "match", "heads"):
@@ -231,11 +246,12 @@ def _run_protocol(
     judge: str,
     prompts: Path | None,
     clip_model: str | None,
+    overwrite: bool,
+    check_base: bool,
 ) -> None:
     from erasekit.edits import Edit
-    from erasekit.eval.generation import SamplerSettings, image_grid
-    from erasekit.eval.protocols import PROMPT_FILE_PROTOCOLS, PROTOCOLS, protocol_rows, run_protocol, verdict
-    from erasekit.io import atomic_dir, write_json
+    from erasekit.eval.protocols import PROMPT_FILE_PROTOCOLS, PROTOCOLS, protocol_rows
+    from erasekit.io import claim_output
     from erasekit.judges import JUDGES
     from erasekit.models.loading import load_pipeline
 
@@ -250,11 +266,35 @@ def _run_protocol(
         protocol_rows(protocol, "", samples, prompt_file=str(prompts) if prompts else None)
     edit = Edit.load(edit_dir)
     target = concept or edit.card["targets"][0]
-    pipe = load_pipeline(model or edit.card.get("model"), dtype, device, progress=False)
+    run_dir = out or edit_dir / f"eval-{protocol}"
+    with claim_output(run_dir, "eval", overwrite):
+        pipe = load_pipeline(model or edit.card.get("model"), dtype, device, progress=False)
+        _judge_and_write(pipe, edit, protocol, target, judge, samples, sampler, prompts, clip_model, run_dir, check_base)
+    console.print(f"wrote {run_dir}/results.json and {run_dir}/before_after.png")
+
+
+def _judge_and_write(
+    pipe: DiffusionPipeline,
+    edit: Edit,
+    protocol: str,
+    target: str,
+    judge: str,
+    samples: int,
+    sampler: tuple[int, float, int],
+    prompts: Path | None,
+    clip_model: str | None,
+    run_dir: Path,
+    check_base: bool,
+) -> None:
+    from erasekit.eval.generation import SamplerSettings, image_grid
+    from erasekit.eval.protocols import run_protocol, verdict
+    from erasekit.io import atomic_dir, write_json
+
     steps, guidance, batch_size = sampler
     settings = SamplerSettings(steps=steps, guidance=guidance, batch_size=batch_size)
     prompt_file = str(prompts) if prompts else None
-    result = run_protocol(pipe, edit, protocol, target, judge, samples, settings, prompt_file=prompt_file, clip_model=clip_model)
+    result = run_protocol(pipe, edit, protocol, target, judge, samples, settings, prompt_file=prompt_file,
+                          clip_model=clip_model, check_base=check_base)  # fmt: skip
     images = result.pop("images")
     judge_name = (result.get("judge") or {}).get("judge", "world evaluator")
     console.print(f"{protocol} protocol, erased {target!r} with {edit.card.get('method')}: {samples} samples per prompt, "
@@ -263,7 +303,6 @@ def _run_protocol(
     if result.get("world_fid_kept") is not None:
         console.print(f"FID on kept prompts, original vs erased ({judge_name} features): {result['world_fid_kept']:.3f}")
     console.print(verdict(result), highlight=False, soft_wrap=True)  # one line, for grep and logs
-    run_dir = out or edit_dir / f"eval-{protocol}"
     per_prompt = min(samples, 8)
     tiles, labels = [], []
     for i, prompt in enumerate(result["prompts"][:16]):  # each prompt: the original's row, then the erased one's
@@ -275,7 +314,6 @@ def _run_protocol(
     with atomic_dir(run_dir) as tmp:  # results and grid together, or neither
         write_json(tmp / "results.json", result)
         grid.save(tmp / "before_after.png", format="PNG")
-    console.print(f"wrote {run_dir}/results.json and {run_dir}/before_after.png")
 
 
 def _metrics_table(result: dict) -> Table:
@@ -425,16 +463,47 @@ def erase(
     model: ModelOption = None,
     device: DeviceOption = None,
     dtype: DtypeOption = "fp32",
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Erase concepts from a model's weights and write the edit (and optionally a LoRA or the whole pipeline)."""
-    from erasekit.io import atomic_dir
+    from contextlib import ExitStack
+
+    from erasekit.io import claim_output
     from erasekit.methods.base import EraseSpec
-    from erasekit.methods.runner import erase as run_erase
-    from erasekit.models.loading import load_pipeline
 
     kept = tuple(concept for item in preserve or () for concept in item.split(","))
     spec = EraseSpec(tuple(concepts), tuple(anchor or ()), kept)
     overrides = _parse_settings(setting or [])
+    with ExitStack() as claims:  # every output is checked and locked before the model loads
+        claims.enter_context(claim_output(out, "edit", overwrite))
+        if save_pipeline is not None:
+            claims.enter_context(claim_output(save_pipeline, "pipeline", overwrite))
+        if save_single_file is not None:
+            claims.enter_context(claim_output(save_single_file, None, overwrite))
+        _erase_and_write(spec, out, method, overrides, save_pipeline, save_single_file, lora, lora_rank, expand,
+                         expand_min_similarity, expand_vocabulary, model, device, dtype)  # fmt: skip
+
+
+def _erase_and_write(
+    spec: EraseSpec,
+    out: Path,
+    method: str,
+    overrides: dict[str, object],
+    save_pipeline: Path | None,
+    save_single_file: Path | None,
+    lora: bool,
+    lora_rank: int | None,
+    expand: int,
+    expand_min_similarity: float,
+    expand_vocabulary: Path | None,
+    model: str | None,
+    device: str | None,
+    dtype: str,
+) -> None:
+    from erasekit.io import atomic_dir
+    from erasekit.methods.runner import erase as run_erase
+    from erasekit.models.loading import load_pipeline
+
     pipe = load_pipeline(model, dtype, device, progress=False)
     vocabulary = str(expand_vocabulary) if expand_vocabulary else None
     edit = run_erase(

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from erasekit.errors import ErasekitError
-from erasekit.io import atomic_dir
+from erasekit.io import atomic_dir, claim_output
 from erasekit.lora import LORA_FILE, LoraExport, save_lora
 
 if TYPE_CHECKING:
@@ -44,6 +44,20 @@ def weights_hash(weights: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def non_finite(weights: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the tensors holding NaN or ±inf."""
+    return [name for name, w in weights.items() if not bool(torch.isfinite(w).all())]
+
+
+def refuse_non_finite(weights: dict[str, torch.Tensor], what: str) -> None:
+    bad = non_finite(weights)
+    if bad:
+        raise ErasekitError(
+            f"{what} has NaN or infinite values in {len(bad)} of {len(weights)} tensors (first: {bad[0]}); "
+            "it would break the model, so it is refused: check the method's settings (a huge or tiny scale, a too-high lr)"
+        )
+
+
 def base_hash(unet: torch.nn.Module, names: list[str]) -> str:
     """SHA-256 of the original values of the parameters an edit changes (and their names)."""
     params = dict(unet.named_parameters())
@@ -55,8 +69,8 @@ class Edit:
     weights: dict[str, torch.Tensor]  # UNet parameter name → new value
     card: dict = field(default_factory=dict)
 
-    def apply(self, pipe: DiffusionPipeline, check_base: bool = True) -> DiffusionPipeline:
-        """Write the new weights into ``pipe.unet`` in place, after checking the base model's hash."""
+    def check_base(self, pipe: DiffusionPipeline) -> None:
+        """Refuse a pipeline this edit was not made on (its UNet lacks the parameters, or their hash differs)."""
         params = dict(pipe.unet.named_parameters())
         missing = [n for n in self.weights if n not in params]
         if missing:
@@ -64,9 +78,25 @@ class Edit:
                 f"this edit changes {missing[0]}, which the pipeline's UNet does not have: it was made for another architecture"
             )
         expected = self.card.get("base_hash")
-        if check_base and expected and base_hash(pipe.unet, list(self.weights)) != expected:
+        if not expected:
+            raise ErasekitError(
+                "this edit's card has no base_hash, so the model it was made on cannot be checked; "
+                "apply it with check_base=False (--no-check-base) if you know the model is right"
+            )
+        if base_hash(pipe.unet, list(self.weights)) != expected:
             raise ErasekitError(
                 "this edit was made on a different base model (base hash mismatch); load it onto the model it was made from"
+            )
+
+    def apply(self, pipe: DiffusionPipeline, check_base: bool = True) -> DiffusionPipeline:
+        """Write the new weights into ``pipe.unet`` in place, after checking the base model's hash."""
+        refuse_non_finite(self.weights, "this edit")
+        params = dict(pipe.unet.named_parameters())
+        if check_base:
+            self.check_base(pipe)
+        elif any(n not in params for n in self.weights):
+            raise ErasekitError(
+                "this edit changes parameters the pipeline's UNet does not have: it was made for another architecture"
             )
         with torch.no_grad():
             for name, value in self.weights.items():
@@ -87,12 +117,15 @@ class Edit:
                 for name, value in originals.items():
                     params[name].copy_(value)
 
-    def save(self, directory: Path, lora: LoraExport | None = None) -> Path:
-        """Write the edit directory whole or not at all; with ``lora``, also as a diffusers LoRA file."""
+    def save(self, directory: Path, lora: LoraExport | None = None, overwrite: bool = False) -> Path:
+        """Write the edit directory whole or not at all; with ``lora``, also as a diffusers LoRA file.
+
+        An existing ``directory`` is replaced only if it holds an earlier edit (or ``overwrite``)."""
+        refuse_non_finite(self.weights, "this edit")
         card = dict(self.card)
         if lora is not None:
             card["lora"] = {"file": LORA_FILE, "max_rank": max(lora.ranks.values()), "relative_error": lora.relative_error}
-        with atomic_dir(Path(directory)) as tmp:
+        with claim_output(Path(directory), "edit", overwrite), atomic_dir(Path(directory)) as tmp:
             save_file({k: v.detach().contiguous().cpu() for k, v in self.weights.items()}, str(tmp / WEIGHTS_FILE))
             if lora is not None:
                 save_lora(lora, tmp)
@@ -109,6 +142,9 @@ class Edit:
             card = json.loads((directory / CARD_FILE).read_text())
         except Exception as err:  # safetensors and json raise several types for a damaged file
             raise ErasekitError(f"{directory} holds a damaged edit: {err}") from err
+        if not isinstance(card, dict) or not isinstance(card.get("targets"), list) or not card["targets"]:
+            raise ErasekitError(f"{directory}/{CARD_FILE} is not an edit card (it needs a non-empty list of targets)")
+        refuse_non_finite(weights, f"the edit in {directory}")
         return cls(weights, card)
 
 

@@ -1,7 +1,15 @@
-"""Atomic writes: a result or model appears whole under its final name, or not at all."""
+"""Writes that lose nothing: a result or model appears whole under its final name, or not at all.
+
+* :func:`atomic_path` / :func:`atomic_dir` write beside the target and swap it in.
+* :func:`claim_output` is taken before a command's work starts: it refuses an output path holding
+  anything that is not a previous erasekit output of the same kind (unless ``overwrite``), locks
+  the path against a second run, and clears what interrupted writes to it left behind.
+* Files and directories get the permissions the umask gives, not ``tempfile``'s private 0600/0700.
+"""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -11,6 +19,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from erasekit.errors import ErasekitError
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _current_umask()
+
+
+def _public(path: str | Path, directory: bool) -> None:
+    """The mode a plain ``open``/``mkdir`` would have given (tempfile makes everything private)."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~UMASK)
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
@@ -19,6 +43,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    _public(tmp, directory=False)
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -43,15 +68,123 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield an empty temporary directory that replaces ``path`` when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _public(tmp, directory=True)
     try:
         yield tmp
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", suffix=".tmp", dir=path.parent))
             os.replace(path, old / "x")
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# What a previous output of each kind holds: the files that mark it, and what else it may hold.
+OUTPUT_KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "edit": (frozenset({"card.json", "edit.safetensors"}), frozenset({"pytorch_lora_weights.safetensors"})),
+    "run": (frozenset({"run.json", "images.npz"}), frozenset({"grid.png", "prompts.csv", "results.json"})),
+    "eval": (frozenset({"results.json"}), frozenset({"before_after.png"})),
+    "pipeline": (frozenset({"model_index.json"}), frozenset()),
+}
+_HELD: set[Path] = set()  # output paths this process has claimed (a claim inside a claim is a no-op)
+
+
+def is_output_of_kind(path: Path, kind: str) -> bool:
+    """Whether directory ``path`` is what an earlier erasekit write of ``kind`` left, and nothing more."""
+    markers, optional = OUTPUT_KINDS[kind]
+    names = {p.name for p in path.iterdir()}
+    if not markers <= names:
+        return False
+    allowed = markers | optional
+    if kind == "pipeline":  # the components model_index.json names
+        try:
+            allowed |= set(json.loads((path / "model_index.json").read_text()))
+        except (OSError, ValueError):
+            return False
+    for name in names - allowed:
+        child = path / name
+        if not (kind == "edit" and name.startswith("eval-") and child.is_dir() and is_output_of_kind(child, "eval")):
+            return False
+    return True
+
+
+def check_output(path: Path, kind: str | None, overwrite: bool = False) -> None:
+    """Refuse ``path`` when writing it could destroy what the user had. ``kind=None``: a single file."""
+    path = Path(path)
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ErasekitError(f"cannot write {path}: {parent} is a file, not a directory")
+        if parent.exists():
+            if not os.access(parent, os.W_OK):
+                raise ErasekitError(f"cannot write {path}: {parent} is not writable")
+            break
+    if overwrite or not (path.exists() or path.is_symlink()):
+        return
+    if kind is None:
+        if path.is_dir():
+            raise ErasekitError(f"{path} is a directory; give a file name for this output")
+        raise ErasekitError(f"{path} exists; choose another path or pass --overwrite to replace it")
+    if not path.is_dir() or path.is_symlink():
+        raise ErasekitError(f"{path} exists and is not a directory; choose another --out or pass --overwrite")
+    if any(path.iterdir()) and not is_output_of_kind(path, kind):
+        raise ErasekitError(
+            f"{path} holds files that are not an erasekit {kind} output; choose another --out or pass --overwrite"
+        )
+
+
+def _clear_leftovers(path: Path) -> None:
+    """Undo what interrupted atomic writes to ``path`` left: temporaries go; an old output moved aside
+    for a swap that never finished comes back."""
+    for old in path.parent.glob(f".{glob.escape(path.name)}.old.{'?' * 8}.tmp"):
+        if not path.exists() and (old / "x").exists():
+            os.replace(old / "x", path)
+        shutil.rmtree(old, ignore_errors=True)
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.{'?' * 8}.tmp"):
+        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+
+
+def _lock_holder(lock: Path) -> int | None:
+    """The pid in ``lock`` if that process still runs (on this machine), else None."""
+    try:
+        pid = int(lock.read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid
+
+
+@contextmanager
+def claim_output(path: Path, kind: str | None, overwrite: bool = False) -> Iterator[Path]:
+    """Check ``path`` (see :func:`check_output`), hold a lock on it for the block, and first remove
+    what interrupted writes to it left (``.NAME.*.tmp`` beside it)."""
+    path = Path(path).absolute()
+    if path in _HELD:
+        yield path
+        return
+    check_output(path, kind, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.parent / f".{path.name}.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~UMASK)
+            break
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is not None and holder != os.getpid():
+                raise ErasekitError(f"another erasekit run (pid {holder}) is writing {path}; wait for it to finish") from None
+            lock.unlink(missing_ok=True)  # left by a run that no longer exists
+    else:
+        raise ErasekitError(f"could not lock {path} (remove {lock} if no erasekit run is writing it)")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    _HELD.add(path)
+    try:
+        _clear_leftovers(path)
+        yield path
+    finally:
+        _HELD.discard(path)
+        lock.unlink(missing_ok=True)

@@ -17,7 +17,8 @@ the same concept with the same settings:
 
 Both edits are judged by the same code (``run_protocol``, the object protocol, same seeds), and the
 table gives edit seconds, whole-command seconds, Acc_e/Acc_s/Acc_g/H_o, world-FID and the weight
-difference ‖A − B‖ / ‖A − W₀‖ (A erasekit, B official). ``side_by_side.json`` keeps every figure.
+difference ‖A − B‖ / ‖A − W₀‖ (A erasekit, B official). ``side_by_side.json`` keeps every figure;
+``--table FILE`` prints the table of one written before (the README's is ``bench/side-by-side.json``).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def uce_side_by_side(args: Namespace, pipe: DiffusionPipeline, model_dir: Path, 
 
 
 ESD_PATCHES = (  # (official line, replacement): the embedded model, fp32 on CPU, its resolution, a seed, a timer
-    ('basemodel_id="CompVis/stable-diffusion-v1-4"', "basemodel_id={model!r}"),
+    ('= load_sd_models(basemodel_id="CompVis/stable-diffusion-v1-4"', "= load_sd_models(basemodel_id={model!r}"),
     ("torch_dtype = torch.bfloat16", "torch_dtype = torch.float32"),
     ("height=width=1024", "height=width={resolution}"),
     ("criteria = torch.nn.MSELoss()", "criteria = torch.nn.MSELoss(); random.seed({seed}); import time as _t"),
@@ -194,11 +195,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("runs/side-by-side"))
+    parser.add_argument("--table", type=Path, help="only print the table of a side_by_side.json written before")
     args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads(args.table.read_text())["rows"]))
+        return
     if args.out.exists():
         sys.exit(f"{args.out} exists; choose another --out")
     model_dir = ensure_text_encoder(EMBEDDED_DIR)
     pipe = load_pipeline(model_dir)
+    if args.esd_repo:  # a changed official script stops the run before anything is measured
+        with tempfile.TemporaryDirectory() as tmp:
+            patched_esd_script(args.esd_repo, Path(tmp), model_dir, 0, 0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if args.uce_repo:

@@ -1,5 +1,6 @@
 """UCE's closed form on the real layer structure, the edit artifact, and bad input."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -121,12 +122,17 @@ def test_edit_round_trip_and_base_check(tiny_pipe, tmp_path):
         load_erased(tmp_path)
 
 
-def test_interrupted_save_leaves_nothing(tiny_pipe, tmp_path):
+def test_interrupted_save_leaves_nothing(tiny_pipe, tmp_path, monkeypatch):
     edit = erase(tiny_pipe, EraseSpec(("square",)), "uce")
-    edit.weights["bad"] = "not a tensor"
-    with pytest.raises(AttributeError):
+
+    def disk_full(tensors, path, *args, **kwargs):
+        Path(path).write_bytes(b"half a file")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr("erasekit.edits.save_file", disk_full)
+    with pytest.raises(OSError):
         edit.save(tmp_path / "edit")
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # no directory, no temporary, no lock
 
 
 @pytest.mark.parametrize(

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from erasekit.edits import Edit
+from erasekit.edits import Edit, base_hash
 from erasekit.errors import ErasekitError
 from erasekit.eval.evaluator import WorldEvaluator
 from erasekit.eval.generation import Generated, SamplerSettings, generate
@@ -325,8 +325,12 @@ def run_protocol(
     original_cache: dict | None = None,
     prompt_file: str | None = None,
     clip_model: str | None = None,
+    check_base: bool = True,
 ) -> dict:
     """Generate the protocol's prompts with the original and the erased model (same seeds) and score both.
+
+    The edit's base model is checked before any image is generated (``check_base=False`` accepts it
+    for this pipeline as it is).
 
     Returns the metrics of each, and the Fréchet distance between their images on the kept prompts
     in the judge's feature space (the world-FID with the world judge: image-quality drift where
@@ -336,6 +340,10 @@ def run_protocol(
     """
     world = is_world_model(pipe)
     rows = protocol_rows(protocol, target, samples, world, prompt_file)
+    if check_base:
+        edit.check_base(pipe)
+    else:
+        edit = Edit(edit.weights, {**edit.card, "base_hash": base_hash(pipe.unet, list(edit.weights))})
     if protocol in PROMPT_FILE_PROTOCOLS:
         from erasekit.eval.prompt_sets import run_prompt_set
 

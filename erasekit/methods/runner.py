@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from erasekit.edits import Edit, base_hash, measure
+from erasekit.edits import Edit, base_hash, measure, refuse_non_finite
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import EraseSpec, get_method, make_config
 from erasekit.primitives.run import ProgressCallback, RunContext
@@ -51,6 +51,7 @@ def erase(
             raise ErasekitError(f"the tokenizer turns {concept!r} into no tokens; give a concept with letters or digits")
     with measure(run.device) as usage:
         edit = entry.erase(run, spec, config)
+    refuse_non_finite(edit.weights, f"the {entry.name} edit")
     edit.card.update(
         method=entry.name,
         config=edit.card.get("config") or asdict(config),  # as the method resolved it ('auto' settings)
