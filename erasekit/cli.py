@@ -407,22 +407,14 @@ def methods() -> None:
             console.print(f"    {f.name} = {default!r}  {f.metadata.get('doc', '')}", highlight=False)
 
 
-def _parse_settings(settings: list[str]) -> dict[str, object]:
-    """``key=value`` pairs; values are read as Python literals where they parse (1e-3, True, ('a',))."""
-    import ast
-
-    out: dict[str, object] = {}
+def _parse_settings(settings: list[str]) -> dict[str, str]:
+    """``key=value`` pairs as text; each method parses its values to the types of its settings."""
+    out: dict[str, str] = {}
     for item in settings:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ErasekitError(f"--set takes key=value, not {item!r}")
-        if value.strip().lower() in ("true", "false"):  # shell habit: lora=false
-            out[key.strip()] = value.strip().lower() == "true"
-            continue
-        try:
-            out[key.strip()] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key.strip()] = value
+        out[key.strip()] = value
     return out
 
 
@@ -469,11 +461,12 @@ def erase(
     from contextlib import ExitStack
 
     from erasekit.io import claim_output
-    from erasekit.methods.base import EraseSpec
+    from erasekit.methods.base import EraseSpec, get_method, make_config, typed_settings
 
     kept = tuple(concept for item in preserve or () for concept in item.split(","))
     spec = EraseSpec(tuple(concepts), tuple(anchor or ()), kept)
-    overrides = _parse_settings(setting or [])
+    overrides = typed_settings(get_method(method), _parse_settings(setting or []))
+    make_config(get_method(method), overrides)  # every setting is checked before the model loads
     with ExitStack() as claims:  # every output is checked and locked before the model loads
         claims.enter_context(claim_output(out, "edit", overwrite))
         if save_pipeline is not None:
@@ -593,6 +586,7 @@ def bench(
     """Erase each concept of a task in turn with each method; print one table and write bench.json."""
     from erasekit.eval.bench import BenchEntry, run_bench
     from erasekit.eval.generation import SamplerSettings
+    from erasekit.methods.base import get_method, make_config, parse_setting, typed_settings
     from erasekit.models.evaluators import load_world_evaluator
     from erasekit.models.loading import load_pipeline
 
@@ -601,10 +595,14 @@ def bench(
         name, _, rest = text.strip().partition(" ")
         pairs = re.split(r"\s+(?=\w+=)", rest.strip()) if rest.strip() else []  # a value may hold spaces
         settings = _parse_settings(pairs)
-        preserve_others = settings.pop("preserve", None) == "others"
-        expand = int(settings.pop("expand", 0))
-        anchor = str(settings.pop("anchor", ""))
-        entries.append(BenchEntry(name, settings, preserve_others, expand, anchor))
+        preserve = settings.pop("preserve", None)
+        if preserve not in (None, "others"):
+            raise ErasekitError(f"bench method {text!r}: preserve takes 'others' (the task's other concepts), not {preserve!r}")
+        expand = parse_setting(f"bench method {text!r}: expand", int, settings.pop("expand", "0"))
+        anchor = settings.pop("anchor", "").strip()
+        typed = typed_settings(get_method(name), settings)
+        make_config(get_method(name), typed)  # every method's settings are checked before the model loads
+        entries.append(BenchEntry(name, typed, preserve == "others", expand, anchor))
     chosen = tuple(c.strip() for c in concepts.split(",")) if concepts else None
     settings = SamplerSettings(steps=steps, guidance=guidance, batch_size=batch_size)
     try:

@@ -6,8 +6,13 @@ encoded once by the prompt cache, turned into an :class:`~erasekit.edits.Edit` b
 
 from __future__ import annotations
 
+import ast
+import math
+import re
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from typing import Union, get_args, get_origin, get_type_hints
 
 from erasekit.errors import ErasekitError
 
@@ -21,6 +26,12 @@ class EraseSpec:
     preserve: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for name in ("targets", "anchors", "preserve"):  # one concept given as a string is one concept, not its letters
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, (value,))
+            elif not all(isinstance(v, str) for v in value):
+                raise ErasekitError(f"{name} must be concepts (strings), not {value!r}")
         targets = tuple(t.strip() for t in self.targets)
         if not targets or not all(targets):
             raise ErasekitError("nothing to erase: give at least one non-empty target concept")
@@ -82,12 +93,69 @@ def get_method(name: str) -> Method:
 
 
 def make_config(method: Method, overrides: dict[str, object]) -> object:
-    """The method's config with the paper's defaults, overridden by name (an error for unknown names)."""
-    known = {f.name: f for f in fields(method.config)}
-    unknown = set(overrides) - set(known)
+    """The method's config with the paper's defaults, overridden by name. Every value is parsed to its
+    field's type (text from the command line as well as Python values): a wrong name or a value that
+    is not of the type is one clear error, before any model is loaded."""
+    return method.config(**typed_settings(method, overrides))
+
+
+def typed_settings(method: Method, overrides: dict[str, object]) -> dict[str, object]:
+    """``overrides`` checked against the method's settings and parsed to their types (see :func:`parse_setting`)."""
+    known = {f.name for f in fields(method.config)}
+    unknown = set(overrides) - known
     if unknown:
         raise ErasekitError(f"{method.name} has no setting {', '.join(sorted(unknown))}; its settings: {', '.join(known)}")
-    return method.config(**overrides)
+    hints = get_type_hints(method.config)
+    return {name: parse_setting(f"{method.name} setting {name}", hints[name], value) for name, value in overrides.items()}
+
+
+def parse_setting(what: str, kind: object, value: object) -> object:
+    """``value`` (a Python value, or text as typed after ``--set key=``) as a value of type ``kind``:
+    bool, int, float (finite), str, tuple[str, ...], or ``X | None``."""
+    if get_origin(kind) in (Union, types.UnionType):
+        options = [a for a in get_args(kind) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+            return None
+        return parse_setting(what, options[0], value)
+    text = value.strip() if isinstance(value, str) else None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if text is not None and text.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return text.lower() in ("true", "yes", "1")
+        raise ErasekitError(f"{what} = {value!r}: expected true or false")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if text is not None and re.fullmatch(r"[+-]?\d+", text):
+            return int(text)
+        raise ErasekitError(f"{what} = {value!r}: expected a whole number")
+    if kind is float:
+        if isinstance(value, bool):
+            raise ErasekitError(f"{what} = {value!r}: expected a number")
+        try:
+            number = float(text) if text is not None else float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ErasekitError(f"{what} = {value!r}: expected a number such as 0.5 or 1e-3") from None
+        if not math.isfinite(number):
+            raise ErasekitError(f"{what} = {value!r}: expected a finite number")
+        return number
+    if kind is str:
+        if text is None:
+            raise ErasekitError(f"{what} = {value!r}: expected text")
+        return text
+    if get_origin(kind) is tuple:
+        if text is not None:
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = (text,)  # a bare word is a one-element tuple
+        if isinstance(value, str):
+            value = (value,)
+        if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
+            raise ErasekitError(f"{what} = {value!r}: expected a tuple of strings, e.g. ('{{}}', 'a photo of a {{}}')")
+        return tuple(value)
+    return value
 
 
 def config_field(default: object, doc: str) -> object:
