@@ -44,9 +44,11 @@ DeviceOption = Annotated[
     str | None, typer.Option("--device", help="cpu, cuda, cuda:N or mps (default: CUDA when present, else CPU).")
 ]
 DtypeOption = Annotated[str, typer.Option("--dtype", help="Precision of the model: fp32, fp16 or bf16.")]
-StepsOption = Annotated[int, typer.Option(help="Sampler steps (DDIM).")]
-GuidanceOption = Annotated[float, typer.Option(help="Classifier-free guidance scale.")]
-BatchOption = Annotated[int, typer.Option(help="Images per batch.")]
+# Bounds catch typos (0, -3, 100000) in one line before anything loads; they are far above any real use.
+StepsOption = Annotated[int, typer.Option(help="Sampler steps (DDIM), 1 to 1000.", min=1, max=1000)]
+GuidanceOption = Annotated[float, typer.Option(help="Classifier-free guidance scale, 0 to 100.", min=0.0, max=100.0)]
+BatchOption = Annotated[int, typer.Option(help="Images per batch, 1 to 4096.", min=1, max=4096)]
+SAMPLES_RANGE = {"min": 1, "max": 10_000}
 OverwriteOption = Annotated[
     bool,
     typer.Option("--overwrite", help="Replace an output path that holds something other than an earlier output of this command."),
@@ -148,7 +150,7 @@ def evaluate(
     ] = None,
     edit: Annotated[Path | None, typer.Option(help="Edit directory (from `erasekit erase`) to judge with --protocol.")] = None,
     concept: Annotated[str | None, typer.Option(help="The erased concept (default: the edit's first target).")] = None,
-    samples: Annotated[int, typer.Option(help="Samples per prompt for --protocol.")] = 16,
+    samples: Annotated[int, typer.Option(help="Samples per prompt for --protocol.", **SAMPLES_RANGE)] = 16,
     judge: Annotated[
         str,
         typer.Option(
@@ -346,7 +348,7 @@ def _metrics_table(result: dict) -> Table:
 @app.command()
 def gates(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory for images, grid and gates.json.")] = Path("runs/gates"),
-    samples: Annotated[int, typer.Option(help="Samples per prompt (world.md asks for at least 32).")] = 32,
+    samples: Annotated[int, typer.Option(help="Samples per prompt (world.md asks for at least 32).", **SAMPLES_RANGE)] = 32,
     model: ModelOption = None,
     steps: StepsOption = 25,
     guidance: GuidanceOption = 7.5,
@@ -572,7 +574,7 @@ def bench(
     ] = "object",
     counts: Annotated[str, typer.Option(help="Comma-separated counts of characters for 'mass' and 'cost'.")] = "1,5,10,20",
     concepts: Annotated[str | None, typer.Option(help="Comma-separated concepts (default: the protocol's whole task).")] = None,
-    samples: Annotated[int, typer.Option(help="Samples per prompt.")] = 8,
+    samples: Annotated[int, typer.Option(help="Samples per prompt.", **SAMPLES_RANGE)] = 8,
     out: Annotated[Path, typer.Option("--out", "-o", help="Bench directory (cells are kept; a rerun resumes).")] = Path(
         "runs/bench"
     ),
@@ -684,7 +686,7 @@ def world_train(
 @world_app.command("show")
 def world_show(
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("runs/world.png"),
-    count: Annotated[int, typer.Option(help="Scenes to draw.")] = 32,
+    count: Annotated[int, typer.Option(help="Scenes to draw, 1 to 10000.", min=1, max=10_000)] = 32,
     seed: Annotated[int, typer.Option(help="World seed.")] = 0,
 ) -> None:
     """Draw scenes of the world with their captions (ground truth, no model involved)."""
@@ -723,15 +725,37 @@ def world_vocabulary(as_json: Annotated[bool, typer.Option("--json", help="Print
 
 
 def main() -> None:
+    """Run the CLI with one error boundary: an expected failure is one line on stderr and exit 2
+    (130 on Ctrl-C); ``--debug`` anywhere on the line shows the traceback as well."""
+    # typer raises click's exceptions from its own copy of click; its public BadParameter leads to them
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
     # Library chatter (a missing optional torchvision, a BERT text encoder where CLIP is "expected")
     # would bury the one line that matters; users can still raise the levels themselves.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    debug = "--debug" in sys.argv
+    args = [a for a in sys.argv[1:] if a != "--debug"]
+    err = Console(stderr=True)
+
+    def fail(message: str, code: int = 2) -> None:
+        if debug:
+            err.print_exception()
+        err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
+        sys.exit(code)
+
     try:
-        app()
-    except ErasekitError as err:
-        Console(stderr=True).print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        code = app(args=args, standalone_mode=False)
+    except ErasekitError as error:
+        fail(str(error))
+    except usage_error as error:  # typer's usage box, as one line
+        where = f"{error.ctx.command_path}: " if error.ctx else ""
+        fail(f"{where}{error.format_message()} (see --help)")
+    except (typer.Abort, KeyboardInterrupt):
+        fail("interrupted; what was being written was left out (a rerun cleans up)", 130)
+    except OSError as error:  # disk full, permissions, a path under /proc: the system's own words
+        fail(f"{error.strerror or error}" + (f": {error.filename}" if error.filename else ""))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,27 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def read_user_text(path: Path | str, what: str) -> str:
+    """A user's text file (CSV, vocabulary, prompt list) as UTF-8, a byte-order mark allowed; anything
+    else is one line naming the file and where it stops being UTF-8."""
+    path = Path(path)
+    if path.is_dir():
+        raise ErasekitError(f"{what} {path} is a directory; give a file")
+    if not path.is_file():
+        raise ErasekitError(f"{what} {path} does not exist")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ErasekitError(f"cannot read {what} {path}: {err.strerror}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ErasekitError(
+            f"{what} {path} is not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
+
+
 def write_json(path: Path, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import EraseSpec, get_method, make_config
@@ -84,3 +85,63 @@ def test_bad_settings_fail_in_one_line_before_the_model_loads(tmp_path, args, me
                           capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)  # fmt: skip
     assert done.returncode == 2 and message in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+
+
+def write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["erase"], "Missing argument 'concepts'"),
+        (["erase", "square", "--samples", "3"], "No such option: --samples"),
+        (["generate", "demo.csv", "--steps", "0"], "Invalid value for '--steps'"),
+        (["generate", "demo.csv", "--batch-size", "-5"], "Invalid value for '--batch-size'"),
+        (["generate", "demo.csv", "--steps", "100000"], "Invalid value for '--steps'"),
+        (["eval", "--protocol", "object", "--edit", "nowhere", "--samples", "0"], "Invalid value for '--samples'"),
+        (["world", "show", "--count", "-1"], "Invalid value for '--count'"),
+        (["generate", "latin1.csv"], "is not UTF-8 text (byte 0xe9 on line 2)"),
+        (["generate", "huge-seed.csv"], "seed 1180591620717411303424 is out of range"),
+        (["generate", "many.csv"], "must be a whole number from 1 to 10000"),
+        (["generate", "."], "is a directory; give a file"),
+        (["eval", "--protocol", "object", "--edit", "list-card"], "not an edit card"),
+        (["eval", "--protocol", "object", "--edit", "empty-weights"], "holds a damaged edit"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    header = b"prompt,seed,role,shape,samples\n"
+    write(tmp_path / "latin1.csv", header + b"a photo of a caf\xe9,0,erase,square,1\n")
+    write(tmp_path / "huge-seed.csv", header + f"a photo of a square,{2**70},erase,square,1\n".encode())
+    write(tmp_path / "many.csv", header + b"a photo of a square,0,erase,square,100000000\n")
+    from safetensors.torch import save_file
+
+    (tmp_path / "list-card").mkdir()
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "list-card" / "edit.safetensors"))
+    write(tmp_path / "list-card" / "card.json", b"[1, 2]")
+    (tmp_path / "empty-weights").mkdir()
+    write(tmp_path / "empty-weights" / "edit.safetensors", b"")
+    write(tmp_path / "empty-weights" / "card.json", b"{}")
+    if args[0] == "generate":
+        args = [*args, "--out", "run"]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    done = subprocess.run([sys.executable, "-m", "erasekit.cli", *args], capture_output=True, text=True, cwd=tmp_path,
+                          env=ENV, timeout=300)  # fmt: skip
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_a_bom_is_accepted_and_debug_shows_the_traceback(tmp_path):
+    from erasekit.eval.prompts import read_prompt_file
+
+    bom = write(tmp_path / "bom.csv", b"\xef\xbb\xbfprompt,seed,role,shape\na photo of a square,0,erase,square\n")
+    assert read_prompt_file(bom)[0].prompt == "a photo of a square"
+    done = subprocess.run([sys.executable, "-m", "erasekit.cli", "erase", "square", "--set", "lam=abc", "--out", "x", "--debug"],
+                          capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)  # fmt: skip
+    assert (
+        done.returncode == 2
+        and "Traceback" in done.stderr
+        and done.stderr.strip().endswith("expected a number such as 0.5 or 1e-3")
+    )

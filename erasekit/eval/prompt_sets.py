@@ -14,6 +14,7 @@ Files are read whole before anything is generated: a missing column or a bad val
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,15 +37,14 @@ PROMPT_SET_SEED = 80_000  # rows without a seed column: this + row index × samp
 
 
 def _read_csv(path: str | Path, what: str) -> tuple[list[str], list[dict[str, str]]]:
-    path = Path(path)
-    if not path.is_file():
-        raise ErasekitError(f"{what} file {path} does not exist")
+    from erasekit.io import read_user_text
+
+    text = read_user_text(path, f"{what} file")
     try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            columns = [c.strip() for c in reader.fieldnames or []]
-    except (UnicodeDecodeError, csv.Error) as err:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = list(reader)
+        columns = [c.strip() for c in reader.fieldnames or []]
+    except csv.Error as err:
         raise ErasekitError(f"{path} is not a readable CSV: {err}") from err
     if not rows:
         raise ErasekitError(f"{path} has no rows")

@@ -15,6 +15,7 @@ A prompt file is a CSV with a header. Columns:
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,10 @@ from erasekit.eval.evaluator import HEADS
 ROLES = ("erase", "retain", "synonym", "associated", "implicit")
 LABEL_COLUMNS = ("shape", "artist", "character", "flames")
 PROMPT_DIR = Path(__file__).resolve().parent.parent / "prompts"
+
+
+MAX_SEED = 2**62  # a row's images take seed, seed + 1, ...: they must stay in torch's 64-bit range
+MAX_SAMPLES = 10_000  # per row; more is a mistake (10,000 images of one prompt), split it over rows
 
 
 @dataclass(frozen=True)
@@ -71,12 +76,14 @@ def parse_rows(records: list[dict[str, str]], source: str = "prompt file") -> li
             seed = int(seed_text)
         except ValueError:
             raise ErasekitError(f"{where}: seed {seed_text!r} is not an integer; use a whole number such as 0") from None
+        if not 0 <= seed < MAX_SEED:
+            raise ErasekitError(f"{where}: seed {seed} is out of range; seeds run from 0 to {MAX_SEED - 1:,}")
         role = (rec.get("role") or "").strip()
         if role not in ROLES:
             raise ErasekitError(f"{where}: role {role!r} is not one of {', '.join(ROLES)}")
         samples_text = (rec.get("samples") or "1").strip()
-        if not samples_text.isdigit() or int(samples_text) < 1:
-            raise ErasekitError(f"{where}: samples {samples_text!r} must be a positive integer")
+        if not samples_text.isdigit() or not 1 <= int(samples_text) <= MAX_SAMPLES:
+            raise ErasekitError(f"{where}: samples {samples_text!r} must be a whole number from 1 to {MAX_SAMPLES}")
         expected = {c: _label(c, rec[c].strip(), where) for c in LABEL_COLUMNS if (rec.get(c) or "").strip()}
         rows.append(PromptRow(prompt, seed, role, expected, int(samples_text), (rec.get("group") or "").strip()))
     if not rows:
@@ -91,12 +98,17 @@ def read_prompt_file(path: Path | str) -> list[PromptRow]:
         path = PROMPT_DIR / path
     if not path.exists():
         raise ErasekitError(f"prompt file {path} does not exist; give a CSV path (columns: prompt, seed, role, ...)")
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"prompt", "seed", "role"} - set(reader.fieldnames or [])
+    from erasekit.io import read_user_text
+
+    try:
+        reader = csv.DictReader(io.StringIO(read_user_text(path, "prompt file"), newline=""))
+        missing = {"prompt", "seed", "role"} - {(name or "").strip() for name in reader.fieldnames or []}
         if missing:
             raise ErasekitError(f"{path}: missing column(s) {', '.join(sorted(missing))}; the header needs prompt, seed, role")
-        return parse_rows(list(reader), source=str(path))
+        rows = [{(k or "").strip(): v for k, v in row.items()} for row in reader]
+    except csv.Error as err:
+        raise ErasekitError(f"{path} is not a readable CSV: {err}") from None
+    return parse_rows(rows, source=str(path))
 
 
 def write_prompt_file(path: Path, rows: list[PromptRow]) -> None:

@@ -189,7 +189,9 @@ def preserve_moments(run: RunContext, spec: EraseSpec, config: MACEConfig) -> Te
 def prior_prompts(source: str, targets: tuple[str, ...], count: int = 500, seed: int = 0) -> list[str]:
     """The prior's prompts: world captions (seeded; those naming a target are left out) or a file's lines."""
     if source != "world":
-        return [line.strip() for line in Path(source).read_text().splitlines() if line.strip()]
+        from erasekit.io import read_user_text
+
+        return [line.strip() for line in read_user_text(source, "prior prompt file").splitlines() if line.strip()]
     from erasekit.world.captions import describe, sample_scene
 
     rng = np.random.default_rng(seed)

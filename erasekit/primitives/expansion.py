@@ -42,10 +42,10 @@ def tokenizer_vocabulary(cache: PromptCache, min_length: int = 3) -> list[str]:
 
 
 def read_vocabulary(path: str | Path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise ErasekitError(f"vocabulary file {path} does not exist; give a text file with one phrase per line")
-    phrases = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    from erasekit.io import read_user_text
+
+    text = read_user_text(path, "vocabulary file (one phrase per line)")
+    phrases = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if not phrases:
         raise ErasekitError(f"vocabulary file {path} has no phrases")
     return phrases
