@@ -497,9 +497,17 @@ def _erase_and_write(
 ) -> None:
     from erasekit.io import atomic_dir
     from erasekit.methods.runner import erase as run_erase
+    from erasekit.models.embedded import is_world_model
     from erasekit.models.loading import load_pipeline
 
     pipe = load_pipeline(model, dtype, device, progress=False)
+    if is_world_model(pipe):
+        from erasekit.world.vocabulary import unknown_concept_warning
+
+        for target in spec.targets:
+            warning = unknown_concept_warning(target)
+            if warning:
+                Console(stderr=True).print(warning, style="yellow", highlight=False, soft_wrap=True)
     vocabulary = str(expand_vocabulary) if expand_vocabulary else None
     edit = run_erase(
         pipe, spec, method, model=model or "erasekit-tiny", expand=expand, expand_min_similarity=expand_min_similarity,

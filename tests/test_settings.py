@@ -145,3 +145,14 @@ def test_a_bom_is_accepted_and_debug_shows_the_traceback(tmp_path):
         and "Traceback" in done.stderr
         and done.stderr.strip().endswith("expected a number such as 0.5 or 1e-3")
     )
+
+
+def test_a_concept_the_world_never_drew_is_erased_with_a_one_line_warning(tmp_path):
+    from erasekit.world.vocabulary import unknown_concept_warning
+
+    assert unknown_concept_warning("square") is None and unknown_concept_warning("Anna Varga") is None
+    assert "the nearest it knows: heart" in unknown_concept_warning("heartt")
+    done = subprocess.run([sys.executable, "-m", "erasekit.cli", "erase", "blorfnax", "--out", "e"],
+                          capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)  # fmt: skip
+    assert done.returncode == 0 and (tmp_path / "e" / "card.json").exists(), done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "never drew 'blorfnax'" in done.stderr

@@ -172,6 +172,25 @@ ARTIST_LABELS: tuple[str, ...] = (*ARTIST_NAMES, NONE)
 CHARACTER_LABELS: tuple[str, ...] = (*CHARACTER_NAMES, NONE)
 
 
+def known_concepts() -> tuple[str, ...]:
+    """Every concept phrase the world's captions use: what an erasure on the embedded model can mean."""
+    words = [*SHAPES, *(s for group in SYNONYMS.values() for s in group), *SHAPE_ASSOCIATIONS.values()]
+    words += [*ARTIST_NAMES, *CHARACTER_NAMES, *COLORS, *HAT_STYLES, "flames", "fire", *FLAME_EXPLICIT, *FLAME_IMPLICIT]
+    return tuple(dict.fromkeys(words))
+
+
+def unknown_concept_warning(concept: str) -> str | None:
+    """A one-line warning when the world never drew ``concept`` (erasing it changes nothing it knows)."""
+    import difflib
+
+    known = known_concepts()
+    if concept.lower() in {k.lower() for k in known}:
+        return None
+    near = difflib.get_close_matches(concept.lower(), [k.lower() for k in known], n=3, cutoff=0.5)
+    hint = f"; the nearest it knows: {', '.join(near)}" if near else "; `erasekit world show` lists what it draws"
+    return f"warning: the embedded world never drew {concept!r}, so erasing it has nothing to remove{hint}"
+
+
 def shape_of_term(term: str) -> str | None:
     """The shape class that a class name, synonym or association names, if any."""
     for shape in SHAPES:
