@@ -1,0 +1,109 @@
+"""Property and fault tests: whatever a user types or a file holds, erasekit answers with a result or
+one ErasekitError, never another exception; a run killed at any moment leaves the old output or the
+new one, never a mix, and the next run cleans up after it."""
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import fields
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from erasekit.edits import Edit
+from erasekit.errors import ErasekitError
+from erasekit.eval.prompts import read_prompt_file
+from erasekit.methods.base import METHODS, get_method, make_config
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+get_method("uce")  # fills the registry
+SETTINGS = [(m, f.name) for m in sorted(METHODS) for f in fields(METHODS[m].config)]
+TEXT = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(["nan", "inf", "-inf", "1e999", "-1", "0", "2.5", "True", "none", "()", "('{}',)", "[1]", "{}", ""]),
+    st.integers(min_value=-(2**70), max_value=2**70).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(setting=st.sampled_from(SETTINGS), value=TEXT)
+def test_any_typed_setting_is_a_config_or_one_clear_error(setting, value):
+    method, name = setting
+    try:
+        config = make_config(get_method(method), {name: value})
+    except ErasekitError as err:
+        assert str(err) and "\n" not in str(err)
+        return
+    parsed = getattr(config, name)
+    assert not isinstance(parsed, float) or math.isfinite(parsed)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.one_of(st.binary(max_size=300), st.text(max_size=300).map(lambda t: t.encode("utf-8"))))
+def test_any_prompt_file_is_rows_or_one_clear_error(tmp_path, content):
+    path = tmp_path / "p.csv"
+    path.write_bytes(b"prompt,seed,role,shape,samples\n" + content)
+    try:
+        rows = read_prompt_file(path)
+    except ErasekitError as err:
+        assert str(err) and "\n" not in str(err)
+        return
+    assert all(r.prompt and r.samples >= 1 for r in rows)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(card=st.one_of(JSON, st.fixed_dictionaries({"targets": JSON}, optional={"base_hash": JSON})))
+def test_any_card_is_an_edit_or_one_clear_error(tmp_path, card):
+    import torch
+    from safetensors.torch import save_file
+
+    directory = tmp_path / "e"
+    directory.mkdir(exist_ok=True)
+    save_file({"w": torch.zeros(2)}, str(directory / "edit.safetensors"))
+    (directory / "card.json").write_text(json.dumps(card))
+    try:
+        edit = Edit.load(directory)
+    except ErasekitError as err:
+        assert str(err) and "\n" not in str(err)
+        return
+    assert edit.card["targets"]
+
+
+def test_a_run_killed_at_any_moment_leaves_old_or_new_and_the_next_run_cleans_up(tmp_path):
+    """kill -9 of `erasekit erase` at seeded random moments (loading, training, writing), into a path
+    that already holds an earlier edit: each time the path holds a whole edit, and the next run works."""
+    out = tmp_path / "edit"
+    command = [sys.executable, "-m", "erasekit.cli", "erase", "square", "--method", "esd-x", "--set", "iterations=6",
+               "--set", "sample_steps=4", "--out", str(out)]  # fmt: skip
+    first = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=600)
+    assert first.returncode == 0, first.stderr
+    reference = (out / "card.json").read_text()
+    rng = random.Random(0)
+    killed = 0
+    for _ in range(6):
+        proc = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.5, 12.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            killed += 1
+        proc.wait()
+        edit = Edit.load(out)  # whole: the earlier edit or the new one, never a mix
+        assert edit.card["targets"] == ["square"] and edit.weights
+    assert killed >= 3  # most runs were cut, at different moments
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edit"]  # no lock, no temporaries left
+    assert json.loads((out / "card.json").read_text())["config"] == json.loads(reference)["config"]
