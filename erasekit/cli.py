@@ -218,7 +218,11 @@ def evaluate(
     console.print(table)
     console.print("per role: " + ", ".join(f"{k} {_pct(v)}%" for k, v in evaluation.by("role").items()))
     target = (out or run_dir) / "results.json"
-    write_json(target, evaluation.to_json())
+    if out is not None and out != run_dir:  # results of a run written elsewhere: that directory is claimed too
+        with claim_output(out, "eval", overwrite):
+            write_json(target, evaluation.to_json())
+    else:
+        write_json(target, evaluation.to_json())
     console.print(f"wrote {target} and {run_dir}/grid.png")
 
 
