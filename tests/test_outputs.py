@@ -113,9 +113,16 @@ def test_outputs_follow_the_umask(tmp_path):
     assert (tmp_path / "run" / "results.json").stat().st_mode & 0o777 == 0o666 & ~UMASK
 
 
-def test_non_finite_edits_are_never_made_saved_or_applied(tiny_pipe, edit, tmp_path):
-    with pytest.raises(ErasekitError, match="NaN or infinite values in 14 of 14 tensors"):
+def test_non_finite_edits_are_never_made_saved_or_applied(tiny_pipe, edit, tmp_path, monkeypatch):
+    with pytest.raises(ErasekitError, match="lam = inf: expected a finite number"):  # refused as a setting first
         erase(tiny_pipe, EraseSpec(("square",)), "uce", lam=float("inf"), progress=False)
+    import erasekit.methods.uce as uce
+
+    solve = uce.edited_weights
+    monkeypatch.setattr(uce, "edited_weights", lambda *a: {n: w * float("nan") for n, w in solve(*a).items()})
+    with pytest.raises(ErasekitError, match="NaN or infinite values in 14 of 14 tensors"):  # a method gone wrong
+        erase(tiny_pipe, EraseSpec(("square",)), "uce", progress=False)
+    monkeypatch.undo()
     broken = Edit({n: torch.full_like(w, float("nan")) for n, w in edit.weights.items()}, dict(edit.card))
     for action in (lambda: broken.save(tmp_path / "nan"), lambda: broken.apply(tiny_pipe)):
         with pytest.raises(ErasekitError, match="NaN or infinite"):
