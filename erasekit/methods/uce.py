@@ -67,7 +67,8 @@ class UCEConfig:
 
 def last_word_state(cache: PromptCache, prompt: str) -> torch.Tensor:
     """The state at ``attention_mask.sum() - 2``: the prompt's last word token ([BOS] for an empty prompt)."""
-    return cache.states([prompt])[0, cache.length(prompt) - 2 :][:1]
+    index = cache.length(prompt) - 2
+    return cache.states([prompt])[0, index : index + 1]
 
 
 def aligned_states(
@@ -97,7 +98,7 @@ def uce_moments(run: RunContext, spec: EraseSpec, config: UCEConfig) -> tuple[Te
         for t in config.templates
     ]
     prompts = [t.format(p) for p in spec.preserve for t in config.templates]
-    cache.states([p for pair in pairs for p in pair[::2]] + prompts)  # one batched encoding of every prompt
+    cache.states([p for prompt, _, guide, _ in pairs for p in (prompt, guide)] + prompts)  # one batched encoding
     erase = run.moments()
     for prompt, target, guide_prompt, anchor in pairs:
         erase.add(*aligned_states(cache, prompt, target, guide_prompt, anchor, config.token_span))
