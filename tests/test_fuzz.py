@@ -107,3 +107,28 @@ def test_a_run_killed_at_any_moment_leaves_old_or_new_and_the_next_run_cleans_up
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edit"]  # no lock, no temporaries left
     assert json.loads((out / "card.json").read_text())["config"] == json.loads(reference)["config"]
+
+
+def test_an_eval_killed_at_any_moment_leaves_results_and_grid_together(tmp_path):
+    """kill -9 of `erasekit eval --protocol` over an earlier evaluation: results.json and
+    before_after.png always belong to one run (both the old ones or both new), never one without the other."""
+    erase_cmd = [sys.executable, "-m", "erasekit.cli", "erase", "square", "--out", "edit"]
+    assert subprocess.run(erase_cmd, capture_output=True, cwd=tmp_path, env=ENV, timeout=600).returncode == 0
+    command = [sys.executable, "-m", "erasekit.cli", "eval", "--protocol", "object", "--edit", "edit", "--samples", "1"]
+    first = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=600)
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / "edit" / "eval-object"
+
+    rng = random.Random(1)
+    for _ in range(4):
+        proc = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.0, 20.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        # both files are written into one directory that is swapped in whole
+        assert {p.name for p in run_dir.iterdir()} == {"results.json", "before_after.png"}
+        assert json.loads((run_dir / "results.json").read_text())["protocol"] == "object"
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in (tmp_path / "edit").iterdir()) == ["card.json", "edit.safetensors", "eval-object"]
