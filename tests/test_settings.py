@@ -108,6 +108,7 @@ def write(path, data: bytes):
         (["generate", "."], "is a directory; give a file"),
         (["eval", "--protocol", "object", "--edit", "list-card"], "not an edit card"),
         (["eval", "--protocol", "object", "--edit", "empty-weights"], "holds a damaged edit"),
+        (["eval", "corrupt-run"], "is not an images.npz written by erasekit generate"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
@@ -120,6 +121,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     (tmp_path / "list-card").mkdir()
     save_file({"w": torch.zeros(1)}, str(tmp_path / "list-card" / "edit.safetensors"))
     write(tmp_path / "list-card" / "card.json", b"[1, 2]")
+    (tmp_path / "corrupt-run").mkdir()
+    write(tmp_path / "corrupt-run" / "prompts.csv", header + b"a photo of a square,0,erase,square,1\n")
+    write(tmp_path / "corrupt-run" / "images.npz", b"not a zip")
     (tmp_path / "empty-weights").mkdir()
     write(tmp_path / "empty-weights" / "edit.safetensors", b"")
     write(tmp_path / "empty-weights" / "card.json", b"{}")

@@ -6,6 +6,7 @@ prompt, seed and sampler settings, never on the batch it happened to share.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,8 +50,11 @@ class Generated:
     def load(cls, path: Path) -> Generated:
         if not Path(path).exists():
             raise ErasekitError(f"no generated images at {path}; run `erasekit generate` first")
-        z = np.load(path)
-        return cls(z["images"], z["row_index"], z["seeds"])
+        try:
+            with np.load(path) as z:
+                return cls(z["images"], z["row_index"], z["seeds"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # numpy's ways to say "damaged"
+            raise ErasekitError(f"{path} is not an images.npz written by erasekit generate ({type(err).__name__})") from None
 
 
 def check_prompts(pipe: DiffusionPipeline, prompts: list[str]) -> None:
