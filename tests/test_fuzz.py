@@ -132,3 +132,22 @@ def test_an_eval_killed_at_any_moment_leaves_results_and_grid_together(tmp_path)
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=600)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "edit").iterdir()) == ["card.json", "edit.safetensors", "eval-object"]
+
+
+def test_a_generate_killed_at_any_moment_leaves_a_whole_run_directory(tmp_path):
+    """kill -9 of `erasekit generate` over an earlier run: images, grid, prompts and run.json stay together."""
+    command = [sys.executable, "-m", "erasekit.cli", "generate", "demo.csv", "--out", "run"]
+    first = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=600)
+    assert first.returncode == 0, first.stderr
+    whole = {"images.npz", "grid.png", "prompts.csv", "run.json"}
+    rng = random.Random(2)
+    for _ in range(3):
+        proc = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(1.0, 12.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert {p.name for p in (tmp_path / "run").iterdir()} == whole
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
