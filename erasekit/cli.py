@@ -177,6 +177,8 @@ def evaluate(
     ] = False,
 ) -> None:
     """Score generated images with the world evaluator (per prompt and role), or run an erasure protocol."""
+    from contextlib import nullcontext
+
     from erasekit.eval.generation import Generated
     from erasekit.eval.prompts import read_prompt_file
     from erasekit.eval.scoring import score
@@ -218,10 +220,8 @@ def evaluate(
     console.print(table)
     console.print("per role: " + ", ".join(f"{k} {_pct(v)}%" for k, v in evaluation.by("role").items()))
     target = (out or run_dir) / "results.json"
-    if out is not None and out != run_dir:  # results of a run written elsewhere: that directory is claimed too
-        with claim_output(out, "eval", overwrite):
-            write_json(target, evaluation.to_json())
-    else:
+    elsewhere = out is not None and out != run_dir  # results of a run written elsewhere: that directory is claimed too
+    with claim_output(out, "eval", overwrite) if elsewhere else nullcontext():
         write_json(target, evaluation.to_json())
     console.print(f"wrote {target} and {run_dir}/grid.png")
 
@@ -467,12 +467,12 @@ def erase(
     from contextlib import ExitStack
 
     from erasekit.io import claim_output
-    from erasekit.methods.base import EraseSpec, get_method, make_config, typed_settings
+    from erasekit.methods.base import EraseSpec, get_method, make_config
 
     kept = tuple(concept for item in preserve or () for concept in item.split(","))
     spec = EraseSpec(tuple(concepts), tuple(anchor or ()), kept)
-    overrides = typed_settings(get_method(method), _parse_settings(setting or []))
-    make_config(get_method(method), overrides)  # every setting is checked before the model loads
+    overrides = _parse_settings(setting or [])
+    make_config(get_method(method), overrides)  # every setting is parsed and checked before the model loads
     with ExitStack() as claims:  # every output is checked and locked before the model loads
         claims.enter_context(claim_output(out, "edit", overwrite))
         if save_pipeline is not None:
@@ -487,7 +487,7 @@ def _erase_and_write(
     spec: EraseSpec,
     out: Path,
     method: str,
-    overrides: dict[str, object],
+    overrides: dict[str, str],
     save_pipeline: Path | None,
     save_single_file: Path | None,
     lora: bool,

@@ -44,13 +44,9 @@ def weights_hash(weights: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def non_finite(weights: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the tensors holding NaN or ±inf."""
-    return [name for name, w in weights.items() if not bool(torch.isfinite(w).all())]
-
-
 def refuse_non_finite(weights: dict[str, torch.Tensor], what: str) -> None:
-    bad = non_finite(weights)
+    """An error naming the tensors of ``weights`` that hold NaN or ±inf, if any do."""
+    bad = [name for name, w in weights.items() if not bool(torch.isfinite(w).all())]
     if bad:
         raise ErasekitError(
             f"{what} has NaN or infinite values in {len(bad)} of {len(weights)} tensors (first: {bad[0]}); "
@@ -69,14 +65,18 @@ class Edit:
     weights: dict[str, torch.Tensor]  # UNet parameter name → new value
     card: dict = field(default_factory=dict)
 
-    def check_base(self, pipe: DiffusionPipeline) -> None:
-        """Refuse a pipeline this edit was not made on (its UNet lacks the parameters, or their hash differs)."""
+    def check_architecture(self, pipe: DiffusionPipeline) -> None:
+        """Refuse a pipeline whose UNet lacks a parameter this edit changes."""
         params = dict(pipe.unet.named_parameters())
         missing = [n for n in self.weights if n not in params]
         if missing:
             raise ErasekitError(
                 f"this edit changes {missing[0]}, which the pipeline's UNet does not have: it was made for another architecture"
             )
+
+    def check_base(self, pipe: DiffusionPipeline) -> None:
+        """Refuse a pipeline this edit was not made on (its UNet lacks the parameters, or their hash differs)."""
+        self.check_architecture(pipe)
         expected = self.card.get("base_hash")
         if not expected:
             raise ErasekitError(
@@ -91,13 +91,11 @@ class Edit:
     def apply(self, pipe: DiffusionPipeline, check_base: bool = True) -> DiffusionPipeline:
         """Write the new weights into ``pipe.unet`` in place, after checking the base model's hash."""
         refuse_non_finite(self.weights, "this edit")
-        params = dict(pipe.unet.named_parameters())
         if check_base:
             self.check_base(pipe)
-        elif any(n not in params for n in self.weights):
-            raise ErasekitError(
-                "this edit changes parameters the pipeline's UNet does not have: it was made for another architecture"
-            )
+        else:
+            self.check_architecture(pipe)
+        params = dict(pipe.unet.named_parameters())
         with torch.no_grad():
             for name, value in self.weights.items():
                 if params[name].shape != value.shape:

@@ -82,29 +82,40 @@ def test_any_card_is_an_edit_or_one_clear_error(tmp_path, card):
     assert edit.card["targets"]
 
 
+def run_ok(command, cwd):
+    done = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=ENV, timeout=600)
+    assert done.returncode == 0, done.stderr
+
+
+def killed_runs(command, cwd, seed, times, earliest, latest):
+    """Start ``command`` ``times`` times, each sent SIGKILL after a seeded wait in [earliest, latest] s
+    if it still runs; yields after each, with whether it was cut."""
+    rng = random.Random(seed)
+    for _ in range(times):
+        proc = subprocess.Popen(command, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(earliest, latest))
+        cut = proc.poll() is None
+        if cut:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        yield cut
+
+
 def test_a_run_killed_at_any_moment_leaves_old_or_new_and_the_next_run_cleans_up(tmp_path):
     """kill -9 of `erasekit erase` at seeded random moments (loading, training, writing), into a path
     that already holds an earlier edit: each time the path holds a whole edit, and the next run works."""
     out = tmp_path / "edit"
     command = [sys.executable, "-m", "erasekit.cli", "erase", "square", "--method", "esd-x", "--set", "iterations=6",
                "--set", "sample_steps=4", "--out", str(out)]  # fmt: skip
-    first = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=600)
-    assert first.returncode == 0, first.stderr
+    run_ok(command, tmp_path)
     reference = (out / "card.json").read_text()
-    rng = random.Random(0)
     killed = 0
-    for _ in range(6):
-        proc = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.5, 12.0))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            killed += 1
-        proc.wait()
+    for cut in killed_runs(command, tmp_path, seed=0, times=6, earliest=0.5, latest=12.0):
+        killed += cut
         edit = Edit.load(out)  # whole: the earlier edit or the new one, never a mix
         assert edit.card["targets"] == ["square"] and edit.weights
     assert killed >= 3  # most runs were cut, at different moments
-    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=600)
-    assert done.returncode == 0, done.stderr
+    run_ok(command, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["edit"]  # no lock, no temporaries left
     assert json.loads((out / "card.json").read_text())["config"] == json.loads(reference)["config"]
 
@@ -112,42 +123,24 @@ def test_a_run_killed_at_any_moment_leaves_old_or_new_and_the_next_run_cleans_up
 def test_an_eval_killed_at_any_moment_leaves_results_and_grid_together(tmp_path):
     """kill -9 of `erasekit eval --protocol` over an earlier evaluation: results.json and
     before_after.png always belong to one run (both the old ones or both new), never one without the other."""
-    erase_cmd = [sys.executable, "-m", "erasekit.cli", "erase", "square", "--out", "edit"]
-    assert subprocess.run(erase_cmd, capture_output=True, cwd=tmp_path, env=ENV, timeout=600).returncode == 0
+    run_ok([sys.executable, "-m", "erasekit.cli", "erase", "square", "--out", "edit"], tmp_path)
     command = [sys.executable, "-m", "erasekit.cli", "eval", "--protocol", "object", "--edit", "edit", "--samples", "1"]
-    first = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=600)
-    assert first.returncode == 0, first.stderr
+    run_ok(command, tmp_path)
     run_dir = tmp_path / "edit" / "eval-object"
-
-    rng = random.Random(1)
-    for _ in range(4):
-        proc = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(2.0, 20.0))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    for _ in killed_runs(command, tmp_path, seed=1, times=4, earliest=2.0, latest=20.0):
         # both files are written into one directory that is swapped in whole
         assert {p.name for p in run_dir.iterdir()} == {"results.json", "before_after.png"}
         assert json.loads((run_dir / "results.json").read_text())["protocol"] == "object"
-    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=600)
-    assert done.returncode == 0, done.stderr
+    run_ok(command, tmp_path)
     assert sorted(p.name for p in (tmp_path / "edit").iterdir()) == ["card.json", "edit.safetensors", "eval-object"]
 
 
 def test_a_generate_killed_at_any_moment_leaves_a_whole_run_directory(tmp_path):
     """kill -9 of `erasekit generate` over an earlier run: images, grid, prompts and run.json stay together."""
     command = [sys.executable, "-m", "erasekit.cli", "generate", "demo.csv", "--out", "run"]
-    first = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=600)
-    assert first.returncode == 0, first.stderr
+    run_ok(command, tmp_path)
     whole = {"images.npz", "grid.png", "prompts.csv", "run.json"}
-    rng = random.Random(2)
-    for _ in range(3):
-        proc = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.0, 12.0))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    for _ in killed_runs(command, tmp_path, seed=2, times=3, earliest=1.0, latest=12.0):
         assert {p.name for p in (tmp_path / "run").iterdir()} == whole
-    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=600)
-    assert done.returncode == 0, done.stderr
+    run_ok(command, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

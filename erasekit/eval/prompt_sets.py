@@ -102,11 +102,13 @@ def run_prompt_set(
     settings: SamplerSettings | None,
     progress: bool,
     clip_model: str | None = None,
+    check_base: bool = True,
 ) -> dict:
-    """Generate ``rows`` with the original and the erased model and measure them as ``protocol`` asks."""
+    """Generate ``rows`` with the original and the erased model and measure them as ``protocol`` asks
+    (``check_base=False``: the caller has checked the edit's base model)."""
     judge = _prompt_set_judge(protocol, judge, pipe, clip_model)  # loaded first: a judge that cannot run stops before generating
     before = generate(pipe, rows, settings, progress)
-    with edit.applied(pipe):
+    with edit.applied(pipe, check_base=check_base):
         after = generate(pipe, rows, settings, progress)
     images = {"original": before, "erased": after}
     if protocol == "explicit":

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from erasekit.edits import Edit, base_hash
+from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.eval.evaluator import WorldEvaluator
 from erasekit.eval.generation import Generated, SamplerSettings, generate
@@ -340,18 +340,26 @@ def run_protocol(
     """
     world = is_world_model(pipe)
     rows = protocol_rows(protocol, target, samples, world, prompt_file)
-    if check_base:
+    if check_base:  # once, before any image; the generation below applies the edit unchecked
         edit.check_base(pipe)
     else:
-        edit = Edit(edit.weights, {**edit.card, "base_hash": base_hash(pipe.unet, list(edit.weights))})
+        edit.check_architecture(pipe)
     if protocol in PROMPT_FILE_PROTOCOLS:
         from erasekit.eval.prompt_sets import run_prompt_set
 
-        result = run_prompt_set(pipe, edit, protocol, rows, judge, settings, progress, clip_model)
+        result = run_prompt_set(pipe, edit, protocol, rows, judge, settings, progress, clip_model, check_base=False)
     else:
         judge = protocol_judge(protocol, pipe, judge, clip_model)
         result = evaluate_rows(
-            pipe, edit, rows, lambda e: protocol_metrics(protocol, e, world), judge, settings, progress, original_cache
+            pipe,
+            edit,
+            rows,
+            lambda e: protocol_metrics(protocol, e, world),
+            judge,
+            settings,
+            progress,
+            original_cache,
+            check_base=False,
         )
     return {"protocol": protocol, "target": target, "samples_per_prompt": samples, "prompts": [r.prompt for r in rows], **result}
 
@@ -408,15 +416,17 @@ def evaluate_rows(
     settings: SamplerSettings | None = None,
     progress: bool = True,
     original_cache: dict | None = None,
+    check_base: bool = True,
 ) -> dict:
-    """Generate ``rows`` with the original and the erased model (same seeds), score both with ``metrics``."""
+    """Generate ``rows`` with the original and the erased model (same seeds), score both with ``metrics``
+    (``check_base=False``: the caller has checked the edit's base model)."""
     judge = as_judge(judge)
     before = (
         generate_cached(pipe, rows, settings, progress, original_cache)
         if original_cache is not None
         else generate(pipe, rows, settings, progress)
     )
-    with edit.applied(pipe):
+    with edit.applied(pipe, check_base=check_base):
         after = generate(pipe, rows, settings, progress)
     evals = {"original": score(before, rows, judge), "erased": score(after, rows, judge)}
     kept = np.isin(before.row_index, [i for i, r in enumerate(rows) if r.role == "retain"])
