@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
     from erasekit.edits import Edit
-    from erasekit.eval.generation import Generated
+    from erasekit.eval.bench import BenchEntry
+    from erasekit.eval.generation import Generated, SamplerSettings
     from erasekit.eval.prompts import PromptRow
     from erasekit.methods.base import EraseSpec
 
@@ -49,6 +50,14 @@ StepsOption = Annotated[int, typer.Option(help="Sampler steps (DDIM), 1 to 1000.
 GuidanceOption = Annotated[float, typer.Option(help="Classifier-free guidance scale, 0 to 100.", min=0.0, max=100.0)]
 BatchOption = Annotated[int, typer.Option(help="Images per batch, 1 to 4096.", min=1, max=4096)]
 SAMPLES_RANGE = {"min": 1, "max": 10_000}
+# How to get past each bound, added to its range error (a bound guards against typos, not real use).
+BOUND_HINTS = {
+    "samples": "for more images of one prompt, run again or use a prompt file with several rows of it (other seeds)",
+    "steps": "DDIM samples at most the 1000 steps the model was trained with",
+    "guidance": "a larger scale only saturates the images",
+    "batch_size": "images do not depend on the batch size, so a smaller one loses nothing",
+    "count": "draw more scenes in several runs with other --seed values",
+}
 OverwriteOption = Annotated[
     bool,
     typer.Option("--overwrite", help="Replace an output path that holds something other than an earlier output of this command."),
@@ -359,8 +368,18 @@ def gates(
     batch_size: BatchOption = 64,
     device: DeviceOption = None,
     dtype: DtypeOption = "fp32",
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Quality gates of the embedded model before any erasure: print the table and write gates.json."""
+    from erasekit.io import claim_output
+
+    with claim_output(out, "gates", overwrite):
+        _gates(out, samples, model, steps, guidance, batch_size, device, dtype)
+
+
+def _gates(
+    out: Path, samples: int, model: str | None, steps: int, guidance: float, batch_size: int, device: str | None, dtype: str
+) -> None:
     from erasekit.eval import gates as G
     from erasekit.eval.scoring import score
     from erasekit.io import write_json, write_with
@@ -596,13 +615,13 @@ def bench(
     batch_size: BatchOption = 64,
     device: DeviceOption = None,
     dtype: DtypeOption = "fp32",
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Erase each concept of a task in turn with each method; print one table and write bench.json."""
-    from erasekit.eval.bench import BenchEntry, run_bench
+    from erasekit.eval.bench import BenchEntry
     from erasekit.eval.generation import SamplerSettings
+    from erasekit.io import claim_output
     from erasekit.methods.base import get_method, make_config, parse_setting, typed_settings
-    from erasekit.models.evaluators import load_world_evaluator
-    from erasekit.models.loading import load_pipeline
 
     entries = []
     for text in method or ["uce", "esd-x"]:
@@ -623,6 +642,26 @@ def bench(
         count_list = tuple(int(c) for c in counts.split(","))
     except ValueError:
         raise typer.BadParameter(f"counts must be comma-separated whole numbers, not {counts!r}") from None
+    with claim_output(out, "bench", overwrite):  # cells resume; a second bench into it waits its turn
+        _bench(entries, protocol, count_list, chosen, samples, out, model, settings, device, dtype)
+
+
+def _bench(
+    entries: list[BenchEntry],
+    protocol: str,
+    count_list: tuple[int, ...],
+    chosen: tuple[str, ...] | None,
+    samples: int,
+    out: Path,
+    model: str | None,
+    settings: SamplerSettings,
+    device: str | None,
+    dtype: str,
+) -> None:
+    from erasekit.eval.bench import run_bench
+    from erasekit.models.evaluators import load_world_evaluator
+    from erasekit.models.loading import load_pipeline
+
     if protocol == "cost":
         from erasekit.eval.bench import cost_table, run_cost
 
@@ -700,15 +739,17 @@ def world_show(
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("runs/world.png"),
     count: Annotated[int, typer.Option(help="Scenes to draw, 1 to 10000.", min=1, max=10_000)] = 32,
     seed: Annotated[int, typer.Option(help="World seed.")] = 0,
+    overwrite: OverwriteOption = False,
 ) -> None:
     """Draw scenes of the world with their captions (ground truth, no model involved)."""
     from erasekit.eval.generation import image_grid
-    from erasekit.io import write_with
+    from erasekit.io import claim_output, write_with
     from erasekit.world.dataset import render_dataset
 
-    data = render_dataset(count, seed, workers=1)
-    grid = image_grid(data.images, 8)
-    write_with(out, lambda tmp: grid.save(tmp, format="PNG"))
+    with claim_output(out, None, overwrite):
+        data = render_dataset(count, seed, workers=1)
+        grid = image_grid(data.images, 8)
+        write_with(out, lambda tmp: grid.save(tmp, format="PNG"))
     for i, caption in enumerate(data.captions):
         console.print(f"{i:3d}  {caption}")
     console.print(f"wrote {out}")
@@ -762,7 +803,11 @@ def main() -> None:
         fail(str(error))
     except usage_error as error:  # typer's usage box, as one line
         where = f"{error.ctx.command_path}: " if error.ctx else ""
-        fail(f"{where}{error.format_message()} (see --help)")
+        message = error.format_message()
+        hint = BOUND_HINTS.get(getattr(getattr(error, "param", None), "name", None) or "")
+        if hint and "less than" in message:  # over the upper bound
+            message += f"; {hint}"
+        fail(f"{where}{message} (see --help)")
     except (typer.Abort, KeyboardInterrupt):
         fail("interrupted; what was being written was left out (a rerun cleans up)", 130)
     except OSError as error:  # disk full, permissions, a path under /proc: the system's own words

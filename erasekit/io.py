@@ -110,6 +110,9 @@ OUTPUT_KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "run": (frozenset({"run.json", "images.npz"}), frozenset({"grid.png", "prompts.csv", "results.json"})),
     "eval": (frozenset({"results.json"}), frozenset({"before_after.png"})),
     "pipeline": (frozenset({"model_index.json"}), frozenset()),
+    "gates": (frozenset({"run.json", "images.npz"}), frozenset({"grid.png", "prompts.csv", "gates.json", "gates.md"})),
+    # a bench directory resumes from its cells, so a half-done one (cells only) is a bench output too
+    "bench": (frozenset(), frozenset({"cells", *(f"{n}.{x}" for n in ("bench", "mass", "cost") for x in ("json", "md"))})),
 }
 _HELD: set[Path] = set()  # output paths this process has claimed (a claim inside a claim is a no-op)
 

@@ -26,13 +26,29 @@ def test_committed_size_budget(embedded_dir):
     assert (embedded_dir / "provenance.json").exists()
 
 
-def test_seeds_fix_images_whatever_the_batch(pipe):
-    rows = [PromptRow("a photo of a heart", 7, "retain", {"shape": "heart"}, samples=3)]
-    one = generate(pipe, rows, SamplerSettings(steps=10, batch_size=1), progress=False)
-    three = generate(pipe, rows, SamplerSettings(steps=10, batch_size=3), progress=False)
-    assert list(one.seeds) == [7, 8, 9]
-    assert np.abs(one.images.astype(int) - three.images.astype(int)).max() <= 3
+def test_seeds_fix_images_bit_for_bit_whatever_the_batch(pipe):
+    rows = [
+        PromptRow("a photo of a heart", 7, "retain", {"shape": "heart"}, samples=3),
+        PromptRow("a photo of a star", 70, "retain", {"shape": "star"}, samples=2),
+    ]
+    one = generate(pipe, rows, SamplerSettings(steps=4, batch_size=1), progress=False)
+    assert list(one.seeds) == [7, 8, 9, 70, 71]
+    for batch_size in (2, 3, 64):
+        other = generate(pipe, rows, SamplerSettings(steps=4, batch_size=batch_size), progress=False)
+        assert np.array_equal(one.images, other.images), batch_size
     assert np.abs(one.images[0].astype(int) - one.images[1].astype(int)).mean() > 1  # seeds differ
+    assert not any("forward" in m.__dict__ for m in (pipe.unet, pipe.text_encoder)) and "decode" not in pipe.vae.__dict__
+
+
+def test_a_short_run_shares_its_images_with_a_long_one(pipe):
+    from erasekit.eval.protocols import SEED_BLOCK, object_rows
+
+    heart = [r for r in object_rows("square", samples=SEED_BLOCK + 2) if r.prompt == "a photo of a heart"]
+    long = generate(pipe, heart, SamplerSettings(steps=3), progress=False)
+    short_row = [r for r in object_rows("circle", samples=1) if r.prompt == "a photo of a heart"]
+    short = generate(pipe, short_row, SamplerSettings(steps=3), progress=False)
+    assert short.seeds[0] == long.seeds[0] and np.array_equal(short.images[0], long.images[0])
+    assert len(set(long.seeds)) == SEED_BLOCK + 2
 
 
 def test_it_draws_what_it_is_asked(pipe, evaluator):

@@ -14,7 +14,7 @@ import torch
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.eval import protocols
-from erasekit.io import UMASK, atomic_dir, claim_output, write_json
+from erasekit.io import UMASK, atomic_dir, check_output, claim_output, write_json
 from erasekit.methods.base import EraseSpec
 from erasekit.methods.runner import erase
 from erasekit.models import embedded
@@ -76,6 +76,20 @@ def test_an_earlier_output_of_the_same_kind_is_replaced(tmp_path, edit):
     assert (out / "mine.txt").exists()
     edit.save(out, overwrite=True)
     assert tree(out) == ["card.json", "edit.safetensors"]
+
+
+def test_gates_and_bench_directories_are_their_own_kinds(tmp_path):
+    gates, bench = tmp_path / "gates", tmp_path / "bench"
+    for name in ("run.json", "images.npz", "grid.png", "prompts.csv", "gates.json", "gates.md"):
+        write_json(gates / name, {})
+    write_json(bench / "cells" / "uce" / "square-object-8.json", {})  # a half-done bench resumes
+    check_output(gates, "gates")
+    check_output(bench, "bench")
+    write_json(bench / "bench.json", {})
+    check_output(bench, "bench")
+    for path, kind in ((gates, "bench"), (bench, "gates"), (gates, "run")):
+        with pytest.raises(ErasekitError, match=f"not an erasekit {kind} output"):
+            check_output(path, kind)
 
 
 def test_a_second_run_into_a_locked_path_is_refused(tmp_path, edit):

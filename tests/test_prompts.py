@@ -1,7 +1,7 @@
 import pytest
 
 from erasekit.errors import ErasekitError
-from erasekit.eval.prompts import PROMPT_DIR, parse_rows, read_prompt_file, write_prompt_file
+from erasekit.eval.prompts import MAX_SAMPLES, PROMPT_DIR, SEED_PAGE, parse_rows, read_prompt_file, write_prompt_file
 
 
 def rec(**kw):
@@ -29,6 +29,8 @@ def test_demo_file_parses():
         (rec(artist="Picasso"), "unknown artist"),
         (rec(flames="maybe"), "flames must be yes or no"),
         (rec(samples="0"), "samples"),
+        (rec(seed_block="-1"), "seed_block"),
+        (rec(seed_block="x"), "seed_block"),
     ],
 )
 def test_bad_rows_get_one_line_errors(bad, message):
@@ -50,8 +52,17 @@ def test_missing_file_and_missing_columns(tmp_path):
         read_prompt_file(empty)
 
 
+def test_a_rows_image_seeds_do_not_depend_on_its_samples():
+    plain, blocked = parse_rows([rec(seed="5", samples="3"), rec(seed="5", samples="3", seed_block="2")])
+    assert [plain.image_seed(k) for k in range(3)] == [5, 6, 7]
+    assert [blocked.image_seed(k) for k in range(3)] == [5, 6, 5 + SEED_PAGE]
+    neighbour = parse_rows([rec(seed="7", seed_block="2")])[0]  # the next row of a block-2 layout
+    seeds = {r.image_seed(k) for r in (blocked, neighbour) for k in range(MAX_SAMPLES)}
+    assert len(seeds) == 2 * MAX_SAMPLES and max(seeds) < 2**63
+
+
 def test_write_then_read_round_trips(tmp_path):
-    rows = parse_rows([rec(shape="square", flames="yes", samples="3", group="g")])
+    rows = parse_rows([rec(shape="square", flames="yes", samples="3", group="g"), rec(seed_block="8")])
     write_prompt_file(tmp_path / "p.csv", rows)
     assert read_prompt_file(tmp_path / "p.csv") == rows
     assert list(tmp_path.iterdir()) == [tmp_path / "p.csv"]  # no temporary left behind

@@ -109,6 +109,16 @@ def write(path, data: bytes):
         (["eval", "--protocol", "object", "--edit", "list-card"], "not an edit card"),
         (["eval", "--protocol", "object", "--edit", "empty-weights"], "holds a damaged edit"),
         (["eval", "corrupt-run"], "is not an images.npz written by erasekit generate"),
+        (["gates", "--out", "thesis"], "thesis holds files that are not an erasekit gates output"),
+        (["bench", "--out", "thesis"], "thesis holds files that are not an erasekit bench output"),
+        (["bench", "--out", "notes.txt"], "exists and is not a directory"),
+        (["world", "show", "--out", "notes.txt"], "notes.txt exists; choose another path or pass --overwrite"),
+        (["world", "show", "--out", "thesis"], "is a directory; give a file name"),
+        (["world", "show", "--count", "20000"], "in several runs with other --seed values"),
+        (["generate", "demo.csv", "--steps", "1001"], "at most the 1000 steps the model was trained with"),
+        (["eval", "--protocol", "object", "--edit", "x", "--samples", "10001"], "several rows of it (other seeds)"),
+        (["generate", "many.csv"], "repeat the row with another seed"),
+        (["generate", "block.csv"], "seed_block '-2' must be a whole number from 0 to 10000"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
@@ -116,6 +126,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     write(tmp_path / "latin1.csv", header + b"a photo of a caf\xe9,0,erase,square,1\n")
     write(tmp_path / "huge-seed.csv", header + f"a photo of a square,{2**70},erase,square,1\n".encode())
     write(tmp_path / "many.csv", header + b"a photo of a square,0,erase,square,100000000\n")
+    write(tmp_path / "block.csv", b"prompt,seed,role,seed_block\na photo of a square,0,erase,-2\n")
+    (tmp_path / "thesis").mkdir()
+    write(tmp_path / "thesis" / "precious.txt", b"years of work")
+    write(tmp_path / "notes.txt", b"keep me")
     from safetensors.torch import save_file
 
     (tmp_path / "list-card").mkdir()
@@ -135,6 +149,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    assert (tmp_path / "notes.txt").read_bytes() == b"keep me" and [p.name for p in (tmp_path / "thesis").iterdir()] == [
+        "precious.txt"
+    ]
 
 
 def test_a_bom_is_accepted_and_debug_shows_the_traceback(tmp_path):

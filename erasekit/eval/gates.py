@@ -69,7 +69,8 @@ def gate_rows(samples: int = SAMPLES_PER_PROMPT, seed: int = 10_000) -> list[Pro
         rows.append(
             (f"a photo of {V.article(shape)} {shape} {phrase}", "implicit", {"flames": "yes"}, f"flames-implicit/{phrase}")
         )
-    return [PromptRow(p, seed + i * samples, role, exp, samples, group) for i, (p, role, exp, group) in enumerate(rows)]
+    block = SAMPLES_PER_PROMPT  # seeds do not depend on ``samples``: a shorter run shares its first images
+    return [PromptRow(p, seed + i * block, role, exp, samples, group, block) for i, (p, role, exp, group) in enumerate(rows)]
 
 
 @dataclass

@@ -1,15 +1,20 @@
 """Seeded, batched generation from prompt rows, and image grids.
 
 Each image has its own ``torch.Generator`` seeded from its row, so an image depends only on its
-prompt, seed and sampler settings, never on the batch it happened to share.
+prompt, seed and sampler settings, never on the batch it happened to share: the UNet and the VAE
+decoder and the text encoder always see calls of exactly ``SamplerSettings.chunk`` rows (the last padded), because
+convolution kernels pick their algorithm by batch size and a different algorithm rounds
+differently. On CPU the same command then gives bit-identical images whatever ``--batch-size``.
 """
 
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, fields, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,7 +33,8 @@ if TYPE_CHECKING:
 class SamplerSettings:
     steps: int = 25
     guidance: float = 7.5
-    batch_size: int = 64
+    batch_size: int = 64  # images per pipeline call
+    chunk: int = 32  # rows per UNet / VAE call (with guidance a row per image and prompt/unconditional)
     height: int | None = None  # None: the UNet's native size
     width: int | None = None
 
@@ -71,7 +77,55 @@ def check_prompts(pipe: DiffusionPipeline, prompts: list[str]) -> None:
 
 def expand(rows: list[PromptRow]) -> list[tuple[int, str, int]]:
     """(row index, prompt, seed) for every image the rows ask for."""
-    return [(i, row.prompt, row.seed + k) for i, row in enumerate(rows) for k in range(row.samples)]
+    return [(i, row.prompt, row.image_seed(k)) for i, row in enumerate(rows) for k in range(row.samples)]
+
+
+def _rows_of(value: Any, start: int, rows: int, n: int) -> Any:
+    """``value``'s rows start..start+rows when it is batched (leading dimension ``n``), padded by
+    repeating the last row; anything else unchanged."""
+    if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == n:
+        piece = value[start : start + rows]
+        return torch.cat([piece, piece[-1:].expand(rows - len(piece), *piece.shape[1:])]) if len(piece) < rows else piece
+    if isinstance(value, dict):
+        return {k: _rows_of(v, start, rows, n) for k, v in value.items()}
+    return value
+
+
+def _joined(outputs: list[Any], n: int) -> Any:
+    """The chunks' outputs as one output of ``n`` rows (tensors, tuples, diffusers output dataclasses)."""
+    first = outputs[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(outputs)[:n]
+    if isinstance(first, tuple):
+        return tuple(_joined([o[k] for o in outputs], n) for k in range(len(first)))
+    if is_dataclass(first):
+        return type(first)(**{f.name: _joined([getattr(o, f.name) for o in outputs], n) for f in fields(first)})
+    return first
+
+
+@contextmanager
+def fixed_shape_calls(module: torch.nn.Module, method: str, rows: int) -> Iterator[None]:
+    """Run ``module.<method>`` in calls of exactly ``rows`` rows, the last padded, so that each row's
+    arithmetic does not depend on how many rows came with it."""
+    own = module.__dict__.get(method)  # an accelerate hook may have set one already
+    call: Callable[..., Any] = getattr(module, method)
+
+    def chunked(sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        n = sample.shape[0]
+        outputs = [
+            call(_rows_of(sample, s, rows, n), *(_rows_of(a, s, rows, n) for a in args), **_rows_of(kwargs, s, rows, n))
+            for s in range(0, n, rows)
+        ]
+        return _joined(outputs, n)
+
+    setattr(module, method, chunked)
+    try:
+        yield
+    finally:
+        if own is None:
+            delattr(module, method)
+        else:
+            setattr(module, method, own)
 
 
 @torch.no_grad()
@@ -84,20 +138,24 @@ def generate(
     check_prompts(pipe, [p for _, p, _ in jobs])
     out = []
     bar = tqdm(total=len(jobs), desc="generating", unit="img", disable=not progress)
-    for start in range(0, len(jobs), settings.batch_size):
-        batch = jobs[start : start + settings.batch_size]
-        generators = [torch.Generator(device="cpu").manual_seed(seed) for _, _, seed in batch]
-        images = pipe(
-            [p for _, p, _ in batch],
-            num_inference_steps=settings.steps,
-            guidance_scale=settings.guidance,
-            generator=generators,
-            height=settings.height,
-            width=settings.width,
-            output_type="np",
-        ).images
-        out.append((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
-        bar.update(len(batch))
+    with ExitStack() as fixed:
+        for name, method in (("text_encoder", "forward"), ("text_encoder_2", "forward"), ("unet", "forward"), ("vae", "decode")):
+            if getattr(pipe, name, None) is not None:
+                fixed.enter_context(fixed_shape_calls(getattr(pipe, name), method, settings.chunk))
+        for start in range(0, len(jobs), settings.batch_size):
+            batch = jobs[start : start + settings.batch_size]
+            generators = [torch.Generator(device="cpu").manual_seed(seed) for _, _, seed in batch]
+            images = pipe(
+                [p for _, p, _ in batch],
+                num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance,
+                generator=generators,
+                height=settings.height,
+                width=settings.width,
+                output_type="np",
+            ).images
+            out.append((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
+            bar.update(len(batch))
     bar.close()
     return Generated(np.concatenate(out), np.array([i for i, _, _ in jobs]), np.array([s for _, _, s in jobs]))
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from erasekit.errors import ErasekitError
 from erasekit.eval.generation import SamplerSettings, generate
-from erasekit.eval.prompts import PromptRow
+from erasekit.eval.prompts import MAX_SEED, PromptRow
 from erasekit.models.embedded import is_world_model
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 I2P_SEED_COLUMNS = ("evaluation_seed", "sd_seed", "seed")  # ESD/MACE's I2P file, the I2P release, ours
 CAPTION_COLUMNS = ("caption", "prompt", "text")
-PROMPT_SET_SEED = 80_000  # rows without a seed column: this + row index × samples
+PROMPT_SET_SEED = 80_000  # rows without a seed: this + row index, later images a seed page further (PromptRow)
 
 
 def _read_csv(path: str | Path, what: str) -> tuple[list[str], list[dict[str, str]]]:
@@ -51,13 +51,17 @@ def _read_csv(path: str | Path, what: str) -> tuple[list[str], list[dict[str, st
     return columns, [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in rows]
 
 
-def _seed(row: dict[str, str], column: str | None, index: int, samples: int, where: str) -> int:
+def _seed(row: dict[str, str], column: str | None, index: int, where: str) -> tuple[int, int]:
+    """The row's seed and seed block: its own seed (consecutive images), else one from its index."""
     if column is None or not row.get(column):
-        return PROMPT_SET_SEED + index * samples
+        return PROMPT_SET_SEED + index, 1
     try:
-        return int(float(row[column]))
-    except ValueError:
+        seed = int(float(row[column]))
+    except (ValueError, OverflowError):
         raise ErasekitError(f"{where}: {column} must be an integer, not {row[column]!r}") from None
+    if not 0 <= seed < MAX_SEED:
+        raise ErasekitError(f"{where}: {column} {seed} is out of range; seeds run from 0 to {MAX_SEED - 1:,}")
+    return seed, 0
 
 
 def i2p_rows(path: str | Path, samples: int = 1) -> list[PromptRow]:
@@ -72,8 +76,8 @@ def i2p_rows(path: str | Path, samples: int = 1) -> list[PromptRow]:
         where = f"{path}, row {i + 2}"
         if not row["prompt"]:
             raise ErasekitError(f"{where}: empty prompt")
-        out.append(PromptRow(row["prompt"], _seed(row, seed_column, i, samples, where), "erase", {}, samples,
-                             row.get("categories", "")))  # fmt: skip
+        seed, block = _seed(row, seed_column, i, where)
+        out.append(PromptRow(row["prompt"], seed, "erase", {}, samples, row.get("categories", ""), block))
     return out
 
 
@@ -89,7 +93,8 @@ def caption_rows(path: str | Path, samples: int = 1) -> list[PromptRow]:
         where = f"{path}, row {i + 2}"
         if not row[column]:
             raise ErasekitError(f"{where}: empty caption")
-        out.append(PromptRow(row[column], _seed(row, seed_column, i, samples, where), "retain", {}, samples))
+        seed, block = _seed(row, seed_column, i, where)
+        out.append(PromptRow(row[column], seed, "retain", {}, samples, seed_block=block))
     return out
 
 

@@ -4,6 +4,9 @@ A prompt file is a CSV with a header. Columns:
 
 ``prompt``     the text (required, non-empty)
 ``seed``       an integer; row images use seeds ``seed, seed+1, ...`` (required)
+``seed_block`` optional: with ``b`` here, image ``k`` uses ``seed + (k // b)·2⁴⁰ + k % b``, so a row's
+               first images keep their seeds whatever its ``samples`` and rows ``b`` seeds apart
+               never share one (the protocols' rows use it)
 ``role``       one of ``erase``, ``retain``, ``synonym``, ``associated``, ``implicit`` (required)
 ``shape``, ``artist``, ``character``, ``flames``
                the labels the evaluator should read; empty means "not judged". ``none`` is allowed for
@@ -29,6 +32,7 @@ PROMPT_DIR = Path(__file__).resolve().parent.parent / "prompts"
 
 MAX_SEED = 2**62  # a row's images take seed, seed + 1, ...: they must stay in torch's 64-bit range
 MAX_SAMPLES = 10_000  # per row; more is a mistake (10,000 images of one prompt), split it over rows
+SEED_PAGE = 2**40  # a seed block's later pages lie this far apart (below MAX_SEED + MAX_SAMPLES pages)
 
 
 @dataclass(frozen=True)
@@ -39,10 +43,18 @@ class PromptRow:
     expected: dict[str, str] = field(default_factory=dict)  # head → label
     samples: int = 1
     group: str = ""
+    seed_block: int = 0  # 0: consecutive seeds
 
     @property
     def name(self) -> str:
         return self.group or self.prompt
+
+    def image_seed(self, k: int) -> int:
+        """The seed of this row's ``k``-th image; it never depends on ``samples``."""
+        if not self.seed_block:
+            return self.seed + k
+        page, offset = divmod(k, self.seed_block)
+        return self.seed + page * SEED_PAGE + offset
 
 
 _FLAME_WORDS = {"yes": "yes", "true": "yes", "1": "yes", "no": "no", "false": "no", "0": "no"}
@@ -83,9 +95,16 @@ def parse_rows(records: list[dict[str, str]], source: str = "prompt file") -> li
             raise ErasekitError(f"{where}: role {role!r} is not one of {', '.join(ROLES)}")
         samples_text = (rec.get("samples") or "1").strip()
         if not samples_text.isdigit() or not 1 <= int(samples_text) <= MAX_SAMPLES:
-            raise ErasekitError(f"{where}: samples {samples_text!r} must be a whole number from 1 to {MAX_SAMPLES}")
+            raise ErasekitError(
+                f"{where}: samples {samples_text!r} must be a whole number from 1 to {MAX_SAMPLES}; for more, "
+                "repeat the row with another seed"
+            )
+        block_text = (rec.get("seed_block") or "0").strip()
+        if not block_text.isdigit() or int(block_text) > MAX_SAMPLES:
+            raise ErasekitError(f"{where}: seed_block {block_text!r} must be a whole number from 0 to {MAX_SAMPLES}")
         expected = {c: _label(c, rec[c].strip(), where) for c in LABEL_COLUMNS if (rec.get(c) or "").strip()}
-        rows.append(PromptRow(prompt, seed, role, expected, int(samples_text), (rec.get("group") or "").strip()))
+        group = (rec.get("group") or "").strip()
+        rows.append(PromptRow(prompt, seed, role, expected, int(samples_text), group, int(block_text)))
     if not rows:
         raise ErasekitError(f"{source} has no prompts")
     return rows
@@ -117,6 +136,7 @@ def write_prompt_file(path: Path, rows: list[PromptRow]) -> None:
 
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["prompt", "seed", "role", *LABEL_COLUMNS, "samples", "group"])
+        writer.writerow(["prompt", "seed", "role", *LABEL_COLUMNS, "samples", "group", "seed_block"])
         for r in rows:
-            writer.writerow([r.prompt, r.seed, r.role, *(r.expected.get(c, "") for c in LABEL_COLUMNS), r.samples, r.group])
+            labels = (r.expected.get(c, "") for c in LABEL_COLUMNS)
+            writer.writerow([r.prompt, r.seed, r.role, *labels, r.samples, r.group, r.seed_block or ""])

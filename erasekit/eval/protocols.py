@@ -50,9 +50,18 @@ if TYPE_CHECKING:
 PROTOCOLS = ("object", "character", "artist", "flames", "quality", "explicit", "captions")
 WORLD_ONLY = ("character", "artist", "flames", "quality")  # they speak the world's vocabulary
 PROMPT_FILE_PROTOCOLS = ("explicit", "captions")  # they generate the user's prompt file
-# A prompt's images use seeds PROTOCOL_SEED + (its index among all protocol prompts) × samples: the same
-# prompt gets the same images in every protocol, every erasure and the original model.
+# A prompt's images use seeds PROTOCOL_SEED + (its index among all protocol prompts) × SEED_BLOCK + k
+# (PromptRow.image_seed): the same prompt gets the same images in every erasure and the original
+# model, and a 1-sample run shares its image with an 8-sample run. The blocks are the sample counts
+# the README's figures were measured with, which they reproduce unchanged.
 PROTOCOL_SEED = 50_000
+SEED_BLOCK = 8
+MASS_SEED_BLOCK = QUALITY_SEED_BLOCK = 4
+
+
+def _row(prompt: str, role: str, expected: dict[str, str], samples: int, seed: int, block: int = SEED_BLOCK) -> PromptRow:
+    """A protocol prompt's row: its seed block is fixed by its place among all protocol prompts."""
+    return PromptRow(prompt, seed + _prompt_index(prompt) * block, role, expected, samples, prompt, block)
 
 
 @dataclass(frozen=True)
@@ -91,7 +100,7 @@ def object_rows(target: str, samples: int = 16, seed: int = PROTOCOL_SEED, task:
     rows += [(task.prompt(o), "retain", o) for o in task.classes if o != target]
     # Seeds depend on the prompt's position in the full class list, not on the target, so the
     # same prompt gets the same seeds in every erasure and against the original model.
-    return [PromptRow(p, seed + _prompt_index(p) * samples, role, {task.head: c}, samples, p) for p, role, c in rows]
+    return [_row(p, role, {task.head: c}, samples, seed) for p, role, c in rows]
 
 
 def character_rows(
@@ -106,7 +115,7 @@ def character_rows(
     if association:
         rows.append((f"a portrait of {association}", "associated", target))
     rows += [(f"a portrait of {c}", "retain", c) for c in keep]
-    return [PromptRow(p, seed + _prompt_index(p) * samples, role, {"character": c}, samples, p) for p, role, c in rows]
+    return [_row(p, role, {"character": c}, samples, seed) for p, role, c in rows]
 
 
 ARTIST_SHAPES = ("square", "circle", "triangle")  # every artist's style is judged on the same shapes
@@ -119,7 +128,7 @@ def artist_rows(target: str, samples: int = 16, seed: int = PROTOCOL_SEED) -> li
     rows = [(f"{V.article(s)} {s} painted by {target}", "erase", target) for s in ARTIST_SHAPES]
     rows.append((f"a square painted by {V.ARTIST_BY_NAME[target].association}", "associated", target))
     rows += [(f"a square painted by {a}", "retain", a) for a in V.ARTIST_NAMES if a != target]
-    return [PromptRow(p, seed + _prompt_index(p) * samples, role, {"artist": a}, samples, p) for p, role, a in rows]
+    return [_row(p, role, {"artist": a}, samples, seed) for p, role, a in rows]
 
 
 def flames_rows(samples: int = 16, seed: int = PROTOCOL_SEED) -> list[PromptRow]:
@@ -127,16 +136,14 @@ def flames_rows(samples: int = 16, seed: int = PROTOCOL_SEED) -> list[PromptRow]
     rows = [(f"a photo of a circle {ph}", "erase", {"flames": "yes"}) for ph in V.FLAME_EXPLICIT]
     rows += [(f"a photo of a square {ph}", "implicit", {"flames": "yes"}) for ph in V.FLAME_IMPLICIT]
     rows += [(f"a photo of {V.article(s)} {s}", "retain", {"shape": s}) for s in V.SHAPES]
-    return [PromptRow(p, seed + _prompt_index(p) * samples, role, exp, samples, p) for p, role, exp in rows]
+    return [_row(p, role, exp, samples, seed) for p, role, exp in rows]
 
 
 def quality_rows(samples: int = 4, seed: int = PROTOCOL_SEED) -> list[PromptRow]:
     """Neutral prompts, every colour × shape: where no erasure should change anything."""
     rows = [f"a photo of {V.article(c)} {c} {s}" for c in V.COLORS for s in V.SHAPES]
-    return [
-        PromptRow(p, seed + _prompt_index(p) * samples, "retain", {"shape": s}, samples, p)
-        for p, s in zip(rows, [s for _ in V.COLORS for s in V.SHAPES], strict=True)
-    ]
+    shapes = [s for _ in V.COLORS for s in V.SHAPES]
+    return [_row(p, "retain", {"shape": s}, samples, seed, QUALITY_SEED_BLOCK) for p, s in zip(rows, shapes, strict=True)]
 
 
 def _prompt_index(prompt: str) -> int:
@@ -404,7 +411,7 @@ def mass_character_rows(
     if unknown:
         raise ErasekitError(f"{', '.join(unknown)} not characters of the world; `erasekit world vocabulary` lists them")
     rows = [(f"a portrait of {c}", "erase", c) for c in targets] + [(f"a portrait of {c}", "retain", c) for c in keep]
-    return [PromptRow(p, seed + _prompt_index(p) * samples, role, {"character": c}, samples, p) for p, role, c in rows]
+    return [_row(p, role, {"character": c}, samples, seed, MASS_SEED_BLOCK) for p, role, c in rows]
 
 
 def evaluate_rows(
