@@ -42,7 +42,7 @@ def test_partial_samples_do_not_depend_on_batch_mates(pipe):
     noise = torch.randn(alone.shape[1:], generator=torch.Generator().manual_seed(5))
     assert torch.allclose(mixed[0], noise * pipe.scheduler.init_noise_sigma)  # stop 0: pure noise at the first t
     with pytest.raises(ValueError):
-        partial_samples(pipe, net, cond, uncond, 3.0, 4, [4], [1])
+        partial_samples(pipe, net, cond, uncond, 3.0, 4, [5], [1])  # 4 of 4 is the finished sample
 
 
 @pytest.mark.parametrize(

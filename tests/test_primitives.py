@@ -105,3 +105,37 @@ def test_aligned_positions_pair_prefix_middle_suffix_and_padding():
     mine, theirs = aligned_positions(ids, other, length=8, middle=False)
     assert mine == [0, 1, 2, 5, 6, 7] and theirs == [0, 1, 2, 4, 5, 6]
     assert np.array_equal(aligned_positions([1, 2], [1, 2], 4)[0], [0, 1, 2, 3])
+
+
+def test_xt_plan_draws_in_step_order_and_samples_each_prompt_in_one_batch(pipe):
+    import random
+
+    from erasekit.primitives.diffusion import partial_samples, sample_latents
+    from erasekit.primitives.run import RunContext
+    from erasekit.primitives.xt_plan import plan_xt
+
+    run = RunContext(pipe, progress=False)
+    conds, uncond = [run.states(["a square"]), run.states(["a circle"])], run.states([""])
+    rng = random.Random(3)
+    points = plan_xt(run, pipe.unet, conds, uncond, 3.0, 4, 5, lambda k: k % 2, rng)
+    draws = random.Random(3)
+    expected = [(k % 2, draws.randrange(4), draws.randrange(2**31)) for k in range(5)]
+    assert rng.random() == draws.random()  # the caller's stream continues where the plan left it
+    for point, (prompt, stop, seed) in zip(points, expected, strict=True):
+        x, t = partial_samples(pipe, pipe.unet, conds[prompt], uncond, 3.0, 4, [stop], [seed])
+        assert point.prompt == prompt and torch.allclose(point.x_t, x, atol=1e-5) and point.t == t[0]
+    with pytest.raises(ValueError, match="outside the 2 prompts"):
+        plan_xt(run, pipe.unet, conds, uncond, 3.0, 4, 2, lambda k: 2, random.Random(0))
+    finished = sample_latents(pipe, conds[0], uncond, 3.0, 4, [7])
+    x, t = partial_samples(pipe, pipe.unet, conds[0], uncond, 3.0, 4, [4], [7])
+    assert torch.equal(finished, x) and t[0] == 0  # index `steps` is the finished sample
+
+
+def test_loss_record_keeps_a_short_curve():
+    from erasekit.primitives.training import CURVE_POINTS, loss_record
+
+    record = loss_record([float(k) for k in range(1000)])
+    assert record["loss_first_10pct"] == pytest.approx(49.5) and record["loss_last_10pct"] == pytest.approx(949.5)
+    curve = record["loss_curve"]
+    assert curve["steps_per_point"] == 20 and len(curve["mean_loss"]) == CURVE_POINTS and curve["mean_loss"][0] == 9.5
+    assert loss_record([]) == {}

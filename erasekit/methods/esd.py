@@ -33,9 +33,10 @@ from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import EraseSpec, config_field, register
 from erasekit.models.layers import ESD_GROUPS, ESD_SELECTIONS, parameter_group
-from erasekit.primitives.diffusion import FrozenCopy, partial_samples, predict_noise
+from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.run import RunContext
-from erasekit.primitives.training import fit, float32_parameters, loss_summary
+from erasekit.primitives.training import fine_tuning, fit, loss_record
+from erasekit.primitives.xt_plan import plan_xt
 
 ESD_TARGETS = {"official": 2.0, "paper": 1.0}  # each target's η
 
@@ -78,54 +79,36 @@ class ESDConfig:
 
 def erase(run: RunContext, spec: EraseSpec, config: ESDConfig) -> Edit:
     unet = run.unet
-    trained = dict(parameter_group(unet, config.train_method, config.parameters))
+    names = [name for name, _ in parameter_group(unet, config.train_method, config.parameters)]
     prompts = list(dict.fromkeys(["", *spec.targets, *spec.anchors, *spec.preserve]))
     encoded = run.states(prompts)
     states = {p: encoded[i : i + 1] for i, p in enumerate(prompts)}  # each (1, L, d)
-    original = FrozenCopy(unet, trained)
     rng = random.Random(config.seed)
-    # x_t comes from the *original* model, so every iteration's x_t can be drawn up front, in batches.
-    plan = [(k % len(spec.targets), rng.randrange(config.sample_steps), rng.randrange(2**31)) for k in range(config.iterations)]
-    points: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    for k, target in enumerate(spec.targets):
-        mine = [i for i, (j, _, _) in enumerate(plan) if j == k]
-        x, t = partial_samples(
-            run.pipe,
-            original,
-            states[target],
-            states[""],
-            config.start_guidance,
-            config.sample_steps,
-            [plan[i][1] for i in mine],
-            [plan[i][2] for i in mine],
+    points = plan_xt(run, unet, [states[t] for t in spec.targets], states[""], config.start_guidance, config.sample_steps,
+                     config.iterations, lambda k: k % len(spec.targets), rng)  # fmt: skip
+
+    with fine_tuning(run, names) as tuning:  # trained in float32; the frozen copy answers in the model's dtype
+        original = tuning.original
+
+        def loss_at(step: int) -> torch.Tensor:
+            point = points[step]
+            concept, anchor = states[spec.targets[point.prompt]], states[spec.anchors[point.prompt]]
+            x_t, t = point.x_t, point.t
+            eps_anchor, eps_concept = original(torch.cat([x_t, x_t]), t, torch.cat([anchor, concept])).chunk(2)
+            target = esd_target(eps_anchor.float(), eps_concept.float(), config.eta, config.target)
+            loss = F.mse_loss(predict_noise(unet, x_t, t, concept).float(), target)
+            if spec.preserve and config.preserve_weight > 0:
+                kept = states[rng.choice(spec.preserve)]
+                kept_loss = F.mse_loss(predict_noise(unet, x_t, t, kept).float(), original(x_t, t, kept).float())
+                loss = loss + config.preserve_weight * kept_loss
+            return loss
+
+        params = list(tuning.params.values())
+        losses = fit(
+            run, params, loss_at, config.iterations, torch.optim.Adam(params, lr=config.lr), f"ESD ({config.train_method})"
         )
-        points.update({i: (x[n : n + 1], t[n]) for n, i in enumerate(mine)})
-
-    def loss_at(step: int) -> torch.Tensor:
-        k = plan[step][0]
-        concept, anchor = states[spec.targets[k]], states[spec.anchors[k]]
-        x_t, t = points[step]
-        eps_anchor, eps_concept = original(torch.cat([x_t, x_t]), t, torch.cat([anchor, concept])).chunk(2)
-        target = esd_target(eps_anchor.float(), eps_concept.float(), config.eta, config.target)
-        loss = F.mse_loss(predict_noise(unet, x_t, t, concept).float(), target)
-        if spec.preserve and config.preserve_weight > 0:
-            kept = states[rng.choice(spec.preserve)]
-            kept_loss = F.mse_loss(predict_noise(unet, x_t, t, kept).float(), original(x_t, t, kept).float())
-            loss = loss + config.preserve_weight * kept_loss
-        return loss
-
-    was_training = unet.training
-    unet.requires_grad_(False)
-    unet.train()
-    try:  # trained in float32 (fp16/bf16 models too); the frozen copy answers in the model's dtype
-        with float32_parameters(trained.values()) as params:
-            optimizer = torch.optim.Adam(params, lr=config.lr)
-            losses = fit(run, params, loss_at, config.iterations, optimizer, f"ESD ({config.train_method})")
-            new_values = {name: p.detach().to(run.dtype).clone() for name, p in trained.items()}
-    finally:  # also on Ctrl-C: the pipeline gets its original weights back and nothing is written
-        original.restore()
-        unet.train(was_training)
-    return Edit(new_values, {"config": asdict(config), **loss_summary(losses)})
+        new_values = tuning.values()
+    return Edit(new_values, {"config": asdict(config), **loss_record(losses)})
 
 
 _GROUP_DOC = ESDConfig.__dataclass_fields__["train_method"].metadata["doc"]

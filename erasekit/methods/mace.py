@@ -54,7 +54,7 @@ from erasekit.primitives.lora_trainer import lora_adapter
 from erasekit.primitives.prompt_cache import PromptCache, aligned_positions
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.timesteps import TimestepSampler
-from erasekit.primitives.training import fit
+from erasekit.primitives.training import fit, loss_record
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -246,8 +246,11 @@ def concept_data(run: RunContext, concept: str, index: int, config: MACEConfig, 
     return ConceptData(prompts, latents, masks, token_masks, usable)
 
 
-def train_concept_lora(run: RunContext, data: ConceptData, index: int, config: MACEConfig) -> dict[str, torch.Tensor]:
-    """ΔW of one concept's LoRA on the pipeline's current (refined) weights: min Σ_l ‖A_{t,l} ⊙ M‖ (eq. 3)."""
+def train_concept_lora(
+    run: RunContext, data: ConceptData, index: int, config: MACEConfig
+) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """ΔW of one concept's LoRA on the pipeline's current (refined) weights: min Σ_l ‖A_{t,l} ⊙ M‖ (eq. 3),
+    and the loss of every step."""
     unet, scheduler = run.unet, run.pipe.scheduler
     rng = random.Random(config.seed + index)
     states = run.states(data.prompts)
@@ -268,9 +271,9 @@ def train_concept_lora(run: RunContext, data: ConceptData, index: int, config: M
             return probe.loss()
 
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
-        fit(run, params, attention_loss, config.steps, optimizer, f"MACE LoRA {index + 1}", max_grad_norm=1.0)
+        losses = fit(run, params, attention_loss, config.steps, optimizer, f"MACE LoRA {index + 1}", max_grad_norm=1.0)
         probe.reset()
-        return adapter.deltas()
+        return adapter.deltas(), losses
 
 
 class AdapterStore:
@@ -329,13 +332,15 @@ def erase(run: RunContext, spec: EraseSpec, config: MACEConfig) -> Edit:
     store = AdapterStore(Path(config.adapter_dir), weights_hash(refined), config.lora_settings) if config.adapter_dir else None
     deltas: list[dict[str, torch.Tensor] | None] = [store.load(c, k) if store else None for k, c in enumerate(spec.targets)]
     missing = [k for k, d in enumerate(deltas) if d is None]
+    curves: dict[str, dict[str, object]] = {}  # the LoRAs trained in this run (a resumed one's is on its first card)
     if missing:
         segmenter = make_segmenter(config.segmenter, run.device, **config.segmenter_options)
         data = {k: concept_data(run, spec.targets[k], k, config, segmenter) for k in missing}
         with Edit(refined).applied(pipe, check_base=False):  # the original weights come back, also on Ctrl-C
             pipe.unet.requires_grad_(False)
             for k in missing:
-                deltas[k] = train_concept_lora(run, data[k], k, config)
+                deltas[k], losses = train_concept_lora(run, data[k], k, config)
+                curves[spec.targets[k]] = loss_record(losses)
                 if store:
                     store.save(spec.targets[k], k, deltas[k])
 
@@ -345,7 +350,7 @@ def erase(run: RunContext, spec: EraseSpec, config: MACEConfig) -> Edit:
     else:
         moments = [run.moments().add(cache.states([t.format(c) for t in templates])).source for c in spec.targets]
         fused = fused_weights(refined, deltas, moments, config.lam, preserve.source if preserve else None, originals)
-    return Edit(fused, {"config": asdict(config)})
+    return Edit(fused, {"config": asdict(config), "lora_losses": curves})
 
 
 def resolved_segmenter(run: RunContext, config: MACEConfig) -> str:

@@ -44,11 +44,12 @@ from erasekit.methods.base import EraseSpec, anchor_prompt, config_field, regist
 from erasekit.methods.mace import augmented_templates
 from erasekit.models.layers import kv_projections
 from erasekit.primitives.closed_form import edited_weights, text_space_map
-from erasekit.primitives.diffusion import partial_samples, predict_noise
+from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.lora_trainer import lora_adapter
 from erasekit.primitives.prompt_cache import PromptCache, aligned_positions
 from erasekit.primitives.run import RunContext
-from erasekit.primitives.training import fit
+from erasekit.primitives.training import fit, loss_record
+from erasekit.primitives.xt_plan import plan_xt
 
 MAX_DRAWS = 10_000  # draws per prompt before a perturbation setting is declared empty
 
@@ -239,8 +240,9 @@ def closed_form_map(run: RunContext, spec: EraseSpec, config: RealEraConfig, hoo
 
 def align_noise(
     run: RunContext, spec: EraseSpec, config: RealEraConfig, projector: torch.Tensor | None = None
-) -> dict[str, torch.Tensor]:
-    """§4.3: a LoRA on the closed-form model, aligning the concept's noise with the anchor's (eq. 8–9)."""
+) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """§4.3: a LoRA on the closed-form model, aligning the concept's noise with the anchor's (eq. 8–9);
+    its dense deltas and the loss of every step."""
     unet = run.unet
     rng = random.Random(config.seed)
     torch_rng = run.generator(config.seed + 1)
@@ -248,24 +250,18 @@ def align_noise(
     anchor_states = {a: run.states([a or ""]) for a in anchors}
     uncond = run.states([""])
     names = list(kv_projections(unet))
-    plan = [
-        (rng.randrange(len(spec.targets)), rng.randrange(config.sample_steps), rng.randrange(2**31)) for _ in range(config.epochs)
-    ]
-    points = {}
-    for k, anchor in enumerate(spec.anchors):  # z_t from images of the anchor prompt (original model)
-        mine_steps = [i for i, p in enumerate(plan) if p[0] == k]
-        if mine_steps:
-            x, t = partial_samples(run.pipe, unet, anchor_states[anchor], uncond, config.guidance, config.sample_steps,
-                                   [plan[i][1] for i in mine_steps], [plan[i][2] for i in mine_steps])  # fmt: skip
-            points.update({i: (x[j : j + 1], t[j]) for j, i in enumerate(mine_steps)})
+    # z_t from images of the anchor prompt (original model): target k's steps sample anchor k
+    conds = [anchor_states[a] for a in spec.anchors]
+    points = plan_xt(run, unet, conds, uncond, config.guidance, config.sample_steps, config.epochs,
+                     lambda _: rng.randrange(len(spec.targets)), rng)  # fmt: skip
     one_each = _one_each(config)
     with lora_adapter(unet, names, config.rank, seed=config.seed) as adapter:
 
         def alignment_loss(step: int) -> torch.Tensor:
-            k = plan[step][0]
+            k = points[step].prompt
             target, anchor = spec.targets[k], spec.anchors[k]
             template = rng.choice(config.prompt_templates)
-            z_t, t = points[step]
+            z_t, t = points[step].x_t, points[step].t
             with torch.no_grad(), adapter.disabled():
                 eps_anchor = predict_noise(unet, z_t, t, run.states([template.format(anchor) if anchor else ""])).float()
             if step % 2 == 0:  # odd step of the paper (1-based): eq. 8 on the plain prompt
@@ -281,8 +277,8 @@ def align_noise(
             return loss + config.gamma2 * F.mse_loss(predict_noise(unet, z_t, t, beyond).float(), eps_beyond)
 
         params = adapter.parameters()
-        fit(run, params, alignment_loss, config.epochs, torch.optim.AdamW(params, lr=config.lr), "RealEra alignment")
-        return adapter.deltas()
+        losses = fit(run, params, alignment_loss, config.epochs, torch.optim.AdamW(params, lr=config.lr), "RealEra alignment")
+        return adapter.deltas(), losses
 
 
 def _one_each(config: RealEraConfig) -> RealEraConfig:
@@ -306,5 +302,6 @@ def erase(run: RunContext, spec: EraseSpec, config: RealEraConfig) -> Edit:
         return Edit(edited, {"config": asdict(config)})
     with Edit(edited).applied(run.pipe, check_base=False):  # the original weights come back, also on Ctrl-C
         run.unet.requires_grad_(False)
-        deltas = align_noise(run, spec, config, projector)
-    return Edit({n: (w + deltas[n].to(w.device, w.dtype)) for n, w in edited.items()}, {"config": asdict(config)})
+        deltas, losses = align_noise(run, spec, config, projector)
+    new_values = {n: (w + deltas[n].to(w.device, w.dtype)) for n, w in edited.items()}
+    return Edit(new_values, {"config": asdict(config), **loss_record(losses)})

@@ -100,6 +100,23 @@ def parameter_group(unet: nn.Module, group: str, selection: str = "official") ->
     )
 
 
+# Ablating Concepts' --parameter_group (nupurkmr9/concept-ablation, diffusers/train.py,
+# create_custom_diffusion), by substring of the parameter name as there: "cross-attn" the text
+# projections attn2.to_k / to_v, "attn" every attention projection (to_q, to_k, to_v, to_out of self-
+# and cross-attention), "full-weight" the whole UNet. (Its fourth group, "embedding", trains a text
+# token embedding, which an edit of UNet weights cannot carry.)
+AC_GROUPS = ("cross-attn", "attn", "full-weight")
+
+
+def ablation_parameters(unet: nn.Module, group: str) -> list[str]:
+    """Names of the UNet parameters Ablating Concepts fine-tunes in ``group``."""
+    if group not in AC_GROUPS:
+        raise ErasekitError(f"unknown AC parameter group {group!r}; choose one of {', '.join(AC_GROUPS)}")
+    cross_attentions(unet)  # a UNet without cross-attention is refused before training starts
+    keys = {"cross-attn": ("attn2.to_k", "attn2.to_v"), "attn": ("to_q", "to_k", "to_v", "to_out")}.get(group)
+    return [name for name, _ in unet.named_parameters() if keys is None or any(k in name for k in keys)]
+
+
 def kv_weights(unet: nn.Module) -> dict[str, torch.Tensor]:
     """Copies of every cross-attention ``to_k``/``to_v`` weight, by parameter name (``<attn2>.to_k.weight``)."""
     return {f"{name}.weight": lin.weight.detach().clone() for name, lin in kv_projections(unet).items()}

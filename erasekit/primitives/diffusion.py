@@ -72,15 +72,16 @@ def partial_samples(
     """x_t of classifier-free-guided sampling stopped after ``stop_indices[i]`` of ``steps`` steps, and t.
 
     Trajectory i starts from noise seeded by ``seeds[i]``; index 0 is pure noise at the first
-    timestep. Trajectories run side by side in batches (an image never depends on its batch
-    mates: the sampler is deterministic after the initial noise). A copy of the pipeline's
-    scheduler is used, so the pipeline's own sampling state is untouched.
+    timestep and index ``steps`` the finished sample x_0 (its t is reported as 0). Trajectories run
+    side by side in batches (an image never depends on its batch mates: the sampler is
+    deterministic after the initial noise). A copy of the pipeline's scheduler is used, so the
+    pipeline's own sampling state is untouched.
     """
     device, dtype = pipe.unet.device, pipe.unet.dtype
     scheduler = copy.deepcopy(pipe.scheduler)
     scheduler.set_timesteps(steps, device=device)
-    if min(stop_indices) < 0 or max(stop_indices) >= steps:
-        raise ValueError(f"stop indices must lie in [0, {steps})")
+    if min(stop_indices) < 0 or max(stop_indices) > steps:
+        raise ValueError(f"stop indices must lie in [0, {steps}]")
     stops = torch.tensor(stop_indices, device=device)
     out = torch.empty((len(seeds), *latent_shape(pipe)[1:]), device=device, dtype=dtype)
     order = torch.argsort(stops, stable=True)  # batch mates with similar stops: no batch runs far past its items
@@ -95,15 +96,32 @@ def partial_samples(
         latents = (torch.stack(noise) * scheduler.init_noise_sigma).to(device, dtype)
         captured = torch.empty_like(latents)
         states = torch.cat([uncond.expand(len(latents), -1, -1), cond.expand(len(latents), -1, -1)])
-        for k, t in enumerate(scheduler.timesteps[: int(chunk_stops.max()) + 1]):
+        last = int(chunk_stops.max())
+        for k in range(last + 1):
             captured[chunk_stops == k] = latents[chunk_stops == k]
-            if k == int(chunk_stops.max()):
+            if k == last:
                 break
+            t = scheduler.timesteps[k]
             model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
             eps_uncond, eps_cond = predict(denoise, model_in, t, states).chunk(2)
             latents = scheduler.step(eps_uncond + guidance * (eps_cond - eps_uncond), t, latents).prev_sample
         out[items] = captured
-    return out, scheduler.timesteps[stops]
+    return out, torch.cat([scheduler.timesteps, scheduler.timesteps.new_zeros(1)])[stops]
+
+
+@torch.no_grad()
+def sample_latents(
+    pipe: DiffusionPipeline,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    guidance: float,
+    steps: int,
+    seeds: list[int],
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Finished samples x_0 (latents) of the pipeline's UNet for one prompt, one per seed: the training
+    images of methods that learn from the original model's own pictures (AC's anchor images)."""
+    return partial_samples(pipe, pipe.unet, cond, uncond, guidance, steps, [steps] * len(seeds), seeds, batch_size)[0]
 
 
 def predict(denoise: nn.Module | FrozenCopy, latents: torch.Tensor, t: torch.Tensor | int, states: torch.Tensor) -> torch.Tensor:

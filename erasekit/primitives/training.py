@@ -9,6 +9,10 @@ the model computes in half precision under autocast (the mixed precision of torc
 * :func:`fit` runs ``steps`` optimiser steps on a loss closure under the run's autocast, with a
   gradient scaler for fp16 (its narrow exponent underflows small gradients), optional gradient-norm
   clipping, a progress bar and the loss curve; a non-finite loss stops it with one clear line.
+* :func:`fine_tuning` is the run around it for methods that train the UNet's own parameters (ESD,
+  AC): the rest frozen, train mode, float32, and on leaving, also on Ctrl-C, the original values.
+  Adapter methods (MACE, RealEra) get the same from :func:`erasekit.primitives.lora_trainer.lora_adapter`.
+* :func:`loss_record` is what the edit's card keeps of the loss curve.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ import torch
 from torch import nn
 
 from erasekit.errors import ErasekitError
+from erasekit.primitives.diffusion import FrozenCopy
 from erasekit.primitives.run import RunContext
+
+CURVE_POINTS = 50  # the loss curve on an edit's card: at most this many means of consecutive steps
 
 
 @contextmanager
@@ -74,9 +81,50 @@ def fit(
     return losses
 
 
-def loss_summary(losses: list[float]) -> dict[str, float]:
-    """Mean loss over the first and the last tenth of the run, for the edit's card."""
+class FineTuning:
+    """The trained parameters of a :func:`fine_tuning` block and the original model beside them."""
+
+    def __init__(self, run: RunContext, params: dict[str, nn.Parameter], original: FrozenCopy) -> None:
+        self.run, self.params, self.original = run, params, original
+
+    def values(self) -> dict[str, torch.Tensor]:
+        """Copies of the trained values in the model's dtype (read before the block restores them)."""
+        return {name: p.detach().to(self.run.dtype).clone() for name, p in self.params.items()}
+
+
+@contextmanager
+def fine_tuning(run: RunContext, names: Iterable[str]) -> Iterator[FineTuning]:
+    """Train the UNet parameters ``names`` in the block: they become float32 and trainable, every other
+    parameter is frozen and the UNet is in train mode; on leaving (also on Ctrl-C) the UNet gets its
+    original values, dtypes, flags and mode back, so nothing but the edit carries the training."""
+    unet = run.unet
+    named = dict(unet.named_parameters())
+    params = {name: named[name] for name in names}
+    original = FrozenCopy(unet, params)
+    was_training = unet.training
+    flags = {name: p.requires_grad for name, p in named.items()}
+    unet.requires_grad_(False)
+    unet.train()
+    try:
+        with float32_parameters(params.values()):
+            yield FineTuning(run, params, original)
+    finally:
+        original.restore()
+        unet.train(was_training)
+        for name, p in named.items():
+            p.requires_grad_(flags[name])
+
+
+def loss_record(losses: list[float]) -> dict[str, object]:
+    """What an edit's card keeps of a loss curve: the mean of the first and the last tenth of the
+    steps, and the curve itself as at most :data:`CURVE_POINTS` means of consecutive steps."""
     if not losses:
         return {}
     k = max(1, len(losses) // 10)
-    return {"loss_first_10pct": sum(losses[:k]) / k, "loss_last_10pct": sum(losses[-k:]) / k}
+    width = math.ceil(len(losses) / CURVE_POINTS)
+    curve = [sum(losses[i : i + width]) / len(losses[i : i + width]) for i in range(0, len(losses), width)]
+    return {
+        "loss_first_10pct": sum(losses[:k]) / k,
+        "loss_last_10pct": sum(losses[-k:]) / k,
+        "loss_curve": {"steps_per_point": width, "mean_loss": [round(v, 6) for v in curve]},
+    }

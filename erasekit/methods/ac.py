@@ -1,0 +1,146 @@
+"""AC: Ablating Concepts in Text-to-Image Diffusion Models (Kumari et al., ICCV 2023).
+
+The model learns to draw the anchor concept c* when asked for the target c, from images of the
+anchor that the original model drew (x_t their noised latents at a uniform timestep t):
+
+* model-based (default): min_θ ‖ε_θ(x_t, c, t) − sg(ε_θ(x_t, c*, t))‖², the anchor prompt's own
+  prediction as the target (sg: no gradient; the current model, as the official script computes it);
+* noise-based: min_θ ‖ε_θ(x_t, c, t) − ε‖², the noise itself, i.e. ordinary fine-tuning on the anchor
+  images captioned with the target.
+
+c and c* are the same caption around the target and the anchor word. The paper wrote ~200 anchor
+captions with ChatGPT; erasekit fills ``templates`` instead (an empty anchor gives the prompt " ").
+A preserve set adds DreamBooth's prior-preservation loss ‖ε_θ(x_t', p, t) − ε'‖² on the original
+model's images of each preserve concept (weight ``prior_loss_weight``), the official
+``--with_prior_preservation`` applied to the concepts the user names.
+
+Defaults are the official diffusers script's (nupurkmr9/concept-ablation, train.py and its README):
+``cross-attn`` (attn2.to_k / to_v), AdamW lr 2e-6 scaled by the batch (``--scale_lr``: 2e-6 × 4),
+weight decay 1e-2, gradient norm clipped at 1, batch 4, 200 steps (the README's advice for one
+GPU), anchor images sampled with 25 steps at guidance 6. Differences: the anchor images are kept as
+latents (no decode/encode round trip, no flips), and are sampled with deterministic DDIM (η = 0)
+where the script used η = 1.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from erasekit.edits import Edit
+from erasekit.errors import ErasekitError
+from erasekit.methods.base import EraseSpec, anchor_prompt, config_field, register
+from erasekit.models.layers import AC_GROUPS, ablation_parameters
+from erasekit.primitives.diffusion import predict_noise, sample_latents
+from erasekit.primitives.run import RunContext
+from erasekit.primitives.training import fine_tuning, fit, loss_record
+
+AC_LOSSES = ("model", "noise")
+
+
+@dataclass
+class ACConfig:
+    """Defaults of the official diffusers script for one GPU; the world's working setting is in the README."""
+
+    loss: str = config_field("model", "'model' (target: sg ε(x_t, c*)) or 'noise' (target: ε), --loss_type_reverse")
+    parameter_group: str = config_field("cross-attn", "what trains: cross-attn (attn2.to_k/to_v), attn, full-weight")
+    steps: int = config_field(200, "optimiser steps (official 100 on 2 GPUs, 200 on one)")
+    lr: float = config_field(8e-6, "AdamW learning rate: official 2e-6 × batch 4 (--scale_lr)")
+    batch_size: int = config_field(4, "images per step (official --train_batch_size 4)")
+    weight_decay: float = config_field(1e-2, "AdamW weight decay (official 1e-2)")
+    max_grad_norm: float = config_field(1.0, "gradient-norm clip (official 1.0)")
+    anchor_images: int = config_field(1000, "images of the anchor the original model draws (official --num_class_images)")
+    sample_steps: int = config_field(25, "sampler steps of those images (official 25)")
+    guidance: float = config_field(6.0, "their guidance scale (official 6)")
+    templates: tuple[str, ...] = config_field(
+        ("{}", "a photo of a {}", "a picture of a {}"), "captions around the target / anchor word (the paper: ChatGPT's)"
+    )
+    prior_loss_weight: float = config_field(1.0, "weight of the preserve set's prior-preservation loss (official 1.0)")
+    preserve_images: int = config_field(200, "images per preserve concept for that loss (erasekit's choice)")
+    seed: int = config_field(0, "seed of the images, the batches, the timesteps and the noise")
+
+    def __post_init__(self) -> None:
+        if self.loss not in AC_LOSSES:
+            raise ErasekitError(f"loss must be one of {', '.join(AC_LOSSES)}, not {self.loss!r}")
+        if self.parameter_group not in AC_GROUPS:
+            raise ErasekitError(f"parameter_group must be one of {', '.join(AC_GROUPS)}, not {self.parameter_group!r}")
+        if min(self.steps, self.batch_size, self.anchor_images, self.sample_steps, self.preserve_images) < 1:
+            raise ErasekitError("steps, batch_size, anchor_images, sample_steps and preserve_images must be at least 1")
+        if self.lr <= 0 or self.weight_decay < 0 or self.max_grad_norm <= 0 or self.prior_loss_weight < 0:
+            raise ErasekitError("lr and max_grad_norm must be positive, weight_decay and prior_loss_weight not negative")
+        if not self.templates or any(t.count("{}") != 1 for t in self.templates):
+            raise ErasekitError("each template needs exactly one {} for the concept")
+
+
+@dataclass
+class Images:
+    """Latents x_0 the original model drew, each with the index of the caption pair it illustrates."""
+
+    latents: torch.Tensor
+    caption: list[int]
+
+
+def draw(run: RunContext, prompts: list[str], count: int, config: ACConfig, seed: int) -> Images:
+    """``count`` images spread evenly over ``prompts``, each with its own seed."""
+    uncond = run.states([""])
+    latents, caption = [], []
+    for i, prompt in enumerate(prompts):
+        n = count // len(prompts) + (i < count % len(prompts))
+        if n:
+            seeds = [seed + i * count + j for j in range(n)]
+            latents.append(sample_latents(run.pipe, run.states([prompt]), uncond, config.guidance, config.sample_steps, seeds))
+            caption += [i] * n
+    return Images(torch.cat(latents), caption)
+
+
+@register(
+    "ac",
+    "AC, Ablating Concepts (Kumari et al. 2023): fine-tune so the target's prompt draws the anchor's images",
+    ACConfig,
+)
+def erase(run: RunContext, spec: EraseSpec, config: ACConfig) -> Edit:
+    unet, scheduler = run.unet, run.pipe.scheduler
+    pairs = [(t.format(target), anchor_prompt(t, anchor)) for target, anchor in zip(spec.targets, spec.anchors, strict=True)
+             for t in config.templates]  # fmt: skip
+    target_states, anchor_states = run.states([c for c, _ in pairs]), run.states([a for _, a in pairs])
+    anchor_images = draw(run, [a for _, a in pairs], config.anchor_images, config, config.seed)
+    kept_prompts = [t.format(p) for p in spec.preserve for t in config.templates]
+    use_prior = bool(kept_prompts) and config.prior_loss_weight > 0
+    if use_prior:
+        kept_images = draw(run, kept_prompts, config.preserve_images * len(spec.preserve), config, config.seed + 10**6)
+        kept_states = run.states(kept_prompts)
+    rng, generator = random.Random(config.seed), run.generator(config.seed)
+    train_steps = scheduler.config.num_train_timesteps
+
+    def noised(images: Images) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """A batch of x_t at uniform timesteps, its noise, t and caption indices."""
+        batch = [rng.randrange(len(images.caption)) for _ in range(config.batch_size)]
+        x0 = images.latents[batch]
+        t = torch.randint(0, train_steps, (len(batch),), generator=generator).to(run.device)
+        noise = run.randn(tuple(x0.shape), generator, x0.dtype)
+        return scheduler.add_noise(x0, noise, t), noise, t, [images.caption[i] for i in batch]
+
+    with fine_tuning(run, ablation_parameters(unet, config.parameter_group)) as tuning:
+
+        def loss_at(_: int) -> torch.Tensor:
+            x_t, noise, t, captions = noised(anchor_images)
+            if config.loss == "model":
+                with torch.no_grad():
+                    target = predict_noise(unet, x_t, t, anchor_states[captions]).float()
+            else:
+                target = noise.float()
+            loss = F.mse_loss(predict_noise(unet, x_t, t, target_states[captions]).float(), target)
+            if use_prior:
+                x_t, noise, t, captions = noised(kept_images)
+                prior = F.mse_loss(predict_noise(unet, x_t, t, kept_states[captions]).float(), noise.float())
+                loss = loss + config.prior_loss_weight * prior
+            return loss
+
+        params = list(tuning.params.values())
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        losses = fit(run, params, loss_at, config.steps, optimizer, f"AC ({config.loss}-based)", config.max_grad_norm)
+        new_values = tuning.values()
+    return Edit(new_values, {"config": asdict(config), **loss_record(losses)})

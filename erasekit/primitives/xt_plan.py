@@ -1,0 +1,63 @@
+"""x_t plans: the noisy latents a fine-tuning method trains on, drawn before training starts.
+
+ESD and RealEra's alignment train on x_t from the *original* model's own classifier-free-guided
+sampling of a prompt, stopped at a random step. Training never changes the original model, so
+every step's x_t can be drawn up front, one batch per prompt, instead of one trajectory per step.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from erasekit.primitives.diffusion import FrozenCopy, partial_samples
+
+if TYPE_CHECKING:
+    from erasekit.primitives.run import RunContext
+
+
+@dataclass(frozen=True)
+class XtPoint:
+    """One training step's input: the prompt it is about and an x_t (1, C, H, W) at timestep t."""
+
+    prompt: int
+    x_t: torch.Tensor
+    t: torch.Tensor
+
+
+def plan_xt(
+    run: RunContext,
+    denoise: nn.Module | FrozenCopy,
+    conds: Sequence[torch.Tensor],
+    uncond: torch.Tensor,
+    guidance: float,
+    sample_steps: int,
+    count: int,
+    choose: Callable[[int], int],
+    rng: random.Random,
+) -> list[XtPoint]:
+    """``count`` points: step k is about prompt ``choose(k)`` (an index into ``conds``), stopped at a
+    step drawn from ``rng`` of a trajectory whose noise seed is drawn from ``rng`` too.
+
+    The draws are made in step order (prompt, stop, seed), so a method that also draws from ``rng``
+    later sees the same stream whatever the batching.
+    """
+    plan = [(choose(k), rng.randrange(sample_steps), rng.randrange(2**31)) for k in range(count)]
+    points: list[XtPoint | None] = [None] * count
+    for prompt, cond in enumerate(conds):
+        mine = [k for k, (p, _, _) in enumerate(plan) if p == prompt]
+        if not mine:
+            continue
+        x, t = partial_samples(
+            run.pipe, denoise, cond, uncond, guidance, sample_steps, [plan[k][1] for k in mine], [plan[k][2] for k in mine]
+        )
+        for j, k in enumerate(mine):
+            points[k] = XtPoint(prompt, x[j : j + 1], t[j])
+    if any(p is None for p in points):
+        raise ValueError(f"choose() gave a prompt index outside the {len(conds)} prompts")
+    return points  # type: ignore[return-value]
