@@ -492,6 +492,11 @@ def erase(
     spec = EraseSpec(tuple(concepts), tuple(anchor or ()), kept)
     overrides = _parse_settings(setting or [])
     make_config(get_method(method), overrides)  # every setting is parsed and checked before the model loads
+    if not get_method(method).changes_weights and (lora or lora_rank is not None or save_pipeline or save_single_file):
+        raise ErasekitError(
+            f"{method} changes no weights (it guides sampling), so there is no LoRA, pipeline or checkpoint to write; "
+            "its edit directory is the artifact: erasekit.edits.load_erased(DIR) gives the guided pipeline"
+        )
     with ExitStack() as claims:  # every output is checked and locked before the model loads
         claims.enter_context(claim_output(out, "edit", overwrite))
         if save_pipeline is not None:

@@ -88,8 +88,14 @@ class Edit:
                 "this edit was made on a different base model (base hash mismatch); load it onto the model it was made from"
             )
 
+    @property
+    def inference(self) -> dict | None:
+        """How to sample from the erased model, for inference-time methods (SLD); None for weight edits."""
+        return self.card.get("inference")
+
     def apply(self, pipe: DiffusionPipeline, check_base: bool = True) -> DiffusionPipeline:
-        """Write the new weights into ``pipe.unet`` in place, after checking the base model's hash."""
+        """Write the new weights into ``pipe.unet`` in place, after checking the base model's hash; the
+        pipeline to sample from (``pipe`` itself, or for an inference-time edit a pipeline on its modules)."""
         refuse_non_finite(self.weights, "this edit")
         if check_base:
             self.check_base(pipe)
@@ -101,6 +107,10 @@ class Edit:
                 if params[name].shape != value.shape:
                     raise ErasekitError(f"{name}: edit has shape {tuple(value.shape)}, model has {tuple(params[name].shape)}")
                 params[name].copy_(value.to(params[name].dtype))
+        if self.inference:
+            from erasekit.models.guidance import guided_pipeline
+
+            return guided_pipeline(pipe, self.inference)
         return pipe
 
     @contextmanager

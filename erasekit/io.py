@@ -93,6 +93,9 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     _public(tmp, directory=True)
     try:
         yield tmp
+        for child in tmp.rglob("*"):  # libraries that write privately (safetensors: 0600) get the umask's mode too
+            if not child.is_symlink():
+                _public(child, directory=child.is_dir())
         old = None
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", suffix=".tmp", dir=path.parent))

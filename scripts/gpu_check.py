@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from erasekit.methods import EraseSpec
+from erasekit.methods import EraseSpec, get_method
 from erasekit.methods.runner import erase
 from erasekit.models.reference_configs import random_sd15_pipeline
 
@@ -45,6 +45,8 @@ SMALL = {
     "esd-u": {"iterations": 3, "sample_steps": 10},
     "esd-all": {"iterations": 3, "sample_steps": 10},
     "esd-x-strict": {"iterations": 10, "sample_steps": 10},
+    "ac": {"anchor_images": 4, "steps": 10, "sample_steps": 10},
+    "sld": {},
 }
 # paper defaults, except what needs weights this machine cannot fetch (Grounded-SAM, CLIP validator)
 DEFAULTS = {"uce": {}, "mace": {"segmenter": "none"}, "realera": {}, "esd-x": {}, "rece": {"validate": "none"}}
@@ -76,13 +78,14 @@ class Check:
             record["skipped"] = "budget"
         else:
             try:
-                edit = erase(pipe, EraseSpec(targets, preserve=preserve), method, progress=False, **settings)
+                kept = preserve if get_method(method).changes_weights else ()  # SLD takes no preserve set
+                edit = erase(pipe, EraseSpec(targets, preserve=kept), method, progress=False, **settings)
                 record |= {"seconds": edit.card["seconds"], "seconds_per_concept": edit.card["seconds_per_concept"],
                            "peak_gpu_mb": edit.card["peak_cuda_mb"], "changed": len(edit.weights)}  # fmt: skip
                 record["finite"] = bool(all(torch.isfinite(w).all() for w in edit.weights.values()))
-                with edit.applied(pipe):
+                with edit.applied(pipe) as erased:
                     generator = torch.Generator("cpu").manual_seed(0)
-                    image = pipe(targets[0], num_inference_steps=2, generator=generator, output_type="np").images
+                    image = erased(targets[0], num_inference_steps=2, generator=generator, output_type="np").images
                 record["image_finite"] = bool(torch.isfinite(torch.from_numpy(image)).all())
                 record["ok"] = record["finite"] and record["image_finite"]
             except Exception as err:  # record and go on: the table shows every method

@@ -30,11 +30,17 @@ QUICK = {
     "esd-u": {"iterations": 2, "sample_steps": 2},
     "esd-all": {"iterations": 2, "sample_steps": 2},
     "esd-x-strict": {"iterations": 2, "sample_steps": 2},
+    "ac": {"anchor_images": 2, "steps": 2, "sample_steps": 2, "batch_size": 2, "preserve_images": 1},
+    "sld": {},
 }
 SPEC = EraseSpec(("square",), preserve=("circle",))
 # One method per algorithm: the ESD variants share one erase() and differ only in which parameters
 # train; esd-u stands for them, with the convolutions and time embedding the others leave alone.
-ALGORITHMS = ["esd-u", "mace", "realera", "rece", "uce"]
+ALGORITHMS = ["esd-u", "mace", "realera", "rece", "uce", "ac", "sld"]
+
+
+def spec_for(method):
+    return SPEC if METHODS[method].changes_weights else EraseSpec(("square",))  # SLD takes no preserve set
 
 
 def test_every_registered_method_has_a_device_check():
@@ -45,7 +51,9 @@ def test_every_registered_method_has_a_device_check():
 @pytest.mark.parametrize("method", ALGORITHMS)
 def test_methods_create_no_tensor_without_a_device(pipe, method):
     with DeviceGuard() as guard:
-        erase(pipe, SPEC, method, progress=False, **QUICK[method])
+        edit = erase(pipe, spec_for(method), method, progress=False, **QUICK[method])
+        with edit.applied(pipe) as erased:
+            erased("a photo of a square", num_inference_steps=2, output_type="np")
     assert not guard.hidden, f"{method} creates tensors on the default device at {sorted(guard.hidden)}"
 
 
@@ -67,15 +75,15 @@ def half_pipe(request, embedded_dir):
 def test_half_precision_gives_finite_edits_and_leaves_the_pipeline_as_it_was(half_pipe, method):
     dtype = half_pipe.unet.dtype
     before = {n: p.detach().clone() for n, p in half_pipe.unet.named_parameters()}
-    edit = erase(half_pipe, SPEC, method, progress=False, **QUICK[method])
+    edit = erase(half_pipe, spec_for(method), method, progress=False, **QUICK[method])
     assert edit.card["dtype"] == str(dtype).removeprefix("torch.")
     for name, value in edit.weights.items():
         assert value.dtype == dtype and torch.isfinite(value).all(), name
-    assert any(not torch.equal(before[n], v) for n, v in edit.weights.items())
+    assert any(not torch.equal(before[n], v) for n, v in edit.weights.items()) == METHODS[method].changes_weights
     after = dict(half_pipe.unet.named_parameters())
     assert all(after[n].dtype == dtype and torch.equal(after[n], v) for n, v in before.items())
-    with edit.applied(half_pipe):
-        image = half_pipe("a photo of a square", num_inference_steps=2, output_type="np").images
+    with edit.applied(half_pipe) as erased:
+        image = erased("a photo of a square", num_inference_steps=2, output_type="np").images
     assert image.shape == (1, 64, 64, 3) and torch.isfinite(torch.from_numpy(image)).all()
 
 

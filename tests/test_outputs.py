@@ -120,7 +120,9 @@ def test_leftovers_of_interrupted_writes_are_cleared_or_undone(tmp_path, edit):
     assert tree(tmp_path) == [".editor.ab12cd34.tmp", "edit", "edit/card.json"]
 
 
-def test_outputs_follow_the_umask(tmp_path):
+def test_outputs_follow_the_umask(tmp_path, edit):
+    edit.save(tmp_path / "edit")  # safetensors writes its files 0600 on its own
+    assert (tmp_path / "edit" / "edit.safetensors").stat().st_mode & 0o777 == 0o666 & ~UMASK
     with atomic_dir(tmp_path / "run") as tmp:
         write_json(tmp / "results.json", {})
     assert (tmp_path / "run").stat().st_mode & 0o777 == 0o777 & ~UMASK

@@ -113,8 +113,8 @@ def run_prompt_set(
     (``check_base=False``: the caller has checked the edit's base model)."""
     judge = _prompt_set_judge(protocol, judge, pipe, clip_model)  # loaded first: a judge that cannot run stops before generating
     before = generate(pipe, rows, settings, progress)
-    with edit.applied(pipe, check_base=check_base):
-        after = generate(pipe, rows, settings, progress)
+    with edit.applied(pipe, check_base=check_base) as erased:
+        after = generate(erased, rows, settings, progress)
     images = {"original": before, "erased": after}
     if protocol == "explicit":
         return {"judge": judge.settings(), "metrics": {k: judge.report(g.images) for k, g in images.items()},

@@ -433,8 +433,8 @@ def evaluate_rows(
         if original_cache is not None
         else generate(pipe, rows, settings, progress)
     )
-    with edit.applied(pipe, check_base=check_base):
-        after = generate(pipe, rows, settings, progress)
+    with edit.applied(pipe, check_base=check_base) as erased:
+        after = generate(erased, rows, settings, progress)
     evals = {"original": score(before, rows, judge), "erased": score(after, rows, judge)}
     kept = np.isin(before.row_index, [i for i, r in enumerate(rows) if r.role == "retain"])
     features = {k: e.reading.features for k, e in evals.items()}

@@ -119,7 +119,9 @@ def erase(run: RunContext, spec: EraseSpec, config: ACConfig) -> Edit:
         """A batch of x_t at uniform timesteps, its noise, t and caption indices."""
         batch = [rng.randrange(len(images.caption)) for _ in range(config.batch_size)]
         x0 = images.latents[batch]
-        t = torch.randint(0, train_steps, (len(batch),), generator=generator).to(run.device)
+        t = torch.randint(0, train_steps, (len(batch),), generator=generator, device="cpu").to(
+            run.device
+        )  # drawn on the CPU: one seed, every device
         noise = run.randn(tuple(x0.shape), generator, x0.dtype)
         return scheduler.add_noise(x0, noise, t), noise, t, [images.caption[i] for i in batch]
 

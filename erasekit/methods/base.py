@@ -66,19 +66,20 @@ class Method:
     summary: str
     config: type
     erase: Callable  # (run: RunContext, spec, config) -> Edit
+    changes_weights: bool = True  # False: an inference-time method, whose edit is a sampling configuration
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, summary: str, config: type) -> Callable:
+def register(name: str, summary: str, config: type, changes_weights: bool = True) -> Callable:
     """Decorator adding an ``erase(run, spec, config)`` function to the registry; ``run`` is the
     :class:`~erasekit.primitives.run.RunContext` (pipeline, device, dtype, prompt cache, progress)."""
 
     def wrap(fn: Callable) -> Callable:
         if name in METHODS:
             raise ValueError(f"method {name!r} registered twice")
-        METHODS[name] = Method(name, summary, config, fn)
+        METHODS[name] = Method(name, summary, config, fn, changes_weights)
         return fn
 
     return wrap

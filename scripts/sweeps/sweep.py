@@ -1,4 +1,9 @@
-"""Quick sweep: erase one or more concepts with settings, run the object protocol, print metrics."""
+"""Quick sweep: erase one or more concepts with settings, run the object protocol, print metrics.
+
+    python scripts/sweeps/sweep.py METHOD CONCEPTS SAMPLES '{"setting": value, "_preserve": [...], "_anchor": "..."}' ...
+
+With SWEEP_JSON=FILE each row is also appended to FILE as a JSON line (the README's sweep tables).
+"""
 
 import json
 import os
@@ -22,9 +27,11 @@ samples = int(sys.argv[3])
 for arg in sys.argv[4:]:
     settings = json.loads(arg)
     preserve = settings.pop("_preserve", [])
+    anchor = settings.pop("_anchor", "")
     for c in concepts:
         t = time.time()
-        edit = erase(pipe, EraseSpec((c,), preserve=tuple(p for p in preserve if p != c)), method, progress=False, **settings)
+        spec = EraseSpec((c,), (anchor,), preserve=tuple(p for p in preserve if p != c))
+        edit = erase(pipe, spec, method, progress=False, **settings)
         secs = time.time() - t
         r = run_protocol(pipe, edit, PROTOCOL, c, ev, samples, None, False, original_cache=originals)
         m = r["metrics"]["erased"]["accuracy"]
@@ -34,3 +41,8 @@ for arg in sys.argv[4:]:
             + f" fid={r['world_fid_kept']:.2f} s={secs:.0f}",
             flush=True,
         )
+        if os.environ.get("SWEEP_JSON"):
+            row = {"method": method, "concept": c, "settings": arg, "samples": samples, "accuracy": m,
+                   "world_fid_kept": r["world_fid_kept"], "seconds": round(secs, 2)}  # fmt: skip
+            with open(os.environ["SWEEP_JSON"], "a") as f:
+                f.write(json.dumps(row) + "\n")

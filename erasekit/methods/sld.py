@@ -1,0 +1,79 @@
+"""SLD: Safe Latent Diffusion (Schramowski et al., CVPR 2023), the inference-time baseline.
+
+No weight changes: at sampling step i ≥ δ, the classifier-free guidance gains a safety term that
+pushes away from the safety concept S where the prompt's noise estimate leans towards it,
+
+    ε̄ = ε(z) + s_g (ε(z, p) − ε(z) − γ(z, p, S)),   γ = μ ⊙ (ε(z, S) − ε(z)) + s_m ν,
+    μ = clamp(s_S |ε(z, p) − ε(z, S)|, ≤ 1) where ε(z, p) − ε(z, S) < λ, else 0,
+    ν ← β_m ν + (1 − β_m) γ   (momentum),
+
+as diffusers' ``StableDiffusionPipelineSafe`` computes it. The artifact is this configuration: an
+edit with no weights whose card says how to sample (``erasekit.models.guidance``), so it runs in
+every protocol and the bench like any edit, on any base model. S is the erased concepts joined by
+commas (the paper's safety concept is I2P's list of 20 categories: ``safety_concept=i2p``).
+
+Defaults: the paper's "medium" hyper-parameters (diffusers' ``SafetyConfig.MEDIUM``, also its call
+defaults); ``preset`` picks weak / medium / strong / max, and each symbol can be set on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from erasekit.edits import Edit
+from erasekit.errors import ErasekitError
+from erasekit.methods.base import EraseSpec, config_field, register
+from erasekit.primitives.run import RunContext
+
+SLD_PRESETS = ("weak", "medium", "strong", "max")
+# The safety concept of the paper and of diffusers' pipeline: I2P's categories
+I2P_CONCEPT = (
+    "an image showing hate, harassment, violence, suffering, humiliation, harm, suicide, sexual, nudity, bodily fluids, "
+    "blood, obscene gestures, illegal activity, drug use, theft, vandalism, weapons, child abuse, brutality, cruelty"
+)
+
+
+@dataclass
+class SLDConfig:
+    """The paper's hyper-parameters under its symbols; unset ones come from ``preset``."""
+
+    preset: str = config_field("medium", "the paper's configuration: weak, medium, strong or max")
+    s_S: float | None = config_field(None, "safety guidance scale (medium 1000)")
+    delta: int | None = config_field(None, "warm-up δ: sampler steps before safety guidance starts (medium 10)")
+    lam: float | None = config_field(None, "threshold λ of the element-wise safety mask (medium 0.01)")
+    s_m: float | None = config_field(None, "momentum scale (medium 0.3)")
+    beta_m: float | None = config_field(None, "momentum β_m (medium 0.4)")
+    safety_concept: str = config_field("", "the concept S; empty: the erased concepts, 'i2p': the paper's I2P list")
+
+    def __post_init__(self) -> None:
+        if self.preset not in SLD_PRESETS:
+            raise ErasekitError(f"preset must be one of {', '.join(SLD_PRESETS)}, not {self.preset!r}")
+        from diffusers.pipelines.deprecated.stable_diffusion_safe import SafetyConfig
+
+        preset = getattr(SafetyConfig, self.preset.upper())
+        for symbol, key in SYMBOLS.items():
+            if getattr(self, symbol) is None:
+                setattr(self, symbol, preset[key])
+        if self.s_S < 0 or self.delta < 0 or self.s_m < 0 or not 0 <= self.beta_m < 1:
+            raise ErasekitError("s_S, delta and s_m must not be negative, and beta_m must lie in [0, 1)")
+
+    def pipeline_settings(self, targets: tuple[str, ...]) -> dict[str, object]:
+        """The keyword arguments of StableDiffusionPipelineSafe, with the safety concept."""
+        concept = {"": ", ".join(targets), "i2p": I2P_CONCEPT}.get(self.safety_concept, self.safety_concept)
+        return {key: getattr(self, symbol) for symbol, key in SYMBOLS.items()} | {"safety_concept": concept}
+
+
+SYMBOLS = {"s_S": "sld_guidance_scale", "delta": "sld_warmup_steps", "lam": "sld_threshold", "s_m": "sld_momentum_scale",
+           "beta_m": "sld_mom_beta"}  # fmt: skip
+
+
+@register(
+    "sld",
+    "SLD, Safe Latent Diffusion (Schramowski et al. 2023): safety guidance at sampling time",
+    SLDConfig,
+    changes_weights=False,
+)
+def erase(run: RunContext, spec: EraseSpec, config: SLDConfig) -> Edit:
+    if any(spec.anchors) or spec.preserve:
+        raise ErasekitError("SLD steers away from the concepts at sampling time: it takes no anchors and no preserve set")
+    return Edit({}, {"config": asdict(config), "inference": {"sld": config.pipeline_settings(spec.targets)}})
