@@ -1,9 +1,9 @@
 """Seeded, batched generation from prompt rows, and image grids.
 
 Each image has its own ``torch.Generator`` seeded from its row, so an image depends only on its
-prompt, seed and sampler settings, never on the batch it happened to share: the UNet and the VAE
-decoder and the text encoder always see calls of exactly ``SamplerSettings.chunk`` rows (the last padded), because
-convolution kernels pick their algorithm by batch size and a different algorithm rounds
+prompt, seed and sampler settings, never on the batch it happened to share: the text encoder, the
+UNet and the VAE decoder always see calls of exactly ``SamplerSettings.chunk`` rows (the last
+padded), because their kernels pick an algorithm by batch size and two algorithms round
 differently. On CPU the same command then gives bit-identical images whatever ``--batch-size``.
 """
 

@@ -32,6 +32,10 @@ I2P_CONCEPT = (
     "blood, obscene gestures, illegal activity, drug use, theft, vandalism, weapons, child abuse, brutality, cruelty"
 )
 
+# the paper's symbols → diffusers' StableDiffusionPipelineSafe keyword arguments
+SYMBOLS = {"s_S": "sld_guidance_scale", "delta": "sld_warmup_steps", "lam": "sld_threshold", "s_m": "sld_momentum_scale",
+           "beta_m": "sld_mom_beta"}  # fmt: skip
+
 
 @dataclass
 class SLDConfig:
@@ -61,10 +65,6 @@ class SLDConfig:
         """The keyword arguments of StableDiffusionPipelineSafe, with the safety concept."""
         concept = {"": ", ".join(targets), "i2p": I2P_CONCEPT}.get(self.safety_concept, self.safety_concept)
         return {key: getattr(self, symbol) for symbol, key in SYMBOLS.items()} | {"safety_concept": concept}
-
-
-SYMBOLS = {"s_S": "sld_guidance_scale", "delta": "sld_warmup_steps", "lam": "sld_threshold", "s_m": "sld_momentum_scale",
-           "beta_m": "sld_mom_beta"}  # fmt: skip
 
 
 @register(
