@@ -3,7 +3,8 @@
 On disk an edit is a directory with ``edit.safetensors`` (the new values of every changed UNet
 parameter, by diffusers parameter name) and ``card.json`` (method, config, concepts, base-model
 hash, erasekit version, time and peak memory), and optionally ``pytorch_lora_weights.safetensors``
-(the same change as a LoRA that a plain ``pipe.load_lora_weights(dir)`` loads, see :mod:`erasekit.lora`). :func:`load_erased` puts it back onto the base
+(the same change as a LoRA that a plain ``pipe.load_lora_weights(dir)`` loads, see :mod:`erasekit.lora`)
+and ``adapters.safetensors`` (SPM's adapter factors). :func:`load_erased` puts it back onto the base
 pipeline and refuses a different base model.
 """
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 WEIGHTS_FILE = "edit.safetensors"
 CARD_FILE = "card.json"
+ADAPTERS_FILE = "adapters.safetensors"  # SPM's factors, for facilitated transport
 
 
 def weights_hash(weights: dict[str, torch.Tensor]) -> str:
@@ -64,6 +66,7 @@ def base_hash(unet: torch.nn.Module, names: list[str]) -> str:
 class Edit:
     weights: dict[str, torch.Tensor]  # UNet parameter name → new value
     card: dict = field(default_factory=dict)
+    adapters: dict[str, torch.Tensor] = field(default_factory=dict)  # SPM's factors (see erasekit.models.transport)
 
     def check_architecture(self, pipe: DiffusionPipeline) -> None:
         """Refuse a pipeline whose UNet lacks a parameter this edit changes."""
@@ -90,27 +93,30 @@ class Edit:
 
     @property
     def inference(self) -> dict | None:
-        """How to sample from the erased model, for inference-time methods (SLD); None for weight edits."""
+        """How to sample from the erased model, for inference-time methods (SLD, SPM's transport); None
+        for plain weight edits."""
         return self.card.get("inference")
 
     def apply(self, pipe: DiffusionPipeline, check_base: bool = True) -> DiffusionPipeline:
         """Write the new weights into ``pipe.unet`` in place, after checking the base model's hash; the
-        pipeline to sample from (``pipe`` itself, or for an inference-time edit a pipeline on its modules)."""
+        pipeline to sample from (``pipe`` itself, or for an inference-time edit a pipeline on its modules,
+        whose weights stay the base model's: SPM's transport adds its adapters per prompt instead)."""
         refuse_non_finite(self.weights, "this edit")
+        refuse_non_finite(self.adapters, "this edit's adapters")
         if check_base:
             self.check_base(pipe)
         else:
             self.check_architecture(pipe)
+        if self.inference:
+            from erasekit.models.guidance import guided_pipeline
+
+            return guided_pipeline(pipe, self)
         params = dict(pipe.unet.named_parameters())
         with torch.no_grad():
             for name, value in self.weights.items():
                 if params[name].shape != value.shape:
                     raise ErasekitError(f"{name}: edit has shape {tuple(value.shape)}, model has {tuple(params[name].shape)}")
                 params[name].copy_(value.to(params[name].dtype))
-        if self.inference:
-            from erasekit.models.guidance import guided_pipeline
-
-            return guided_pipeline(pipe, self.inference)
         return pipe
 
     @contextmanager
@@ -118,9 +124,13 @@ class Edit:
         """The pipeline with this edit in place for the block; the original weights come back after."""
         params = dict(pipe.unet.named_parameters())
         originals = {n: params[n].detach().clone() for n in self.weights if n in params}
+        erased = None
         try:
-            yield self.apply(pipe, check_base=check_base)
+            erased = self.apply(pipe, check_base=check_base)
+            yield erased
         finally:
+            if callable(getattr(erased, "release", None)):  # hooks an inference-time edit put on the modules
+                erased.release()
             with torch.no_grad():
                 for name, value in originals.items():
                     params[name].copy_(value)
@@ -135,6 +145,8 @@ class Edit:
             card["lora"] = {"file": LORA_FILE, "max_rank": max(lora.ranks.values()), "relative_error": lora.relative_error}
         with claim_output(Path(directory), "edit", overwrite), atomic_dir(Path(directory)) as tmp:
             save_file({k: v.detach().contiguous().cpu() for k, v in self.weights.items()}, str(tmp / WEIGHTS_FILE))
+            if self.adapters:
+                save_file({k: v.detach().contiguous().cpu() for k, v in self.adapters.items()}, str(tmp / ADAPTERS_FILE))
             if lora is not None:
                 save_lora(lora, tmp)
             (tmp / CARD_FILE).write_text(json.dumps(card, indent=2, default=str) + "\n")
@@ -148,12 +160,15 @@ class Edit:
         try:
             weights = load_file(str(directory / WEIGHTS_FILE))
             card = json.loads((directory / CARD_FILE).read_text())
+            adapters = load_file(str(directory / ADAPTERS_FILE)) if (directory / ADAPTERS_FILE).exists() else {}
         except Exception as err:  # safetensors and json raise several types for a damaged file
             raise ErasekitError(f"{directory} holds a damaged edit: {err}") from err
         if not isinstance(card, dict) or not isinstance(card.get("targets"), list) or not card["targets"]:
             raise ErasekitError(f"{directory}/{CARD_FILE} is not an edit card (it needs a non-empty list of targets)")
         refuse_non_finite(weights, f"the edit in {directory}")
-        return cls(weights, card)
+        if isinstance(card.get("inference"), dict) and "spm" in card["inference"] and not adapters:
+            raise ErasekitError(f"{directory} is an SPM edit with transport but has no {ADAPTERS_FILE}; copy the whole directory")
+        return cls(weights, card, adapters)
 
 
 def load_erased(edit_dir: Path, model: str | Path | None = None, check_base: bool = True) -> DiffusionPipeline:

@@ -47,6 +47,8 @@ SMALL = {
     "esd-x-strict": {"iterations": 10, "sample_steps": 10},
     "ac": {"anchor_images": 4, "steps": 10, "sample_steps": 10},
     "sld": {},
+    "spm": {"iterations": 10, "sample_steps": 10, "warmup_steps": 2},
+    "doco": {"anchor_images": 4, "steps": 10, "warm_up": 4, "sample_steps": 10, "batch_size": 2},
 }
 # paper defaults, except what needs weights this machine cannot fetch (Grounded-SAM, CLIP validator)
 DEFAULTS = {"uce": {}, "mace": {"segmenter": "none"}, "realera": {}, "esd-x": {}, "rece": {"validate": "none"}}

@@ -32,11 +32,13 @@ QUICK = {
     "esd-x-strict": {"iterations": 2, "sample_steps": 2},
     "ac": {"anchor_images": 2, "steps": 2, "sample_steps": 2, "batch_size": 2, "preserve_images": 1},
     "sld": {},
+    "spm": {"iterations": 3, "sample_steps": 3, "warmup_steps": 0, "anchor_source": "embedding"},
+    "doco": {"anchor_images": 2, "steps": 3, "warm_up": 1, "sample_steps": 2, "batch_size": 2, "preserve_images": 1},
 }
 SPEC = EraseSpec(("square",), preserve=("circle",))
 # One method per algorithm: the ESD variants share one erase() and differ only in which parameters
 # train; esd-u stands for them, with the convolutions and time embedding the others leave alone.
-ALGORITHMS = ["esd-u", "mace", "realera", "rece", "uce", "ac", "sld"]
+ALGORITHMS = ["esd-u", "mace", "realera", "rece", "uce", "ac", "sld", "spm", "doco"]
 
 
 def spec_for(method):

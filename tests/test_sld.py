@@ -51,9 +51,10 @@ def test_the_edit_is_a_configuration_that_samples_through_the_safe_pipeline(pipe
 def test_a_pipeline_that_cannot_host_it_is_one_line():
     from types import SimpleNamespace
 
+    from erasekit.edits import Edit
     from erasekit.models.guidance import guided_pipeline
 
     with pytest.raises(ErasekitError, match="one text encoder"):
-        guided_pipeline(SimpleNamespace(text_encoder_2=object()), {"sld": {}})
+        guided_pipeline(SimpleNamespace(text_encoder_2=object()), Edit({}, {"inference": {"sld": {}}}))
     with pytest.raises(ErasekitError, match="unknown inference-time guidance"):
-        guided_pipeline(SimpleNamespace(), {"negative-prompt": {}})
+        guided_pipeline(SimpleNamespace(), Edit({}, {"inference": {"negative-prompt": {}}}))

@@ -32,9 +32,10 @@ import torch.nn.functional as F
 
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import EraseSpec, anchor_prompt, config_field, register
+from erasekit.methods.base import EraseSpec, config_field, register
 from erasekit.models.layers import AC_GROUPS, ablation_parameters
-from erasekit.primitives.diffusion import predict_noise, sample_latents
+from erasekit.primitives.diffusion import predict_noise
+from erasekit.primitives.image_batches import caption_pairs, draw_images, noised_batch
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.training import fine_tuning, fit, loss_record
 
@@ -75,69 +76,39 @@ class ACConfig:
             raise ErasekitError("each template needs exactly one {} for the concept")
 
 
-@dataclass
-class Images:
-    """Latents x_0 the original model drew, each with the index of the caption pair it illustrates."""
-
-    latents: torch.Tensor
-    caption: list[int]
-
-
-def draw(run: RunContext, prompts: list[str], count: int, config: ACConfig, seed: int) -> Images:
-    """``count`` images spread evenly over ``prompts``, each with its own seed."""
-    uncond = run.states([""])
-    latents, caption = [], []
-    for i, prompt in enumerate(prompts):
-        n = count // len(prompts) + (i < count % len(prompts))
-        if n:
-            seeds = [seed + i * count + j for j in range(n)]
-            latents.append(sample_latents(run.pipe, run.states([prompt]), uncond, config.guidance, config.sample_steps, seeds))
-            caption += [i] * n
-    return Images(torch.cat(latents), caption)
-
-
 @register(
     "ac",
     "AC, Ablating Concepts (Kumari et al. 2023): fine-tune so the target's prompt draws the anchor's images",
     ACConfig,
 )
 def erase(run: RunContext, spec: EraseSpec, config: ACConfig) -> Edit:
-    unet, scheduler = run.unet, run.pipe.scheduler
-    pairs = [(t.format(target), anchor_prompt(t, anchor)) for target, anchor in zip(spec.targets, spec.anchors, strict=True)
-             for t in config.templates]  # fmt: skip
+    unet = run.unet
+    pairs = caption_pairs(spec.targets, spec.anchors, config.templates)
     target_states, anchor_states = run.states([c for c, _ in pairs]), run.states([a for _, a in pairs])
-    anchor_images = draw(run, [a for _, a in pairs], config.anchor_images, config, config.seed)
+    anchor_images = draw_images(run, [a for _, a in pairs], config.anchor_images, config.guidance, config.sample_steps,
+                                config.seed)  # fmt: skip
     kept_prompts = [t.format(p) for p in spec.preserve for t in config.templates]
     use_prior = bool(kept_prompts) and config.prior_loss_weight > 0
     if use_prior:
-        kept_images = draw(run, kept_prompts, config.preserve_images * len(spec.preserve), config, config.seed + 10**6)
+        kept_images = draw_images(run, kept_prompts, config.preserve_images * len(spec.preserve), config.guidance,
+                                  config.sample_steps, config.seed + 10**6)  # fmt: skip
         kept_states = run.states(kept_prompts)
     rng, generator = random.Random(config.seed), run.generator(config.seed)
-    train_steps = scheduler.config.num_train_timesteps
-
-    def noised(images: Images) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-        """A batch of x_t at uniform timesteps, its noise, t and caption indices."""
-        batch = [rng.randrange(len(images.caption)) for _ in range(config.batch_size)]
-        x0 = images.latents[batch]
-        t = torch.randint(0, train_steps, (len(batch),), generator=generator, device="cpu").to(
-            run.device
-        )  # drawn on the CPU: one seed, every device
-        noise = run.randn(tuple(x0.shape), generator, x0.dtype)
-        return scheduler.add_noise(x0, noise, t), noise, t, [images.caption[i] for i in batch]
 
     with fine_tuning(run, ablation_parameters(unet, config.parameter_group)) as tuning:
 
         def loss_at(_: int) -> torch.Tensor:
-            x_t, noise, t, captions = noised(anchor_images)
+            batch = noised_batch(run, anchor_images, config.batch_size, rng, generator)
+            x_t, t = batch.x_t, batch.t
             if config.loss == "model":
                 with torch.no_grad():
-                    target = predict_noise(unet, x_t, t, anchor_states[captions]).float()
+                    target = predict_noise(unet, x_t, t, anchor_states[batch.caption]).float()
             else:
-                target = noise.float()
-            loss = F.mse_loss(predict_noise(unet, x_t, t, target_states[captions]).float(), target)
+                target = batch.noise.float()
+            loss = F.mse_loss(predict_noise(unet, x_t, t, target_states[batch.caption]).float(), target)
             if use_prior:
-                x_t, noise, t, captions = noised(kept_images)
-                prior = F.mse_loss(predict_noise(unet, x_t, t, kept_states[captions]).float(), noise.float())
+                kept = noised_batch(run, kept_images, config.batch_size, rng, generator)
+                prior = F.mse_loss(predict_noise(unet, kept.x_t, kept.t, kept_states[kept.caption]).float(), kept.noise.float())
                 loss = loss + config.prior_loss_weight * prior
             return loss
 

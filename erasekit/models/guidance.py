@@ -5,6 +5,9 @@ Safe Latent Diffusion (Schramowski et al., CVPR 2023) is hosted by diffusers' ow
 nothing copied): at every step after a warm-up it adds safety guidance away from the safety
 concept's noise prediction wherever the prompt's prediction comes close to it. An edit whose card
 carries ``"inference": {"sld": {...}}`` is applied by returning such a pipeline.
+
+SPM's facilitated transport (``"inference": {"spm": {...}}``) is the other kind: the base weights stay,
+and the edit's adapters act per prompt (:mod:`erasekit.models.transport`).
 """
 
 from __future__ import annotations
@@ -16,14 +19,22 @@ from erasekit.errors import ErasekitError
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
+    from erasekit.edits import Edit
+
 SLD_SETTINGS = ("sld_guidance_scale", "sld_warmup_steps", "sld_threshold", "sld_momentum_scale", "sld_mom_beta")
 
 
-def guided_pipeline(pipe: DiffusionPipeline, inference: dict[str, Any]) -> DiffusionPipeline:
-    """``pipe``'s components in the pipeline that ``inference`` (an edit card's entry) asks for."""
-    if set(inference) != {"sld"}:
-        raise ErasekitError(f"unknown inference-time guidance {', '.join(inference)}; this erasekit knows 'sld'")
-    return safe_latent_diffusion(pipe, inference["sld"])
+def guided_pipeline(pipe: DiffusionPipeline, edit: Edit) -> DiffusionPipeline:
+    """``pipe``'s components in the pipeline that ``edit``'s card entry "inference" asks for."""
+    inference = edit.inference or {}
+    if len(inference) != 1 or next(iter(inference)) not in ("sld", "spm"):
+        raise ErasekitError(f"unknown inference-time guidance {', '.join(inference)}; this erasekit knows 'sld' and 'spm'")
+    if "sld" in inference:
+        return safe_latent_diffusion(pipe, inference["sld"])
+    from erasekit.models.transport import adapters_from_flat, transported_pipeline
+
+    spm = inference["spm"]
+    return transported_pipeline(pipe, adapters_from_flat(edit.adapters, spm["concepts"]), spm.get("metric", "clipcos_tokenuni"))
 
 
 def safe_latent_diffusion(pipe: DiffusionPipeline, settings: dict[str, Any]) -> DiffusionPipeline:

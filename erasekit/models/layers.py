@@ -120,3 +120,22 @@ def ablation_parameters(unet: nn.Module, group: str) -> list[str]:
 def kv_weights(unet: nn.Module) -> dict[str, torch.Tensor]:
     """Copies of every cross-attention ``to_k``/``to_v`` weight, by parameter name (``<attn2>.to_k.weight``)."""
     return {f"{name}.weight": lin.weight.detach().clone() for name, lin in kv_projections(unet).items()}
+
+
+def transformer_layers(unet: nn.Module) -> dict[str, nn.Linear | nn.Conv2d]:
+    """Every Linear / Conv2d inside the UNet's ``Transformer2DModel`` blocks, by dotted name: proj_in,
+    attn1 and attn2 (q, k, v, out), the feed-forward and proj_out, the layers SPM adapts (the
+    official SPMNetwork's ``UNET_TARGET_REPLACE_MODULE_TRANSFORMER``)."""
+    found = {
+        f"{block}.{name}": layer
+        for block, module in unet.named_modules()
+        if type(module).__name__ == "Transformer2DModel"
+        for name, layer in module.named_modules()
+        if isinstance(layer, (nn.Linear, nn.Conv2d))
+    }
+    if not found:
+        raise ErasekitError(
+            f"{type(unet).__name__} has no Transformer2DModel blocks: SPM adapts the linear layers of a diffusers "
+            "UNet2DConditionModel's transformer blocks"
+        )
+    return found

@@ -1,9 +1,10 @@
 """Temporary LoRA adapters (peft) on named linear layers, read back as dense weight deltas.
 
 MACE trains one adapter per concept and RealEra one for noise alignment; both then fold the
-adapters into a closed-form edit, so an adapter lives only for its training run: injected with
-peft's ``inject_adapter_in_model``, trained, read out as ΔW = (α/r)·B·A per layer, and removed,
-which leaves the UNet exactly as it was.
+adapters into a closed-form edit, and SPM keeps its factors. An adapter lives only for its training
+run: injected with peft's ``inject_adapter_in_model``, trained, read out (as ΔW = (α/r)·B·A per
+layer, or as the factors), and removed, which leaves the UNet exactly as it was. Linear layers and
+convolutions (SD 1.x's 1×1 proj_in / proj_out) both take one.
 """
 
 from __future__ import annotations
@@ -50,33 +51,37 @@ class LoraAdapter:
                 layer.enable_adapters(True)
 
     @torch.no_grad()
-    def deltas(self) -> dict[str, torch.Tensor]:
-        """``{"<layer>.weight": ΔW}`` with ΔW = scaling · B A, in float32."""
+    def factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{layer: (down, up)}`` in float32, the scaling folded into ``up``: down is A (r, in) or for a
+        convolution (r, in, kh, kw); up is B (out, r) (a convolution's 1×1 kernel flattened)."""
         out = {}
         for name in self.names:
             layer = self._layer(name)
-            a, b = layer.lora_A[ADAPTER].weight.float(), layer.lora_B[ADAPTER].weight.float()
-            out[f"{name}.weight"] = layer.scaling[ADAPTER] * (b @ a)
+            down, up = layer.lora_A[ADAPTER].weight.float(), layer.lora_B[ADAPTER].weight.float()
+            out[name] = (down.clone(), layer.scaling[ADAPTER] * up.reshape(up.shape[0], up.shape[1]))
         return out
+
+    def deltas(self) -> dict[str, torch.Tensor]:
+        """``{"<layer>.weight": ΔW}`` with ΔW = scaling · B A (in the layer's weight shape), in float32."""
+        return {f"{name}.weight": (up @ down.flatten(1)).reshape(self._layer(name).weight.shape)
+                for name, (down, up) in self.factors().items()}  # fmt: skip
 
 
 @contextmanager
 def lora_adapter(
     model: nn.Module, names: list[str], rank: int, alpha: float | None = None, seed: int = 0
 ) -> Iterator[LoraAdapter]:
-    """Inject a rank-``rank`` LoRA into each linear layer in ``names`` (B = 0, so the model starts unchanged).
+    """Inject a rank-``rank`` LoRA into each layer in ``names`` (B = 0, so the model starts unchanged).
 
     A's random initialisation is drawn from ``seed`` without touching the global random state.
     """
     for name in names:
         layer = model.get_submodule(name)
-        if not isinstance(layer, nn.Linear):
-            raise ErasekitError(f"{name} is a {type(layer).__name__}, not a linear layer a LoRA can adapt")
-        if not 1 <= rank <= min(layer.in_features, layer.out_features):
-            raise ErasekitError(
-                f"LoRA rank {rank} does not fit {name} ({layer.out_features}×{layer.in_features}); "
-                f"use 1 … {min(layer.in_features, layer.out_features)}"
-            )
+        if not isinstance(layer, nn.Linear | nn.Conv2d):
+            raise ErasekitError(f"{name} is a {type(layer).__name__}, not a linear layer or convolution a LoRA can adapt")
+        fan_out, fan_in = layer.weight.shape[:2]
+        if not 1 <= rank <= min(fan_in, fan_out):
+            raise ErasekitError(f"LoRA rank {rank} does not fit {name} ({fan_out}×{fan_in}); use 1 … {min(fan_in, fan_out)}")
     config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, target_modules=names, lora_dropout=0.0)
     had_config = hasattr(model, "peft_config")
     with torch.random.fork_rng(devices=[]):

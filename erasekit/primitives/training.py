@@ -56,8 +56,10 @@ def fit(
     optimizer: torch.optim.Optimizer,
     desc: str,
     max_grad_norm: float | None = None,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> list[float]:
-    """Minimise ``loss_fn(step)`` over ``params`` for ``steps`` steps; returns the loss of every step."""
+    """Minimise ``loss_fn(step)`` over ``params`` for ``steps`` steps (the learning rate stepped by
+    ``schedule`` after each, when given); returns the loss of every step."""
     scaler = torch.amp.GradScaler(run.device.type, enabled=run.dtype == torch.float16)
     losses: list[float] = []
     bar = run.bar(range(steps), desc)
@@ -76,6 +78,8 @@ def fit(
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         scaler.step(optimizer)
         scaler.update()
+        if schedule is not None:
+            schedule.step()
         losses.append(value)
         bar.set_postfix(loss=f"{value:.4f}")
     return losses

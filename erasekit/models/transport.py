@@ -1,0 +1,211 @@
+"""Facilitated transport (SPM, Lyu et al. CVPR 2024): each SPM adapter acts on a prompt as strongly as
+the prompt carries its concept, so unrelated prompts run (nearly) the untouched model and many SPMs
+can be plugged in at once.
+
+The strength of adapter k on prompt p is γ_k(p) = max(s_cos, s_tok) clamped to [0, 1] (the official
+``clipcos_tokenuni``; ``clipcos`` or ``tokenuni`` alone are its other matching metrics):
+
+* s_cos: the cosine between the text encoder's states of p and of the concept, each flattened over
+  all token positions (as the official ``infer_spm.py`` computes "clipcos");
+* s_tok = |T(c) ∩ T(p)| / |T(c)|: the share of the concept's tokens (special tokens left out) that
+  occur in the prompt (the official "tokenuni").
+
+It runs inside a standard diffusers pipeline: :func:`transported_pipeline` builds the pipeline's own
+class on its modules, whose ``__call__`` scores the prompts and passes one row of strengths per UNet
+row through ``cross_attention_kwargs``; a pre-hook on every ``Transformer2DModel`` takes them out
+(the attention processors never see them) and the adapted layers add Σ_k γ_k · up_k(down_k(x)) row
+by row. The uncond row of an image gets its prompt's strengths, as the official code applies one
+multiplier to the whole call. Unlike ``infer_spm.py``, which scales both factors of every SPM by γ
+and sums them (an effective γ² and cross terms between SPMs), each adapter here is scaled by γ once,
+the paper's Σ_k γ_k M_k.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from erasekit.errors import ErasekitError
+from erasekit.models.layers import transformer_layers
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+SCALES_KEY = "erasekit_spm_scales"  # the cross_attention_kwargs entry that carries the strengths
+METRICS = ("clipcos_tokenuni", "clipcos", "tokenuni")  # the official infer_spm.py's matching metrics
+
+
+@dataclass
+class SPMAdapter:
+    """One SPM: the concept it erases and its factors per layer (down (1, in[, kh, kw]), up (out, 1))."""
+
+    concept: str
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+    def flat(self, index: int) -> dict[str, torch.Tensor]:
+        """The factors as named tensors, for a safetensors file."""
+        out = {}
+        for layer, (down, up) in self.factors.items():
+            out[f"{index}.{layer}.down"], out[f"{index}.{layer}.up"] = down, up
+        return out
+
+
+def adapters_from_flat(tensors: dict[str, torch.Tensor], concepts: Sequence[str]) -> list[SPMAdapter]:
+    """The inverse of :meth:`SPMAdapter.flat` over all adapters, in the order of ``concepts``."""
+    adapters = [SPMAdapter(c, {}) for c in concepts]
+    for key in tensors:
+        index, _, rest = key.partition(".")
+        layer, _, kind = rest.rpartition(".")
+        if not index.isdigit() or int(index) >= len(adapters) or kind not in ("down", "up"):
+            raise ErasekitError(f"adapter tensor {key!r} does not belong to one of the card's {len(concepts)} SPMs")
+        if kind == "down":
+            adapters[int(index)].factors[layer] = (tensors[key], tensors[f"{index}.{layer}.up"])
+    return adapters
+
+
+class PromptScorer:
+    """γ_k(p) of every prompt for every adapter's concept (see the module's docstring)."""
+
+    def __init__(self, pipe: DiffusionPipeline, concepts: Sequence[str], metric: str = METRICS[0]) -> None:
+        from erasekit.primitives.prompt_cache import PromptCache
+
+        if metric not in METRICS:
+            raise ErasekitError(f"unknown SPM matching metric {metric!r}; choose one of {', '.join(METRICS)}")
+        self.metric = metric
+        self.cache, self.tokenizer = PromptCache(pipe), pipe.tokenizer
+        self.special = set(self.tokenizer.all_special_ids)
+        self.concept_tokens = [self.tokens(c) for c in concepts]
+        self.concept_states = F.normalize(self.cache.states(list(concepts)).float().flatten(1), dim=-1)
+
+    def tokens(self, text: str) -> set[int]:
+        return set(self.tokenizer(text).input_ids) - self.special
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(n prompts, k adapters) strengths in [0, 1]."""
+        states = F.normalize(self.cache.states(list(prompts)).float().flatten(1), dim=-1)
+        cosine = states @ self.concept_states.to(states.device).T
+        overlap = torch.tensor(
+            [[len(c & self.tokens(p)) / max(1, len(c)) for c in self.concept_tokens] for p in prompts],
+            device=cosine.device,
+        )
+        scores = {"clipcos": cosine, "tokenuni": overlap}.get(self.metric, torch.maximum(cosine, overlap))
+        return scores.clamp(0, 1)
+
+
+class Transport:
+    """Hooks that add the adapters to a UNet's transformer layers with per-row strengths."""
+
+    def __init__(self, unet: nn.Module, adapters: Sequence[SPMAdapter]) -> None:
+        layers = transformer_layers(unet)
+        weight = next(unet.parameters())
+        self.unet, self.count = unet, len(adapters)
+        self.stacked: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for name in dict.fromkeys(n for a in adapters for n in a.factors):
+            if name not in layers:
+                raise ErasekitError(
+                    f"this SPM adapts {name}, which the pipeline's UNet does not have: it was made for another model"
+                )
+            downs, ups = [], []
+            for adapter in adapters:  # an adapter without this layer contributes zeros
+                down, up = adapter.factors.get(name, (None, None))
+                shape = layers[name].weight.shape
+                zeros = {"device": weight.device, "dtype": weight.dtype}
+                downs.append(down.to(**zeros) if down is not None else torch.zeros(1, *shape[1:], **zeros))
+                ups.append(up.to(**zeros) if up is not None else torch.zeros(shape[0], 1, **zeros))
+            self.stacked[name] = (
+                torch.cat(downs).to(weight.device, weight.dtype),
+                torch.cat(ups, dim=1).to(weight.device, weight.dtype),
+            )
+        self.current: torch.Tensor | None = None  # (rows, k) strengths of the transformer block running now
+        self.handles: list[Any] = []
+
+    def install(self) -> None:
+        if getattr(self.unet, "_erasekit_transport", None) is not None:
+            raise ErasekitError("this UNet already carries SPM adapters; release the first pipeline before applying another")
+        modules = dict(self.unet.named_modules())
+        for module in modules.values():
+            if type(module).__name__ == "Transformer2DModel":
+                self.handles.append(module.register_forward_pre_hook(self._enter, with_kwargs=True))
+                self.handles.append(module.register_forward_hook(self._leave))
+        for name in self.stacked:
+            self.handles.append(modules[name].register_forward_hook(self._adapted(name)))
+        self.unet._erasekit_transport = self
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        self.unet._erasekit_transport = None
+
+    def _enter(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        extra = dict(kwargs.get("cross_attention_kwargs") or {})
+        scales = extra.pop(SCALES_KEY, None)
+        if scales is None:  # a direct UNet call (a judge, an attack): every adapter at full strength
+            scales = torch.ones(hidden.shape[0], self.count, device=hidden.device, dtype=hidden.dtype)
+        if scales.shape != (hidden.shape[0], self.count):
+            raise ErasekitError(
+                f"SPM strengths for {tuple(scales.shape)} rows × adapters reached a block of {hidden.shape[0]} rows "
+                f"and {self.count} adapters"
+            )
+        self.current = scales.to(hidden.device, hidden.dtype)
+        return args, {**kwargs, "cross_attention_kwargs": extra or None}
+
+    def _leave(self, *_: Any) -> None:
+        self.current = None
+
+    def _adapted(self, name: str):  # noqa: ANN202 - a forward hook
+        down, up = self.stacked[name]
+
+        def hook(layer: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            x, scales = args[0], self.current
+            if scales is None:
+                scales = torch.ones(x.shape[0], self.count, device=x.device, dtype=x.dtype)
+            if isinstance(layer, nn.Conv2d):
+                h = F.conv2d(x, down, None, layer.stride, layer.padding, layer.dilation) * scales[:, :, None, None]
+                return output + F.conv2d(h, up[:, :, None, None])
+            h = F.linear(x, down) * scales.view(x.shape[0], *([1] * (x.ndim - 2)), self.count)
+            return output + F.linear(h, up)
+
+        return hook
+
+
+def transported_pipeline(pipe: DiffusionPipeline, adapters: Sequence[SPMAdapter], metric: str = METRICS[0]) -> DiffusionPipeline:
+    """``pipe``'s own pipeline class on its modules, with ``adapters`` under facilitated transport
+    (strengths by ``metric``); the adapters stay on the UNet until the returned pipeline's ``release()``."""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        raise ErasekitError("SPM transport scores prompts with one text encoder (SD 1.x/2.x); this pipeline has two (SDXL)")
+    if not callable(getattr(pipe, "encode_prompt", None)):
+        raise ErasekitError(f"{type(pipe).__name__} is not a text-to-image pipeline: SPM transport cannot host it")
+    scorer = PromptScorer(pipe, [a.concept for a in adapters], metric)
+    transport = Transport(pipe.unet, adapters)
+
+    class Transported(type(pipe)):
+        def __call__(self, prompt: str | list[str] | None = None, **kwargs: Any) -> Any:
+            if prompt is None:
+                raise ErasekitError("SPM transport scores prompts by their text: give `prompt`, not prompt_embeds")
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            per_image = scorer(prompts).repeat_interleave(kwargs.get("num_images_per_prompt") or 1, dim=0)
+            guided = kwargs.get("guidance_scale", 7.5) > 1 and self.unet.config.time_cond_proj_dim is None
+            rows = torch.cat([per_image, per_image]) if guided else per_image  # [uncond; cond], as the pipeline stacks them
+            extra = {**(kwargs.pop("cross_attention_kwargs", None) or {}), SCALES_KEY: rows}
+            return super().__call__(prompts, cross_attention_kwargs=extra, **kwargs)
+
+        def release(self) -> None:
+            """Take the adapters off the UNet (the pipeline's modules are the user's)."""
+            transport.remove()
+
+    components = dict(pipe.components)
+    if "requires_safety_checker" in inspect.signature(type(pipe).__init__).parameters:
+        components["requires_safety_checker"] = pipe.config.get("requires_safety_checker", False)
+    transported = Transported(**components)
+    transported.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+    transport.install()
+    return transported
