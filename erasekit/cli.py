@@ -304,6 +304,7 @@ def _judge_and_write(
     from erasekit.eval.generation import SamplerSettings, image_grid
     from erasekit.eval.protocols import run_protocol, verdict
     from erasekit.io import atomic_dir, write_json
+    from erasekit.report import write_run_report
 
     steps, guidance, batch_size = sampler
     settings = SamplerSettings(steps=steps, guidance=guidance, batch_size=batch_size)
@@ -326,9 +327,10 @@ def _judge_and_write(
             tiles.append(g.images[g.row_index == i][:per_prompt])
             labels.append(f"{which[:4]}: {prompt[:40]}")
     grid = image_grid(np.concatenate(tiles), per_prompt, labels)
-    with atomic_dir(run_dir) as tmp:  # results and grid together, or neither
+    with atomic_dir(run_dir) as tmp:  # results, grid and report together, or none of them
         write_json(tmp / "results.json", result)
         grid.save(tmp / "before_after.png", format="PNG")
+        write_run_report(tmp, name=run_dir.name)
 
 
 def _metrics_table(result: dict) -> Table:
@@ -569,6 +571,94 @@ def _erase_and_write(
 
 
 @app.command()
+def export(
+    edit_dir: Annotated[Path, typer.Argument(help="An edit directory (erasekit erase --out).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write (a directory for diffusers-lora).")],
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="kohya (one LoRA file for AUTOMATIC1111 / ComfyUI), diffusers-lora (a directory for "
+            "pipe.load_lora_weights) or single-file (the whole erased model as one checkpoint).",
+        ),
+    ] = "kohya",
+    rank: Annotated[int | None, typer.Option(help="Cap on the LoRA rank (default: the rank that reproduces the edit).")] = None,
+    model: ModelOption = None,
+    dtype: Annotated[str, typer.Option("--dtype", help="Precision of the written tensors: fp32, fp16 or bf16.")] = "fp32",
+    no_check_base: Annotated[
+        bool, typer.Option("--no-check-base", help="Skip the check that the model is the one the edit was made on.")
+    ] = False,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Export an edit for the tools people load models with: a kohya LoRA, a diffusers LoRA or one checkpoint file."""
+    from erasekit.exports import FORMATS, export_edit
+    from erasekit.io import claim_output
+
+    if fmt not in FORMATS:
+        raise ErasekitError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if rank is not None and rank < 1:
+        raise ErasekitError(f"--rank must be at least 1, not {rank}")
+    with claim_output(out, "lora" if fmt == "diffusers-lora" else None, overwrite):
+        done = export_edit(edit_dir, fmt, out, model, rank, dtype, check_base=not no_check_base)
+    if done.note:
+        Console(stderr=True).print(done.note, style="yellow", highlight=False, soft_wrap=True)
+    if done.max_rank is not None:
+        console.print(f"{fmt}: rank ≤ {done.max_rank}, relative error {done.relative_error:.2e} → {done.path}", highlight=False)
+    else:
+        console.print(f"{fmt} → {done.path}", highlight=False)
+
+
+@app.command()
+def push(
+    edit_dir: Annotated[Path, typer.Argument(help="An edit directory (erasekit erase --out), with its eval-* runs.")],
+    repo_id: Annotated[
+        str | None, typer.Option("--repo-id", help="Hub repository to create or update, e.g. me/sd15-no-van-gogh.")
+    ] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the repository as private.")] = False,
+    card_only: Annotated[
+        bool, typer.Option("--card-only", help="Only write the model card (README.md) into the edit directory; no upload.")
+    ] = False,
+    model: ModelOption = None,
+) -> None:
+    """Write the edit's model card and upload the edit, the card and a kohya LoRA to the Hugging Face hub."""
+    from erasekit.hub import push as push_edit
+    from erasekit.hub import write_card
+
+    if card_only:
+        console.print(f"model card → {write_card(edit_dir)}", highlight=False)
+        return
+    if not repo_id:
+        raise ErasekitError("push needs --repo-id OWNER/NAME (or --card-only to write the card without uploading)")
+    console.print(f"pushed {edit_dir} → {push_edit(edit_dir, repo_id, private, model)}", highlight=False)
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="Eval runs, edit directories (with their eval-* runs) or bench directories.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML page to write.")] = Path("report.html"),
+    overwrite: OverwriteOption = False,
+) -> None:
+    """One self-contained HTML page over runs: grids, metrics, per-concept bars, Pareto and cost plots, edit cards."""
+    from erasekit.io import claim_output
+    from erasekit.report import write_report
+
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ErasekitError(f"the report is an HTML page; give --out a name ending in .html, not {out.name!r}")
+    with claim_output(out, None, overwrite or _is_report(out)):
+        console.print(f"wrote {write_report(run_dirs, out)}", highlight=False)
+
+
+def _is_report(path: Path) -> bool:
+    """Whether ``path`` is a page this command wrote before (which a rerun may replace)."""
+    try:
+        return path.is_file() and "<title>erasekit report</title>" in path.read_text(encoding="utf-8", errors="ignore")[:4000]
+    except OSError:
+        return False
+
+
+@app.command()
 def expand(
     concepts: Annotated[list[str], typer.Argument(help="Concepts to expand.")],
     top_k: Annotated[int, typer.Option(help="Phrases to propose per concept.")] = 10,
@@ -666,13 +756,14 @@ def _bench(
     from erasekit.eval.bench import run_bench
     from erasekit.models.evaluators import load_world_evaluator
     from erasekit.models.loading import load_pipeline
+    from erasekit.report import write_run_report
 
     if protocol == "cost":
         from erasekit.eval.bench import cost_table, run_cost
 
         cost = run_cost(model, entries, out, count_list, device, dtype)
         console.print(cost_table(cost), markup=False)
-        console.print(f"wrote {out / 'cost.json'}")
+        console.print(f"wrote {out / 'cost.json'} and {write_run_report(out)}")
         return
     if protocol == "mass":
         from erasekit.eval.bench import mass_table, run_mass
@@ -680,7 +771,7 @@ def _bench(
         pipe = load_pipeline(model, dtype, device, progress=False)
         mass = run_mass(pipe, load_world_evaluator(), entries, out, count_list, samples=samples, settings=settings)
         console.print(mass_table(mass), markup=False)
-        console.print(f"wrote {out / 'mass.json'}")
+        console.print(f"wrote {out / 'mass.json'} and {write_run_report(out)}")
         return
     result = run_bench(
         load_pipeline(model, dtype, device, progress=False),
@@ -719,7 +810,7 @@ def _bench(
             f"{once['seconds']:.1f} s / {once['peak_rss_mb']:.0f} MB",
         )
     Console(width=max(console.width, 180)).print(table)
-    console.print(f"wrote {out / 'bench.json'}")
+    console.print(f"wrote {out / 'bench.json'} and {write_run_report(out)}")
 
 
 @world_app.command("train")

@@ -109,13 +109,20 @@ def atomic_dir(path: Path) -> Iterator[Path]:
 
 # What a previous output of each kind holds: the files that mark it, and what else it may hold.
 OUTPUT_KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
-    "edit": (frozenset({"card.json", "edit.safetensors"}), frozenset({"pytorch_lora_weights.safetensors"})),
+    "edit": (
+        frozenset({"card.json", "edit.safetensors"}),
+        frozenset({"pytorch_lora_weights.safetensors", "adapters.safetensors", "README.md"}),
+    ),
+    "lora": (frozenset({"pytorch_lora_weights.safetensors"}), frozenset()),
     "run": (frozenset({"run.json", "images.npz"}), frozenset({"grid.png", "prompts.csv", "results.json"})),
-    "eval": (frozenset({"results.json"}), frozenset({"before_after.png"})),
+    "eval": (frozenset({"results.json"}), frozenset({"before_after.png", "report.html"})),
     "pipeline": (frozenset({"model_index.json"}), frozenset()),
     "gates": (frozenset({"run.json", "images.npz"}), frozenset({"grid.png", "prompts.csv", "gates.json", "gates.md"})),
     # a bench directory resumes from its cells, so a half-done one (cells only) is a bench output too
-    "bench": (frozenset(), frozenset({"cells", *(f"{n}.{x}" for n in ("bench", "mass", "cost") for x in ("json", "md"))})),
+    "bench": (
+        frozenset(),
+        frozenset({"cells", "report.html", *(f"{n}.{x}" for n in ("bench", "mass", "cost") for x in ("json", "md"))}),
+    ),
 }
 _HELD: set[Path] = set()  # output paths this process has claimed (a claim inside a claim is a no-op)
 

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 LORA_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
 
 
+class NotLoraable(ErasekitError):
+    """The edit changes something a LoRA file cannot carry (a norm layer; for kohya, a bias)."""
+
+
 @dataclass
 class LoraExport:
     tensors: dict[str, torch.Tensor]
@@ -47,7 +51,7 @@ def lora_factors(edit: Edit, unet: nn.Module, max_rank: int | None = None, toler
         module_name, _, kind = name.rpartition(".")
         module = modules.get(module_name)
         if not isinstance(module, nn.Linear | nn.Conv2d) or kind not in ("weight", "bias"):
-            raise ErasekitError(
+            raise NotLoraable(
                 f"{name} is not a linear or convolution weight: a LoRA cannot carry this edit; "
                 "use its edit.safetensors or save the whole pipeline (--save-pipeline)"
             )

@@ -1,30 +1,24 @@
-"""One markdown table from one or more committed bench JSON files (the README's tables come from here).
+"""One markdown table from committed bench JSON (object-style, mass or cost files, merged in order) or
+from one sweep's JSON lines; the generated tables of the README and docs/ come from here.
 
-    python scripts/bench_table.py bench/object-official-defaults.json
+    python scripts/bench_table.py bench/ac-sld-object.json
+    python scripts/bench_table.py bench/spm-sweep.jsonl
 
-Files are merged in order; they must share the protocol, concepts and samples per prompt.
+Merged files must share the task and samples per prompt (and, for object-style benches, the concepts).
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
-from erasekit.eval.bench import markdown_table
-
-
-def merged(paths: list[Path]) -> dict:
-    results = [json.loads(p.read_text()) for p in paths]
-    first = results[0]
-    for path, other in zip(paths[1:], results[1:], strict=True):
-        for key in ("protocol", "concepts", "samples_per_prompt"):
-            if other[key] != first[key]:
-                sys.exit(f"{path}: {key} {other[key]!r} differs from {paths[0]}'s {first[key]!r}")
-    return {**first, "methods": {label: m for r in results for label, m in r["methods"].items()}}
-
+from erasekit.errors import ErasekitError
+from erasekit.eval.bench import any_table
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    print(markdown_table(merged([Path(p) for p in sys.argv[1:]])), end="")
+    try:
+        print(any_table([Path(p) for p in sys.argv[1:]]), end="")
+    except ErasekitError as err:
+        sys.exit(str(err))

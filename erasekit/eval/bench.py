@@ -333,3 +333,48 @@ def mass_table(result: dict) -> str:
                 f"{cell['seconds_per_concept']:.2f} | {cell['peak_rss_mb']:.0f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+SWEEP_METRICS = ("Acc_e", "Acc_s", "Acc_g", "residue")
+
+
+def sweep_table(jsonl: str) -> str:
+    """A committed sweep (the JSON lines ``scripts/sweeps/sweep.py`` appends) as one markdown row per
+    method and settings, its metrics averaged over the concepts it ran on."""
+    groups: dict[tuple[str, str, int], list[dict]] = {}
+    for line in jsonl.splitlines():
+        if line.strip():
+            row = json.loads(line)
+            groups.setdefault((row["method"], row["settings"], row["samples"]), []).append(row)
+    lines = ["| method | settings | concepts | samples | " + " | ".join(SWEEP_METRICS) + " | world-FID | s / concept |",
+             "| --- " * (len(SWEEP_METRICS) + 6) + "|"]  # fmt: skip
+    for (method, settings, samples), group in groups.items():
+        mean = {k: 100 * sum(r["accuracy"][k] for r in group) / len(group) for k in SWEEP_METRICS}
+        fid = sum(r["world_fid_kept"] for r in group) / len(group)
+        seconds = sum(r["seconds"] for r in group) / len(group)
+        concepts = ", ".join(r["concept"] for r in group)
+        cells = " | ".join(f"{mean[k]:.1f}" for k in SWEEP_METRICS)
+        shown = settings.replace("|", "\\|")
+        lines.append(f"| {method} | `{shown}` | {concepts} | {samples} | {cells} | {fid:.2f} | {seconds:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def merged(results: list[dict], names: list[str]) -> dict:
+    """Bench results of one task (bench.json, mass.json or cost.json files) as one, methods in order."""
+    first = results[0]
+    keys = ("protocol", "concepts", "samples_per_prompt") if "protocol" in first else ("task", "samples_per_prompt")
+    for name, other in zip(names[1:], results[1:], strict=True):
+        for key in keys:
+            if other.get(key) != first.get(key):
+                raise ErasekitError(f"{name}: {key} {other.get(key)!r} differs from {names[0]}'s {first.get(key)!r}")
+    return {**first, "methods": {label: m for r in results for label, m in r["methods"].items()}}
+
+
+def any_table(paths: list[Path]) -> str:
+    """The markdown table of committed bench JSON (object-style, mass or cost) or of one sweep (.jsonl)."""
+    if len(paths) == 1 and paths[0].suffix == ".jsonl":
+        return sweep_table(paths[0].read_text())
+    result = merged([json.loads(p.read_text()) for p in paths], [str(p) for p in paths])
+    if "protocol" in result:
+        return markdown_table(result)
+    return mass_table(result) if result["task"] == "mass character erasure" else cost_table(result)

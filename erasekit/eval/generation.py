@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from erasekit.errors import ErasekitError
 from erasekit.eval.prompts import PromptRow
 from erasekit.io import write_with
+from erasekit.primitives.diffusion import pipeline_images
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -144,17 +145,16 @@ def generate(
                 fixed.enter_context(fixed_shape_calls(getattr(pipe, name), method, settings.chunk))
         for start in range(0, len(jobs), settings.batch_size):
             batch = jobs[start : start + settings.batch_size]
-            generators = [torch.Generator(device="cpu").manual_seed(seed) for _, _, seed in batch]
-            images = pipe(
-                [p for _, p, _ in batch],
-                num_inference_steps=settings.steps,
-                guidance_scale=settings.guidance,
-                generator=generators,
+            images = pipeline_images(
+                pipe,
+                [seed for _, _, seed in batch],
+                settings.steps,
+                settings.guidance,
+                prompt=[p for _, p, _ in batch],
                 height=settings.height,
                 width=settings.width,
-                output_type="np",
-            ).images
-            out.append((np.clip(images, 0, 1) * 255).round().astype(np.uint8))
+            )
+            out.append(images)
             bar.update(len(batch))
     bar.close()
     return Generated(np.concatenate(out), np.array([i for i, _, _ in jobs]), np.array([s for _, _, s in jobs]))

@@ -49,7 +49,7 @@ from erasekit.models.segmenters import (
 )
 from erasekit.primitives.attention import probing
 from erasekit.primitives.closed_form import TextMoments, edited_weights, fused_weights, text_space_map
-from erasekit.primitives.diffusion import predict_noise
+from erasekit.primitives.diffusion import pipeline_images, predict_noise
 from erasekit.primitives.lora_trainer import lora_adapter
 from erasekit.primitives.prompt_cache import PromptCache, aligned_positions
 from erasekit.primitives.run import RunContext
@@ -203,14 +203,8 @@ def prior_prompts(source: str, targets: tuple[str, ...], count: int = 500, seed:
 @torch.no_grad()
 def concept_images(pipe: DiffusionPipeline, prompts: list[str], config: MACEConfig, seed: int) -> tuple[torch.Tensor, np.ndarray]:
     """Latents x₀ and uint8 images the (original) model generates for ``prompts``, one per prompt."""
-    generators = [RunContext.generator(seed + i) for i in range(len(prompts))]  # CPU: same images on every device
-    latents = pipe(
-        prompts,
-        num_inference_steps=config.sample_steps,
-        guidance_scale=config.guidance,
-        generator=generators,
-        output_type="latent",
-    ).images
+    seeds = range(seed, seed + len(prompts))
+    latents = pipeline_images(pipe, seeds, config.sample_steps, config.guidance, "latent", prompt=prompts)
     decoded = pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
     images = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return latents, images

@@ -36,6 +36,7 @@ from erasekit.methods import uce
 from erasekit.methods.base import EraseSpec, config_field, register
 from erasekit.models.layers import kv_weights
 from erasekit.primitives.closed_form import float64_on, text_space_map
+from erasekit.primitives.diffusion import pipeline_images
 from erasekit.primitives.run import RunContext
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ class RECEConfig:
     )
     validation_samples: int = config_field(8, "images per check of attack success and of each preserve concept")
     sample_steps: int = config_field(25, "sampler steps of the validation images")
+    guidance: float = config_field(7.5, "guidance scale of the validation images (the pipeline's default)")
     seed: int = config_field(0, "seed of the validation images")
 
     def __post_init__(self) -> None:
@@ -102,14 +104,14 @@ class Validator:
     @torch.no_grad()
     def _images(self, states: torch.Tensor) -> np.ndarray:
         n, run = self.config.validation_samples, self.run
-        images = run.pipe(
+        return pipeline_images(
+            run.pipe,
+            range(self.config.seed, self.config.seed + n),
+            self.config.sample_steps,
+            self.config.guidance,
             prompt_embeds=states.to(run.dtype).expand(n, -1, -1),
             negative_prompt_embeds=run.states([""]).expand(n, -1, -1),
-            num_inference_steps=self.config.sample_steps,
-            generator=[run.generator(self.config.seed + i) for i in range(n)],
-            output_type="np",
-        ).images
-        return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+        )
 
     def score(self, targets: tuple[str, ...], preserve: tuple[str, ...]) -> float:
         """H(1 − Acc on the erased concepts, Acc on the preserve concepts), both from prompts of the

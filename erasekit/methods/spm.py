@@ -41,7 +41,7 @@ from erasekit.models.layers import transformer_layers
 from erasekit.models.transport import METRICS, SPMAdapter
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.expansion import phrase_vectors, tokenizer_vocabulary
-from erasekit.primitives.lora_trainer import lora_adapter
+from erasekit.primitives.lora_trainer import factor_delta, lora_adapter
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.training import fit, loss_record
 from erasekit.primitives.xt_plan import plan_xt
@@ -181,7 +181,7 @@ def erase(run: RunContext, spec: EraseSpec, config: SPMConfig) -> Edit:
     merged = {}
     for layer in adapters[0].factors:
         weight = params[f"{layer}.weight"]
-        delta = sum((up @ down.flatten(1)).reshape(weight.shape) for a in adapters for down, up in [a.factors[layer]])
+        delta = sum(factor_delta(*a.factors[layer], weight.shape) for a in adapters)
         merged[f"{layer}.weight"] = (weight.detach().float() + delta).to(run.dtype)
     flat = {k: v.to(run.dtype) for i, a in enumerate(adapters) for k, v in a.flat(i).items()}
     card = {"config": asdict(config), "spm_losses": records}

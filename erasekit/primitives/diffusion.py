@@ -4,14 +4,17 @@
   second UNet in memory: ``torch.func.functional_call`` swaps the saved originals in for one call.
 * :func:`partial_samples` runs the pipeline's own scheduler from noise down to a chosen step, the
   "x_t from the model's own partial denoising" of ESD.
+* :func:`pipeline_images` is seeded generation through the pipeline's own ``__call__`` (MACE's
+  training images, RECE's validation images, the protocols' images): one CPU generator per image.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -128,3 +131,25 @@ def predict(denoise: nn.Module | FrozenCopy, latents: torch.Tensor, t: torch.Ten
     if isinstance(denoise, FrozenCopy):
         return denoise(latents, t, states)
     return predict_noise(denoise, latents, t, states)
+
+
+def seeded_generators(seeds: Iterable[int]) -> list[torch.Generator]:
+    """One CPU generator per image: the noise is drawn on the CPU, so a seed gives the same image on every device."""
+    return [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """(B, H, W, 3) float images in [0, 1], as pipelines return them, to uint8."""
+    return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+
+
+@torch.no_grad()
+def pipeline_images(
+    pipe: DiffusionPipeline, seeds: Iterable[int], steps: int, guidance: float, output_type: str = "np", **inputs: Any
+) -> Any:
+    """One image per seed from the pipeline's own ``__call__`` with ``inputs`` (``prompt``, or
+    ``prompt_embeds`` and ``negative_prompt_embeds``, sizes…): uint8 (B, H, W, 3) for "np", latents for "latent"."""
+    images = pipe(
+        **inputs, num_inference_steps=steps, guidance_scale=guidance, generator=seeded_generators(seeds), output_type=output_type
+    ).images
+    return to_uint8(images) if output_type == "np" else images

@@ -63,8 +63,13 @@ class LoraAdapter:
 
     def deltas(self) -> dict[str, torch.Tensor]:
         """``{"<layer>.weight": ΔW}`` with ΔW = scaling · B A (in the layer's weight shape), in float32."""
-        return {f"{name}.weight": (up @ down.flatten(1)).reshape(self._layer(name).weight.shape)
+        return {f"{name}.weight": factor_delta(down, up, self._layer(name).weight.shape)
                 for name, (down, up) in self.factors().items()}  # fmt: skip
+
+
+def factor_delta(down: torch.Tensor, up: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The dense ΔW = up · down of :meth:`LoraAdapter.factors`, in a (linear or convolution) weight's ``shape``."""
+    return (up @ down.flatten(1)).reshape(shape)
 
 
 @contextmanager
