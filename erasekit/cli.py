@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
     from erasekit.edits import Edit
-    from erasekit.eval.bench import BenchEntry
+    from erasekit.eval.bench import BenchEntry, Workers
     from erasekit.eval.generation import Generated, SamplerSettings
     from erasekit.eval.prompts import PromptRow
     from erasekit.methods.base import EraseSpec
@@ -712,10 +712,15 @@ def bench(
     dtype: DtypeOption = "fp32",
     overwrite: OverwriteOption = False,
 ) -> None:
-    """Erase each concept of a task in turn with each method; print one table and write bench.json."""
-    from erasekit.eval.bench import BenchEntry
+    """Erase each concept of a task in turn with each method; print one table and write bench.json.
+
+    Under `accelerate launch --num_processes N` the cells are shared out among N processes (on CPU add
+    --multi_gpu, which accelerate also uses for several CPU processes); the results are the same."""
+    from contextlib import nullcontext
+
+    from erasekit.eval.bench import BenchEntry, launched_workers
     from erasekit.eval.generation import SamplerSettings
-    from erasekit.io import claim_output
+    from erasekit.io import check_output, claim_output
     from erasekit.methods.base import get_method, make_config, parse_setting, typed_settings
 
     entries = []
@@ -737,8 +742,14 @@ def bench(
         count_list = tuple(int(c) for c in counts.split(","))
     except ValueError:
         raise typer.BadParameter(f"counts must be comma-separated whole numbers, not {counts!r}") from None
-    with claim_output(out, "bench", overwrite):  # cells resume; a second bench into it waits its turn
-        _bench(entries, protocol, count_list, chosen, samples, out, model, settings, device, dtype)
+    workers = launched_workers(device)
+    if workers.count > 1 and protocol == "cost":
+        raise ErasekitError("the cost bench times each erasure alone in a fresh process; run it without accelerate launch")
+    check_output(out, "bench", overwrite)  # in every process, before any of them writes a cell
+    # the first process holds the directory's lock; the others write their cells under it
+    with claim_output(out, "bench", overwrite) if workers.is_main else nullcontext():
+        workers.barrier()
+        _bench(entries, protocol, count_list, chosen, samples, out, model, settings, workers.device, dtype, workers)
 
 
 def _bench(
@@ -752,6 +763,7 @@ def _bench(
     settings: SamplerSettings,
     device: str | None,
     dtype: str,
+    workers: Workers,
 ) -> None:
     from erasekit.eval.bench import run_bench
     from erasekit.models.evaluators import load_world_evaluator
@@ -769,7 +781,9 @@ def _bench(
         from erasekit.eval.bench import mass_table, run_mass
 
         pipe = load_pipeline(model, dtype, device, progress=False)
-        mass = run_mass(pipe, load_world_evaluator(), entries, out, count_list, samples=samples, settings=settings)
+        mass = run_mass(pipe, load_world_evaluator(), entries, out, count_list, samples, settings, workers=workers)
+        if mass is None:  # not the first process: its share is on disk
+            return
         console.print(mass_table(mass), markup=False)
         console.print(f"wrote {out / 'mass.json'} and {write_run_report(out)}")
         return
@@ -782,7 +796,10 @@ def _bench(
         chosen,
         samples,
         settings,
+        workers=workers,
     )
+    if result is None:  # not the first process: its share is on disk
+        return
     first = next(iter(result["methods"].values()))
     names = list(first["accuracy"]["erased"])
     table = Table(

@@ -1,7 +1,9 @@
 """The bench: every method erases each concept of a task in turn, judged by that task's protocol.
 
 One cell per (method setting, concept) is written as soon as it is measured and read back on a
-rerun, so an interrupted bench resumes where it stopped. The original model's images are
+rerun, so an interrupted bench resumes where it stopped. Under ``accelerate launch`` the cells are
+shared out among the processes (:class:`Workers`): each measures every n-th cell, all wait, and the
+first process reads every cell back and writes the summary, the same as one process would. The original model's images are
 generated once per prompt and shared by every cell. Per method the table averages the protocol's
 metrics over concepts and reports seconds and peak memory per concept; a last timing erases all
 the task's concepts in one call.
@@ -11,12 +13,14 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -41,6 +45,46 @@ DEFAULT_CONCEPTS: dict[str, tuple[str, ...]] = {
     "flames": ("in flames",),
 }
 MASS_COUNTS = (1, 5, 10, 20)
+T = TypeVar("T")
+
+
+@dataclass
+class Workers:
+    """The processes a bench runs in: one when run plainly, ``accelerate launch``'s otherwise.
+
+    Process ``index`` of ``count`` measures jobs index, index + count, … of the bench's fixed job list
+    (each cell's seeds depend only on the cell, so who measures it changes nothing), then all meet at
+    ``barrier`` and the first process summarises from the cells on disk.
+    """
+
+    index: int = 0
+    count: int = 1
+    barrier: Callable[[], None] = lambda: None
+    device: str | None = None  # each process's own device (cuda:i) when launched on several GPUs
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+    def share(self, jobs: Sequence[T]) -> list[T]:
+        return list(jobs[self.index :: self.count])
+
+
+def launched_workers(device: str | None) -> Workers:
+    """The processes ``accelerate launch`` started for this command (one if it was run plainly).
+
+    On CPU, ``accelerate launch --multi_gpu --num_processes N --num_cpu_threads_per_process T`` starts N
+    processes that meet over gloo (accelerate's MULTI_CPU); on GPUs the same command gives each process
+    its own GPU.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Workers(device=device)
+    from accelerate import PartialState
+
+    on_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
+    # a process that finished its share waits for the slowest cell: far beyond gloo's 30-minute default
+    state = PartialState(cpu=on_cpu, timeout=timedelta(days=7))
+    return Workers(state.process_index, state.num_processes, state.wait_for_everyone, "cpu" if on_cpu else str(state.device))
 
 
 @dataclass(frozen=True)
@@ -86,19 +130,31 @@ def run_bench(
     samples: int = 8,
     settings: SamplerSettings | None = None,
     progress: bool = True,
-) -> dict:
-    """Measure every entry on every concept (resuming from ``out_dir``) and summarise; writes ``bench.json``."""
+    workers: Workers | None = None,
+) -> dict | None:
+    """Measure every entry on every concept (resuming from ``out_dir``) and summarise; writes ``bench.json``.
+    Under several ``workers`` each measures its share; the first summarises, the others return None."""
     if protocol not in DEFAULT_CONCEPTS:
         raise ErasekitError(f"the bench runs the {', '.join(DEFAULT_CONCEPTS)} protocols, not {protocol!r}")
     concepts = concepts or DEFAULT_CONCEPTS[protocol]
+    workers = workers or Workers()
     originals: dict = {}
+
+    def measure(entry: BenchEntry, concept: str | None) -> dict:
+        if concept is None:
+            return _all_at_once(pipe, entry, concepts, out_dir, progress)
+        return _cell(pipe, evaluator, entry, protocol, concept, concepts, out_dir, samples, settings, originals, progress)
+
+    jobs = [(entry, c) for entry in entries for c in (*concepts, None)]  # per entry: each concept, then all at once
+    for entry, concept in workers.share(jobs):
+        measure(entry, concept)
+    workers.barrier()
+    if not workers.is_main:
+        return None
     summary = {}
-    for entry in entries:
-        cells = [
-            _cell(pipe, evaluator, entry, protocol, c, concepts, out_dir, samples, settings, originals, progress)
-            for c in concepts
-        ]
-        summary[entry.label] = _summarise(cells) | {"all_at_once": _all_at_once(pipe, entry, concepts, out_dir, progress)}
+    for entry in entries:  # every cell is on disk now: read back
+        cells = [measure(entry, c) for c in concepts]
+        summary[entry.label] = _summarise(cells) | {"all_at_once": measure(entry, None)}
     result = {
         "protocol": protocol,
         "concepts": list(concepts),
@@ -147,20 +203,23 @@ def _roster_cells(
     out_dir: Path,
     cell_name: Callable[[int], str],
     measure: Callable[[BenchEntry, EraseSpec], dict],
-) -> dict:
+    workers: Workers | None = None,
+) -> dict | None:
     """Per entry and count, the cell of erasing the roster's first ``count`` characters: read back if
-    written by an earlier run, else ``measure``d and written at once (so a rerun resumes)."""
+    written by an earlier run, else ``measure``d and written at once (so a rerun resumes). Under
+    several ``workers`` each measures its share; the first reads them all back, the others get None."""
     erase_group, keep_group = roster_groups(counts)
-    summary: dict = {}
-    for entry in entries:
-        summary[entry.label] = {}
-        for count in counts:
-            path = out_dir / "cells" / entry.slug / cell_name(count)
-            if not path.exists():
-                spec = entry.spec_with_others(erase_group[:count], keep_group)
-                write_json(path, {"count": count, **measure(entry, spec)})
-            summary[entry.label][count] = json.loads(path.read_text())
-    return summary
+    workers = workers or Workers()
+    for entry, count in workers.share([(entry, count) for entry in entries for count in counts]):
+        path = out_dir / "cells" / entry.slug / cell_name(count)
+        if not path.exists():
+            spec = entry.spec_with_others(erase_group[:count], keep_group)
+            write_json(path, {"count": count, **measure(entry, spec)})
+    workers.barrier()
+    if not workers.is_main:
+        return None
+    return {entry.label: {count: json.loads((out_dir / "cells" / entry.slug / cell_name(count)).read_text())
+                          for count in counts} for entry in entries}  # fmt: skip
 
 
 def run_cost(
@@ -290,9 +349,11 @@ def run_mass(
     samples: int = 4,
     settings: SamplerSettings | None = None,
     progress: bool = True,
-) -> dict:
+    workers: Workers | None = None,
+) -> dict | None:
     """MACE's mass erasure on the roster: erase its first 1 → 5 → 10 → 20 characters at once, keep its
-    last 20, and report Acc_e, Acc_s, H_c and seconds and peak memory per concept at each count."""
+    last 20, and report Acc_e, Acc_s, H_c and seconds and peak memory per concept at each count
+    (None in all but the first of several ``workers``)."""
     from erasekit.eval.protocols import character_metrics, evaluate_rows, mass_character_rows
 
     erase_group, keep_group = roster_groups(counts)
@@ -307,7 +368,9 @@ def run_mass(
             "seconds_per_concept": edit.card["seconds_per_concept"], "peak_rss_mb": edit.card["peak_rss_mb"],
         }  # fmt: skip
 
-    summary = _roster_cells(entries, counts, out_dir, lambda count: f"mass-{count}-{samples}.json", measure)
+    summary = _roster_cells(entries, counts, out_dir, lambda count: f"mass-{count}-{samples}.json", measure, workers)
+    if summary is None:
+        return None
     result = {
         "task": "mass character erasure",
         "erase_group": list(erase_group),

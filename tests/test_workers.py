@@ -1,0 +1,50 @@
+"""The bench under `accelerate launch`: two processes share the cells out and give the same bench as one."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+from erasekit.eval.bench import Workers
+
+
+def test_the_processes_share_every_job_exactly_once():
+    jobs = list(range(23))
+    shares = [Workers(index=i, count=3).share(jobs) for i in range(3)]
+    assert sorted(j for share in shares for j in share) == jobs
+    assert shares[0][:3] == [0, 3, 6] and Workers().share(jobs) == jobs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_under_accelerate_give_the_one_process_bench(tmp_path):
+    bench = ["bench", "--method", "uce", "--method", "uce token_span=last", "--concepts", "square,circle,star",
+             "--samples", "1", "--steps", "5"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # one thread a process in both runs
+    one = subprocess.run([sys.executable, "-m", "erasekit.cli", *bench, "--out", tmp_path / "one"],
+                         capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_cpu_threads_per_process", "1", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "erasekit.cli"]  # fmt: skip
+    two = subprocess.run([*launch, *map(str, bench), "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote ") == 1  # one summary, by the first process
+
+    def measured(name: str) -> dict:  # everything but the clock and the memory
+        methods = json.loads((tmp_path / name / "bench.json").read_text())["methods"]
+        for m in methods.values():
+            for key in ("seconds", "peak_rss_mb", "all_at_once"):
+                m.pop(key)
+        return methods
+
+    assert measured("two") == measured("one")
+    cells = sorted(p.name for p in (tmp_path / "two" / "cells").rglob("*.json"))
+    assert cells == sorted(p.name for p in (tmp_path / "one" / "cells").rglob("*.json")) and len(cells) == 8
+    assert (tmp_path / "two" / "report.html").is_file()
