@@ -126,7 +126,6 @@ def model_card(edit_dir: Path, lora_file: str | None = None) -> str:
 def push(edit_dir: Path, repo_id: str, private: bool = False, model: str | None = None) -> str:
     """Upload the edit, its card and a kohya LoRA to ``repo_id``; the repository's URL."""
     from huggingface_hub import HfApi, get_token
-    from huggingface_hub.errors import HfHubHTTPError
 
     from erasekit.exports import export_edit
     from erasekit.lora import NotLoraable
@@ -154,8 +153,9 @@ def push(edit_dir: Path, repo_id: str, private: bool = False, model: str | None 
         try:
             url = api.create_repo(repo_id, private=private, exist_ok=True)
             api.upload_folder(repo_id=repo_id, folder_path=staging / "edit", commit_message="erasekit edit")
-        except (HfHubHTTPError, OSError) as err:
-            raise ErasekitError(f"could not push to {repo_id}: {str(err).splitlines()[0]}") from err
+        except Exception as err:  # the hub's HTTP errors and the HTTP client's own (no network, DNS, TLS)
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ErasekitError(f"could not push to {repo_id}: {first}") from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return str(url)

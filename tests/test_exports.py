@@ -164,6 +164,11 @@ def test_the_model_card_names_the_erasure_and_carries_the_measured_numbers(uce_e
         (["--repo-id", "me/erased"], {"HF_HUB_OFFLINE": "1"}, "cannot push: HF_HUB_OFFLINE is set"),
         (["--repo-id", "me/erased"], {"HF_HUB_OFFLINE": "0", "HF_TOKEN": "", "HF_HOME": "EMPTY"}, "no Hugging Face token"),
         ([], {}, "push needs --repo-id OWNER/NAME"),
+        (
+            ["--repo-id", "me/erased"],
+            {"HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_not_a_token", "HF_ENDPOINT": "http://erasekit-no-such-host.invalid"},
+            "could not push to me/erased:",
+        ),
     ],
 )
 def test_a_push_without_network_token_or_repository_is_one_line_and_uploads_nothing(uce_edit, tmp_path, args, env, message):
