@@ -433,10 +433,23 @@ def merged(results: list[dict], names: list[str]) -> dict:
     return {**first, "methods": {label: m for r in results for label, m in r["methods"].items()}}
 
 
+def scale_table(result: dict) -> str:
+    """``scripts/scale_bench.py``'s runs: wall seconds, speed-up over the first run, same metrics or not."""
+    runs = list(result["wall_seconds"].items())
+    lines = ["| run | wall s | speed-up | metrics |", "| --- | --- | --- | --- |"]
+    for name, seconds in runs:
+        compared = [f"{'same as' if equal else 'differ from'} {pair.split(' vs ')[1]}"
+                    for pair, equal in result["same_metrics"].items() if pair.split(" vs ")[0] == name]  # fmt: skip
+        lines.append(f"| {name} | {seconds:.1f} | {runs[0][1] / seconds:.2f}× | {'; '.join(compared)} |")
+    return "\n".join(lines) + "\n"
+
+
 def any_table(paths: list[Path]) -> str:
-    """The markdown table of committed bench JSON (object-style, mass or cost) or of one sweep (.jsonl)."""
+    """The markdown table of committed bench JSON (object-style, mass, cost or scale runs) or of one sweep (.jsonl)."""
     if len(paths) == 1 and paths[0].suffix == ".jsonl":
         return sweep_table(paths[0].read_text())
+    if len(paths) == 1 and "wall_seconds" in (single := json.loads(paths[0].read_text())):
+        return scale_table(single)
     result = merged([json.loads(p.read_text()) for p in paths], [str(p) for p in paths])
     if "protocol" in result:
         return markdown_table(result)
