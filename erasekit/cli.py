@@ -698,7 +698,13 @@ def bench(
             "'cost' times those erasures, each in a fresh process, without evaluating them."
         ),
     ] = "object",
-    counts: Annotated[str, typer.Option(help="Comma-separated counts of characters for 'mass' and 'cost'.")] = "1,5,10,20",
+    counts: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated counts of characters for 'mass' and 'cost', 1 to 100: the roster's 20, then "
+            "synthetic names (Acc_e is read on the roster's)."
+        ),
+    ] = "1,5,10,20",
     concepts: Annotated[str | None, typer.Option(help="Comma-separated concepts (default: the protocol's whole task).")] = None,
     samples: Annotated[int, typer.Option(help="Samples per prompt.", **SAMPLES_RANGE)] = 8,
     out: Annotated[Path, typer.Option("--out", "-o", help="Bench directory (cells are kept; a rerun resumes).")] = Path(

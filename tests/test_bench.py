@@ -47,16 +47,34 @@ def test_bench_entry_preserves_the_others_and_expands():
 
 def test_mass_erasure_counts_erased_and_kept_roster_characters(pipe, evaluator, tmp_path):
     from erasekit.eval.bench import mass_table, run_mass
+    from erasekit.eval.protocols import mass_character_rows
     from erasekit.world import vocabulary as V
 
     entry = BenchEntry("uce", preserve_others=True)
-    result = run_mass(pipe, evaluator, [entry], tmp_path, counts=(1, 2), samples=1, settings=FAST, progress=False)
+    result = run_mass(pipe, evaluator, [entry], tmp_path, counts=(1, 22), samples=1, settings=FAST, progress=False)
     cells = result["methods"]["uce preserve=others"]
-    assert list(cells) == [1, 2] and result["keep_group"] == list(V.ROSTER_NAMES[20:])
-    assert set(cells[2]["metrics"]["erased"]["accuracy"]) == {"Acc_e", "Acc_s", "H_c"}
-    assert "| `uce preserve=others` | 2 |" in mass_table(result) and (tmp_path / "mass.md").exists()
-    with pytest.raises(ErasekitError, match="at most 20"):
-        run_mass(pipe, evaluator, [entry], tmp_path, counts=(21,), samples=1, settings=FAST, progress=False)
+    assert list(cells) == [1, 22] and result["keep_group"] == list(V.ROSTER_NAMES[20:])
+    assert result["erase_group"][:20] == list(V.ROSTER_NAMES[:20]) and len(result["erase_group"]) == 22
+    assert cells[1]["synthetic"] == 0 and cells[22]["synthetic"] == 2  # beyond the roster's 20: made-up names
+    assert set(cells[22]["metrics"]["erased"]["accuracy"]) == {"Acc_e", "Acc_s", "H_c"}
+    # read on the 20 the world draws: the protocol refuses a name that is not one of its characters
+    with pytest.raises(ErasekitError, match="not characters of the world"):
+        mass_character_rows(tuple(result["erase_group"]), tuple(result["keep_group"]))
+    assert "| `uce preserve=others` | 22 (2 synthetic) |" in mass_table(result) and (tmp_path / "mass.md").exists()
+    with pytest.raises(ErasekitError, match="erases 1 to 100 characters at once"):
+        run_mass(pipe, evaluator, [entry], tmp_path, counts=(101,), samples=1, settings=FAST, progress=False)
+
+
+def test_synthetic_names_are_new_distinct_and_share_the_worlds_titles():
+    from erasekit.eval.bench import roster_groups, synthetic_names
+    from erasekit.world import vocabulary as V
+
+    names = synthetic_names(80)
+    assert len(set(names)) == 80 and not set(names) & set(V.CHARACTER_NAMES)
+    titles = {n.split()[0] for n in V.ROSTER_NAMES[20:]}
+    assert sum(n.split()[0] in titles for n in names) >= 20  # many share a title with a kept character
+    erased, kept = roster_groups((1, 100))
+    assert len(erased) == 100 and erased[:20] == V.ROSTER_NAMES[:20] and not set(erased) & set(kept)
 
 
 def test_cost_measures_each_count_in_a_fresh_process_and_resumes(tmp_path):
@@ -73,5 +91,5 @@ def test_cost_measures_each_count_in_a_fresh_process_and_resumes(tmp_path):
     marker = tmp_path / "cells" / entry.slug / "cost-2.json"
     marker.write_text(marker.read_text().replace('"count": 2', '"count": 2, "resumed": true'))
     assert run_cost(None, [entry], tmp_path, counts=(2,))["methods"][entry.label][2]["resumed"] is True
-    with pytest.raises(ErasekitError, match="at most 20"):
+    with pytest.raises(ErasekitError, match="erases 1 to 100 characters at once"):
         run_cost(None, [entry], tmp_path, counts=(0,))
