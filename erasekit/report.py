@@ -200,13 +200,14 @@ def _mean(accuracy: dict[str, float]) -> float:
     return sum(accuracy.values()) / len(accuracy) if accuracy else 0.0
 
 
-def bench_section(name: str, result: dict) -> str:
+def bench_section(name: str, result: dict, run: str) -> str:
+    """One bench file of run directory ``run`` (whose name keeps the page's table ids apart)."""
     if name == "bench.json":
-        return _object_bench(result)
-    return _count_bench(name, result)
+        return _object_bench(result, run)
+    return _count_bench(name, result, run)
 
 
-def _object_bench(result: dict) -> str:
+def _object_bench(result: dict, run: str) -> str:
     methods = result["methods"]
     first = next(iter(methods.values()))
     names = list(first["accuracy"]["erased"])
@@ -223,9 +224,11 @@ def _object_bench(result: dict) -> str:
     parts = [
         f"<h2>bench: {_e(result['protocol'])} task, {len(result['concepts'])} concepts, "
         f"{_e(result['samples_per_prompt'])} samples per prompt</h2>",
-        _table("averages over the concepts (top-1 %)", header, rows, "bench"),
+        _table("averages over the concepts (top-1 %)", header, rows, f"bench-{run}"),
     ]
-    efficacy, specificity = "Acc_e", next((n for n in ("Acc_s",) if n in names), names[-1])
+    # the flames task names its erasure rate "explicit" (flames on prompts that name them)
+    efficacy = next(n for n in ("Acc_e", "explicit", names[0]) if n in names)
+    specificity = next(n for n in ("Acc_s", names[-1]) if n in names)
     fig, ax = _figure(6, 4)
     points = []
     for label, m in methods.items():
@@ -241,7 +244,7 @@ def _object_bench(result: dict) -> str:
     _legend(ax)
     parts.append(_svg(fig, "efficacy against specificity, one point per method"))
     concepts = result["concepts"]
-    for metric in [n for n in ("Acc_e", "Acc_s", "Acc_g") if n in names]:
+    for metric in [n for n in ("Acc_e", "explicit", "implicit", "Acc_s", "Acc_g") if n in names]:
         fig, ax = _figure(7, 2.8)
         width = 0.8 / len(methods)
         for k, (label, m) in enumerate(methods.items()):
@@ -256,7 +259,7 @@ def _object_bench(result: dict) -> str:
     return "".join(parts)
 
 
-def _count_bench(name: str, result: dict) -> str:
+def _count_bench(name: str, result: dict, run: str) -> str:
     mass = name == "mass.json"
     header = ["method", "concepts", *(["Acc_e", "Acc_s", "H_c", "world-FID"] if mass else ["s"]), "s / concept", "peak MB"]
     rows = []
@@ -271,7 +274,7 @@ def _count_bench(name: str, result: dict) -> str:
             rows.append(f"<tr><th><code>{_e(label)}</code></th><td>{_e(count)}</td>{numbers}"
                         f"{_num(cell['seconds_per_concept'], 1, 2)}{_num(cell['peak_rss_mb'], 1, 0)}</tr>")  # fmt: skip
     title = "mass erasure (roster characters erased at once; top-1 %)" if mass else "cost per concept (fresh process each)"
-    parts = [f"<h2>bench: {_e(title)}</h2>", _table(title, header, rows, name.removesuffix(".json"))]
+    parts = [f"<h2>bench: {_e(title)}</h2>", _table(title, header, rows, f"{name.removesuffix('.json')}-{run}")]
     panels = [("seconds_per_concept", "seconds per concept"), ("peak_rss_mb", "peak MB")]
     if mass:
         panels.insert(0, ("H_c", "H_c %"))
@@ -315,7 +318,7 @@ def render(runs: list[Run]) -> str:
             folder = run.path if run.kind == "eval" else run.path / name
             parts.append(eval_section(name, results, folder))
         for name, result in run.bench.items():
-            parts.append(bench_section(name, result))
+            parts.append(bench_section(name, result, run.name or run.path.name))
         sections.append(f'<section data-testid="run">{"".join(parts)}</section>')
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>erasekit report</title>'

@@ -38,6 +38,8 @@ def runs(pipe, tmp_path_factory):
     (root / "bench").mkdir()
     shutil.copy(BENCH / "ac-sld-object.json", root / "bench" / "bench.json")
     shutil.copy(BENCH / "spm-mass.json", root / "bench" / "mass.json")
+    (root / "flames").mkdir()  # a task whose metrics are named otherwise (explicit, implicit)
+    shutil.copy(BENCH / "ac-sld-flames.json", root / "flames" / "bench.json")
     return root
 
 
@@ -74,12 +76,13 @@ def not_blank(png: bytes) -> bool:
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium; .ci/run does)")
 def test_the_report_opens_in_chromium_renders_everything_and_shows_the_jsons_numbers(runs):
-    result = run_cli("report", runs / "edit", runs / "bench", "--out", runs / "report.html", cwd=runs)
+    result = run_cli("report", runs / "edit", runs / "bench", runs / "flames", "--out", runs / "report.html", cwd=runs)
     assert result.returncode == 0, result.stderr
     facts = page_facts(runs / "report.html")
     assert facts["errors"] == []
     assert len(facts["images"]) == 1 and all(done and w > 100 and h > 100 for done, w, h in facts["images"])
-    assert len(facts["plots"]) == 1 + 1 + 1 + 3 + 3  # grid; eval bars; Pareto; Acc_e/s/g per concept; mass curves
+    # grid; eval bars; Pareto, Acc_e/s/g per concept; mass curves; flames: Pareto, explicit/implicit/Acc_s
+    assert len(facts["plots"]) == 1 + 1 + (1 + 3) + 3 + (1 + 3)
     assert all(not_blank(png) for png in facts["plots"])
 
     tables = facts["tables"]
@@ -93,11 +96,14 @@ def test_the_report_opens_in_chromium_renders_everything_and_shows_the_jsons_num
         [evaluation["metrics"]["original"]["accuracy"][n], evaluation["metrics"]["erased"]["accuracy"][n]] for n in names
     ]
     bench = json.loads((BENCH / "ac-sld-object.json").read_text())
-    shown = [[v for v, *_ in row] for row in tables["bench"][1:]]  # below the original's row
+    shown = [[v for v, *_ in row] for row in tables["bench-bench"][1:]]  # below the original's row
     assert shown == [[*(m["accuracy"]["erased"][n] for n in m["accuracy"]["erased"]), m["world_fid_kept"], m["seconds"],
                       m["peak_rss_mb"]] for m in bench["methods"].values()]  # fmt: skip
+    flames = json.loads((BENCH / "ac-sld-flames.json").read_text())
+    assert [row[0][0] for row in tables["bench-flames"][1:]] == [m["accuracy"]["erased"]["explicit"]
+                                                               for m in flames["methods"].values()]  # fmt: skip
     mass = json.loads((BENCH / "spm-mass.json").read_text())
-    h_c = [row[2][0] for row in tables["mass"]]
+    h_c = [row[2][0] for row in tables["mass-bench"]]
     assert h_c == [cell["metrics"]["erased"]["accuracy"]["H_c"] for m in mass["methods"].values() for cell in m.values()]
 
 
