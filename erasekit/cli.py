@@ -21,10 +21,11 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
     from erasekit.edits import Edit
-    from erasekit.eval.bench import BenchEntry, Workers
+    from erasekit.eval.bench import BenchEntry
     from erasekit.eval.generation import Generated, SamplerSettings
     from erasekit.eval.prompts import PromptRow
     from erasekit.methods.base import EraseSpec
+    from erasekit.primitives.workers import Workers
 
 app = typer.Typer(
     help="Erase concepts from text-to-image diffusion models and measure how well.",
@@ -487,8 +488,9 @@ def erase(
     """Erase concepts from a model's weights and write the edit (and optionally a LoRA or the whole pipeline)."""
     from contextlib import ExitStack
 
-    from erasekit.io import claim_output
+    from erasekit.io import check_output, claim_output
     from erasekit.methods.base import EraseSpec, get_method, make_config
+    from erasekit.primitives.workers import launched_workers
 
     kept = tuple(concept for item in preserve or () for concept in item.split(","))
     spec = EraseSpec(tuple(concepts), tuple(anchor or ()), kept)
@@ -499,14 +501,16 @@ def erase(
             f"{method} changes no weights (it guides sampling), so there is no LoRA, pipeline or checkpoint to write; "
             "its edit directory is the artifact: erasekit.edits.load_erased(DIR) gives the guided pipeline"
         )
+    workers = launched_workers(device)  # under accelerate launch: MACE shares its LoRAs out, the first process writes
+    outputs = [(out, "edit"), (save_pipeline, "pipeline"), (save_single_file, None)]
     with ExitStack() as claims:  # every output is checked and locked before the model loads
-        claims.enter_context(claim_output(out, "edit", overwrite))
-        if save_pipeline is not None:
-            claims.enter_context(claim_output(save_pipeline, "pipeline", overwrite))
-        if save_single_file is not None:
-            claims.enter_context(claim_output(save_single_file, None, overwrite))
+        for path, kind in outputs:
+            if path is not None and workers.is_main:
+                claims.enter_context(claim_output(path, kind, overwrite))
+            elif path is not None:  # the others only check: nothing of the user's is written over by any
+                check_output(path, kind, overwrite)
         _erase_and_write(spec, out, method, overrides, save_pipeline, save_single_file, lora, lora_rank, expand,
-                         expand_min_similarity, expand_vocabulary, model, device, dtype)  # fmt: skip
+                         expand_min_similarity, expand_vocabulary, model, workers.device, dtype, workers)  # fmt: skip
 
 
 def _erase_and_write(
@@ -524,6 +528,7 @@ def _erase_and_write(
     model: str | None,
     device: str | None,
     dtype: str,
+    workers: Workers,
 ) -> None:
     from erasekit.io import atomic_dir
     from erasekit.methods.runner import erase as run_erase
@@ -531,7 +536,7 @@ def _erase_and_write(
     from erasekit.models.loading import load_pipeline
 
     pipe = load_pipeline(model, dtype, device, progress=False)
-    if is_world_model(pipe):
+    if is_world_model(pipe) and workers.is_main:
         from erasekit.world.vocabulary import unknown_concept_warning
 
         for target in spec.targets:
@@ -541,8 +546,10 @@ def _erase_and_write(
     vocabulary = str(expand_vocabulary) if expand_vocabulary else None
     edit = run_erase(
         pipe, spec, method, model=model or "erasekit-tiny", expand=expand, expand_min_similarity=expand_min_similarity,
-        expand_vocabulary=vocabulary, **overrides,
+        expand_vocabulary=vocabulary, workers=workers, **overrides,
     )  # fmt: skip
+    if not workers.is_main:  # its share of the work is done; the first process writes
+        return
     for target, found in edit.card.get("expanded", {}).items():
         console.print(f"expanded {target!r}: " + ", ".join(f"{p} ({s:.2f})" for p, s in found), highlight=False)
     export = None
@@ -724,10 +731,11 @@ def bench(
     --multi_gpu, which accelerate also uses for several CPU processes); the results are the same."""
     from contextlib import nullcontext
 
-    from erasekit.eval.bench import BenchEntry, launched_workers
+    from erasekit.eval.bench import BenchEntry
     from erasekit.eval.generation import SamplerSettings
     from erasekit.io import check_output, claim_output
     from erasekit.methods.base import get_method, make_config, parse_setting, typed_settings
+    from erasekit.primitives.workers import launched_workers
 
     entries = []
     for text in method or ["uce", "esd-x"]:

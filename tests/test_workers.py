@@ -1,4 +1,4 @@
-"""The bench under `accelerate launch`: two processes share the cells out and give the same bench as one."""
+"""Under `accelerate launch`: two processes share out the bench's cells and MACE's LoRAs and give what one gives."""
 
 import json
 import os
@@ -6,7 +6,9 @@ import socket
 import subprocess
 import sys
 
-from erasekit.eval.bench import Workers
+import torch
+
+from erasekit.primitives.workers import Workers
 
 
 def test_the_processes_share_every_job_exactly_once():
@@ -47,3 +49,29 @@ def test_two_processes_under_accelerate_give_the_one_process_bench(tmp_path):
     cells = sorted(p.name for p in (tmp_path / "two" / "cells").rglob("*.json"))
     assert cells == sorted(p.name for p in (tmp_path / "one" / "cells").rglob("*.json")) and len(cells) == 4
     assert (tmp_path / "two" / "report.html").is_file()
+
+
+def test_mace_shares_its_loras_out_among_two_processes_and_makes_the_same_edit(tmp_path):
+    from safetensors.torch import load_file
+
+    erase = ["erase", "square", "circle", "star", "--method", "mace", "--set", "steps=5", "--set", "images_per_concept=2"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "erasekit.cli", *erase, "--set", f"adapter_dir={tmp_path / 'a1'}",
+                          "--out", tmp_path / "one"], capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_cpu_threads_per_process", "1", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "erasekit.cli"]  # fmt: skip
+    two = subprocess.run([*launch, *erase, "--set", f"adapter_dir={tmp_path / 'a2'}", "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("mace: erased") == 1  # the first process writes, once
+    a, b = load_file(tmp_path / "one" / "edit.safetensors"), load_file(tmp_path / "two" / "edit.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    card = json.loads((tmp_path / "two" / "card.json").read_text())
+    assert sorted(card["lora_losses"]) == ["circle", "square", "star"]  # the other process's curves too
+
+    without = subprocess.run([*launch, *erase, "--out", str(tmp_path / "three")], capture_output=True, text=True,
+                             env=env, timeout=900)  # fmt: skip
+    assert without.returncode != 0 and "set adapter_dir=DIR" in without.stderr
+    assert not (tmp_path / "three").exists()

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +29,7 @@ from erasekit.eval.protocols import run_protocol
 from erasekit.io import write_json, write_with
 from erasekit.methods.base import EraseSpec
 from erasekit.methods.runner import erase
+from erasekit.primitives.workers import Workers
 from erasekit.world import vocabulary as V
 
 if TYPE_CHECKING:
@@ -45,46 +44,6 @@ DEFAULT_CONCEPTS: dict[str, tuple[str, ...]] = {
     "flames": ("in flames",),
 }
 MASS_COUNTS = (1, 5, 10, 20)
-T = TypeVar("T")
-
-
-@dataclass
-class Workers:
-    """The processes a bench runs in: one when run plainly, ``accelerate launch``'s otherwise.
-
-    Process ``index`` of ``count`` measures jobs index, index + count, … of the bench's fixed job list
-    (each cell's seeds depend only on the cell, so who measures it changes nothing), then all meet at
-    ``barrier`` and the first process summarises from the cells on disk.
-    """
-
-    index: int = 0
-    count: int = 1
-    barrier: Callable[[], None] = lambda: None
-    device: str | None = None  # each process's own device (cuda:i) when launched on several GPUs
-
-    @property
-    def is_main(self) -> bool:
-        return self.index == 0
-
-    def share(self, jobs: Sequence[T]) -> list[T]:
-        return list(jobs[self.index :: self.count])
-
-
-def launched_workers(device: str | None) -> Workers:
-    """The processes ``accelerate launch`` started for this command (one if it was run plainly).
-
-    On CPU, ``accelerate launch --multi_gpu --num_processes N --num_cpu_threads_per_process T`` starts N
-    processes that meet over gloo (accelerate's MULTI_CPU); on GPUs the same command gives each process
-    its own GPU.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Workers(device=device)
-    from accelerate import PartialState
-
-    on_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
-    # a process that finished its share waits for the slowest cell: far beyond gloo's 30-minute default
-    state = PartialState(cpu=on_cpu, timeout=timedelta(days=7))
-    return Workers(state.process_index, state.num_processes, state.wait_for_everyone, "cpu" if on_cpu else str(state.device))
 
 
 @dataclass(frozen=True)

@@ -301,8 +301,15 @@ class AdapterStore:
             )
         return deltas
 
-    def save(self, concept: str, index: int, deltas: dict[str, torch.Tensor]) -> None:
-        meta = {"concept": concept, "index": str(index), "base_hash": self.base, "settings": self.settings}
+    def losses(self, concept: str) -> dict[str, object] | None:
+        """The loss record saved with the concept's LoRA (None for a file from before it was kept)."""
+        with safe_open(str(self.path(concept)), "pt") as file:
+            record = (file.metadata() or {}).get("losses")
+        return json.loads(record) if record else None
+
+    def save(self, concept: str, index: int, deltas: dict[str, torch.Tensor], losses: dict[str, object]) -> None:
+        meta = {"concept": concept, "index": str(index), "base_hash": self.base, "settings": self.settings,
+                "losses": json.dumps(losses)}  # fmt: skip
         with atomic_path(self.path(concept)) as tmp:
             save_file({n: d.contiguous() for n, d in deltas.items()}, str(tmp), metadata=meta)
 
@@ -323,20 +330,27 @@ def erase(run: RunContext, spec: EraseSpec, config: MACEConfig) -> Edit:
         return Edit(refined, {"config": asdict(config)})
 
     # Stage 2: one LoRA per concept on the refined model, trained on images of the original model.
+    # Under several processes each trains every n-th missing LoRA; they meet in the adapter directory.
+    if run.workers.count > 1 and not config.adapter_dir:
+        raise ErasekitError("MACE in several processes shares its LoRAs through a directory: set adapter_dir=DIR")
     store = AdapterStore(Path(config.adapter_dir), weights_hash(refined), config.lora_settings) if config.adapter_dir else None
     deltas: list[dict[str, torch.Tensor] | None] = [store.load(c, k) if store else None for k, c in enumerate(spec.targets)]
     missing = [k for k, d in enumerate(deltas) if d is None]
     curves: dict[str, dict[str, object]] = {}  # the LoRAs trained in this run (a resumed one's is on its first card)
-    if missing:
+    if mine := run.workers.share(missing):
         segmenter = make_segmenter(config.segmenter, run.device, **config.segmenter_options)
-        data = {k: concept_data(run, spec.targets[k], k, config, segmenter) for k in missing}
+        data = {k: concept_data(run, spec.targets[k], k, config, segmenter) for k in mine}
         with Edit(refined).applied(pipe, check_base=False):  # the original weights come back, also on Ctrl-C
             pipe.unet.requires_grad_(False)
-            for k in missing:
+            for k in mine:
                 deltas[k], losses = train_concept_lora(run, data[k], k, config)
                 curves[spec.targets[k]] = loss_record(losses)
                 if store:
-                    store.save(spec.targets[k], k, deltas[k])
+                    store.save(spec.targets[k], k, deltas[k], curves[spec.targets[k]])
+    if run.workers.count > 1:
+        run.workers.barrier()
+        deltas = [store.load(c, k) for k, c in enumerate(spec.targets)]  # every process's share, with its curve
+        curves = {spec.targets[k]: store.losses(spec.targets[k]) for k in missing}
 
     # Stage 3: fuse the LoRAs in closed form (eq. 7), or add them up (eq. 6 with ω_i = 1, the ablation).
     if config.fusion == "sum":

@@ -10,6 +10,7 @@ from erasekit.edits import Edit, base_hash, measure, refuse_non_finite
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import EraseSpec, get_method, make_config
 from erasekit.primitives.run import ProgressCallback, RunContext
+from erasekit.primitives.workers import Workers
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -27,6 +28,7 @@ def erase(
     expand: int = 0,
     expand_min_similarity: float = 0.5,
     expand_vocabulary: str | None = None,
+    workers: Workers | None = None,
     **overrides: object,
 ) -> Edit:
     """Erase ``spec`` from ``pipe`` with ``method``; the pipeline itself is left unchanged.
@@ -37,12 +39,15 @@ def erase(
     ``expand=k`` first adds, for every target, up to k phrases that lie near it in the text
     encoder's space (similarity ≥ ``expand_min_similarity``) from the tokenizer's vocabulary or the
     ``expand_vocabulary`` file; each takes its target's anchor, and the card lists them.
+
+    ``workers`` (from ``accelerate launch``) share out the independent stages a method has (MACE's
+    per-concept LoRAs); every process returns the same edit.
     """
     from erasekit import __version__
 
     entry = get_method(method)
     config = make_config(entry, overrides)
-    run = RunContext(pipe, progress, callback)
+    run = RunContext(pipe, progress, callback, workers or Workers())
     expanded: dict[str, list] = {}
     if expand:
         spec, expanded = expanded_spec(run.cache, spec, expand, expand_min_similarity, expand_vocabulary)

@@ -22,6 +22,7 @@ from erasekit.errors import ErasekitError
 from erasekit.models.embedded import is_world_model
 from erasekit.primitives.closed_form import TextMoments
 from erasekit.primitives.prompt_cache import PromptCache
+from erasekit.primitives.workers import Workers
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -53,6 +54,7 @@ class RunContext:
     pipe: DiffusionPipeline
     progress: bool = True
     callback: ProgressCallback | None = None
+    workers: Workers = field(default_factory=Workers)  # the processes sharing the run (MACE's LoRAs)
     cache: PromptCache = field(init=False)
     device: torch.device = field(init=False)
     dtype: torch.dtype = field(init=False)
