@@ -502,6 +502,11 @@ def erase(
             "its edit directory is the artifact: erasekit.edits.load_erased(DIR) gives the guided pipeline"
         )
     workers = launched_workers(device)  # under accelerate launch: MACE shares its LoRAs out, the first process writes
+    if workers.count > 1 and method != "mace":
+        raise ErasekitError(
+            f"{method} has no independent stages to share among {workers.count} processes (MACE's per-concept LoRAs "
+            "are); run it in one process, or share a bench's cells with `accelerate launch … bench`"
+        )
     outputs = [(out, "edit"), (save_pipeline, "pipeline"), (save_single_file, None)]
     with ExitStack() as claims:  # every output is checked and locked before the model loads
         for path, kind in outputs:

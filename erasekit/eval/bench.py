@@ -170,8 +170,8 @@ def roster_groups(counts: tuple[int, ...]) -> tuple[tuple[str, ...], tuple[str, 
     half = len(V.ROSTER_NAMES) // 2
     if not counts or min(counts) < 1 or max(counts) > MAX_ERASED:
         raise ErasekitError(
-            f"the mass task erases 1 to {MAX_ERASED} characters at once (the roster's {half}, then synthetic names), "
-            f"not {max(counts) if counts and max(counts) > MAX_ERASED else min(counts, default=0)}"
+            f"the mass task erases 1 to {MAX_ERASED} characters at once (the roster's {half}, then synthetic names); "
+            f"got counts {', '.join(map(str, counts)) or 'none'}"
         )
     return V.ROSTER_NAMES[:half] + synthetic_names(max(max(counts) - half, 0)), V.ROSTER_NAMES[half:]
 
