@@ -121,15 +121,15 @@ def test_a_run_killed_at_any_moment_leaves_old_or_new_and_the_next_run_cleans_up
 
 
 def test_an_eval_killed_at_any_moment_leaves_results_and_grid_together(tmp_path):
-    """kill -9 of `erasekit eval --protocol` over an earlier evaluation: results.json and
-    before_after.png always belong to one run (both the old ones or both new), never one without the other."""
+    """kill -9 of `erasekit eval --protocol` over an earlier evaluation: results.json, before_after.png
+    and report.html always belong to one run (all old or all new), never one without the others."""
     run_ok([sys.executable, "-m", "erasekit.cli", "erase", "square", "--out", "edit"], tmp_path)
     command = [sys.executable, "-m", "erasekit.cli", "eval", "--protocol", "object", "--edit", "edit", "--samples", "1"]
     run_ok(command, tmp_path)
     run_dir = tmp_path / "edit" / "eval-object"
     for _ in killed_runs(command, tmp_path, seed=1, times=4, earliest=2.0, latest=20.0):
-        # both files are written into one directory that is swapped in whole
-        assert {p.name for p in run_dir.iterdir()} == {"results.json", "before_after.png"}
+        # the files are written into one directory that is swapped in whole
+        assert {p.name for p in run_dir.iterdir()} == {"results.json", "before_after.png", "report.html"}
         assert json.loads((run_dir / "results.json").read_text())["protocol"] == "object"
     run_ok(command, tmp_path)
     assert sorted(p.name for p in (tmp_path / "edit").iterdir()) == ["card.json", "edit.safetensors", "eval-object"]
