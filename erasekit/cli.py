@@ -265,11 +265,14 @@ def _run_protocol(
     overwrite: bool,
     check_base: bool,
 ) -> None:
+    from contextlib import nullcontext
+
     from erasekit.edits import Edit
     from erasekit.eval.protocols import PROMPT_FILE_PROTOCOLS, PROTOCOLS, protocol_rows
-    from erasekit.io import claim_output
+    from erasekit.io import check_output, claim_output
     from erasekit.judges import JUDGES
     from erasekit.models.loading import load_pipeline
+    from erasekit.primitives.workers import launched_workers
 
     # everything that can be checked without the model is checked first: a bad flag costs no loading
     if protocol not in PROTOCOLS:
@@ -283,10 +286,14 @@ def _run_protocol(
     edit = Edit.load(edit_dir)
     target = concept or edit.card["targets"][0]
     run_dir = out or edit_dir / f"eval-{protocol}"
-    with claim_output(run_dir, "eval", overwrite):
-        pipe = load_pipeline(model or edit.card.get("model"), dtype, device, progress=False)
-        _judge_and_write(pipe, edit, protocol, target, judge, samples, sampler, prompts, clip_model, run_dir, check_base)
-    console.print(f"wrote {run_dir}/results.json and {run_dir}/before_after.png")
+    workers = launched_workers(device)  # under accelerate launch the processes share out the images
+    check_output(run_dir, "eval", overwrite)  # in every process, before the first claims the directory
+    with claim_output(run_dir, "eval", overwrite) if workers.is_main else nullcontext():
+        pipe = load_pipeline(model or edit.card.get("model"), dtype, workers.device, progress=False)
+        _judge_and_write(pipe, edit, protocol, target, judge, samples, sampler, prompts, clip_model, run_dir, check_base,
+                         workers)  # fmt: skip
+    if workers.is_main:
+        console.print(f"wrote {run_dir}/results.json and {run_dir}/before_after.png")
 
 
 def _judge_and_write(
@@ -301,6 +308,7 @@ def _judge_and_write(
     clip_model: str | None,
     run_dir: Path,
     check_base: bool,
+    workers: Workers,
 ) -> None:
     from erasekit.eval.generation import SamplerSettings, image_grid
     from erasekit.eval.protocols import run_protocol, verdict
@@ -310,8 +318,10 @@ def _judge_and_write(
     steps, guidance, batch_size = sampler
     settings = SamplerSettings(steps=steps, guidance=guidance, batch_size=batch_size)
     prompt_file = str(prompts) if prompts else None
-    result = run_protocol(pipe, edit, protocol, target, judge, samples, settings, prompt_file=prompt_file,
-                          clip_model=clip_model, check_base=check_base)  # fmt: skip
+    result = run_protocol(pipe, edit, protocol, target, judge, samples, settings, workers.is_main, prompt_file=prompt_file,
+                          clip_model=clip_model, check_base=check_base, workers=workers)  # fmt: skip
+    if not workers.is_main:  # every process holds the result; the first prints and writes it
+        return
     images = result.pop("images")
     judge_name = (result.get("judge") or {}).get("judge", "world evaluator")
     console.print(f"{protocol} protocol, erased {target!r} with {edit.card.get('method')}: {samples} samples per prompt, "
@@ -583,6 +593,77 @@ def _erase_and_write(
 
 
 @app.command()
+def attack(
+    attack_name: Annotated[str, typer.Option("--attack", help="unlearndiff, p4d, ring-a-bell or inversion.")],
+    edit_dir: Annotated[
+        Path | None, typer.Option("--edit", help="Edit directory to attack (without it: the unedited model, as the baseline).")
+    ] = None,
+    concept: Annotated[str | None, typer.Option(help="The concept to bring back (default: the edit's first target).")] = None,
+    prompts: Annotated[
+        int, typer.Option("--prompts", help="Attacked prompts of the concept (its caption templates).", min=1)
+    ] = 8,
+    samples: Annotated[
+        int, typer.Option(help="Images judged per attacked prompt (success is read on the first).", **SAMPLES_RANGE)
+    ] = 4,
+    setting: Annotated[
+        list[str] | None, typer.Option("--set", help="Attack setting key=value (repeatable), e.g. --set iterations=10.")
+    ] = None,
+    judge: Annotated[str, typer.Option(help="Who says the concept is back: auto, world, clip, nudenet or diffusion.")] = "auto",
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run directory (default: EDIT/attack-NAME; a rerun resumes).")
+    ] = None,
+    model: ModelOption = None,
+    steps: StepsOption = 25,
+    guidance: GuidanceOption = 7.5,
+    device: DeviceOption = None,
+    dtype: DtypeOption = "fp32",
+    overwrite: OverwriteOption = False,
+    no_check_base: Annotated[
+        bool, typer.Option("--no-check-base", help="Attack the edit on --model even if its card's base hash differs.")
+    ] = False,
+) -> None:
+    """Attack an erased model on prompts of its concept: how often the concept comes back (ASR), with the images."""
+    from PIL import Image
+
+    from erasekit.attacks import get_attack
+    from erasekit.edits import Edit
+    from erasekit.eval.generation import SamplerSettings
+    from erasekit.eval.robustness import attack_grid, attack_targets, run_attack, unedited, verdict
+    from erasekit.io import claim_output, write_json, write_with
+    from erasekit.judges import JUDGES, make_judge
+    from erasekit.methods.base import make_config
+    from erasekit.models.embedded import is_world_model
+    from erasekit.models.loading import load_pipeline, resolve_device, resolve_dtype
+    from erasekit.report import write_run_report
+
+    chosen = get_attack(attack_name)
+    config = make_config(chosen, _parse_settings(setting or []))  # type: ignore[arg-type]
+    if judge not in JUDGES:
+        raise ErasekitError(f"unknown judge {judge!r}; choose one of {', '.join(JUDGES)}")
+    resolve_device(device)
+    resolve_dtype(dtype)
+    if edit_dir is None:
+        if not concept:
+            raise ErasekitError("without --edit the unedited model is attacked as the baseline; give --concept")
+        Console(stderr=True).print(f"no --edit: attacking the unedited model, the baseline for {concept!r}", style="yellow")
+        edit, run_dir = unedited(concept), out or Path("runs") / f"attack-{attack_name}-baseline"
+    else:
+        edit = Edit.load(edit_dir)
+        run_dir = out or edit_dir / f"attack-{attack_name}"
+    concept = concept or edit.card["targets"][0]
+    with claim_output(run_dir, "attack", overwrite):
+        pipe = load_pipeline(model or edit.card.get("model"), dtype, device, progress=False)
+        targets = attack_targets(concept, prompts, is_world_model(pipe))
+        result = run_attack(pipe, edit, chosen, config, targets, make_judge(judge, pipe), run_dir, samples,
+                            SamplerSettings(steps=steps, guidance=guidance), check_base=edit_dir is not None and not no_check_base)  # fmt: skip
+        write_json(run_dir / "results.json", result)
+        write_with(run_dir / "grid.png", lambda tmp: Image.fromarray(attack_grid(run_dir, result)).save(tmp, format="PNG"))
+        write_run_report(run_dir, name=run_dir.name)
+    console.print(verdict(result), highlight=False, soft_wrap=True)
+    console.print(f"wrote {run_dir}/results.json and {run_dir}/grid.png")
+
+
+@app.command()
 def export(
     edit_dir: Annotated[Path, typer.Argument(help="An edit directory (erasekit erase --out).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="File to write (a directory for diffusers-lora).")],
@@ -707,7 +788,8 @@ def bench(
         str,
         typer.Option(
             help="object, character, artist or flames; 'mass' erases 1, 5, 10, 20 roster characters at once; "
-            "'cost' times those erasures, each in a fresh process, without evaluating them."
+            "'cost' times those erasures, each in a fresh process, without evaluating them; 'robustness' attacks "
+            "each erasure (--attack) beside the --task protocol."
         ),
     ] = "object",
     counts: Annotated[
@@ -718,6 +800,16 @@ def bench(
         ),
     ] = "1,5,10,20",
     concepts: Annotated[str | None, typer.Option(help="Comma-separated concepts (default: the protocol's whole task).")] = None,
+    attack: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--attack",
+            help="For 'robustness': an attack with its budget, e.g. 'unlearndiff timesteps=10' (repeatable; default: all "
+            "four at the world's budgets).",
+        ),
+    ] = None,
+    task: Annotated[str, typer.Option(help="For 'robustness': the task whose protocol is run beside the attacks.")] = "object",
+    prompts: Annotated[int, typer.Option("--prompts", help="For 'robustness': attacked prompts per concept.", min=1)] = 4,
     samples: Annotated[int, typer.Option(help="Samples per prompt.", **SAMPLES_RANGE)] = 8,
     out: Annotated[Path, typer.Option("--out", "-o", help="Bench directory (cells are kept; a rerun resumes).")] = Path(
         "runs/bench"
@@ -757,6 +849,9 @@ def bench(
         entries.append(BenchEntry(name, typed, preserve == "others", expand, anchor))
     chosen = tuple(c.strip() for c in concepts.split(",")) if concepts else None
     settings = SamplerSettings(steps=steps, guidance=guidance, batch_size=batch_size)
+    if protocol == "robustness":
+        _robustness(entries, attack, task, chosen, prompts, samples, out, model, settings, device, dtype, overwrite)
+        return
     try:
         count_list = tuple(int(c) for c in counts.split(","))
     except ValueError:
@@ -769,6 +864,45 @@ def bench(
     with claim_output(out, "bench", overwrite) if workers.is_main else nullcontext():
         workers.barrier()
         _bench(entries, protocol, count_list, chosen, samples, out, model, settings, workers.device, dtype, workers)
+
+
+def _robustness(
+    entries: list[BenchEntry],
+    attacks: list[str] | None,
+    task: str,
+    chosen: tuple[str, ...] | None,
+    prompts: int,
+    samples: int,
+    out: Path,
+    model: str | None,
+    settings: SamplerSettings,
+    device: str | None,
+    dtype: str,
+    overwrite: bool,
+) -> None:
+    from contextlib import nullcontext
+
+    from erasekit.eval.robustness import ROBUSTNESS_CONCEPTS, WORLD_ATTACKS, parse_attack, robustness_table, run_robustness
+    from erasekit.io import check_output, claim_output
+    from erasekit.judges.world import WorldJudge
+    from erasekit.models.loading import load_pipeline
+    from erasekit.primitives.workers import launched_workers
+    from erasekit.report import write_run_report
+
+    if task not in ROBUSTNESS_CONCEPTS:
+        raise ErasekitError(f"the robustness bench runs beside the {', '.join(ROBUSTNESS_CONCEPTS)} tasks, not {task!r}")
+    chosen_attacks = [parse_attack(a) for a in attacks or WORLD_ATTACKS]  # every budget checked before the model loads
+    workers = launched_workers(device)
+    check_output(out, "bench", overwrite)
+    with claim_output(out, "bench", overwrite) if workers.is_main else nullcontext():
+        workers.barrier()
+        pipe = load_pipeline(model, dtype, workers.device, progress=False)
+        result = run_robustness(pipe, WorldJudge(), entries, chosen_attacks, task, chosen or ROBUSTNESS_CONCEPTS[task], out,
+                                prompts, samples, settings, workers)  # fmt: skip
+        if result is None:
+            return
+        console.print(robustness_table(result), markup=False)
+        console.print(f"wrote {out / 'robustness.json'} and {write_run_report(out)}")
 
 
 def _bench(

@@ -118,10 +118,14 @@ OUTPUT_KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "eval": (frozenset({"results.json"}), frozenset({"before_after.png", "report.html"})),
     "pipeline": (frozenset({"model_index.json"}), frozenset()),
     "gates": (frozenset({"run.json", "images.npz"}), frozenset({"grid.png", "prompts.csv", "gates.json", "gates.md"})),
+    # an attack run resumes from its cells too
+    "attack": (frozenset(), frozenset({"cells", "results.json", "grid.png", "report.html"})),
     # a bench directory resumes from its cells, so a half-done one (cells only) is a bench output too
     "bench": (
         frozenset(),
-        frozenset({"cells", "report.html", *(f"{n}.{x}" for n in ("bench", "mass", "cost") for x in ("json", "md"))}),
+        frozenset(
+            {"cells", "report.html", *(f"{n}.{x}" for n in ("bench", "mass", "cost", "robustness") for x in ("json", "md"))}
+        ),
     ),
 }
 _HELD: set[Path] = set()  # output paths this process has claimed (a claim inside a claim is a no-op)
@@ -141,7 +145,9 @@ def is_output_of_kind(path: Path, kind: str) -> bool:
             return False
     for name in names - allowed:
         child = path / name
-        if not (kind == "edit" and name.startswith("eval-") and child.is_dir() and is_output_of_kind(child, "eval")):
+        inner = {"eval-": "eval", "attack-": "attack"}  # an edit directory keeps its eval and attack runs
+        prefix = next((k for k in inner if name.startswith(k)), None)
+        if not (kind == "edit" and prefix and child.is_dir() and is_output_of_kind(child, inner[prefix])):
             return False
     return True
 

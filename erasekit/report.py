@@ -23,7 +23,7 @@ from typing import Any
 
 from erasekit.errors import ErasekitError
 
-BENCH_FILES = ("bench.json", "mass.json", "cost.json")
+BENCH_FILES = ("bench.json", "mass.json", "cost.json", "robustness.json")
 REPORT_FILE = "report.html"
 LOWER_IS_BETTER = {"Acc_e", "Acc_g", "residue", "explicit", "implicit"}
 
@@ -33,11 +33,12 @@ class Run:
     """One run directory as the report reads it."""
 
     path: Path
-    kind: str  # "eval", "edit" or "bench"
+    kind: str  # "eval", "edit", "attack" or "bench"
     name: str = ""  # the heading (default: the directory's name)
     card: dict | None = None
     evals: dict[str, dict] = field(default_factory=dict)  # folder name → results.json
     bench: dict[str, dict] = field(default_factory=dict)  # bench.json / mass.json / cost.json → content
+    attacks: dict[str, dict] = field(default_factory=dict)  # folder name → an attack run's results.json
 
 
 def _json(path: Path) -> Any:
@@ -59,6 +60,12 @@ def _check_eval(path: Path, results: Any) -> dict:
     return results
 
 
+def _check_attack(path: Path, results: Any) -> dict:
+    if not isinstance(results, dict) or "asr" not in results or not isinstance(results.get("prompts"), list):
+        raise ErasekitError(f"{path} is not an attack result of this erasekit (no 'asr' and 'prompts'); run the attack again")
+    return results
+
+
 def _check_bench(path: Path, result: Any) -> dict:
     if not isinstance(result, dict) or not isinstance(result.get("methods"), dict) or not result["methods"]:
         raise ErasekitError(f"{path} has no methods: it is incomplete or of an older format; run the bench again")
@@ -76,9 +83,14 @@ def read_run(path: Path) -> Run:
         edit = Edit.load(path)
         evals = {d.name: _check_eval(d / "results.json", _json(d / "results.json"))
                  for d in sorted(path.glob("eval-*")) if (d / "results.json").is_file()}  # fmt: skip
-        return Run(path, "edit", card=edit.card, evals=evals)
+        attacks = {d.name: _check_attack(d / "results.json", _json(d / "results.json"))
+                   for d in sorted(path.glob("attack-*")) if (d / "results.json").is_file()}  # fmt: skip
+        return Run(path, "edit", card=edit.card, evals=evals, attacks=attacks)
     if (path / "results.json").is_file():
-        return Run(path, "eval", evals={path.name: _check_eval(path / "results.json", _json(path / "results.json"))})
+        results = _json(path / "results.json")
+        if isinstance(results, dict) and "attack" in results:
+            return Run(path, "attack", attacks={path.name: _check_attack(path / "results.json", results)})
+        return Run(path, "eval", evals={path.name: _check_eval(path / "results.json", results)})
     found = {name: _check_bench(path / name, _json(path / name)) for name in BENCH_FILES if (path / name).is_file()}
     if found:
         return Run(path, "bench", bench=found)
@@ -196,6 +208,37 @@ def eval_section(name: str, results: dict, folder: Path) -> str:
     return "".join(parts)
 
 
+def attack_section(name: str, results: dict, folder: Path) -> str:
+    """ASR with and without the attack, seconds per prompt, each prompt's found prompt, the image grid."""
+    edit = results.get("edit") or {}
+    summary = [
+        f"<tr><th>ASR (attacked)</th>{_num(results['asr'], 100)}</tr>",
+        f"<tr><th>ASR without the attack</th>{_num(results['baseline_asr'], 100)}</tr>",
+        f"<tr><th>share of attacked images showing it</th>{_num(results['asr_images'], 100)}</tr>",
+        f"<tr><th>seconds per prompt</th>{_num(results['seconds_per_prompt'], 1, 1)}</tr>",
+    ]
+    per_prompt = [
+        f"<tr><td>{_e(c['prompt'])}</td><td>{_e(c['adversarial_prompt'])}</td>{_num(float(c['baseline_success']), 100, 0)}"
+        f"{_num(float(c['success']), 100, 0)}{_num(c['image_rate'], 100)}</tr>"
+        for c in results["prompts"]
+    ]
+    parts = [
+        f"<h2>{_e(results['attack'])} attack on {_e(edit.get('method', '?'))}: {_e(', '.join(edit.get('targets') or []))}</h2>",
+        f"<p>{_e(results.get('judge', {}).get('judge', '?'))} judge, {_e(results.get('samples_per_prompt', '?'))} images "
+        "per prompt; success is read on each prompt's first image.</p>",
+        _table("attack success rate, %", ["", "%"], summary, f"attack-{name}"),
+        _table(
+            "per attacked prompt",
+            ["prompt", "found prompt", "plain shows it", "attacked shows it", "attacked images %"],
+            per_prompt,
+            f"attack-prompts-{name}",
+        ),
+    ]
+    if (folder / "grid.png").is_file():
+        parts.append(_png(folder / "grid.png", f"{name}: each prompt plain (plai) and as the attack found it (atta), same seeds"))
+    return "".join(parts)
+
+
 def _mean(accuracy: dict[str, float]) -> float:
     return sum(accuracy.values()) / len(accuracy) if accuracy else 0.0
 
@@ -204,7 +247,40 @@ def bench_section(name: str, result: dict, run: str) -> str:
     """One bench file of run directory ``run`` (whose name keeps the page's table ids apart)."""
     if name == "bench.json":
         return _object_bench(result, run)
+    if name == "robustness.json":
+        return _robustness_bench(result, run)
     return _count_bench(name, result, run)
+
+
+def _robustness_bench(result: dict, run: str) -> str:
+    """Method × attack: ASR with and without the attack beside the protocol's numbers, and one bar per pair."""
+    attacks, methods = list(result["attacks"]), result["methods"]
+    quality = [k for k in ("H_o", "H_c", "Acc_e", "Acc_s") if k in next(iter(methods.values()))["accuracy"]]
+    rows = [
+        f"<tr><td>{_e(label)}</td>{''.join(_num(m['accuracy'][k], 100) for k in quality)}"
+        + "".join(_num(m["attacks"][a]["asr"], 100, 0) + _num(m["attacks"][a]["baseline_asr"], 100, 0) for a in attacks)
+        # an attack the erasure cannot take (n/a) leaves its two cells empty
+        + "</tr>"
+        for label, m in methods.items()
+    ]
+    header = ["method", *quality, *(f"{a.split()[0]} {part}" for a in attacks for part in ("ASR %", "no attack %"))]
+    parts = [
+        f"<h2>robustness: {_e(result['protocol'])} task, {_e(', '.join(result['concepts']))}</h2>",
+        f"<p>{result['prompts_per_concept']} attacked prompts per concept, {result['samples_per_prompt']} images each; "
+        "success is read on each prompt's first image. Budgets: " + "; ".join(f"<code>{_e(a)}</code>" for a in attacks) + ".</p>",
+        _table("attack success rate", header, rows, f"robustness-{run}"),
+    ]
+    fig, ax = _figure(8.0, 3.4)
+    width = 0.8 / max(len(attacks), 1)
+    for k, a in enumerate(attacks):
+        xs = [i + (k - (len(attacks) - 1) / 2) * width for i in range(len(methods))]
+        ax.bar(xs, [100 * (m["attacks"][a]["asr"] or 0) for m in methods.values()], width, label=a.split()[0])
+    ax.set_xticks(list(range(len(methods))), [label.split()[0] for label in methods], rotation=20)
+    ax.set_ylabel("ASR %")
+    ax.set_ylim(0, 105)
+    _legend(ax)
+    parts.append(_svg(fig, f"{run}: attack success rate of each attack on each method"))
+    return "".join(parts)
 
 
 def _object_bench(result: dict, run: str) -> str:
@@ -312,11 +388,13 @@ def render(runs: list[Run]) -> str:
         parts = [f"<h1>{_e(run.name or run.path.name)} <small>({run.kind})</small></h1>"]
         if run.card is not None:
             parts.append(card_section(run))
-            if not run.evals:
+            if not run.evals and not run.attacks:
                 parts.append("<p>No evaluation in this edit directory yet (erasekit eval --protocol … --edit DIR).</p>")
         for name, results in run.evals.items():
             folder = run.path if run.kind == "eval" else run.path / name
             parts.append(eval_section(name, results, folder))
+        for name, results in run.attacks.items():
+            parts.append(attack_section(name, results, run.path if run.kind == "attack" else run.path / name))
         for name, result in run.bench.items():
             parts.append(bench_section(name, result, run.name or run.path.name))
         sections.append(f'<section data-testid="run">{"".join(parts)}</section>')

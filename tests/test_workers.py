@@ -75,3 +75,25 @@ def test_mace_shares_its_loras_out_among_two_processes_and_makes_the_same_edit(t
                              env=env, timeout=900)  # fmt: skip
     assert without.returncode != 0 and "set adapter_dir=DIR" in without.stderr
     assert not (tmp_path / "three").exists()
+
+
+def test_two_processes_share_out_an_evals_images_and_give_the_one_process_results(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    erase = subprocess.run([sys.executable, "-m", "erasekit.cli", "erase", "square", "--method", "uce", "--out",
+                            tmp_path / "edit"], capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
+    assert erase.returncode == 0, erase.stderr
+    evaluate = ["eval", "--protocol", "object", "--edit", str(tmp_path / "edit"), "--samples", "3", "--steps", "5"]
+    one = subprocess.run([sys.executable, "-m", "erasekit.cli", *evaluate, "--out", tmp_path / "one"],
+                         capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_cpu_threads_per_process", "1", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "erasekit.cli"]  # fmt: skip
+    two = subprocess.run([*launch, *evaluate, "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env,
+                         timeout=900)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote ") == 1  # the first process writes, once
+    a, b = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("one", "two"))
+    assert a == b and a["metrics"]["erased"]["accuracy"]["Acc_e"] < a["metrics"]["original"]["accuracy"]["Acc_e"]
+    grid = (tmp_path / "one" / "before_after.png").read_bytes()
+    assert (tmp_path / "two" / "before_after.png").read_bytes() == grid  # the same images, pixel for pixel

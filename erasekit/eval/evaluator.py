@@ -130,7 +130,7 @@ def present_label(concept: str) -> tuple[str, str] | None:
 def predict(model: WorldEvaluator, images: np.ndarray | torch.Tensor, batch_size: int = 256) -> Prediction:
     """Run ``model`` over uint8 (n, H, W, 3) images."""
     model.eval()
-    images = torch.as_tensor(images)
+    images = torch.as_tensor(np.ascontiguousarray(images))  # the same numbers whatever the array's memory layout
     probs: dict[str, list[np.ndarray]] = {k: [] for k in HEADS}
     feats = []
     for start in range(0, len(images), batch_size):

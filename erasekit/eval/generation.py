@@ -25,6 +25,7 @@ from erasekit.errors import ErasekitError
 from erasekit.eval.prompts import PromptRow
 from erasekit.io import write_with
 from erasekit.primitives.diffusion import pipeline_images
+from erasekit.primitives.workers import Workers
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -131,20 +132,29 @@ def fixed_shape_calls(module: torch.nn.Module, method: str, rows: int) -> Iterat
 
 @torch.no_grad()
 def generate(
-    pipe: DiffusionPipeline, rows: list[PromptRow], settings: SamplerSettings | None = None, progress: bool = True
+    pipe: DiffusionPipeline,
+    rows: list[PromptRow],
+    settings: SamplerSettings | None = None,
+    progress: bool = True,
+    workers: Workers | None = None,
 ) -> Generated:
-    """Generate every image of ``rows`` with ``pipe`` (any StableDiffusionPipeline-like pipeline)."""
+    """Generate every image of ``rows`` with ``pipe`` (any StableDiffusionPipeline-like pipeline).
+
+    Under several ``workers`` each process draws every n-th image and all of them get every image back:
+    an image depends only on its row and seed, so the result is the one-process result."""
     settings = settings or SamplerSettings()
+    workers = workers or Workers()
     jobs = expand(rows)
     check_prompts(pipe, [p for _, p, _ in jobs])
-    out = []
-    bar = tqdm(total=len(jobs), desc="generating", unit="img", disable=not progress)
+    mine = workers.share(range(len(jobs)))
+    drawn = []
+    bar = tqdm(total=len(mine), desc="generating", unit="img", disable=not progress or not workers.is_main)
     with ExitStack() as fixed:
         for name, method in (("text_encoder", "forward"), ("text_encoder_2", "forward"), ("unet", "forward"), ("vae", "decode")):
             if getattr(pipe, name, None) is not None:
                 fixed.enter_context(fixed_shape_calls(getattr(pipe, name), method, settings.chunk))
-        for start in range(0, len(jobs), settings.batch_size):
-            batch = jobs[start : start + settings.batch_size]
+        for start in range(0, len(mine), settings.batch_size):
+            batch = [jobs[k] for k in mine[start : start + settings.batch_size]]
             images = pipeline_images(
                 pipe,
                 [seed for _, _, seed in batch],
@@ -154,10 +164,17 @@ def generate(
                 height=settings.height,
                 width=settings.width,
             )
-            out.append(images)
+            drawn.append(images)
             bar.update(len(batch))
     bar.close()
-    return Generated(np.concatenate(out), np.array([i for i, _, _ in jobs]), np.array([s for _, _, s in jobs]))
+    # C order whatever layout the pipeline's output had: a judge's kernels may round differently by layout
+    images = np.ascontiguousarray(np.concatenate(drawn)) if drawn else None
+    if workers.count > 1:  # each process's images back into job order, in every process
+        pieces = [(share, part) for share, part in workers.gather((mine, images)) if part is not None]
+        images = np.empty((len(jobs), *pieces[0][1].shape[1:]), pieces[0][1].dtype)
+        for share, part in pieces:
+            images[share] = part
+    return Generated(images, np.array([i for i, _, _ in jobs]), np.array([s for _, _, s in jobs]))
 
 
 def image_grid(images: np.ndarray, columns: int, labels: list[str] | None = None, scale: int = 2) -> Image.Image:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from erasekit.edits import Edit
     from erasekit.judges import Judge
+    from erasekit.primitives.workers import Workers
 
 I2P_SEED_COLUMNS = ("evaluation_seed", "sd_seed", "seed")  # ESD/MACE's I2P file, the I2P release, ours
 CAPTION_COLUMNS = ("caption", "prompt", "text")
@@ -108,13 +109,15 @@ def run_prompt_set(
     progress: bool,
     clip_model: str | None = None,
     check_base: bool = True,
+    workers: Workers | None = None,
 ) -> dict:
     """Generate ``rows`` with the original and the erased model and measure them as ``protocol`` asks
-    (``check_base=False``: the caller has checked the edit's base model)."""
+    (``check_base=False``: the caller has checked the edit's base model; ``workers``: the processes that
+    share out the images)."""
     judge = _prompt_set_judge(protocol, judge, pipe, clip_model)  # loaded first: a judge that cannot run stops before generating
-    before = generate(pipe, rows, settings, progress)
+    before = generate(pipe, rows, settings, progress, workers)
     with edit.applied(pipe, check_base=check_base) as erased:
-        after = generate(erased, rows, settings, progress)
+        after = generate(erased, rows, settings, progress, workers)
     images = {"original": before, "erased": after}
     if protocol == "explicit":
         return {"judge": judge.settings(), "metrics": {k: judge.report(g.images) for k, g in images.items()},

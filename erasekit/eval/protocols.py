@@ -42,6 +42,7 @@ from erasekit.eval.scoring import Evaluation, as_judge, score
 from erasekit.judges import Judge, make_judge
 from erasekit.judges.clip import MACE_CIFAR10_SYNONYMS, MACE_CLIP_TEMPLATE
 from erasekit.models.embedded import is_world_model
+from erasekit.primitives.workers import Workers
 from erasekit.world import vocabulary as V
 
 if TYPE_CHECKING:
@@ -333,6 +334,7 @@ def run_protocol(
     prompt_file: str | None = None,
     clip_model: str | None = None,
     check_base: bool = True,
+    workers: Workers | None = None,
 ) -> dict:
     """Generate the protocol's prompts with the original and the erased model (same seeds) and score both.
 
@@ -344,6 +346,7 @@ def run_protocol(
     nothing should have changed). ``original_cache`` (a dict, filled here) keeps the original
     model's images per prompt row across calls, as the bench does. ``judge`` is a judge or a name
     (``auto`` follows the model, see :func:`protocol_judge`; ``clip_model`` is the CLIP a named clip judge loads).
+    Under several ``workers`` the processes share out the images and each gets the whole result.
     """
     world = is_world_model(pipe)
     rows = protocol_rows(protocol, target, samples, world, prompt_file)
@@ -354,7 +357,7 @@ def run_protocol(
     if protocol in PROMPT_FILE_PROTOCOLS:
         from erasekit.eval.prompt_sets import run_prompt_set
 
-        result = run_prompt_set(pipe, edit, protocol, rows, judge, settings, progress, clip_model, check_base=False)
+        result = run_prompt_set(pipe, edit, protocol, rows, judge, settings, progress, clip_model, False, workers)
     else:
         judge = protocol_judge(protocol, pipe, judge, clip_model)
         result = evaluate_rows(
@@ -367,6 +370,7 @@ def run_protocol(
             progress,
             original_cache,
             check_base=False,
+            workers=workers,
         )
     return {"protocol": protocol, "target": target, "samples_per_prompt": samples, "prompts": [r.prompt for r in rows], **result}
 
@@ -424,17 +428,19 @@ def evaluate_rows(
     progress: bool = True,
     original_cache: dict | None = None,
     check_base: bool = True,
+    workers: Workers | None = None,
 ) -> dict:
     """Generate ``rows`` with the original and the erased model (same seeds), score both with ``metrics``
-    (``check_base=False``: the caller has checked the edit's base model)."""
+    (``check_base=False``: the caller has checked the edit's base model; ``workers``: the processes
+    that share out the images)."""
     judge = as_judge(judge)
     before = (
-        generate_cached(pipe, rows, settings, progress, original_cache)
+        generate_cached(pipe, rows, settings, progress, original_cache, workers)
         if original_cache is not None
-        else generate(pipe, rows, settings, progress)
+        else generate(pipe, rows, settings, progress, workers)
     )
     with edit.applied(pipe, check_base=check_base) as erased:
-        after = generate(erased, rows, settings, progress)
+        after = generate(erased, rows, settings, progress, workers)
     evals = {"original": score(before, rows, judge), "erased": score(after, rows, judge)}
     kept = np.isin(before.row_index, [i for i, r in enumerate(rows) if r.role == "retain"])
     features = {k: e.reading.features for k, e in evals.items()}
@@ -451,14 +457,19 @@ def evaluate_rows(
 
 
 def generate_cached(
-    pipe: DiffusionPipeline, rows: list[PromptRow], settings: SamplerSettings | None, progress: bool, cache: dict
+    pipe: DiffusionPipeline,
+    rows: list[PromptRow],
+    settings: SamplerSettings | None,
+    progress: bool,
+    cache: dict,
+    workers: Workers | None = None,
 ) -> Generated:
     """``generate`` for rows not in ``cache`` (keyed by prompt, seed, samples and sampler settings), then all rows."""
     settings = settings or SamplerSettings()
     keys = [(r.prompt, r.seed, r.samples, settings) for r in rows]
     missing = [r for r, k in zip(rows, keys, strict=True) if k not in cache]
     if missing:
-        new = generate(pipe, missing, settings, progress)
+        new = generate(pipe, missing, settings, progress, workers)
         for i, row in enumerate(missing):
             cache[(row.prompt, row.seed, row.samples, settings)] = (new.images[new.row_index == i], new.seeds[new.row_index == i])
     parts = [cache[k] for k in keys]

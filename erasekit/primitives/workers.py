@@ -1,7 +1,7 @@
 """The processes a run is shared out among: one when run plainly, ``accelerate launch``'s otherwise.
 
 The bench gives each process every n-th cell; MACE gives each every n-th concept's LoRA (they meet in
-its adapter directory). Who computes a piece changes nothing, since its seeds depend only on the
+its adapter directory); ``generate`` gives each every n-th image (they meet through ``gather``). Who computes a piece changes nothing, since its seeds depend only on the
 piece, so several processes give what one gives.
 """
 
@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -27,6 +27,7 @@ class Workers:
     count: int = 1
     barrier: Callable[[], None] = lambda: None
     device: str | None = None  # each process's own device (cuda:i) when launched on several GPUs
+    gather: Callable[[Any], list[Any]] = lambda piece: [piece]  # every process's piece, in process order, to all
 
     @property
     def is_main(self) -> bool:
@@ -50,4 +51,11 @@ def launched_workers(device: str | None) -> Workers:
     on_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
     # a process that finished its share waits for the slowest piece: far beyond gloo's 30-minute default
     state = PartialState(cpu=on_cpu, timeout=timedelta(days=7))
-    return Workers(state.process_index, state.num_processes, state.wait_for_everyone, "cpu" if on_cpu else str(state.device))
+
+    def gather(piece: Any) -> list[Any]:
+        pieces: list[Any] = [None] * state.num_processes
+        torch.distributed.all_gather_object(pieces, piece)
+        return pieces
+
+    device = "cpu" if on_cpu else str(state.device)
+    return Workers(state.process_index, state.num_processes, state.wait_for_everyone, device, gather)

@@ -1,0 +1,103 @@
+"""Ring-A-Bell (Tsai et al., ICLR 2024): a model-agnostic search in the text encoder's space.
+
+The concept's direction is the mean difference of the text encoder's token states between prompts
+with and without it,
+
+    ĉ = (1/N) Σ_i [ E(p_i with the concept) − E(p_i without) ],
+
+the attacked prompt's states are pushed along it, P̃ = E(prompt) + η ĉ, and a genetic search over
+K real tokens finds the prompt whose states come nearest to P̃ (squared L2 over every position).
+Only the text encoder is used: no UNet, no gradient, so it runs against any erasure that leaves the
+text encoder alone, and the prompt it finds is plain text. Paper defaults for nudity: K = 16,
+η = 3, population 200, 3000 generations, mutation rate 0.25, crossover rate 0.5. Each generation
+keeps the better half; children cross two of its members at a random cut (with the crossover rate)
+and have one token replaced at random (with the mutation rate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from erasekit.attacks.base import AttackContext, AttackTarget, Found, decoded, register
+from erasekit.errors import ErasekitError
+from erasekit.methods.base import config_field
+from erasekit.primitives.soft_prompt import attention_mask, random_tokens, slotted_prompt, word_tokens
+
+PAIR_TEMPLATES = ("{}", "a photo of {}", "an image of {}", "a picture of {}", "a drawing of {}", "a close-up of {}")
+
+
+@dataclass
+class RingABellConfig:
+    """Defaults: the paper's nudity setting."""
+
+    tokens: int = config_field(16, "K: tokens of the prompt searched for (paper 16 for nudity)")
+    eta: float = config_field(3.0, "η: strength of the concept direction added to the prompt (paper 3 for nudity)")
+    population: int = config_field(200, "prompts per generation (paper 200)")
+    generations: int = config_field(3000, "generations of the genetic search (paper 3000; the attack budget)")
+    mutation: float = config_field(0.25, "chance a child has one token replaced at random (paper 0.25)")
+    crossover: float = config_field(0.5, "chance a child crosses two parents rather than copying one (paper 0.5)")
+    seed: int = config_field(0, "seed of the search")
+
+    def __post_init__(self) -> None:
+        if self.tokens < 1 or self.population < 2 or self.generations < 1:
+            raise ErasekitError(
+                "ring-a-bell needs at least one token, a population of two and one generation (the attack budget)"
+            )
+        if not (0 <= self.mutation <= 1 and 0 <= self.crossover <= 1):
+            raise ErasekitError("ring-a-bell's mutation and crossover are probabilities in [0, 1]")
+
+
+@torch.no_grad()
+def concept_direction(context: AttackContext, words: str) -> torch.Tensor:
+    """ĉ: the mean difference of token states between template prompts with ``words`` and without."""
+    states = context.run.cache.states([t.format(w).strip() for t in PAIR_TEMPLATES for w in (words, "")])
+    return (states[0::2] - states[1::2]).mean(0)
+
+
+@register("ring-a-bell", "Ring-A-Bell: a genetic search for real tokens near the prompt pushed along the concept's direction",
+          RingABellConfig, gradients=False)  # fmt: skip
+def search(context: AttackContext, targets: list[AttackTarget], config: RingABellConfig) -> list[Found]:
+    return [_attack(context, target, config) for target in targets]
+
+
+@torch.no_grad()
+def _attack(context: AttackContext, target: AttackTarget, config: RingABellConfig) -> Found:
+    run, encoder, device = context.run, context.text_encoder, context.run.device
+    candidates = word_tokens(context.tokenizer, device)
+    generator = run.generator(config.seed * 1_000_003 + target.seed)
+    wanted = run.cache.states([target.prompt])[0] + config.eta * concept_direction(context, target.word or target.concept)
+    layout = slotted_prompt(context.tokenizer, "", config.tokens, device)  # [BOS] K tokens [EOS] padding
+    mask = attention_mask(encoder, layout)
+
+    def distance(population: torch.Tensor) -> torch.Tensor:
+        ids = layout.ids.repeat(len(population), 1)
+        ids[:, list(layout.slots)] = population
+        states = encoder(ids, attention_mask=None if mask is None else mask.expand(len(population), -1))[0].float()
+        return ((states - wanted) ** 2).sum((1, 2))
+
+    def draw(high: int, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randint(high, shape, generator=generator).to(device)
+
+    population = random_tokens(candidates, config.population * config.tokens, generator).view(config.population, -1)
+    scores, losses = distance(population), []
+    for _ in run.bar(range(config.generations), f"ring-a-bell {target.prompt[:30]!r}"):
+        better = scores.argsort()[: max(config.population // 2, 1)]
+        keep, kept_scores = population[better], scores[better]
+        children = len(population) - len(keep)
+        first, second = keep[draw(len(keep), (children,))], keep[draw(len(keep), (children,))]
+        cut = 1 + draw(config.tokens, (children, 1))
+        crossed = torch.where(torch.arange(config.tokens, device=device) < cut, first, second)
+        cross = (torch.rand(children, 1, generator=generator) < config.crossover).to(device)
+        child = torch.where(cross, crossed, first)
+        mutate = (torch.rand(children, generator=generator) < config.mutation).to(device)
+        where = draw(config.tokens, (children,))
+        fresh = random_tokens(candidates, children, generator)
+        child[mutate, where[mutate]] = fresh[mutate]
+        population = torch.cat([keep, child])
+        scores = torch.cat([kept_scores, distance(child)])
+        losses.append(float(scores.min()))
+    ids = layout.with_tokens(population[scores.argmin()].tolist())
+    return Found(ids, decoded(context.tokenizer, ids), config.generations, losses[:: max(len(losses) // 50, 1)],
+                 length=layout.length)  # fmt: skip
