@@ -45,6 +45,7 @@ SMALL = {
     "esd-u": {"iterations": 3, "sample_steps": 10},
     "esd-all": {"iterations": 3, "sample_steps": 10},
     "esd-x-strict": {"iterations": 10, "sample_steps": 10},
+    "race": {"iterations": 5, "esd_iterations": 5, "pgd_steps": 3, "sample_steps": 10},
     "ac": {"anchor_images": 4, "steps": 10, "sample_steps": 10},
     "sld": {},
     "spm": {"iterations": 10, "sample_steps": 10, "warmup_steps": 2},

@@ -30,6 +30,7 @@ QUICK = {
     "esd-u": {"iterations": 2, "sample_steps": 2},
     "esd-all": {"iterations": 2, "sample_steps": 2},
     "esd-x-strict": {"iterations": 2, "sample_steps": 2},
+    "race": {"iterations": 2, "esd_iterations": 1, "pgd_steps": 2, "sample_steps": 2},
     "ac": {"anchor_images": 2, "steps": 2, "sample_steps": 2, "batch_size": 2, "preserve_images": 1},
     "sld": {},
     "spm": {"iterations": 3, "sample_steps": 3, "warmup_steps": 0, "anchor_source": "embedding"},
@@ -37,8 +38,9 @@ QUICK = {
 }
 SPEC = EraseSpec(("square",), preserve=("circle",))
 # One method per algorithm: the ESD variants share one erase() and differ only in which parameters
-# train; esd-u stands for them, with the convolutions and time embedding the others leave alone.
-ALGORITHMS = ["esd-u", "mace", "realera", "rece", "uce", "ac", "sld", "spm", "doco"]
+# train; esd-u stands for them, with the convolutions and time embedding the others leave alone
+# (RACE is ESD's training with an attack inside: its own erase()).
+ALGORITHMS = ["esd-u", "race", "mace", "realera", "rece", "uce", "ac", "sld", "spm", "doco"]
 
 
 def spec_for(method):

@@ -89,3 +89,29 @@ def test_esd_config_errors():
     for bad in ({"eta": 0}, {"train_method": "esd-z"}, {"iterations": 0}, {"lr": -1}, {"target": "both"}, {"parameters": "x"}):
         with pytest.raises(ErasekitError):
             make_config(esd, bad)
+
+
+def test_race_attack_stays_in_its_ball_and_brings_the_prediction_nearer_the_noise(pipe):
+    import torch.nn.functional as F
+
+    from erasekit.methods.race import pgd_states
+    from erasekit.primitives.diffusion import predict_noise
+
+    config = make_config(get_method("race"), {"epsilon": 0.2, "pgd_steps": 8})
+    assert config.alpha == 0.05 and config.eta == 1.0 and config.target == "paper"  # the official script's
+    states = PromptCache(pipe).states(["a photo of a square"])
+    generator = torch.Generator().manual_seed(0)
+    x_t, noise = torch.randn(1, 4, 16, 16, generator=generator), torch.randn(1, 4, 16, 16, generator=generator)
+    t = torch.tensor([500])
+    adversarial = pgd_states(pipe.unet, x_t, t, states, noise, config, generator)
+    assert (adversarial - states).abs().max() <= 0.2 + 1e-6
+    assert adversarial.min() >= states.min() and adversarial.max() <= states.max()
+    with torch.no_grad():
+        before = F.mse_loss(predict_noise(pipe.unet, x_t, t, states), noise)
+        after = F.mse_loss(predict_noise(pipe.unet, x_t, t, adversarial), noise)
+    assert after < before
+
+
+def test_race_refuses_a_ball_of_no_size():
+    with pytest.raises(ErasekitError, match="RACE needs ε > 0"):
+        make_config(get_method("race"), {"epsilon": 0})

@@ -81,8 +81,8 @@ def _learn(context: AttackContext, concept: str, config: InversionConfig) -> tup
     losses = []
     with frozen(unet, context.text_encoder):
         for _ in run.bar(range(config.steps), f"inverting {concept!r}"):
-            picks = torch.randint(len(x0), (config.batch_size,), generator=generator).tolist()
-            t = torch.randint(num_train, (config.batch_size,), generator=generator).to(run.device)
+            picks = torch.randint(len(x0), (config.batch_size,), generator=generator, device="cpu").tolist()
+            t = torch.randint(num_train, (config.batch_size,), generator=generator, device="cpu").to(run.device)
             noise = run.randn((config.batch_size, *x0.shape[1:]), generator)
             x_t = context.pipe.scheduler.add_noise(x0[picks], noise, t)
             # image k was drawn for prompt k mod n: each image is fitted under its own prompt
@@ -92,7 +92,7 @@ def _learn(context: AttackContext, concept: str, config: InversionConfig) -> tup
             optimiser.zero_grad()
             (vector.grad,) = torch.autograd.grad(loss, [vector])
             optimiser.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     return vector.detach(), _every(losses, 50)
 
 

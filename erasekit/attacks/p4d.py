@@ -73,7 +73,7 @@ def _attack(context: AttackContext, target: AttackTarget, config: P4DConfig) -> 
         optimiser.zero_grad()
         (vectors.grad,) = torch.autograd.grad(loss, [projected])
         optimiser.step()
-        return float(loss)
+        return float(loss.detach())
 
     with frozen(unet, context.text_encoder):
         return search_in_blocks(context, target, prompt, x0, timesteps, config.iterations, step,

@@ -78,7 +78,7 @@ def _attack(context: AttackContext, target: AttackTarget, config: RingABellConfi
         return ((states - wanted) ** 2).sum((1, 2))
 
     def draw(high: int, shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.randint(high, shape, generator=generator).to(device)
+        return torch.randint(high, shape, generator=generator, device="cpu").to(device)
 
     population = random_tokens(candidates, config.population * config.tokens, generator).view(config.population, -1)
     scores, losses = distance(population), []
@@ -89,9 +89,9 @@ def _attack(context: AttackContext, target: AttackTarget, config: RingABellConfi
         first, second = keep[draw(len(keep), (children,))], keep[draw(len(keep), (children,))]
         cut = 1 + draw(config.tokens, (children, 1))
         crossed = torch.where(torch.arange(config.tokens, device=device) < cut, first, second)
-        cross = (torch.rand(children, 1, generator=generator) < config.crossover).to(device)
+        cross = (torch.rand(children, 1, generator=generator, device="cpu") < config.crossover).to(device)
         child = torch.where(cross, crossed, first)
-        mutate = (torch.rand(children, generator=generator) < config.mutation).to(device)
+        mutate = (torch.rand(children, generator=generator, device="cpu") < config.mutation).to(device)
         where = draw(config.tokens, (children,))
         fresh = random_tokens(candidates, children, generator)
         child[mutate, where[mutate]] = fresh[mutate]

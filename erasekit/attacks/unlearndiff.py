@@ -89,7 +89,7 @@ def _attack(context: AttackContext, target: AttackTarget, config: UnlearnDiffCon
         optimiser.step()
         with torch.no_grad():
             weights.copy_(simplex_projection(weights))
-        return float(loss)
+        return float(loss.detach())
 
     with frozen(unet, context.text_encoder):
         return search_in_blocks(context, target, prompt, x0, timesteps, config.iterations, step,

@@ -432,6 +432,10 @@ def any_table(paths: list[Path]) -> str:
         return sweep_table(paths[0].read_text())
     if len(paths) == 1 and "wall_seconds" in (single := json.loads(paths[0].read_text())):
         return scale_table(single)
+    if len(paths) == 1 and single.get("task") == "robustness":
+        from erasekit.eval.robustness import robustness_table
+
+        return robustness_table(single)
     result = merged([json.loads(p.read_text()) for p in paths], [str(p) for p in paths])
     if "protocol" in result:
         return markdown_table(result)

@@ -24,6 +24,7 @@ the point guided towards; preserve concepts add ‖ε_θ(x_t, p) − ε_θ*(x_t,
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -36,7 +37,7 @@ from erasekit.models.layers import ESD_GROUPS, ESD_SELECTIONS, parameter_group
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.training import fine_tuning, fit, loss_record
-from erasekit.primitives.xt_plan import plan_xt
+from erasekit.primitives.xt_plan import XtPoint, plan_xt
 
 ESD_TARGETS = {"official": 2.0, "paper": 1.0}  # each target's η
 
@@ -78,14 +79,27 @@ class ESDConfig:
 
 
 def erase(run: RunContext, spec: EraseSpec, config: ESDConfig) -> Edit:
+    return train_esd(run, spec, config)
+
+
+# (states, x_t, t, point) -> the concept's states to train at: RACE's adversarial perturbation of them
+Adversary = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, XtPoint], torch.Tensor]
+
+
+def train_esd(
+    run: RunContext, spec: EraseSpec, config: ESDConfig, adversary: Adversary | None = None, plain_steps: int = 0
+) -> Edit:
+    """ESD's fine-tuning; with an ``adversary``, steps after the first ``plain_steps`` train at the concept
+    states it returns instead of the concept's own (RACE)."""
     unet = run.unet
     names = [name for name, _ in parameter_group(unet, config.train_method, config.parameters)]
     prompts = list(dict.fromkeys(["", *spec.targets, *spec.anchors, *spec.preserve]))
     encoded = run.states(prompts)
     states = {p: encoded[i : i + 1] for i, p in enumerate(prompts)}  # each (1, L, d)
     rng = random.Random(config.seed)
+    steps = plain_steps + config.iterations
     points = plan_xt(run, unet, [states[t] for t in spec.targets], states[""], config.start_guidance, config.sample_steps,
-                     config.iterations, lambda k: k % len(spec.targets), rng)  # fmt: skip
+                     steps, lambda k: k % len(spec.targets), rng)  # fmt: skip
 
     with fine_tuning(run, names) as tuning:  # trained in float32; the frozen copy answers in the model's dtype
         original = tuning.original
@@ -96,7 +110,8 @@ def erase(run: RunContext, spec: EraseSpec, config: ESDConfig) -> Edit:
             x_t, t = point.x_t, point.t
             eps_anchor, eps_concept = original(torch.cat([x_t, x_t]), t, torch.cat([anchor, concept])).chunk(2)
             target = esd_target(eps_anchor.float(), eps_concept.float(), config.eta, config.target)
-            loss = F.mse_loss(predict_noise(unet, x_t, t, concept).float(), target)
+            trained_at = adversary(concept, x_t, t, point) if adversary is not None and step >= plain_steps else concept
+            loss = F.mse_loss(predict_noise(unet, x_t, t, trained_at).float(), target)
             if spec.preserve and config.preserve_weight > 0:
                 kept = states[rng.choice(spec.preserve)]
                 kept_loss = F.mse_loss(predict_noise(unet, x_t, t, kept).float(), original(x_t, t, kept).float())
@@ -104,9 +119,8 @@ def erase(run: RunContext, spec: EraseSpec, config: ESDConfig) -> Edit:
             return loss
 
         params = list(tuning.params.values())
-        losses = fit(
-            run, params, loss_at, config.iterations, torch.optim.Adam(params, lr=config.lr), f"ESD ({config.train_method})"
-        )
+        name = f"{'RACE' if adversary else 'ESD'} ({config.train_method})"
+        losses = fit(run, params, loss_at, steps, torch.optim.Adam(params, lr=config.lr), name)
         new_values = tuning.values()
     return Edit(new_values, {"config": asdict(config), **loss_record(losses)})
 

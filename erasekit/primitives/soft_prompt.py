@@ -109,7 +109,7 @@ def word_tokens(tokenizer: PreTrainedTokenizerBase, device: torch.device) -> tor
         texts = tokenizer.batch_decode([[i] for i in ids])
         words = [(i, t.strip()) for i, t in zip(ids, texts, strict=True) if t.strip().isalpha() and t.strip().isascii()]
         again = tokenizer([w for _, w in words], add_special_tokens=False).input_ids
-        _WORDS[key] = torch.tensor([i for (i, _), back in zip(words, again, strict=True) if back == [i]])
+        _WORDS[key] = torch.tensor([i for (i, _), back in zip(words, again, strict=True) if back == [i]], device="cpu")
     return _WORDS[key].to(device)
 
 
@@ -132,5 +132,5 @@ def simplex_projection(weights: torch.Tensor) -> torch.Tensor:
 
 def random_tokens(candidates: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
     """``count`` candidate tokens drawn with a CPU generator (the same draw on every device)."""
-    picks = torch.randint(len(candidates), (count,), generator=generator)
+    picks = torch.randint(len(candidates), (count,), generator=generator, device="cpu")
     return candidates[picks.to(candidates.device)]

@@ -28,6 +28,7 @@ class XtPoint:
     prompt: int
     x_t: torch.Tensor
     t: torch.Tensor
+    seed: int = 0  # of the trajectory's starting noise x_T (RACE's attack aims the prediction at it)
 
 
 def plan_xt(
@@ -57,7 +58,7 @@ def plan_xt(
             run.pipe, denoise, cond, uncond, guidance, sample_steps, [plan[k][1] for k in mine], [plan[k][2] for k in mine]
         )
         for j, k in enumerate(mine):
-            points[k] = XtPoint(prompt, x[j : j + 1], t[j])
+            points[k] = XtPoint(prompt, x[j : j + 1], t[j], plan[k][2])
     if any(p is None for p in points):
         raise ValueError(f"choose() gave a prompt index outside the {len(conds)} prompts")
     return points  # type: ignore[return-value]
