@@ -633,7 +633,7 @@ def attack(
     from erasekit.judges import JUDGES, make_judge
     from erasekit.methods.base import make_config
     from erasekit.models.embedded import is_world_model
-    from erasekit.models.loading import load_pipeline, resolve_device, resolve_dtype
+    from erasekit.models.loading import EMBEDDED_NAME, load_pipeline, resolve_device, resolve_dtype
     from erasekit.report import write_run_report
 
     chosen = get_attack(attack_name)
@@ -651,8 +651,11 @@ def attack(
         edit = Edit.load(edit_dir)
         run_dir = out or edit_dir / f"attack-{attack_name}"
     concept = concept or edit.card["targets"][0]
+    source = model or edit.card.get("model")
+    if source is None or str(source) == EMBEDDED_NAME:  # the embedded model: its prompts are known before it loads
+        attack_targets(concept, prompts, world=True)
     with claim_output(run_dir, "attack", overwrite):
-        pipe = load_pipeline(model or edit.card.get("model"), dtype, device, progress=False)
+        pipe = load_pipeline(source, dtype, device, progress=False)
         targets = attack_targets(concept, prompts, is_world_model(pipe))
         result = run_attack(pipe, edit, chosen, config, targets, make_judge(judge, pipe), run_dir, samples,
                             SamplerSettings(steps=steps, guidance=guidance), check_base=edit_dir is not None and not no_check_base)  # fmt: skip

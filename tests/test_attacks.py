@@ -104,21 +104,22 @@ def erased_square(pipe, tmp_path_factory):
     return root
 
 
-BUDGETS = {
-    "unlearndiff": ["--set", "timesteps=4", "--set", "iterations=10"],
-    "p4d": ["--set", "timesteps=4", "--set", "iterations=10"],
-    "inversion": ["--set", "steps=150"],
+BUDGETS = {  # the world budgets of the robustness bench
+    "p4d": ["--set", "timesteps=10", "--set", "iterations=20"],
+    "inversion": ["--set", "steps=300"],
 }
+# on this UCE edit the bench's P4D found 3 of 4 prompts and concept inversion 4 of 4 (docs/robustness.md)
+FOUND_AT_LEAST = {"p4d": 1 / 3, "inversion": 2 / 3}
 
 
-@pytest.mark.parametrize("name", ["unlearndiff", "inversion"])
+@pytest.mark.parametrize("name", ["p4d", "inversion"])
 def test_an_attack_brings_the_erased_square_back_where_the_plain_prompts_do_not(erased_square, name):
     result = run_cli("attack", "--attack", name, "--edit", erased_square / "edit", "--prompts", "3", "--samples", "2",
                      *BUDGETS[name], cwd=erased_square)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads((erased_square / "edit" / f"attack-{name}" / "results.json").read_text())
     assert out["baseline_asr"] == 0.0  # the erasure holds on the plain prompts …
-    assert out["asr_found"] >= 2 / 3  # … and the attack's prompts bring the square back
+    assert out["asr_found"] >= FOUND_AT_LEAST[name]  # … and the attack's prompts bring the square back
     assert out["config"] == {**out["config"], **{k.split("=")[0]: int(k.split("=")[1]) for k in BUDGETS[name][1::2]}}
     assert (erased_square / "edit" / f"attack-{name}" / "grid.png").is_file()
 
@@ -133,19 +134,19 @@ def test_ring_a_bell_finds_plain_text_prompts_of_the_requested_length(erased_squ
 
 
 def test_a_rerun_resumes_from_the_cells_and_the_report_shows_the_attack(erased_square):
-    run_dir = erased_square / "edit" / "attack-unlearndiff"
+    run_dir = erased_square / "edit" / "attack-p4d"
     if not (run_dir / "results.json").exists():
-        pytest.skip("needs the unlearndiff attack of the test above")
+        pytest.skip("needs the p4d attack of the test above")
     before = json.loads((run_dir / "results.json").read_text())
-    again = run_cli("attack", "--attack", "unlearndiff", "--edit", erased_square / "edit", "--prompts", "3", "--samples",
-                    "2", *BUDGETS["unlearndiff"], cwd=erased_square)  # fmt: skip
+    again = run_cli("attack", "--attack", "p4d", "--edit", erased_square / "edit", "--prompts", "3", "--samples",
+                    "2", *BUDGETS["p4d"], cwd=erased_square)  # fmt: skip
     assert again.returncode == 0, again.stderr
     after = json.loads((run_dir / "results.json").read_text())
     assert after["prompts"] == before["prompts"]  # the same cells, not a new search (its seconds would differ)
     report = run_cli("report", erased_square / "edit", "--out", erased_square / "r.html", cwd=erased_square)
     assert report.returncode == 0, report.stderr
     page = (erased_square / "r.html").read_text()
-    assert "unlearndiff attack on uce" in page and f'data-value="{before["asr"]!r}"' in page
+    assert "p4d attack on uce" in page and f'data-value="{before["asr"]!r}"' in page
 
 
 def test_an_attack_without_an_edit_is_the_baseline_and_says_so(erased_square):
@@ -215,3 +216,22 @@ def test_attacks_create_no_tensor_without_a_device(pipe, erased_square, tmp_path
                             progress=False)  # fmt: skip
     assert not guard.hidden, f"{name} creates tensors on the default device at {sorted(guard.hidden)}"
     assert len(result["prompts"]) == 1 and 0.0 <= result["asr"] <= 1.0
+
+
+def test_the_robustness_bench_puts_every_attack_beside_every_method(tmp_path):
+    bench = ["bench", "--protocol", "robustness", "--method", "uce token_span=full", "--method", "sld",
+             "--attack", "unlearndiff timesteps=2 iterations=3", "--attack", "inversion steps=5",
+             "--prompts", "2", "--samples", "2", "--steps", "5", "--out", tmp_path / "rb"]  # fmt: skip
+    result = run_cli(*bench, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads((tmp_path / "rb" / "robustness.json").read_text())
+    assert list(out["methods"]) == ["none", "uce token_span=full", "sld"]  # the unedited model first
+    none, uce, sld = out["methods"].values()
+    assert none["accuracy"]["Acc_e"] == 1.0 and uce["accuracy"]["Acc_e"] < 0.5  # the protocol beside the attacks
+    assert none["attacks"]["unlearndiff timesteps=2 iterations=3"]["baseline_asr"] == 1.0
+    assert sld["attacks"]["inversion steps=5"]["asr"] is None  # a learned token cannot be typed into SLD's pipeline
+    assert "reads prompts as text" in sld["attacks"]["inversion steps=5"]["not_applicable"]
+    table = (tmp_path / "rb" / "robustness.md").read_text()
+    assert "| `sld` |" in table and "n/a" in table and (tmp_path / "rb" / "report.html").is_file()
+    again = run_cli(*bench, cwd=tmp_path)  # every cell is kept: a rerun only summarises
+    assert again.returncode == 0 and json.loads((tmp_path / "rb" / "robustness.json").read_text()) == out

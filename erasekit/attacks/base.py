@@ -72,6 +72,7 @@ class AttackContext:
     shows: Callable[[Found, AttackTarget, list[int]], np.ndarray]
     targets: list[AttackTarget] = field(default_factory=list)  # every prompt of the run (concept inversion learns from all)
     memo: dict = field(default_factory=dict)  # what an attack learns once per run (concept inversion's v* per concept)
+    text_prompts: bool = False  # the erased pipeline takes prompts as text only (SLD's, SPM's transport)
 
     @property
     def pipe(self) -> DiffusionPipeline:
@@ -112,8 +113,7 @@ class AttackContext:
     def images(self, found: Found, seeds: list[int]) -> np.ndarray:
         """uint8 images of a found prompt from the erased pipeline: through its token states where the
         pipeline takes them, else (an inference-time erasure's pipeline) through its text."""
-        uses_states = "prompt_embeds" in _call_parameters(self.pipe)
-        if not uses_states:
+        if self.text_prompts:
             if found.vectors is not None:
                 raise ErasekitError(
                     "this erased pipeline reads prompts as text (an inference-time erasure), so a learned token "
@@ -123,12 +123,6 @@ class AttackContext:
         n = len(seeds)
         return pipeline_images(self.pipe, seeds, self.steps, self.guidance, prompt_embeds=self.states(found).expand(n, -1, -1),
                                negative_prompt_embeds=self.uncond().expand(n, -1, -1))  # fmt: skip
-
-
-def _call_parameters(pipe: DiffusionPipeline) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(type(pipe).__call__).parameters)
 
 
 @dataclass(frozen=True)

@@ -67,9 +67,9 @@ def attack_targets(concept: str, count: int, world: bool) -> list[AttackTarget]:
         pairs = [(f"{V.article(s)} {s} {suffix.format(y=concept)}", concept, concept)
                  for suffix in ARTIST_SUFFIXES for s in ("square", "circle")]  # fmt: skip
     elif concept.lower() in ("flames", "fire"):
-        pairs = [(f"a photo of {V.article(s)} {s} {phrase}", "flames", phrase)
-                 for phrase in V.FLAME_EXPLICIT for s in ("circle", "square")]  # fmt: skip
-        pairs[1::2] = [(f"a photo of a square {phrase}", "flames", "") for phrase in V.FLAME_IMPLICIT][: len(pairs[1::2])]
+        named = [(f"a photo of a circle {phrase}", "flames", phrase) for phrase in V.FLAME_EXPLICIT]
+        implied = [(f"a photo of a square {phrase}", "flames", "") for phrase in V.FLAME_IMPLICIT]
+        pairs = [prompt for pair in zip(named, implied, strict=False) for prompt in pair]  # named and implied in turn
     else:
         raise ErasekitError(f"{concept!r} is not a shape, character, artist or 'flames' of the world; "
                             "`erasekit world vocabulary` lists them")  # fmt: skip
@@ -119,15 +119,16 @@ def run_attack(
             def shows(found: Found, target: AttackTarget, seeds: list[int]) -> np.ndarray:
                 return judge.present(context.images(found, seeds), target.concept)
 
-            context = AttackContext(run, original, settings.steps, settings.guidance, shows, targets)
+            # an inference-time erasure's pipeline reads the prompt's text (SPM scores it, SLD's takes no states)
+            context = AttackContext(run, original, settings.steps, settings.guidance, shows, targets,
+                                    text_prompts=edit.inference is not None)  # fmt: skip
             for k in pending:
                 cells[k] = _attack_one(context, attack, config, targets[k], judge, samples, cells_dir, keys[k])
-    done = [c for c in cells if c is not None]
-    done = [c for c in cells if c is not None]
+    done = [c for c in cells if c is not None]  # every one, now
     return {
         "attack": attack.name,
         "config": asdict(config),  # type: ignore[call-overload]
-        "edit": {k: edit.card.get(k) for k in ("method", "targets", "anchors", "preserve", "settings")},
+        "edit": {k: edit.card.get(k) for k in ("method", "targets", "anchors", "preserve", "config")},
         "judge": judge.settings(),
         "samples_per_prompt": samples,
         "sampler": {"steps": settings.steps, "guidance": settings.guidance},
@@ -183,10 +184,6 @@ def verdict(result: dict) -> str:
     return (f"{result['attack']}: the concept came back in {result['asr']:.0%} of {len(result['prompts'])} attacked prompts "
             f"(without the attack {result['baseline_asr']:.0%}); {result['asr_images']:.0%} of all attacked images show it; "
             f"{result['seconds_per_prompt']:.1f} s per prompt")  # fmt: skip
-
-
-def is_unedited(edit: Edit) -> bool:
-    return not edit.weights and not edit.inference
 
 
 def unedited(concept: str) -> Edit:
@@ -310,9 +307,13 @@ def _robustness_summary(
             }
             if not ran:
                 by_attack[a.label]["not_applicable"] = results[0]["not_applicable"]
+        cards = [json.loads((c / "edit" / "card.json").read_text()) for c in cells if (c / "edit" / "card.json").exists()]
         methods[entry.label] = {
             "accuracy": {k: float(np.mean([e[k] for e in erased])) for k in erased[0]},
-            "seconds": float(np.mean([p["seconds"] or 0.0 for p in protocol_cells])),
+            "world_fid_kept": float(np.mean([p["world_fid_kept"] for p in protocol_cells])),
+            # per concept, from the edits' cards (the unedited model has none)
+            "seconds": float(np.mean([c["seconds"] for c in cards])) if cards else 0.0,
+            "peak_rss_mb": float(np.mean([c["peak_rss_mb"] for c in cards])) if cards else 0.0,
             "attacks": by_attack,
         }
     summary = {
@@ -330,13 +331,13 @@ def robustness_table(result: dict) -> str:
     attacks = list(result["attacks"])
     first = next(iter(result["methods"].values()))["accuracy"]
     quality = [k for k in ("H_o", "H_c", "Acc_e", "Acc_s", "explicit", "implicit") if k in first]
-    header = ["method", *quality, *(a.split()[0] for a in attacks), "s / prompt"]
+    header = ["method", *quality, *(a.split()[0] for a in attacks), "attack s / prompt", "erase s", "erase peak MB"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for label, m in result["methods"].items():
         cells = [f"{100 * m['accuracy'][k]:.1f}" for k in quality]
         cells += [_asr_cell(m["attacks"][a]) for a in attacks]
         seconds = np.mean([m["attacks"][a]["seconds_per_prompt"] for a in attacks if m["attacks"][a]["asr"] is not None])
-        lines.append(f"| `{label}` | " + " | ".join(cells) + f" | {seconds:.1f} |")
+        lines.append(f"| `{label}` | " + " | ".join(cells) + f" | {seconds:.1f} | {m['seconds']:.1f} | {m['peak_rss_mb']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
