@@ -36,6 +36,17 @@ def eval_results(edit_dir: Path) -> dict[str, dict]:
     return found
 
 
+def _attack_results(edit_dir: Path) -> dict[str, dict]:
+    """``{attack folder: results.json}`` of the attacks run on the edit (attack-unlearndiff, …)."""
+    found = {}
+    for path in sorted(Path(edit_dir).glob("attack-*/results.json")):
+        try:
+            found[path.parent.name] = json.loads(path.read_text())
+        except ValueError as err:
+            raise ErasekitError(f"{path} is not valid JSON ({err}); run the attack again") from err
+    return found
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}"
 
@@ -102,6 +113,19 @@ def model_card(edit_dir: Path, lora_file: str | None = None) -> str:
         ]
         if (Path(edit_dir) / folder / "before_after.png").is_file():
             lines += [f"![before and after, {folder}]({folder}/before_after.png)", ""]
+    attacks = _attack_results(edit_dir)
+    if attacks:
+        lines += [
+            "## Under attack",
+            "",
+            "| attack and budget | ASR % | without the attack % | prompts |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {r['attack']} `{json.dumps(r['config'])}` | {_pct(r['asr'])} | {_pct(r['baseline_asr'])} | {len(r['prompts'])} |"
+            for r in attacks.values()
+        ]
+        lines += ["", "ASR: the share of attacked prompts whose image shows the erased concept (erasekit attack).", ""]
     lines += [
         "## Use",
         "",

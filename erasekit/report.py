@@ -255,7 +255,7 @@ def bench_section(name: str, result: dict, run: str) -> str:
 def _robustness_bench(result: dict, run: str) -> str:
     """Method × attack: ASR with and without the attack beside the protocol's numbers, and one bar per pair."""
     attacks, methods = list(result["attacks"]), result["methods"]
-    quality = [k for k in ("H_o", "H_c", "Acc_e", "Acc_s") if k in next(iter(methods.values()))["accuracy"]]
+    quality = [k for k in ("H_o", "H_c", "Acc_e", "Acc_s", "Acc_g") if k in next(iter(methods.values()))["accuracy"]]
     rows = [
         f"<tr><td>{_e(label)}</td>{''.join(_num(m['accuracy'][k], 100) for k in quality)}"
         + "".join(_num(m["attacks"][a]["asr"], 100, 0) + _num(m["attacks"][a]["baseline_asr"], 100, 0) for a in attacks)

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
@@ -112,7 +111,7 @@ BUDGETS = {  # the world budgets of the robustness bench
 FOUND_AT_LEAST = {"p4d": 1 / 3, "inversion": 2 / 3}
 
 
-@pytest.mark.parametrize("name", ["p4d", "inversion"])
+@pytest.mark.parametrize("name", [pytest.param("p4d", marks=pytest.mark.slow), "inversion"])  # P4D: 2 min on 2 cores
 def test_an_attack_brings_the_erased_square_back_where_the_plain_prompts_do_not(erased_square, name):
     result = run_cli("attack", "--attack", name, "--edit", erased_square / "edit", "--prompts", "3", "--samples", "2",
                      *BUDGETS[name], cwd=erased_square)  # fmt: skip
@@ -134,19 +133,23 @@ def test_ring_a_bell_finds_plain_text_prompts_of_the_requested_length(erased_squ
 
 
 def test_a_rerun_resumes_from_the_cells_and_the_report_shows_the_attack(erased_square):
-    run_dir = erased_square / "edit" / "attack-p4d"
+    run_dir = erased_square / "edit" / "attack-inversion"
     if not (run_dir / "results.json").exists():
-        pytest.skip("needs the p4d attack of the test above")
+        pytest.skip("needs the inversion attack of the test above")
     before = json.loads((run_dir / "results.json").read_text())
-    again = run_cli("attack", "--attack", "p4d", "--edit", erased_square / "edit", "--prompts", "3", "--samples",
-                    "2", *BUDGETS["p4d"], cwd=erased_square)  # fmt: skip
+    again = run_cli("attack", "--attack", "inversion", "--edit", erased_square / "edit", "--prompts", "3", "--samples",
+                    "2", *BUDGETS["inversion"], cwd=erased_square)  # fmt: skip
     assert again.returncode == 0, again.stderr
     after = json.loads((run_dir / "results.json").read_text())
     assert after["prompts"] == before["prompts"]  # the same cells, not a new search (its seconds would differ)
     report = run_cli("report", erased_square / "edit", "--out", erased_square / "r.html", cwd=erased_square)
     assert report.returncode == 0, report.stderr
     page = (erased_square / "r.html").read_text()
-    assert "p4d attack on uce" in page and f'data-value="{before["asr"]!r}"' in page
+    assert "inversion attack on uce" in page and f'data-value="{before["asr"]!r}"' in page
+    card = run_cli("push", erased_square / "edit", "--card-only", cwd=erased_square)  # the hub page carries it too
+    assert card.returncode == 0, card.stderr
+    readme = (erased_square / "edit" / "README.md").read_text()
+    assert "## Under attack" in readme and f"| {100 * before['asr']:.1f} |" in readme
 
 
 def test_an_attack_without_an_edit_is_the_baseline_and_says_so(erased_square):
@@ -179,16 +182,32 @@ def test_without_an_edit_a_concept_is_needed(tmp_path):
     assert result.returncode != 0 and "give --concept" in result.stderr
 
 
-def test_an_interrupted_attack_leaves_whole_cells_only(erased_square, tmp_path):
-    """A cell's images are written before its json, each atomically: a json always has its images."""
-    run_dir = erased_square / "edit" / "attack-inversion"
-    if not run_dir.exists():
-        pytest.skip("needs the inversion attack of the test above")
-    cells = sorted((run_dir / "cells").glob("*.json"))
-    assert cells and all(c.with_suffix(".npz").is_file() for c in cells)
-    assert not list(run_dir.glob(".*.tmp")) and not list((run_dir / "cells").glob(".*"))
-    with np.load(cells[0].with_suffix(".npz")) as images:
-        assert images["plain"].shape == images["attacked"].shape == (2, 64, 64, 3)
+def test_an_interrupted_attack_resumes_from_the_prompts_it_finished(erased_square, tmp_path):
+    """Killed after its first prompt, a rerun keeps that prompt's cell as it was and does the rest."""
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "erasekit.cli", "attack", "--attack", "p4d", "--edit", str(erased_square / "edit"),
+               "--prompts", "2", "--samples", "1", "--set", "timesteps=3", "--set", "iterations=5",
+               "--set", "stop_on_success=false", "--out", str(tmp_path / "run")]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cells = tmp_path / "run" / "cells"
+    deadline = time.time() + 600
+    while not list(cells.glob("*.json")) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    first = sorted(cells.glob("*.json"))
+    assert len(first) == 1 and first[0].with_suffix(".npz").is_file()  # whole: its images came before its json
+    kept = first[0].read_bytes()
+    assert not (tmp_path / "run" / "results.json").exists()
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert first[0].read_bytes() == kept and len(list(cells.glob("*.json"))) == 2
+    result = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [c["prompt"] for c in result["prompts"]] == ["a photo of a square", "an image of a square"]
+    assert not [p for p in (tmp_path / "run").rglob("*") if p.name.startswith(".")]  # no temporary files left
 
 
 TINY = {
@@ -221,7 +240,7 @@ def test_attacks_create_no_tensor_without_a_device(pipe, erased_square, tmp_path
 def test_the_robustness_bench_puts_every_attack_beside_every_method(tmp_path):
     bench = ["bench", "--protocol", "robustness", "--method", "uce token_span=full", "--method", "sld",
              "--attack", "unlearndiff timesteps=2 iterations=3", "--attack", "inversion steps=5",
-             "--prompts", "2", "--samples", "2", "--steps", "5", "--out", tmp_path / "rb"]  # fmt: skip
+             "--prompts", "1", "--samples", "2", "--steps", "5", "--out", tmp_path / "rb"]  # fmt: skip
     result = run_cli(*bench, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads((tmp_path / "rb" / "robustness.json").read_text())

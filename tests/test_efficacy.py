@@ -23,7 +23,7 @@ FAMILIES = {  # method, settings, whether the other classes are the preserve set
     "closed form + LoRAs (MACE)": ("mace", {"lam": 10, "lr": 3e-3, "steps": 50, "preserve_scale": 10}, True),
     "neighbourhood (RealEra)": ("realera", {"d1": 1.5, "m": 64, "s2": 0.4, "epochs": 100, "lr": 1e-4}, True),
     "fine-tuning (ESD-x)": ("esd-x", {"lr": 1e-3, "iterations": 60}, False),
-    "adversarial fine-tuning (RACE)": ("race", {"lr": 1e-3, "esd_iterations": 40, "iterations": 20, "pgd_steps": 3}, False),
+    "adversarial fine-tuning (RACE)": ("race", {"lr": 1e-3, "esd_iterations": 50, "iterations": 10, "pgd_steps": 2}, False),
     "fine-tuning on anchor images (AC)": ("ac", {"lr": 1e-3, "steps": 60, "anchor_images": 64}, False),
     "adversarial domain correction (DoCo)": (
         "doco",

@@ -144,3 +144,22 @@ def test_the_report_refuses_a_non_html_name_and_a_users_file(runs, tmp_path):
     first = run_cli("report", runs / "bench", "--out", tmp_path / "r.html", cwd=tmp_path)
     again = run_cli("report", runs / "bench", "--out", tmp_path / "r.html", cwd=tmp_path)  # its own page: replaced
     assert first.returncode == 0 and again.returncode == 0, again.stderr
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium; .ci/run does)")
+def test_the_robustness_bench_renders_with_the_jsons_attack_success_rates(tmp_path):
+    (tmp_path / "robust").mkdir()
+    shutil.copy(BENCH / "robustness-object.json", tmp_path / "robust" / "robustness.json")
+    result = run_cli("report", tmp_path / "robust", "--out", tmp_path / "r.html", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    facts = page_facts(tmp_path / "r.html")
+    assert facts["errors"] == [] and len(facts["plots"]) == 1 and not_blank(facts["plots"][0])
+    bench = json.loads((BENCH / "robustness-object.json").read_text())
+    rows = facts["tables"]["robustness-robust"]
+    quality = [k for k in ("H_o", "H_c", "Acc_e", "Acc_s", "Acc_g") if k in next(iter(bench["methods"].values()))["accuracy"]]
+    expected = [
+        [*(m["accuracy"][k] for k in quality),
+         *(v for a in bench["attacks"] for v in (m["attacks"][a]["asr"], m["attacks"][a]["baseline_asr"]) if v is not None)]
+        for m in bench["methods"].values()
+    ]  # fmt: skip
+    assert [[v for v, *_ in row] for row in rows] == expected

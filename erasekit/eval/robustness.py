@@ -248,9 +248,12 @@ def run_robustness(
     """For each method (and the unedited model, the baseline) and concept: erase, run the task's protocol,
     then every attack; ASR beside the protocol's numbers. Cells resume; several ``workers`` share the
     (method, concept) pairs and the first summarises (the others get None)."""
+    from erasekit.eval.bench import DEFAULT_CONCEPTS
     from erasekit.eval.bench import BenchEntry as Entry
     from erasekit.eval.protocols import run_protocol
     from erasekit.methods.runner import erase
+
+    task = DEFAULT_CONCEPTS[protocol]  # preserve=others keeps the whole task's other concepts, as the bench does
 
     workers = workers or Workers()
     rows = [Entry("none"), *entries]  # "none": the unedited model, what each attack finds without any erasure
@@ -263,7 +266,7 @@ def run_robustness(
         elif (edit_dir / "card.json").exists():
             edit = Edit.load(edit_dir)
         else:
-            edit = erase(pipe, entry.spec((concept,), concepts), entry.method, progress=progress, expand=entry.expand,
+            edit = erase(pipe, entry.spec((concept,), task), entry.method, progress=progress, expand=entry.expand,
                          **entry.settings)  # fmt: skip
             edit.save(edit_dir)
         check = entry.method != "none"
@@ -330,7 +333,7 @@ def robustness_table(result: dict) -> str:
     """Method × attack: the protocol's harmonic mean and Acc_e, then each attack's ASR % (without the attack %)."""
     attacks = list(result["attacks"])
     first = next(iter(result["methods"].values()))["accuracy"]
-    quality = [k for k in ("H_o", "H_c", "Acc_e", "Acc_s", "explicit", "implicit") if k in first]
+    quality = [k for k in ("H_o", "H_c", "Acc_e", "Acc_s", "Acc_g", "explicit", "implicit") if k in first]
     header = ["method", *quality, *(a.split()[0] for a in attacks), "attack s / prompt", "erase s", "erase peak MB"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for label, m in result["methods"].items():
