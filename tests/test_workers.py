@@ -24,15 +24,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def launch_command() -> list[str]:
+    """`accelerate launch` of erasekit's CLI in 2 CPU processes of one thread each (accelerate's multi-CPU mode)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+            "--num_cpu_threads_per_process", "1", "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "erasekit.cli"]  # fmt: skip
+
+
 def test_two_processes_under_accelerate_give_the_one_process_bench(tmp_path):
     bench = ["bench", "--method", "uce token_span=full", "--concepts", "square,circle,star", "--samples", "1", "--steps", "5"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # one thread a process in both runs
     one = subprocess.run([sys.executable, "-m", "erasekit.cli", *bench, "--out", tmp_path / "one"],
                          capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
     assert one.returncode == 0, one.stderr
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_cpu_threads_per_process", "1", "--num_machines", "1", "--mixed_precision", "no",
-              "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "erasekit.cli"]  # fmt: skip
+    launch = launch_command()
     two = subprocess.run([*launch, *map(str, bench), "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
@@ -59,9 +64,7 @@ def test_mace_shares_its_loras_out_among_two_processes_and_makes_the_same_edit(t
     one = subprocess.run([sys.executable, "-m", "erasekit.cli", *erase, "--set", f"adapter_dir={tmp_path / 'a1'}",
                           "--out", tmp_path / "one"], capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
     assert one.returncode == 0, one.stderr
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_cpu_threads_per_process", "1", "--num_machines", "1", "--mixed_precision", "no",
-              "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "erasekit.cli"]  # fmt: skip
+    launch = launch_command()
     two = subprocess.run([*launch, *erase, "--set", f"adapter_dir={tmp_path / 'a2'}", "--out", str(tmp_path / "two")],
                          capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
@@ -86,9 +89,7 @@ def test_two_processes_share_out_an_evals_images_and_give_the_one_process_result
     one = subprocess.run([sys.executable, "-m", "erasekit.cli", *evaluate, "--out", tmp_path / "one"],
                          capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
     assert one.returncode == 0, one.stderr
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_cpu_threads_per_process", "1", "--num_machines", "1", "--mixed_precision", "no",
-              "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "erasekit.cli"]  # fmt: skip
+    launch = launch_command()
     two = subprocess.run([*launch, *evaluate, "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env,
                          timeout=900)  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
