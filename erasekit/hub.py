@@ -23,27 +23,16 @@ README = "README.md"
 KOHYA_FILE = "erased_kohya.safetensors"
 
 
-def eval_results(edit_dir: Path) -> dict[str, dict]:
-    """``{protocol folder: results.json}`` of the evaluations kept in ``edit_dir`` (eval-object, …)."""
+def eval_results(edit_dir: Path, kind: str = "eval") -> dict[str, dict]:
+    """``{folder: results.json}`` of the runs of ``kind`` kept in ``edit_dir``: evaluations (eval-object, …)
+    or attacks (attack-unlearndiff, …)."""
     found = {}
-    for folder in sorted(Path(edit_dir).glob("eval-*")):
-        path = folder / "results.json"
-        if path.is_file():
-            try:
-                found[folder.name] = json.loads(path.read_text())
-            except ValueError as err:
-                raise ErasekitError(f"{path} is not valid JSON ({err}); run the evaluation again") from err
-    return found
-
-
-def _attack_results(edit_dir: Path) -> dict[str, dict]:
-    """``{attack folder: results.json}`` of the attacks run on the edit (attack-unlearndiff, …)."""
-    found = {}
-    for path in sorted(Path(edit_dir).glob("attack-*/results.json")):
+    for path in sorted(Path(edit_dir).glob(f"{kind}-*/results.json")):
         try:
             found[path.parent.name] = json.loads(path.read_text())
         except ValueError as err:
-            raise ErasekitError(f"{path} is not valid JSON ({err}); run the attack again") from err
+            what = "evaluation" if kind == "eval" else kind
+            raise ErasekitError(f"{path} is not valid JSON ({err}); run the {what} again") from err
     return found
 
 
@@ -113,7 +102,7 @@ def model_card(edit_dir: Path, lora_file: str | None = None) -> str:
         ]
         if (Path(edit_dir) / folder / "before_after.png").is_file():
             lines += [f"![before and after, {folder}]({folder}/before_after.png)", ""]
-    attacks = _attack_results(edit_dir)
+    attacks = eval_results(edit_dir, "attack")
     if attacks:
         lines += [
             "## Under attack",

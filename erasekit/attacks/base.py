@@ -104,11 +104,11 @@ class AttackContext:
         with torch.no_grad():
             return encode(self.text_encoder, found.prompt, found.vectors).to(self.run.dtype)
 
-    def noised(self, x0: torch.Tensor, t: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε with fresh ε from ``generator``, and ε."""
+    def noised(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε at timestep ``t`` (a tensor on the run's device) with fresh ε from
+        ``generator``, and ε."""
         noise = self.run.randn(tuple(x0.shape), generator)
-        timestep = torch.tensor([t], device=self.run.device)
-        return self.pipe.scheduler.add_noise(x0, noise, timestep), noise
+        return self.pipe.scheduler.add_noise(x0, noise, t), noise
 
     def images(self, found: Found, seeds: list[int]) -> np.ndarray:
         """uint8 images of a found prompt from the erased pipeline: through its token states where the
@@ -191,13 +191,13 @@ def search_in_blocks(
     x0: torch.Tensor,
     timesteps: list[int],
     iterations: int,
-    step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], float],
+    step: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], float],
     tokens: Callable[[], torch.Tensor],
     generator: torch.Generator,
     stop_on_success: bool,
 ) -> Found:
     """The official UnlearnDiffAtk / P4D schedule: for each timestep in turn, ``iterations`` calls of
-    ``step(x_t, t, noise, x0)`` on freshly noised x₀, then the prompt with real ``tokens()`` in its
+    ``step(x_t, t, noise)`` on freshly noised x₀, then the prompt with real ``tokens()`` in its
     slots is judged on the target's seed; the search stops at the first success (``stop_on_success``)."""
     losses: list[float] = []
     spent, found = 0, None
@@ -205,8 +205,8 @@ def search_in_blocks(
         block = 0.0
         timestep = torch.tensor([t], device=context.run.device)
         for _ in range(iterations):
-            x_t, noise = context.noised(x0, t, generator)
-            block += step(x_t, timestep, noise, x0)
+            x_t, noise = context.noised(x0, timestep, generator)
+            block += step(x_t, timestep, noise)
             spent += 1
         losses.append(block / max(iterations, 1))
         ids = prompt.with_tokens(tokens().tolist())

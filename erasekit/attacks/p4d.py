@@ -64,7 +64,7 @@ def _attack(context: AttackContext, target: AttackTarget, config: P4DConfig) -> 
     vectors = table[random_tokens(candidates, config.tokens, generator)].float().clone().requires_grad_(True)
     optimiser = torch.optim.Adam([vectors], lr=config.lr, weight_decay=config.weight_decay)
 
-    def step(x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor) -> float:
+    def step(x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> float:
         projected = table[nearest_tokens(vectors.detach(), table, candidates)].float().requires_grad_(True)
         states = encode(context.text_encoder, prompt, projected).to(run.dtype)
         with run.autocast():

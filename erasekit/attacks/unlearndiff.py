@@ -78,7 +78,7 @@ def _attack(context: AttackContext, target: AttackTarget, config: UnlearnDiffCon
     weights.requires_grad_(True)
     optimiser = torch.optim.Adam([weights], lr=config.lr, weight_decay=config.weight_decay)
 
-    def step(x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor) -> float:
+    def step(x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> float:
         picks = torch.multinomial(weights.detach().float().cpu(), 1, generator=generator)[:, 0].to(run.device)
         vectors = _SampledOneHot.apply(weights, picks) @ table
         states = encode(context.text_encoder, prompt, vectors).to(run.dtype)

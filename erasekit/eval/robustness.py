@@ -273,8 +273,8 @@ def run_robustness(
         protocol_file = where / f"{protocol}-{samples}.json"
         if not protocol_file.exists():
             result = run_protocol(pipe, edit, protocol, concept, judge, samples, settings, progress, check_base=check)
-            write_json(protocol_file, {"metrics": result["metrics"], "world_fid_kept": result["world_fid_kept"],
-                                       "seconds": edit.card.get("seconds")})  # fmt: skip
+            # the erasure's seconds and memory are on its card (edit_dir/card.json)
+            write_json(protocol_file, {"metrics": result["metrics"], "world_fid_kept": result["world_fid_kept"]})
         targets = attack_targets(ATTACKED_CONCEPT.get(concept, concept), prompts, True)
         for entry_attack in attacks:
             if (where / entry_attack.slug / "results.json").exists():

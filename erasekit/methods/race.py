@@ -20,7 +20,7 @@ the target are not in the official script and not here.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,6 @@ from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import EraseSpec, config_field, register
 from erasekit.methods.esd import ESDConfig, train_esd
-from erasekit.models.layers import parameter_group
 from erasekit.primitives.diffusion import latent_shape, predict_noise
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.xt_plan import XtPoint
@@ -79,7 +78,6 @@ def pgd_states(
 @register("race", "RACE (Kim et al. 2024): ESD trained at PGD-perturbed concept embeddings, robust to attacks", RACEConfig)
 def erase(run: RunContext, spec: EraseSpec, config: RACEConfig) -> Edit:
     generator = run.generator(config.seed + 1)
-    parameter_group(run.unet, config.train_method, config.parameters)  # a bad group is refused before any sampling
 
     def adversary(states: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, point: XtPoint) -> torch.Tensor:
         # the trajectory's own starting noise x_T, drawn again from its seed as partial_samples drew it
@@ -87,6 +85,4 @@ def erase(run: RunContext, spec: EraseSpec, config: RACEConfig) -> Edit:
         noise = (start * run.pipe.scheduler.init_noise_sigma)[None].to(run.device, x_t.dtype)
         return pgd_states(run.unet, x_t, t, states, noise, config, generator)
 
-    edit = train_esd(run, spec, config, adversary, plain_steps=config.esd_iterations)
-    edit.card["config"] = asdict(config)
-    return edit
+    return train_esd(run, spec, config, adversary, plain_steps=config.esd_iterations)  # its card holds the RACE config
