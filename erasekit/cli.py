@@ -508,8 +508,8 @@ def erase(
     make_config(get_method(method), overrides)  # every setting is parsed and checked before the model loads
     if not get_method(method).changes_weights and (lora or lora_rank is not None or save_pipeline or save_single_file):
         raise ErasekitError(
-            f"{method} changes no weights (it guides sampling), so there is no LoRA, pipeline or checkpoint to write; "
-            "its edit directory is the artifact: erasekit.edits.load_erased(DIR) gives the guided pipeline"
+            f"{method} changes no weights (SLD guides sampling, Receler adds eraser modules), so there is no LoRA, "
+            "pipeline or checkpoint to write; its edit directory is the artifact: erasekit.edits.load_erased(DIR) gives the erased pipeline"
         )
     workers = launched_workers(device)  # under accelerate launch: MACE shares its LoRAs out, the first process writes
     if workers.count > 1 and method != "mace":
@@ -567,6 +567,10 @@ def _erase_and_write(
         return
     for target, found in edit.card.get("expanded", {}).items():
         console.print(f"expanded {target!r}: " + ", ".join(f"{p} ({s:.2f})" for p, s in found), highlight=False)
+    if save_single_file is not None:  # refused before anything is written
+        from erasekit.models.ldm_checkpoint import refuse_lost_text_encoder
+
+        refuse_lost_text_encoder(pipe, bool(edit.text_encoder_names))
     export = None
     if lora or lora_rank is not None:
         from erasekit.lora import lora_factors
@@ -583,7 +587,7 @@ def _erase_and_write(
     if save_single_file is not None:
         from erasekit.models.ldm_checkpoint import save_single_file as write_single_file
 
-        write_single_file(pipe, save_single_file)
+        write_single_file(pipe, save_single_file, bool(edit.text_encoder_names))
     card = edit.card
     console.print(
         f"{card['method']}: erased {', '.join(spec.targets)} in {card['seconds']:.2f} s "

@@ -1,10 +1,12 @@
 """The result of an erasure: changed UNet weights plus a JSON card, saved atomically.
 
-On disk an edit is a directory with ``edit.safetensors`` (the new values of every changed UNet
-parameter, by diffusers parameter name) and ``card.json`` (method, config, concepts, base-model
+On disk an edit is a directory with ``edit.safetensors`` (the new values of every changed
+parameter, by diffusers parameter name: the UNet's as they are, the text encoder's behind
+``text_encoder.``, as AdvUnlearn trains it) and ``card.json`` (method, config, concepts, base-model
 hash, erasekit version, time and peak memory), and optionally ``pytorch_lora_weights.safetensors``
 (the same change as a LoRA that a plain ``pipe.load_lora_weights(dir)`` loads, see :mod:`erasekit.lora`)
-and ``adapters.safetensors`` (SPM's adapter factors). :func:`load_erased` puts it back onto the base
+and ``adapters.safetensors`` (SPM's adapter factors, or Receler's erasers when the card has
+``"erasers"``, see :mod:`erasekit.models.erasers`). :func:`load_erased` puts it back onto the base
 pipeline and refuses a different base model.
 """
 
@@ -34,7 +36,8 @@ if TYPE_CHECKING:
 
 WEIGHTS_FILE = "edit.safetensors"
 CARD_FILE = "card.json"
-ADAPTERS_FILE = "adapters.safetensors"  # SPM's factors, for facilitated transport
+ADAPTERS_FILE = "adapters.safetensors"  # SPM's factors (facilitated transport) or Receler's erasers
+TEXT_ENCODER = "text_encoder."  # the prefix of the text-encoder parameters an edit changes
 
 
 def weights_hash(weights: dict[str, torch.Tensor]) -> str:
@@ -56,9 +59,17 @@ def refuse_non_finite(weights: dict[str, torch.Tensor], what: str) -> None:
         )
 
 
-def base_hash(unet: torch.nn.Module, names: list[str]) -> str:
+def pipeline_parameters(pipe: DiffusionPipeline) -> dict[str, torch.nn.Parameter]:
+    """The parameters an edit can change, by the edit's names: the UNet's as they are, the text
+    encoder's behind :data:`TEXT_ENCODER`."""
+    params = dict(pipe.unet.named_parameters())
+    params.update({TEXT_ENCODER + name: p for name, p in pipe.text_encoder.named_parameters()})
+    return params
+
+
+def base_hash(pipe: DiffusionPipeline, names: list[str]) -> str:
     """SHA-256 of the original values of the parameters an edit changes (and their names)."""
-    params = dict(unet.named_parameters())
+    params = pipeline_parameters(pipe)
     return weights_hash({name: params[name] for name in names})
 
 
@@ -66,16 +77,43 @@ def base_hash(unet: torch.nn.Module, names: list[str]) -> str:
 class Edit:
     weights: dict[str, torch.Tensor]  # UNet parameter name → new value
     card: dict = field(default_factory=dict)
-    adapters: dict[str, torch.Tensor] = field(default_factory=dict)  # SPM's factors (see erasekit.models.transport)
+    adapters: dict[str, torch.Tensor] = field(default_factory=dict)  # SPM's factors or Receler's erasers
+
+    @property
+    def unet_names(self) -> list[str]:
+        """The UNet parameters this edit changes (its text-encoder ones left out)."""
+        return [n for n in self.weights if not n.startswith(TEXT_ENCODER)]
+
+    @property
+    def text_encoder_names(self) -> list[str]:
+        """The text-encoder parameters this edit changes, by the encoder's own names."""
+        return [n.removeprefix(TEXT_ENCODER) for n in self.weights if n.startswith(TEXT_ENCODER)]
+
+    @property
+    def has_erasers(self) -> bool:
+        """Whether this edit adds Receler's erasers to the UNet (see :mod:`erasekit.models.erasers`)."""
+        return bool(self.card.get("erasers"))
+
+    def checked_names(self) -> list[str]:
+        """The parameters whose original values identify the base model: those the edit changes, and
+        for erasers the output projections of the cross-attention layers they read."""
+        if not self.has_erasers:
+            return list(self.weights)
+        sites = sorted({key.rsplit(".", 2)[0] for key in self.adapters})
+        return [*self.weights, *(f"{site}.to_out.0.weight" for site in sites)]
 
     def check_architecture(self, pipe: DiffusionPipeline) -> None:
-        """Refuse a pipeline whose UNet lacks a parameter this edit changes."""
-        params = dict(pipe.unet.named_parameters())
+        """Refuse a pipeline whose UNet or text encoder lacks a parameter this edit changes."""
+        params = pipeline_parameters(pipe)
         missing = [n for n in self.weights if n not in params]
         if missing:
             raise ErasekitError(
-                f"this edit changes {missing[0]}, which the pipeline's UNet does not have: it was made for another architecture"
+                f"this edit changes {missing[0]}, which the pipeline does not have: it was made for another architecture"
             )
+        if self.has_erasers:
+            from erasekit.models.erasers import erasers_from_tensors
+
+            erasers_from_tensors(self.adapters, pipe.unet)
 
     def check_base(self, pipe: DiffusionPipeline) -> None:
         """Refuse a pipeline this edit was not made on (its UNet lacks the parameters, or their hash differs)."""
@@ -86,7 +124,7 @@ class Edit:
                 "this edit's card has no base_hash, so the model it was made on cannot be checked; "
                 "apply it with check_base=False (--no-check-base) if you know the model is right"
             )
-        if base_hash(pipe.unet, list(self.weights)) != expected:
+        if base_hash(pipe, self.checked_names()) != expected:
             raise ErasekitError(
                 "this edit was made on a different base model (base hash mismatch); load it onto the model it was made from"
             )
@@ -111,18 +149,22 @@ class Edit:
             from erasekit.models.guidance import guided_pipeline
 
             return guided_pipeline(pipe, self)
-        params = dict(pipe.unet.named_parameters())
+        params = pipeline_parameters(pipe)
         with torch.no_grad():
             for name, value in self.weights.items():
                 if params[name].shape != value.shape:
                     raise ErasekitError(f"{name}: edit has shape {tuple(value.shape)}, model has {tuple(params[name].shape)}")
                 params[name].copy_(value.to(params[name].dtype))
+        if self.has_erasers:
+            from erasekit.models.erasers import erasers_from_tensors, install_erasers
+
+            install_erasers(pipe.unet, erasers_from_tensors(self.adapters, pipe.unet))
         return pipe
 
     @contextmanager
     def applied(self, pipe: DiffusionPipeline, check_base: bool = True) -> Iterator[DiffusionPipeline]:
         """The pipeline with this edit in place for the block; the original weights come back after."""
-        params = dict(pipe.unet.named_parameters())
+        params = pipeline_parameters(pipe)
         originals = {n: params[n].detach().clone() for n in self.weights if n in params}
         erased = None
         try:
@@ -131,6 +173,10 @@ class Edit:
         finally:
             if callable(getattr(erased, "release", None)):  # hooks an inference-time edit put on the modules
                 erased.release()
+            if erased is not None and self.has_erasers:
+                from erasekit.models.erasers import remove_erasers
+
+                remove_erasers(pipe.unet)
             with torch.no_grad():
                 for name, value in originals.items():
                     params[name].copy_(value)
@@ -166,8 +212,11 @@ class Edit:
         if not isinstance(card, dict) or not isinstance(card.get("targets"), list) or not card["targets"]:
             raise ErasekitError(f"{directory}/{CARD_FILE} is not an edit card (it needs a non-empty list of targets)")
         refuse_non_finite(weights, f"the edit in {directory}")
-        if isinstance(card.get("inference"), dict) and "spm" in card["inference"] and not adapters:
-            raise ErasekitError(f"{directory} is an SPM edit with transport but has no {ADAPTERS_FILE}; copy the whole directory")
+        wants_adapters = (isinstance(card.get("inference"), dict) and "spm" in card["inference"]) or card.get("erasers")
+        if wants_adapters and not adapters:
+            raise ErasekitError(
+                f"{directory} is an {card.get('method')} edit but has no {ADAPTERS_FILE}; copy the whole directory"
+            )
         return cls(weights, card, adapters)
 
 

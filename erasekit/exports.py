@@ -98,6 +98,11 @@ def export_edit(
     if fmt != "diffusers-lora" and Path(out).suffix != ".safetensors":
         raise ErasekitError(f"a {fmt} export is one .safetensors file; give --out a name ending in .safetensors")
     edit = Edit.load(edit_dir)
+    if edit.has_erasers:
+        raise ErasekitError(
+            f"the {edit.card.get('method')} edit in {edit_dir} adds eraser modules to the UNet, which no {fmt} file "
+            "carries; its edit directory is the artifact (erasekit.edits.load_erased puts them on the pipeline)"
+        )
     if not edit.weights:
         raise ErasekitError(
             f"the {edit.card.get('method')} edit in {edit_dir} changes no weights (it guides sampling): "
@@ -118,7 +123,7 @@ def export_edit(
 
         # an inference-time edit with weights (SPM) goes as its merged weights: transport off
         Edit(edit.weights, {**edit.card, "inference": None}).apply(pipe, check_base=False)
-        return Exported(save_single_file(pipe, out), note=note)
+        return Exported(save_single_file(pipe, out, bool(edit.text_encoder_names)), note=note)
     export = lora_factors(edit, pipe.unet, max_rank=max_rank)
     if fmt == "kohya":
         tensors = kohya_tensors(export, DTYPES[dtype])

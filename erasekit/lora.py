@@ -47,6 +47,11 @@ def lora_factors(edit: Edit, unet: nn.Module, max_rank: int | None = None, toler
     modules = dict(unet.named_modules())
     params = dict(unet.named_parameters())
     by_module: dict[str, dict[str, torch.Tensor]] = {}
+    if edit.text_encoder_names:
+        raise NotLoraable(
+            "this edit changes the text encoder, which a UNet LoRA does not carry; export it as a single file "
+            "(erasekit export --format single-file) or use its edit directory"
+        )
     for name, value in edit.weights.items():
         module_name, _, kind = name.rpartition(".")
         module = modules.get(module_name)

@@ -46,6 +46,8 @@ SMALL = {
     "esd-all": {"iterations": 3, "sample_steps": 10},
     "esd-x-strict": {"iterations": 10, "sample_steps": 10},
     "race": {"iterations": 5, "esd_iterations": 5, "pgd_steps": 3, "sample_steps": 10},
+    "advunlearn": {"iterations": 5, "warmup_iterations": 2, "attack_steps": 3, "sample_steps": 10},
+    "receler": {"iterations": 5, "adversarial_steps": 3, "sample_steps": 10},
     "ac": {"anchor_images": 4, "steps": 10, "sample_steps": 10},
     "sld": {},
     "spm": {"iterations": 10, "sample_steps": 10, "warmup_steps": 2},
@@ -85,7 +87,7 @@ class Check:
                 edit = erase(pipe, EraseSpec(targets, preserve=kept), method, progress=False, **settings)
                 record |= {"seconds": edit.card["seconds"], "seconds_per_concept": edit.card["seconds_per_concept"],
                            "peak_gpu_mb": edit.card["peak_cuda_mb"], "changed": len(edit.weights)}  # fmt: skip
-                record["finite"] = bool(all(torch.isfinite(w).all() for w in edit.weights.values()))
+                record["finite"] = bool(all(torch.isfinite(w).all() for w in (*edit.weights.values(), *edit.adapters.values())))
                 with edit.applied(pipe) as erased:
                     generator = torch.Generator("cpu").manual_seed(0)
                     image = erased(targets[0], num_inference_steps=2, generator=generator, output_type="np").images

@@ -59,7 +59,7 @@ def as_edit(pipe: DiffusionPipeline, weights: dict[str, torch.Tensor], card: dic
     """An official script's saved weights as an erasekit edit of ``pipe`` (only the tensors it changed)."""
     params = dict(pipe.unet.named_parameters())
     changed = {n: w.float() for n, w in weights.items() if not torch.equal(w.float(), params[n].detach().float())}
-    return Edit(changed, {**card, "base_hash": base_hash(pipe.unet, list(changed))})
+    return Edit(changed, {**card, "base_hash": base_hash(pipe, list(changed))})
 
 
 def weight_difference(pipe: DiffusionPipeline, ours: Edit, theirs: Edit) -> float:

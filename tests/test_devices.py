@@ -13,6 +13,7 @@ import pytest
 import torch
 from device_guard import DeviceGuard
 
+from erasekit.edits import pipeline_parameters
 from erasekit.errors import ErasekitError
 from erasekit.methods import METHODS, EraseSpec
 from erasekit.methods.runner import erase
@@ -35,12 +36,14 @@ QUICK = {
     "sld": {},
     "spm": {"iterations": 3, "sample_steps": 3, "warmup_steps": 0, "anchor_source": "embedding"},
     "doco": {"anchor_images": 2, "steps": 3, "warm_up": 1, "sample_steps": 2, "batch_size": 2, "preserve_images": 1},
+    "advunlearn": {"iterations": 3, "warmup_iterations": 1, "attack_steps": 2, "sample_steps": 2, "retain_batch": 1},
+    "receler": {"iterations": 2, "adversarial_steps": 2, "rank": 4, "sample_steps": 2},
 }
 SPEC = EraseSpec(("square",), preserve=("circle",))
 # One method per algorithm: the ESD variants share one erase() and differ only in which parameters
 # train; esd-u stands for them, with the convolutions and time embedding the others leave alone
 # (RACE is ESD's training with an attack inside: its own erase()).
-ALGORITHMS = ["esd-u", "race", "mace", "realera", "rece", "uce", "ac", "sld", "spm", "doco"]
+ALGORITHMS = ["esd-u", "race", "mace", "realera", "rece", "uce", "ac", "sld", "spm", "doco", "advunlearn", "receler"]
 
 
 def spec_for(method):
@@ -78,17 +81,19 @@ def half_pipe(request, embedded_dir):
 @pytest.mark.parametrize("method", ALGORITHMS)
 def test_half_precision_gives_finite_edits_and_leaves_the_pipeline_as_it_was(half_pipe, method):
     dtype = half_pipe.unet.dtype
-    before = {n: p.detach().clone() for n, p in half_pipe.unet.named_parameters()}
+    before = {n: p.detach().clone() for n, p in pipeline_parameters(half_pipe).items()}  # UNet and text encoder
     edit = erase(half_pipe, spec_for(method), method, progress=False, **QUICK[method])
     assert edit.card["dtype"] == str(dtype).removeprefix("torch.")
     for name, value in edit.weights.items():
         assert value.dtype == dtype and torch.isfinite(value).all(), name
     assert any(not torch.equal(before[n], v) for n, v in edit.weights.items()) == METHODS[method].changes_weights
-    after = dict(half_pipe.unet.named_parameters())
+    after = pipeline_parameters(half_pipe)
     assert all(after[n].dtype == dtype and torch.equal(after[n], v) for n, v in before.items())
     with edit.applied(half_pipe) as erased:
         image = erased("a photo of a square", num_inference_steps=2, output_type="np").images
     assert image.shape == (1, 64, 64, 3) and torch.isfinite(torch.from_numpy(image)).all()
+    for name, value in edit.adapters.items():  # SPM's factors, Receler's erasers
+        assert value.dtype == dtype and torch.isfinite(value).all(), name
 
 
 def test_fp16_training_runs_in_float32_and_refuses_a_non_finite_loss():

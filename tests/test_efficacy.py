@@ -24,6 +24,16 @@ FAMILIES = {  # method, settings, whether the other classes are the preserve set
     "neighbourhood (RealEra)": ("realera", {"d1": 1.5, "m": 64, "s2": 0.4, "epochs": 100, "lr": 1e-4}, True),
     "fine-tuning (ESD-x)": ("esd-x", {"lr": 1e-3, "iterations": 60}, False),
     "adversarial fine-tuning (RACE)": ("race", {"lr": 1e-3, "esd_iterations": 50, "iterations": 10, "pgd_steps": 2}, False),
+    "adversarial text-encoder training (AdvUnlearn)": (
+        "advunlearn",
+        {"lr": 1e-4, "iterations": 60, "warmup_iterations": 20, "attack_steps": 3},
+        True,
+    ),
+    "erasers with adversarial prompts (Receler)": (
+        "receler",
+        {"lr": 1e-2, "iterations": 60, "adversarial_steps": 3, "rank": 32, "preserve_weight": 0.1},
+        True,
+    ),
     "fine-tuning on anchor images (AC)": ("ac", {"lr": 1e-3, "steps": 60, "anchor_images": 64}, False),
     "adversarial domain correction (DoCo)": (
         "doco",

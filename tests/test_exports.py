@@ -86,7 +86,7 @@ def rewritten(edit_dir, pipe, tmp_path, change):
     params = dict(pipe.unet.named_parameters())
     for name, delta in change.items():
         edit.weights[name] = params[name].detach() + delta
-    edit.card["base_hash"] = base_hash(pipe.unet, list(edit.weights))
+    edit.card["base_hash"] = base_hash(pipe, list(edit.weights))
     return edit.save(tmp_path / "changed")
 
 

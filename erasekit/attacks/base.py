@@ -20,6 +20,7 @@ import torch
 
 from erasekit.errors import ErasekitError
 from erasekit.primitives.diffusion import FrozenCopy, partial_samples, pipeline_images
+from erasekit.primitives.prompt_cache import PromptCache
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.soft_prompt import SlottedPrompt, encode
 
@@ -60,13 +61,15 @@ class AttackContext:
     """The erased model under attack and what attacks need around it.
 
     ``run`` is the erased pipeline's run context (device, dtype, prompt cache, CPU generators);
-    ``original`` answers with the original model's noise prediction (P4D's target, the concept images);
+    ``original`` answers with the original model's noise prediction (P4D's target, the concept images)
+    and ``original_text`` encodes prompts with the original text encoder (an edit may change it);
     ``shows`` draws images of a found prompt with the erased pipeline and asks the judge, one bool per seed.
     The runner calls an attack one target at a time (each prompt's outcome is kept as it comes).
     """
 
     run: RunContext
     original: FrozenCopy
+    original_text: PromptCache
     steps: int  # sampling steps of every image an attack draws or judges
     guidance: float
     shows: Callable[[Found, AttackTarget, list[int]], np.ndarray]
@@ -89,15 +92,17 @@ class AttackContext:
     def uncond(self) -> torch.Tensor:
         return self.run.states([""])
 
+    def original_states(self, prompts: list[str]) -> torch.Tensor:
+        """(n, L, d) states of ``prompts`` from the original text encoder, in the model's dtype."""
+        return self.original_text.states(prompts).to(self.run.dtype)
+
     @torch.no_grad()
     def concept_latents(self, prompt: str, seeds: list[int]) -> torch.Tensor:
         """x₀ latents the *original* model draws for ``prompt``, one per seed: the images of the concept
         that UnlearnDiffAtk and concept inversion fit the erased model to."""
-        states = self.run.states([prompt])
+        states, uncond = self.original_states([prompt]), self.original_states([""])
         steps = self.steps
-        return partial_samples(
-            self.pipe, self.original, states, self.uncond(), self.guidance, steps, [steps] * len(seeds), seeds
-        )[0]
+        return partial_samples(self.pipe, self.original, states, uncond, self.guidance, steps, [steps] * len(seeds), seeds)[0]
 
     def states(self, found: Found) -> torch.Tensor:
         """(1, L, d) text states of a found prompt, in the model's dtype."""

@@ -59,7 +59,7 @@ def _attack(context: AttackContext, target: AttackTarget, config: P4DConfig) -> 
     timesteps = spread_timesteps(context.pipe.scheduler.config.num_train_timesteps, config.timesteps)
     generator = run.generator(config.seed * 1_000_003 + target.seed)
     x0 = context.concept_latents(target.prompt, [target.seed])
-    plain = run.states([target.prompt])
+    plain = context.original_states([target.prompt])
     prompt = slotted_prompt(context.tokenizer, target.prompt, config.tokens, run.device)
     vectors = table[random_tokens(candidates, config.tokens, generator)].float().clone().requires_grad_(True)
     optimiser = torch.optim.Adam([vectors], lr=config.lr, weight_decay=config.weight_decay)

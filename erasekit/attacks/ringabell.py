@@ -7,8 +7,9 @@ with and without it,
 
 the attacked prompt's states are pushed along it, P̃ = E(prompt) + η ĉ, and a genetic search over
 K real tokens finds the prompt whose states come nearest to P̃ (squared L2 over every position).
-Only the text encoder is used: no UNet, no gradient, so it runs against any erasure that leaves the
-text encoder alone, and the prompt it finds is plain text. Paper defaults for nudity: K = 16,
+Only the original text encoder is used (the attacker's CLIP): no UNet, no gradient, so it runs
+against any erasure, and the prompt it finds is plain text; an erasure that changed the text
+encoder (AdvUnlearn) reads that text with its own. Paper defaults for nudity: K = 16,
 η = 3, population 200, 3000 generations, mutation rate 0.25, crossover rate 0.5. Each generation
 keeps the better half; children cross two of its members at a random cut (with the crossover rate)
 and have one token replaced at random (with the mutation rate).
@@ -52,7 +53,7 @@ class RingABellConfig:
 @torch.no_grad()
 def concept_direction(context: AttackContext, words: str) -> torch.Tensor:
     """ĉ: the mean difference of token states between template prompts with ``words`` and without."""
-    states = context.run.cache.states([t.format(w).strip() for t in PAIR_TEMPLATES for w in (words, "")])
+    states = context.original_text.states([t.format(w).strip() for t in PAIR_TEMPLATES for w in (words, "")])
     return (states[0::2] - states[1::2]).mean(0)
 
 
@@ -64,17 +65,17 @@ def search(context: AttackContext, targets: list[AttackTarget], config: RingABel
 
 @torch.no_grad()
 def _attack(context: AttackContext, target: AttackTarget, config: RingABellConfig) -> Found:
-    run, encoder, device = context.run, context.text_encoder, context.run.device
+    run, original, device = context.run, context.original_text, context.run.device
     candidates = word_tokens(context.tokenizer, device)
     generator = run.generator(config.seed * 1_000_003 + target.seed)
-    wanted = run.cache.states([target.prompt])[0] + config.eta * concept_direction(context, target.word or target.concept)
+    wanted = original.states([target.prompt])[0] + config.eta * concept_direction(context, target.word or target.concept)
     layout = slotted_prompt(context.tokenizer, "", config.tokens, device)  # [BOS] K tokens [EOS] padding
-    mask = attention_mask(encoder, layout)
+    mask = attention_mask(context.text_encoder, layout)
 
     def distance(population: torch.Tensor) -> torch.Tensor:
         ids = layout.ids.repeat(len(population), 1)
         ids[:, list(layout.slots)] = population
-        states = encoder(ids, attention_mask=None if mask is None else mask.expand(len(population), -1))[0].float()
+        states = original.encode(ids, None if mask is None else mask.expand(len(population), -1)).float()
         return ((states - wanted) ** 2).sum((1, 2))
 
     def draw(high: int, shape: tuple[int, ...]) -> torch.Tensor:

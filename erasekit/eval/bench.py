@@ -383,6 +383,11 @@ def mass_table(result: dict) -> str:
 SWEEP_METRICS = ("Acc_e", "Acc_s", "Acc_g", "residue")
 
 
+def _short_settings(settings: str) -> str:
+    """A sweep row's settings as written, its preserve list (``_preserve``) shown as a count."""
+    return re.sub(r'"_preserve": \[([^\]]*)\]', lambda m: f'"_preserve": "{m[1].count(",") + 1} classes"', settings)
+
+
 def sweep_table(jsonl: str) -> str:
     """A committed sweep (the JSON lines ``scripts/sweeps/sweep.py`` appends) as one markdown row per
     method and settings, its metrics averaged over the concepts it ran on."""
@@ -399,7 +404,7 @@ def sweep_table(jsonl: str) -> str:
         seconds = sum(r["seconds"] for r in group) / len(group)
         concepts = ", ".join(r["concept"] for r in group)
         cells = " | ".join(f"{mean[k]:.1f}" for k in SWEEP_METRICS)
-        shown = settings.replace("|", "\\|")
+        shown = _short_settings(settings).replace("|", "\\|")
         lines.append(f"| {method} | `{shown}` | {concepts} | {samples} | {cells} | {fid:.2f} | {seconds:.0f} |")
     return "\n".join(lines) + "\n"
 

@@ -33,6 +33,7 @@ from erasekit.eval.generation import SamplerSettings, image_grid
 from erasekit.eval.protocols import PROTOCOL_SEED
 from erasekit.io import write_json, write_with
 from erasekit.primitives.diffusion import FrozenCopy, pipeline_images
+from erasekit.primitives.prompt_cache import PromptCache
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.workers import Workers
 from erasekit.world import vocabulary as V
@@ -105,8 +106,14 @@ def run_attack(
         edit.check_base(pipe)
     else:
         edit.check_architecture(pipe)
-    original = FrozenCopy(pipe.unet, list(edit.weights))  # made before the edit goes in: the original weights
-    edit_id = weights_hash(edit.weights) if edit.weights else json.dumps(edit.card.get("inference"), sort_keys=True)
+    # made before the edit goes in: the original UNet, and the original text encoder's values where the edit changes it
+    original = FrozenCopy(pipe.unet, edit.unet_names)
+    text_params = dict(pipe.text_encoder.named_parameters())
+    original_text = PromptCache(pipe, parameters={n: text_params[n].detach().clone() for n in edit.text_encoder_names})
+    if edit.weights or edit.adapters:
+        edit_id = weights_hash(edit.weights) if edit.weights else weights_hash(edit.adapters)
+    else:
+        edit_id = json.dumps(edit.card.get("inference"), sort_keys=True)
     cells_dir = Path(out_dir) / "cells"
     keys = [_key(attack.name, asdict(config), edit_id, asdict(t), samples, settings.steps, settings.guidance)  # type: ignore[call-overload]
             for t in targets]  # fmt: skip
@@ -120,7 +127,7 @@ def run_attack(
                 return judge.present(context.images(found, seeds), target.concept)
 
             # an inference-time erasure's pipeline reads the prompt's text (SPM scores it, SLD's takes no states)
-            context = AttackContext(run, original, settings.steps, settings.guidance, shows, targets,
+            context = AttackContext(run, original, original_text, settings.steps, settings.guidance, shows, targets,
                                     text_prompts=edit.inference is not None)  # fmt: skip
             for k in pending:
                 cells[k] = _attack_one(context, attack, config, targets[k], judge, samples, cells_dir, keys[k])

@@ -64,7 +64,7 @@ def erase(
         anchors=list(spec.anchors),
         preserve=list(spec.preserve),
         model=str(model) if model is not None else None,
-        base_hash=base_hash(pipe.unet, list(edit.weights)),
+        base_hash=base_hash(pipe, edit.checked_names()),
         erasekit_version=__version__,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         seconds=round(usage.seconds, 3),

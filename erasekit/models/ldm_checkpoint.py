@@ -132,13 +132,24 @@ def ldm_state_dict(pipe: DiffusionPipeline) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
-def save_single_file(pipe: DiffusionPipeline, path: Path) -> Path:
-    """Write ``pipe`` as one ``.safetensors`` checkpoint in the original layout, atomically."""
+def refuse_lost_text_encoder(pipe: DiffusionPipeline, text_encoder_changed: bool) -> None:
+    """An error when an edit changed a text encoder that a single file does not hold (any but CLIP)."""
+    if text_encoder_changed and type(pipe.text_encoder).__name__ != "CLIPTextModel":
+        raise ErasekitError(
+            f"this edit changes the text encoder, and a single file holds only a CLIP one, not {type(pipe.text_encoder).__name__}; "
+            "save the whole pipeline instead (erase --save-pipeline)"
+        )
+
+
+def save_single_file(pipe: DiffusionPipeline, path: Path, text_encoder_changed: bool = False) -> Path:
+    """Write ``pipe`` as one ``.safetensors`` checkpoint in the original layout, atomically; refused when
+    an edit changed a text encoder the layout does not hold (any but CLIP)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ErasekitError(f"single-file checkpoints are written as .safetensors, not {path.suffix or 'no suffix'}")
+    refuse_lost_text_encoder(pipe, text_encoder_changed)
     state = ldm_state_dict(pipe)
     write_with(path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
     return path

@@ -22,14 +22,17 @@ class PromptCache:
     """Text-encoder states of prompts, padded as the pipeline pads them, cached by prompt.
 
     States stay where the text encoder is (the model's device), in float32: the closed forms
-    accumulate them in float64 and the UNet reads them in its own dtype.
+    accumulate them in float64 and the UNet reads them in its own dtype. ``parameters`` (name →
+    value) encode with those values in place of the encoder's own: the original text encoder of a
+    pipeline whose encoder an edit changed (AdvUnlearn), kept aside before the edit went in.
     """
 
-    def __init__(self, pipe: DiffusionPipeline, batch_size: int = 256) -> None:
+    def __init__(self, pipe: DiffusionPipeline, batch_size: int = 256, parameters: dict[str, torch.Tensor] | None = None) -> None:
         self.tokenizer = pipe.tokenizer
         self.text_encoder = pipe.text_encoder
         self.max_length = self.tokenizer.model_max_length
         self.batch_size = batch_size
+        self.parameters = parameters or {}
         self._states: dict[str, torch.Tensor] = {}
         self._lengths: dict[str, int] = {}
 
@@ -45,11 +48,15 @@ class PromptCache:
             tok = self._tokenize(chunk)
             use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
             mask = tok.attention_mask.to(self.text_encoder.device) if use_mask else None
-            out = self.text_encoder(tok.input_ids.to(self.text_encoder.device), attention_mask=mask)[0].float()
+            out = self.encode(tok.input_ids.to(self.text_encoder.device), mask).float()
             for prompt, state, length in zip(chunk, out, tok.attention_mask.sum(1).tolist(), strict=True):
                 self._states[prompt] = state
                 self._lengths[prompt] = int(length)
         return torch.stack([self._states[p] for p in prompts])
+
+    def encode(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, L, d) token states of token ids, with this cache's ``parameters`` in place (no caching)."""
+        return torch.func.functional_call(self.text_encoder, self.parameters, (ids,), {"attention_mask": attention_mask})[0]
 
     def length(self, prompt: str) -> int:
         """Number of real tokens of ``prompt``, special tokens included (its last is EOS/[SEP])."""

@@ -97,17 +97,21 @@ class FineTuning:
 
 
 @contextmanager
-def fine_tuning(run: RunContext, names: Iterable[str]) -> Iterator[FineTuning]:
-    """Train the UNet parameters ``names`` in the block: they become float32 and trainable, every other
-    parameter is frozen and the UNet is in train mode; on leaving (also on Ctrl-C) the UNet gets its
-    original values, dtypes, flags and mode back, so nothing but the edit carries the training."""
+def fine_tuning(run: RunContext, names: Iterable[str], module: nn.Module | None = None) -> Iterator[FineTuning]:
+    """Train the parameters ``names`` of ``module`` (the UNet unless given; AdvUnlearn gives the text
+    encoder) in the block: they become float32 and trainable, every other parameter of the UNet and
+    of ``module`` is frozen and the UNet is in train mode (a text encoder stays in eval mode: the
+    world's BERT has dropout, CLIP has none); on leaving (also on Ctrl-C) both get their original
+    values, dtypes, flags and modes back, so nothing but the edit carries the training."""
     unet = run.unet
-    named = dict(unet.named_parameters())
+    module = unet if module is None else module
+    named = dict(module.named_parameters())
     params = {name: named[name] for name in names}
-    original = FrozenCopy(unet, params)
+    original = FrozenCopy(module, params)  # callable as the UNet when module is the UNet
     was_training = unet.training
-    flags = {name: p.requires_grad for name, p in named.items()}
+    flags = {p: p.requires_grad for p in (*unet.parameters(), *module.parameters())}
     unet.requires_grad_(False)
+    module.requires_grad_(False)
     unet.train()
     try:
         with float32_parameters(params.values()):
@@ -115,8 +119,8 @@ def fine_tuning(run: RunContext, names: Iterable[str]) -> Iterator[FineTuning]:
     finally:
         original.restore()
         unet.train(was_training)
-        for name, p in named.items():
-            p.requires_grad_(flags[name])
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
 
 
 def loss_record(losses: list[float]) -> dict[str, object]:

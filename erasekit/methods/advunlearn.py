@@ -1,0 +1,168 @@
+"""AdvUnlearn: Defensive Unlearning with Adversarial Training (Zhang et al., NeurIPS 2024).
+
+A min-max erasure: ESD's unlearning loss is taken at the prompt an attacker would find, beside a
+utility-retaining term,
+
+    min_θ  ℓ_u(θ, c ⊕ δ*) + γ ℓ_r(θ),        δ* = argmin_δ ‖ε_θ(x_t, c ⊕ δ) − ε_θ*(x_t, c)‖²,
+
+    ℓ_u = ‖ε_θ(x_t, c ⊕ δ*) − [ε_θ*(x_t) − η (ε_θ*(x_t, c) − ε_θ*(x_t))]‖²     (ESD's eq. 3, η = 1),
+    ℓ_r = E_{r ~ retain set} ‖ε_θ(x_t, r) − ε_θ*(x_t, r)‖²,
+
+θ* the original model. δ is k soft word embeddings put before the concept's words (``prefix_k``),
+found by ``attack_steps`` Adam steps on the model being trained and started from the last round's
+(``attack_init="latest"``). θ is the text encoder by default (the official ``text_encoder_full``:
+every transformer layer and the final norm, not the embedding tables), which makes the erasure a
+text encoder other pipelines can plug in; ``train_method`` may name one of ESD's UNet groups instead.
+
+Defaults are the official ``train-scripts/AdvUnlearn.py`` with its README command (OPTML-Group/
+AdvUnlearn): text encoder, 1000 iterations, Adam lr 1e-5, 200 plain warm-up iterations, then an
+attack at every iteration (``adv_prompt_update_step`` 1) of 30 steps at lr 1e-3 with k = 1, η = 1,
+x_t from 50-step sampling at guidance 3, retain weight γ = 0.3 over 5 prompts per step (``reg``).
+Differences: the retain prompts are the preserve set (the official draws COCO object prompts) and
+are scored on the step's x_t, as erasekit's ESD preserve loss; every x_t, the attack's included,
+comes from one plan drawn up front (the official samples a new trajectory for each attack step).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from erasekit.edits import TEXT_ENCODER, Edit
+from erasekit.errors import ErasekitError
+from erasekit.methods.base import EraseSpec, config_field, register
+from erasekit.methods.esd import esd_target
+from erasekit.models.layers import ESD_GROUPS, parameter_group
+from erasekit.primitives.diffusion import FrozenCopy, predict_noise
+from erasekit.primitives.run import RunContext
+from erasekit.primitives.soft_prompt import encode, random_tokens, slotted_prompt, word_tokens
+from erasekit.primitives.training import fine_tuning, fit, loss_record
+from erasekit.primitives.xt_plan import plan_xt
+
+TEXT_ENCODER_METHOD = "text-encoder"
+ATTACK_INITS = ("latest", "random")
+
+
+@dataclass
+class AdvUnlearnConfig:
+    """Defaults of the official AdvUnlearn.py and its README command; the world's setting is in the README."""
+
+    train_method: str = config_field(
+        "text-encoder", "'text-encoder' (official text_encoder_full) or an ESD UNet group (esd-x, esd-u, …)"
+    )
+    iterations: int = config_field(1000, "training iterations, one x_t each (official 1000)")
+    lr: float = config_field(1e-5, "Adam learning rate (official 1e-5)")
+    eta: float = config_field(1.0, "η: negative guidance of the unlearning target (official negative_guidance 1)")
+    warmup_iterations: int = config_field(200, "plain ESD iterations before the attacks start (official warmup_iter 200)")
+    attack_steps: int = config_field(30, "Adam steps of each attack on δ (official attack_step 30)")
+    attack_lr: float = config_field(1e-3, "learning rate of the attack (official attack_lr 1e-3)")
+    attack_tokens: int = config_field(1, "k: soft tokens put before the concept's words (official adv_prompt_num 1)")
+    attack_init: str = config_field("latest", "'latest': each attack starts from the last δ; 'random': from random words")
+    retain_weight: float = config_field(0.3, "γ: weight of the utility-retaining loss on the preserve set (README 0.3)")
+    retain_batch: int = config_field(5, "retain prompts per step (official retain_batch 5)")
+    start_guidance: float = config_field(3.0, "guidance of the original model's sampling of x_t (official 3)")
+    sample_steps: int = config_field(50, "sampler steps of that sampling; t is one of them at random (official 50)")
+    seed: int = config_field(0, "seed of the x_t plan, the attacks' starts and the retain draws")
+
+    def __post_init__(self) -> None:
+        if self.train_method != TEXT_ENCODER_METHOD and self.train_method not in ESD_GROUPS:
+            raise ErasekitError(
+                f"train_method must be {TEXT_ENCODER_METHOD} or one of {', '.join(ESD_GROUPS)}, not {self.train_method!r}"
+            )
+        if self.attack_init not in ATTACK_INITS:
+            raise ErasekitError(f"attack_init must be one of {', '.join(ATTACK_INITS)}, not {self.attack_init!r}")
+        if min(self.iterations, self.attack_tokens, self.sample_steps, self.retain_batch) < 1:
+            raise ErasekitError("iterations, attack_tokens, sample_steps and retain_batch must be at least 1")
+        if self.warmup_iterations < 0 or self.attack_steps < 0 or self.retain_weight < 0:
+            raise ErasekitError("warmup_iterations, attack_steps and retain_weight must not be negative")
+        if self.lr <= 0 or self.attack_lr <= 0 or self.eta <= 0:
+            raise ErasekitError("lr, attack_lr and eta must be positive")
+
+
+def text_encoder_layers(encoder: torch.nn.Module) -> list[str]:
+    """The official ``text_encoder_full``: every transformer layer and the final norm, not the embeddings
+    (CLIP's ``text_model.encoder.*``/``final_layer_norm``; BERT's ``encoder.*``, its pooler left out)."""
+    return [n for n, _ in encoder.named_parameters() if "encoder." in n or "final_layer_norm" in n]
+
+
+@register(
+    "advunlearn",
+    "AdvUnlearn (Zhang et al. 2024): ESD trained against a soft-prompt attacker inside the loop, on the text encoder",
+    AdvUnlearnConfig,
+)
+def erase(run: RunContext, spec: EraseSpec, config: AdvUnlearnConfig) -> Edit:
+    unet, encoder, tokenizer = run.unet, run.pipe.text_encoder, run.pipe.tokenizer
+    on_text = config.train_method == TEXT_ENCODER_METHOD
+    names = text_encoder_layers(encoder) if on_text else [n for n, _ in parameter_group(unet, config.train_method)]
+    prompts = list(dict.fromkeys(["", *spec.targets, *spec.anchors, *spec.preserve]))
+    encoded = run.states(prompts)  # by the original text encoder, before it trains
+    states = {p: encoded[i : i + 1] for i, p in enumerate(prompts)}
+    rng, generator = random.Random(config.seed), run.generator(config.seed + 1)
+    points = plan_xt(run, unet, [states[t] for t in spec.targets], states[""], config.start_guidance, config.sample_steps,
+                     config.iterations, lambda k: k % len(spec.targets), rng)  # fmt: skip
+    by_target = [[p for p in points if p.prompt == i] for i in range(len(spec.targets))]
+    attacked = [slotted_prompt(tokenizer, t, config.attack_tokens, run.device) for t in spec.targets]
+    plain = [slotted_prompt(tokenizer, t, 0, run.device) for t in spec.targets]
+    kept = [slotted_prompt(tokenizer, p, 0, run.device) for p in spec.preserve]
+    table = encoder.get_input_embeddings().weight
+    candidates = word_tokens(tokenizer, run.device)
+    latest: dict[int, torch.Tensor] = {}
+    unseen: list[int] = []
+
+    with fine_tuning(run, names, encoder if on_text else None) as tuning:
+        original = FrozenCopy(unet, []) if on_text else tuning.original  # θ*: the UNet is the original when it is not trained
+
+        def attack(index: int) -> torch.Tensor:
+            """δ*: the soft tokens before target ``index``'s words that bring its prediction back to θ*'s."""
+            start = latest.get(index) if config.attack_init == "latest" else None
+            if start is None:
+                start = table[random_tokens(candidates, config.attack_tokens, generator)].detach().float()
+            vectors = start.clone().requires_grad_(True)
+            optimiser = torch.optim.Adam([vectors], lr=config.attack_lr)
+            concept = states[spec.targets[index]]
+            for _ in range(config.attack_steps):
+                point = rng.choice(by_target[index])
+                with run.autocast():
+                    wanted = original(point.x_t, point.t, concept).float()
+                    found = encode(encoder, attacked[index], vectors).to(run.dtype)
+                    loss = F.mse_loss(predict_noise(unet, point.x_t, point.t, found).float(), wanted)
+                (vectors.grad,) = torch.autograd.grad(loss, [vectors])
+                optimiser.step()
+            latest[index] = vectors.detach()
+            return latest[index]
+
+        def retain_draw() -> list[int]:
+            if len(unseen) < min(config.retain_batch, len(kept)):  # every retain prompt is seen before any repeats
+                unseen[:] = rng.sample(range(len(kept)), len(kept))
+            return [unseen.pop() for _ in range(min(config.retain_batch, len(kept)))]
+
+        def loss_at(step: int) -> torch.Tensor:
+            point = points[step]
+            target, anchor = spec.targets[point.prompt], spec.anchors[point.prompt]
+            x_t, t = point.x_t, point.t
+            eps_anchor, eps_concept = original(torch.cat([x_t, x_t]), t, torch.cat([states[anchor], states[target]])).chunk(2)
+            goal = esd_target(eps_anchor.float(), eps_concept.float(), config.eta, "paper")
+            if step >= config.warmup_iterations and config.attack_steps:
+                trained_at = encode(encoder, attacked[point.prompt], attack(point.prompt))
+            else:
+                trained_at = encode(encoder, plain[point.prompt])
+            loss = F.mse_loss(predict_noise(unet, x_t, t, trained_at.to(run.dtype)).float(), goal)
+            if kept and config.retain_weight > 0:
+                draw = retain_draw()
+                now = torch.cat([encode(encoder, kept[k]) for k in draw]).to(run.dtype)
+                before = torch.cat([states[spec.preserve[k]] for k in draw])
+                x_r = x_t.expand(len(draw), -1, -1, -1)
+                retained = F.mse_loss(predict_noise(unet, x_r, t, now).float(), original(x_r, t, before).float())
+                loss = loss + config.retain_weight * retained
+            return loss
+
+        params = list(tuning.params.values())
+        losses = fit(run, params, loss_at, config.iterations, torch.optim.Adam(params, lr=config.lr),
+                     f"AdvUnlearn ({config.train_method})")  # fmt: skip
+        values = tuning.values()
+    if on_text:
+        values = {TEXT_ENCODER + name: value for name, value in values.items()}
+    return Edit(values, {"config": asdict(config), **loss_record(losses)})

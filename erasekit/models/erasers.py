@@ -1,0 +1,116 @@
+"""Receler's erasers: a small adapter on the output of every cross-attention layer of the UNet.
+
+An eraser E is ``up(GELU(down(h)))`` with ``up`` initialised to zero (so a fresh eraser changes
+nothing), and the block's cross-attention output o becomes o + E(o), as the official
+``AttentionWithEraser`` (jasper0314-huang/Receler, ``receler/erasers/diffusers_erasers.py``) wraps
+``attn2``. Here a forward hook on each ``attn2`` adds it, so the UNet's own modules and weights stay
+untouched and removing the hooks gives the original model back. The erasers are named by their
+``attn2`` module and saved in an edit's ``adapters.safetensors`` as ``<attn2>.down.weight`` …
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from erasekit.errors import ErasekitError
+from erasekit.models.layers import cross_attentions
+
+_HOOKS = "_erasekit_eraser_hooks"  # the attribute of a UNet that holds its erasers' hook handles
+
+
+class Eraser(nn.Module):
+    """down (dim → rank), GELU, up (rank → dim, zero at the start): the official ``AdapterEraser``."""
+
+    def __init__(self, dim: int, rank: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, rank, device=device, dtype=dtype)
+        self.act = nn.GELU()
+        self.up = nn.Linear(rank, dim, device=device, dtype=dtype)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.down(hidden)))
+
+
+def new_erasers(unet: nn.Module, rank: int, generator: torch.Generator) -> dict[str, Eraser]:
+    """A fresh float32 eraser for every cross-attention of ``unet`` on its device, ``down`` drawn from
+    ``generator`` (CPU: one seed, one eraser on every device)."""
+    erasers = {}
+    for layer in cross_attentions(unet):
+        dim = layer.module.to_out[0].out_features
+        eraser = Eraser(dim, rank, unet.device, torch.float32)
+        bound = dim**-0.5  # nn.Linear's default range, drawn on the CPU from our generator
+        with torch.no_grad():
+            for param in (eraser.down.weight, eraser.down.bias):
+                drawn = torch.empty(param.shape, device="cpu").uniform_(-bound, bound, generator=generator)
+                param.copy_(drawn.to(param.device))
+        erasers[layer.name] = eraser
+    return erasers
+
+
+def eraser_tensors(erasers: dict[str, Eraser], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The erasers' weights as named tensors for a safetensors file."""
+    return {f"{site}.{k}": v.detach().to(dtype).clone() for site, e in erasers.items() for k, v in e.state_dict().items()}
+
+
+def erasers_from_tensors(tensors: dict[str, torch.Tensor], unet: nn.Module) -> dict[str, Eraser]:
+    """The inverse of :func:`eraser_tensors`, on ``unet``'s device and in its dtype; an error if ``unet``
+    lacks a site or its width differs."""
+    sites = {layer.name: layer.module for layer in cross_attentions(unet)}
+    names = sorted({key.rsplit(".", 2)[0] for key in tensors})
+    erasers = {}
+    for site in names:
+        if site not in sites:
+            raise ErasekitError(f"this edit has an eraser on {site}, which the pipeline's UNet does not have: "
+                                "it was made for another architecture")  # fmt: skip
+        state = {key[len(site) + 1 :]: tensors[key] for key in tensors if key.rsplit(".", 2)[0] == site}
+        rank, dim = state["down.weight"].shape
+        if dim != sites[site].to_out[0].out_features:
+            raise ErasekitError(
+                f"the eraser on {site} reads {dim} channels, the UNet's layer has {sites[site].to_out[0].out_features}"
+            )
+        eraser = Eraser(dim, rank, unet.device, unet.dtype)
+        eraser.load_state_dict(state)
+        erasers[site] = eraser.requires_grad_(False)
+    return erasers
+
+
+def install_erasers(unet: nn.Module, erasers: dict[str, Eraser], outputs: dict[str, torch.Tensor] | None = None) -> None:
+    """Add each eraser's output to its ``attn2``'s output (and keep it in ``outputs`` when given, for
+    Receler's regularisation) until :func:`remove_erasers`."""
+    if getattr(unet, _HOOKS, None):
+        raise ErasekitError("this UNet already carries erasers; leave the first erased pipeline before applying another")
+    modules = dict(unet.named_modules())
+
+    def hook(site: str):  # noqa: ANN202 - a forward hook
+        def add(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            erased = erasers[site](output)
+            if outputs is not None:
+                outputs[site] = erased
+            return output + erased.to(output.dtype)
+
+        return add
+
+    setattr(unet, _HOOKS, [modules[site].register_forward_hook(hook(site)) for site in erasers])
+
+
+def remove_erasers(unet: nn.Module) -> None:
+    """Take the erasers' hooks off ``unet`` (nothing if it has none)."""
+    for handle in getattr(unet, _HOOKS, None) or []:
+        handle.remove()
+    setattr(unet, _HOOKS, [])
+
+
+@contextmanager
+def erasers_on(unet: nn.Module, erasers: dict[str, Eraser], outputs: dict[str, torch.Tensor] | None = None) -> Iterator[None]:
+    """The erasers in place for the block, gone after (also on Ctrl-C)."""
+    install_erasers(unet, erasers, outputs)
+    try:
+        yield
+    finally:
+        remove_erasers(unet)
