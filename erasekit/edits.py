@@ -1,4 +1,4 @@
-"""The result of an erasure: changed UNet weights plus a JSON card, saved atomically.
+"""The result of an erasure: changed weights (UNet, text encoder) or added modules, plus a JSON card, saved atomically.
 
 On disk an edit is a directory with ``edit.safetensors`` (the new values of every changed
 parameter, by diffusers parameter name: the UNet's as they are, the text encoder's behind
@@ -63,7 +63,9 @@ def pipeline_parameters(pipe: DiffusionPipeline) -> dict[str, torch.nn.Parameter
     """The parameters an edit can change, by the edit's names: the UNet's as they are, the text
     encoder's behind :data:`TEXT_ENCODER`."""
     params = dict(pipe.unet.named_parameters())
-    params.update({TEXT_ENCODER + name: p for name, p in pipe.text_encoder.named_parameters()})
+    encoder = getattr(pipe, "text_encoder", None)  # a bare UNet holder (tests, scripts) has none
+    if encoder is not None:
+        params.update({TEXT_ENCODER + name: p for name, p in encoder.named_parameters()})
     return params
 
 
@@ -75,7 +77,7 @@ def base_hash(pipe: DiffusionPipeline, names: list[str]) -> str:
 
 @dataclass
 class Edit:
-    weights: dict[str, torch.Tensor]  # UNet parameter name → new value
+    weights: dict[str, torch.Tensor]  # parameter name (text encoder's behind TEXT_ENCODER) → new value
     card: dict = field(default_factory=dict)
     adapters: dict[str, torch.Tensor] = field(default_factory=dict)  # SPM's factors or Receler's erasers
 

@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import fields
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -120,6 +121,7 @@ def test_a_run_killed_at_any_moment_leaves_old_or_new_and_the_next_run_cleans_up
     assert json.loads((out / "card.json").read_text())["config"] == json.loads(reference)["config"]
 
 
+@pytest.mark.slow  # 78 s; the generate and erase runs above prove the same atomic writes in CI
 def test_an_eval_killed_at_any_moment_leaves_results_and_grid_together(tmp_path):
     """kill -9 of `erasekit eval --protocol` over an earlier evaluation: results.json, before_after.png
     and report.html always belong to one run (all old or all new), never one without the others."""
