@@ -101,8 +101,9 @@ class Edit:
         for erasers the output projections of the cross-attention layers they read."""
         if not self.has_erasers:
             return list(self.weights)
-        sites = sorted({key.rsplit(".", 2)[0] for key in self.adapters})
-        return [*self.weights, *(f"{site}.to_out.0.weight" for site in sites)]
+        from erasekit.models.erasers import eraser_sites
+
+        return [*self.weights, *(f"{site}.to_out.0.weight" for site in eraser_sites(self.adapters))]
 
     def check_architecture(self, pipe: DiffusionPipeline) -> None:
         """Refuse a pipeline whose UNet or text encoder lacks a parameter this edit changes."""

@@ -40,7 +40,7 @@ from erasekit.primitives.diffusion import FrozenCopy, predict_noise
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.soft_prompt import encode, random_tokens, slotted_prompt, word_tokens
 from erasekit.primitives.training import fine_tuning, fit, loss_record
-from erasekit.primitives.xt_plan import plan_xt
+from erasekit.primitives.xt_plan import concept_plan
 
 TEXT_ENCODER_METHOD = "text-encoder"
 ATTACK_INITS = ("latest", "random")
@@ -97,12 +97,9 @@ def erase(run: RunContext, spec: EraseSpec, config: AdvUnlearnConfig) -> Edit:
     unet, encoder, tokenizer = run.unet, run.pipe.text_encoder, run.pipe.tokenizer
     on_text = config.train_method == TEXT_ENCODER_METHOD
     names = text_encoder_layers(encoder) if on_text else [n for n, _ in parameter_group(unet, config.train_method)]
-    prompts = list(dict.fromkeys(["", *spec.targets, *spec.anchors, *spec.preserve]))
-    encoded = run.states(prompts)  # by the original text encoder, before it trains
-    states = {p: encoded[i : i + 1] for i, p in enumerate(prompts)}
     rng, generator = random.Random(config.seed), run.generator(config.seed + 1)
-    points = plan_xt(run, unet, [states[t] for t in spec.targets], states[""], config.start_guidance, config.sample_steps,
-                     config.iterations, lambda k: k % len(spec.targets), rng)  # fmt: skip
+    # states by the original text encoder, read before it trains
+    states, points = concept_plan(run, spec, config.start_guidance, config.sample_steps, config.iterations, rng)
     by_target = [[p for p in points if p.prompt == i] for i in range(len(spec.targets))]
     attacked = [slotted_prompt(tokenizer, t, config.attack_tokens, run.device) for t in spec.targets]
     plain = [slotted_prompt(tokenizer, t, 0, run.device) for t in spec.targets]

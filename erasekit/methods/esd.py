@@ -37,7 +37,7 @@ from erasekit.models.layers import ESD_GROUPS, ESD_SELECTIONS, parameter_group
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.training import fine_tuning, fit, loss_record
-from erasekit.primitives.xt_plan import XtPoint, plan_xt
+from erasekit.primitives.xt_plan import XtPoint, concept_plan
 
 ESD_TARGETS = {"official": 2.0, "paper": 1.0}  # each target's η
 
@@ -93,13 +93,9 @@ def train_esd(
     states it returns instead of the concept's own (RACE)."""
     unet = run.unet
     names = [name for name, _ in parameter_group(unet, config.train_method, config.parameters)]
-    prompts = list(dict.fromkeys(["", *spec.targets, *spec.anchors, *spec.preserve]))
-    encoded = run.states(prompts)
-    states = {p: encoded[i : i + 1] for i, p in enumerate(prompts)}  # each (1, L, d)
     rng = random.Random(config.seed)
     steps = plain_steps + config.iterations
-    points = plan_xt(run, unet, [states[t] for t in spec.targets], states[""], config.start_guidance, config.sample_steps,
-                     steps, lambda k: k % len(spec.targets), rng)  # fmt: skip
+    states, points = concept_plan(run, spec, config.start_guidance, config.sample_steps, steps, rng)
 
     with fine_tuning(run, names) as tuning:  # trained in float32; the frozen copy answers in the model's dtype
         original = tuning.original

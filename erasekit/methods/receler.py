@@ -45,7 +45,7 @@ from erasekit.primitives.attention import probing
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.training import fine_tuning, fit, loss_record
-from erasekit.primitives.xt_plan import plan_xt
+from erasekit.primitives.xt_plan import concept_plan
 
 
 @dataclass
@@ -115,17 +115,13 @@ def localisation_loss(outputs: dict[str, torch.Tensor], mask: torch.Tensor) -> t
 )
 def erase(run: RunContext, spec: EraseSpec, config: RecelerConfig) -> Edit:
     unet = run.unet
-    prompts = list(dict.fromkeys(["", *spec.targets, *spec.anchors, *spec.preserve]))
-    encoded = run.states(prompts)
-    states = {p: encoded[i : i + 1] for i, p in enumerate(prompts)}
     rng = random.Random(config.seed)
-    points = plan_xt(run, unet, [states[t] for t in spec.targets], states[""], config.start_guidance, config.sample_steps,
-                     config.iterations, lambda k: k % len(spec.targets), rng)  # fmt: skip
+    states, points = concept_plan(run, spec, config.start_guidance, config.sample_steps, config.iterations, rng)
     generator = run.generator(config.seed + 1)
-    length = encoded.shape[1]
+    _, length, width = states[""].shape
     spans = [run.cache.word_span(t, t) for t in spec.targets]  # the concept's token positions in its own prompt
     slots = [range(s.stop, min(s.stop + config.adversarial_tokens, length)) for s in spans]  # from [EOS]/[SEP] on, as official
-    deltas = [torch.rand((len(r), encoded.shape[2]), generator=generator, device="cpu").to(run.device).requires_grad_(True)
+    deltas = [torch.rand((len(r), width), generator=generator, device="cpu").to(run.device).requires_grad_(True)
               for r in slots]  # fmt: skip
     delta_optimisers = [torch.optim.Adam([d], lr=config.adversarial_lr, weight_decay=0.1) for d in deltas]
     side = config.mask_resolution or max(unet.config.sample_size // 4, 1)

@@ -58,17 +58,24 @@ def eraser_tensors(erasers: dict[str, Eraser], dtype: torch.dtype) -> dict[str, 
     return {f"{site}.{k}": v.detach().to(dtype).clone() for site, e in erasers.items() for k, v in e.state_dict().items()}
 
 
+def eraser_sites(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """The tensors of :func:`eraser_tensors` grouped by site (``attn2`` name), each by its own key."""
+    sites: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        site, layer, kind = key.rsplit(".", 2)
+        sites.setdefault(site, {})[f"{layer}.{kind}"] = value
+    return dict(sorted(sites.items()))
+
+
 def erasers_from_tensors(tensors: dict[str, torch.Tensor], unet: nn.Module) -> dict[str, Eraser]:
     """The inverse of :func:`eraser_tensors`, on ``unet``'s device and in its dtype; an error if ``unet``
     lacks a site or its width differs."""
     sites = {layer.name: layer.module for layer in cross_attentions(unet)}
-    names = sorted({key.rsplit(".", 2)[0] for key in tensors})
     erasers = {}
-    for site in names:
+    for site, state in eraser_sites(tensors).items():
         if site not in sites:
             raise ErasekitError(f"this edit has an eraser on {site}, which the pipeline's UNet does not have: "
                                 "it was made for another architecture")  # fmt: skip
-        state = {key[len(site) + 1 :]: tensors[key] for key in tensors if key.rsplit(".", 2)[0] == site}
         rank, dim = state["down.weight"].shape
         if dim != sites[site].to_out[0].out_features:
             raise ErasekitError(

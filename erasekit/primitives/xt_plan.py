@@ -18,6 +18,7 @@ from torch import nn
 from erasekit.primitives.diffusion import FrozenCopy, partial_samples
 
 if TYPE_CHECKING:
+    from erasekit.methods.base import EraseSpec
     from erasekit.primitives.run import RunContext
 
 
@@ -62,3 +63,17 @@ def plan_xt(
     if any(p is None for p in points):
         raise ValueError(f"choose() gave a prompt index outside the {len(conds)} prompts")
     return points  # type: ignore[return-value]
+
+
+def concept_plan(
+    run: RunContext, spec: EraseSpec, guidance: float, sample_steps: int, count: int, rng: random.Random
+) -> tuple[dict[str, torch.Tensor], list[XtPoint]]:
+    """ESD's inputs, shared by the methods trained on its target (ESD, RACE, AdvUnlearn, Receler): the
+    (1, L, d) states of "", every target, anchor and preserve concept (read before any training), and
+    ``count`` x_t points of the targets in turn from the original model's guided sampling."""
+    prompts = list(dict.fromkeys(["", *spec.targets, *spec.anchors, *spec.preserve]))
+    encoded = run.states(prompts)
+    states = {p: encoded[i : i + 1] for i, p in enumerate(prompts)}
+    points = plan_xt(run, run.unet, [states[t] for t in spec.targets], states[""], guidance, sample_steps, count,
+                     lambda k: k % len(spec.targets), rng)  # fmt: skip
+    return states, points
