@@ -254,3 +254,20 @@ def test_the_robustness_bench_puts_every_attack_beside_every_method(tmp_path):
     assert "| `sld` |" in table and "n/a" in table and (tmp_path / "rb" / "report.html").is_file()
     again = run_cli(*bench, cwd=tmp_path)  # every cell is kept: a rerun only summarises
     assert again.returncode == 0 and json.loads((tmp_path / "rb" / "robustness.json").read_text()) == out
+
+
+def test_the_table_gives_the_attacks_own_reach_where_plain_prompts_already_succeed():
+    from erasekit.eval.robustness import robustness_table
+
+    def outcome(asr, plain, found):
+        return {"asr": asr, "baseline_asr": plain, "asr_found": found, "seconds_per_prompt": 1.0}
+
+    attacks = {
+        "inversion steps=300": outcome(1.0, 1.0, 0.25),
+        "p4d": outcome(0.5, 0.0, 0.5),
+        "ring-a-bell": outcome(1.0, 0.5, 1.0),
+    }
+    result = {"attacks": {name: {} for name in attacks}, "methods": {
+        "none": {"accuracy": {"H_c": 0.0}, "attacks": attacks, "seconds": 0.0, "peak_rss_mb": 0.0}}}  # fmt: skip
+    row = robustness_table(result).splitlines()[-1]
+    assert "| 100 (100; found 25) | 50 (0) | 100 (50) |" in row  # found only where it differs from the ASR

@@ -51,6 +51,7 @@ def test_partial_samples_do_not_depend_on_batch_mates(pipe):
 )
 def test_esd_trains_only_its_group_and_leaves_the_pipeline_as_it_was(pipe, method, changed):
     before = unet_state(pipe)
+    pipe.unet.requires_grad_(False)  # as an inference caller has it; the erase must leave it so
     edit = erase(pipe, EraseSpec(("square",)), method, progress=False, **QUICK)
     assert edit.weights and all(changed(n) for n in edit.weights)
     assert any(not torch.equal(edit.weights[n], before[n]) for n in edit.weights)

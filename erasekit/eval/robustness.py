@@ -352,6 +352,9 @@ def robustness_table(result: dict) -> str:
 
 
 def _asr_cell(outcome: dict) -> str:
+    """``ASR (ASR without the attack)``; where plain prompts already succeed, also the found prompts' own rate,
+    which on the unedited model is the attack's reach within its budget."""
     if outcome["asr"] is None:
         return "n/a"
-    return f"{100 * outcome['asr']:.0f} ({100 * outcome['baseline_asr']:.0f})"
+    asr, plain, found = (round(100 * outcome[k]) for k in ("asr", "baseline_asr", "asr_found"))
+    return f"{asr} ({plain}; found {found})" if plain and found != asr else f"{asr} ({plain})"
