@@ -120,6 +120,9 @@ def erase(run: RunContext, spec: EraseSpec, config: RecelerConfig) -> Edit:
     generator = run.generator(config.seed + 1)
     _, length, width = states[""].shape
     spans = [run.cache.word_span(t, t) for t in spec.targets]  # the concept's token positions in its own prompt
+    token_masks = [torch.zeros((1, length), dtype=torch.bool, device=run.device) for _ in spans]  # what the probe maps
+    for token_mask, span in zip(token_masks, spans, strict=True):
+        token_mask[0, span.start : span.stop] = True
     slots = [range(s.stop, min(s.stop + config.adversarial_tokens, length)) for s in spans]  # from [EOS]/[SEP] on, as official
     deltas = [torch.rand((len(r), width), generator=generator, device="cpu").to(run.device).requires_grad_(True)
               for r in slots]  # fmt: skip
@@ -142,12 +145,10 @@ def erase(run: RunContext, spec: EraseSpec, config: RecelerConfig) -> Edit:
             index, x_t, t = point.prompt, point.x_t, point.t
             concept, anchor = states[spec.targets[index]], states[spec.anchors[index]]
             kept = states[rng.choice(spec.preserve)] if spec.preserve and config.preserve_weight > 0 else None
-            token_mask = torch.zeros((1, length), dtype=torch.bool, device=run.device)
-            token_mask[0, spans[index].start : spans[index].stop] = True
             with torch.no_grad(), probing(unet) as probe:  # the original model: erasers not yet on
                 eps_anchor = predict_noise(unet, x_t, t, anchor).float()
                 eps_kept = predict_noise(unet, x_t, t, kept).float() if kept is not None else None
-                probe.token_mask = token_mask
+                probe.token_mask = token_masks[index]
                 eps_concept = predict_noise(unet, x_t, t, concept).float()
             mask = concept_mask(probe.maps, len(spans[index]), side, config.mask_threshold)
             with erasers_on(unet, erasers, outputs):
