@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from erasekit.errors import ErasekitError
 
@@ -33,8 +35,30 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 world_app = typer.Typer(help="The embedded world and its model.", no_args_is_help=True)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from erasekit import __version__
+
+        print(f"erasekit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _app_options(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print erasekit's version and exit.", callback=_show_version, is_eager=True)
+    ] = False,
+) -> None:
+    """Erase concepts from text-to-image diffusion models and measure how well."""
+
+
 app.add_typer(world_app, name="world")
-console = Console()
+# User text (concepts, prompts, settings, paths) goes out as typed: no rich markup read into it, no
+# highlighting, and no wrapping that would break a path or a verdict line in a log.
+console = Console(markup=False, highlight=False, soft_wrap=True)
+warn = Console(stderr=True, markup=False, highlight=False, soft_wrap=True, style="yellow")
 
 ModelOption = Annotated[
     str | None,
@@ -48,7 +72,20 @@ DeviceOption = Annotated[
 DtypeOption = Annotated[str, typer.Option("--dtype", help="Precision of the model: fp32, fp16 or bf16.")]
 # Bounds catch typos (0, -3, 100000) in one line before anything loads; they are far above any real use.
 StepsOption = Annotated[int, typer.Option(help="Sampler steps (DDIM), 1 to 1000.", min=1, max=1000)]
-GuidanceOption = Annotated[float, typer.Option(help="Classifier-free guidance scale, 0 to 100.", min=0.0, max=100.0)]
+
+
+def _finite_in(low: float, high: float) -> Callable[[float | None], float | None]:
+    """A float option's check: NaN passes a plain range (every comparison with it is false), so it is refused by name."""
+
+    def check(value: float | None) -> float | None:
+        if value is not None and not (math.isfinite(value) and low <= value <= high):
+            raise typer.BadParameter(f"{value} is not a number from {low:g} to {high:g}")
+        return value
+
+    return check
+
+
+GuidanceOption = Annotated[float, typer.Option(help="Classifier-free guidance scale, 0 to 100.", callback=_finite_in(0, 100))]
 BatchOption = Annotated[int, typer.Option(help="Images per batch, 1 to 4096.", min=1, max=4096)]
 SAMPLES_RANGE = {"min": 1, "max": 10_000}
 # How to get past each bound, added to its range error (a bound guards against typos, not real use).
@@ -63,6 +100,16 @@ OverwriteOption = Annotated[
     bool,
     typer.Option("--overwrite", help="Replace an output path that holds something other than an earlier output of this command."),
 ]
+
+
+def _short(text: str, limit: int = 80) -> str:
+    """User text cut to ``limit`` characters for a message (an 18,000-character concept is not echoed whole)."""
+    return text if len(text) <= limit else f"{text[: limit - 20]}… ({len(text)} characters)"
+
+
+def _refuse_empty_concept(concept: str | None) -> None:
+    if concept is not None and not concept.strip():
+        raise ErasekitError("--concept is empty; give the concept, or leave the option out for the edit's first target")
 
 
 def _pct(x: float) -> str:
@@ -236,19 +283,6 @@ def evaluate(
     console.print(f"wrote {target} and {run_dir}/grid.png")
 
 
-METRIC_MEANING = {
-    "Acc_e": "erased concept, lower",
-    "Acc_s": "other concepts, higher",
-    "Acc_g": "synonyms, lower",
-    "residue": "associated prompts, lower",
-    "H_o": "harmonic mean, higher",
-    "H_c": "harmonic mean, higher",
-    "gap": "Acc_s - Acc_e, higher",
-    "explicit": "flames named, lower",
-    "implicit": "flames implied, lower",
-}
-
-
 def _run_protocol(
     protocol: str,
     edit_dir: Path | None,
@@ -284,6 +318,7 @@ def _run_protocol(
     if protocol in PROMPT_FILE_PROTOCOLS:
         protocol_rows(protocol, "", samples, prompt_file=str(prompts) if prompts else None)
     edit = Edit.load(edit_dir)
+    _refuse_empty_concept(concept)
     target = concept or edit.card["targets"][0]
     run_dir = out or edit_dir / f"eval-{protocol}"
     workers = launched_workers(device)  # under accelerate launch the processes share out the images
@@ -293,7 +328,7 @@ def _run_protocol(
         _judge_and_write(pipe, edit, protocol, target, judge, samples, sampler, prompts, clip_model, run_dir, check_base,
                          workers)  # fmt: skip
     if workers.is_main:
-        console.print(f"wrote {run_dir}/results.json and {run_dir}/before_after.png")
+        console.print(f"wrote {run_dir}/results.json, {run_dir}/before_after.png and {run_dir}/report.html")
 
 
 def _judge_and_write(
@@ -310,6 +345,8 @@ def _judge_and_write(
     check_base: bool,
     workers: Workers,
 ) -> None:
+    import numpy as np
+
     from erasekit.eval.generation import SamplerSettings, image_grid
     from erasekit.eval.protocols import run_protocol, verdict
     from erasekit.io import atomic_dir, write_json
@@ -344,6 +381,14 @@ def _judge_and_write(
         write_run_report(tmp, name=run_dir.name)
 
 
+def _direction(metric: str) -> str:
+    """Which way is better for ``metric``, and what it reads (the one definition: eval/metrics.py)."""
+    from erasekit.eval.metrics import METRICS
+
+    meaning, better = METRICS.get(metric, ("", ""))
+    return f"{better}: {meaning}" if better else ""
+
+
 def _metrics_table(result: dict) -> Table:
     """Metrics as rows, original and erased as columns: fits an 80-column terminal."""
     table = Table(box=None, pad_edge=False)
@@ -367,7 +412,7 @@ def _metrics_table(result: dict) -> Table:
     original, erased = result["metrics"]["original"], result["metrics"]["erased"]
     for name in original["accuracy"]:
         table.add_row(name, _pct(original["accuracy"][name]), _pct(original["probability"][name]),
-                      _pct(erased["accuracy"][name]), _pct(erased["probability"][name]), METRIC_MEANING.get(name, ""))  # fmt: skip
+                      _pct(erased["accuracy"][name]), _pct(erased["probability"][name]), _direction(name))  # fmt: skip
     return table
 
 
@@ -415,7 +460,7 @@ def _gates(
             _pct(s["min"]),
             _pct(s["floor"]),
             f"{s['passing']}/{s['prompts']}",
-            "[green]PASS" if ok else "[red]FAIL",
+            Text("PASS", style="green") if ok else Text("FAIL", style="red"),
         )
     console.print(table)
     failing = [r for r in results if not r.passed]
@@ -432,17 +477,28 @@ def _gates(
 
 
 @app.command()
-def methods() -> None:
+def methods(
+    name: Annotated[str | None, typer.Argument(help="One method to show (default: all of them).")] = None,
+) -> None:
     """List the erasure methods, with their settings and the paper's defaults."""
     from dataclasses import MISSING, fields
 
-    from erasekit.methods import METHODS
+    from rich.padding import Padding
 
-    for name, method in sorted(METHODS.items()):
-        console.print(f"[bold]{name}[/bold]  {method.summary}", highlight=False)
+    from erasekit.methods import METHODS
+    from erasekit.methods.base import get_method
+
+    chosen = [get_method(name)] if name is not None else [METHODS[n] for n in sorted(METHODS)]
+    for method in chosen:
+        console.print(Text.assemble((method.name, "bold"), "  ", method.summary), soft_wrap=False)  # wrapped at words
+        table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 2, 0, 0))
+        table.add_column("setting", no_wrap=True)
+        table.add_column("default", no_wrap=True, max_width=40)
+        table.add_column("meaning", overflow="fold")  # wraps between words, under its own column
         for f in fields(method.config):
             default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-            console.print(f"    {f.name} = {default!r}  {f.metadata.get('doc', '')}", highlight=False)
+            table.add_row(f.name, repr(default), f.metadata.get("doc", ""))
+        console.print(Padding(table, (0, 0, 0, 4)), soft_wrap=False)
 
 
 def _parse_settings(settings: list[str]) -> dict[str, str]:
@@ -484,9 +540,11 @@ def erase(
         int | None, typer.Option(help="Cap on the LoRA rank (default: the rank that reproduces the edit).")
     ] = None,
     expand: Annotated[
-        int, typer.Option(help="Also erase up to N nearest phrases per concept (`erasekit expand` shows them).")
+        int, typer.Option(help="Also erase up to N nearest phrases per concept (`erasekit expand` shows them).", min=0, max=1000)
     ] = 0,
-    expand_min_similarity: Annotated[float, typer.Option(help="Least cosine similarity of an added phrase.")] = 0.5,
+    expand_min_similarity: Annotated[
+        float, typer.Option(help="Least cosine similarity of an added phrase, -1 to 1.", callback=_finite_in(-1, 1))
+    ] = 0.5,
     expand_vocabulary: Annotated[
         Path | None, typer.Option(help="Phrases to expand from, one per line (default: the tokenizer's words).")
     ] = None,
@@ -506,6 +564,12 @@ def erase(
     spec = EraseSpec(tuple(concepts), tuple(anchor or ()), kept)
     overrides = _parse_settings(setting or [])
     make_config(get_method(method), overrides)  # every setting is parsed and checked before the model loads
+    from erasekit.exports import check_export_request
+
+    if save_single_file is not None:
+        check_export_request("single-file", save_single_file)
+    if lora_rank is not None:
+        check_export_request("diffusers-lora", out, lora_rank)
     if not get_method(method).changes_weights and (lora or lora_rank is not None or save_pipeline or save_single_file):
         raise ErasekitError(
             f"{method} changes no weights (SLD guides sampling, Receler adds eraser modules), so there is no LoRA, "
@@ -545,7 +609,6 @@ def _erase_and_write(
     dtype: str,
     workers: Workers,
 ) -> None:
-    from erasekit.io import atomic_dir
     from erasekit.methods.runner import erase as run_erase
     from erasekit.models.embedded import is_world_model
     from erasekit.models.loading import load_pipeline
@@ -557,7 +620,7 @@ def _erase_and_write(
         for target in spec.targets:
             warning = unknown_concept_warning(target)
             if warning:
-                Console(stderr=True).print(warning, style="yellow", highlight=False, soft_wrap=True)
+                warn.print(warning)
     vocabulary = str(expand_vocabulary) if expand_vocabulary else None
     edit = run_erase(
         pipe, spec, method, model=model or "erasekit-tiny", expand=expand, expand_min_similarity=expand_min_similarity,
@@ -579,15 +642,15 @@ def _erase_and_write(
     edit.save(out, lora=export)
     if export is not None:
         console.print(f"LoRA: rank ≤ {max(export.ranks.values())}, relative error {export.relative_error:.2e}")
-    if save_pipeline is not None or save_single_file is not None:
-        edit.apply(pipe)
-    if save_pipeline is not None:
-        with atomic_dir(save_pipeline) as tmp:
-            pipe.save_pretrained(tmp)
-    if save_single_file is not None:
-        from erasekit.models.ldm_checkpoint import save_single_file as write_single_file
+    from erasekit.exports import export_loaded
 
-        write_single_file(pipe, save_single_file, bool(edit.text_encoder_names))
+    # the same code as `erasekit export`: the edit's weights merged into the loaded base model
+    for fmt, path in (("pipeline", save_pipeline), ("single-file", save_single_file)):
+        if path is not None:
+            done = export_loaded(edit, pipe, fmt, path)
+            if done.note:
+                warn.print(done.note)
+            console.print(f"{fmt} → {done.path}", highlight=False, soft_wrap=True)
     card = edit.card
     console.print(
         f"{card['method']}: erased {', '.join(spec.targets)} in {card['seconds']:.2f} s "
@@ -640,6 +703,7 @@ def attack(
     from erasekit.models.loading import EMBEDDED_NAME, load_pipeline, resolve_device, resolve_dtype
     from erasekit.report import write_run_report
 
+    _refuse_empty_concept(concept)
     chosen = get_attack(attack_name)
     config = make_config(chosen, _parse_settings(setting or []))  # type: ignore[arg-type]
     if judge not in JUDGES:
@@ -649,7 +713,7 @@ def attack(
     if edit_dir is None:
         if not concept:
             raise ErasekitError("without --edit the unedited model is attacked as the baseline; give --concept")
-        Console(stderr=True).print(f"no --edit: attacking the unedited model, the baseline for {concept!r}", style="yellow")
+        warn.print(f"no --edit: attacking the unedited model, the baseline for {_short(concept)!r}")
         edit, run_dir = unedited(concept), out or Path("runs") / f"attack-{attack_name}-baseline"
     else:
         edit = Edit.load(edit_dir)
@@ -667,7 +731,7 @@ def attack(
         write_with(run_dir / "grid.png", lambda tmp: Image.fromarray(attack_grid(run_dir, result)).save(tmp, format="PNG"))
         write_run_report(run_dir, name=run_dir.name)
     console.print(verdict(result), highlight=False, soft_wrap=True)
-    console.print(f"wrote {run_dir}/results.json and {run_dir}/grid.png")
+    console.print(f"wrote {run_dir}/results.json, {run_dir}/grid.png and {run_dir}/report.html")
 
 
 @app.command()
@@ -679,7 +743,7 @@ def export(
         typer.Option(
             "--format",
             help="kohya (one LoRA file for AUTOMATIC1111 / ComfyUI), diffusers-lora (a directory for "
-            "pipe.load_lora_weights) or single-file (the whole erased model as one checkpoint).",
+            "pipe.load_lora_weights), single-file (the whole erased model as one checkpoint) or pipeline (a diffusers directory).",
         ),
     ] = "kohya",
     rank: Annotated[int | None, typer.Option(help="Cap on the LoRA rank (default: the rank that reproduces the edit).")] = None,
@@ -691,17 +755,16 @@ def export(
     overwrite: OverwriteOption = False,
 ) -> None:
     """Export an edit for the tools people load models with: a kohya LoRA, a diffusers LoRA or one checkpoint file."""
-    from erasekit.exports import FORMATS, export_edit
+    from erasekit.exports import check_export_request, export_edit
     from erasekit.io import claim_output
 
-    if fmt not in FORMATS:
-        raise ErasekitError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if rank is not None and rank < 1:
         raise ErasekitError(f"--rank must be at least 1, not {rank}")
-    with claim_output(out, "lora" if fmt == "diffusers-lora" else None, overwrite):
+    check_export_request(fmt, out, rank, dtype)
+    with claim_output(out, {"diffusers-lora": "lora", "pipeline": "pipeline"}.get(fmt), overwrite):
         done = export_edit(edit_dir, fmt, out, model, rank, dtype, check_base=not no_check_base)
     if done.note:
-        Console(stderr=True).print(done.note, style="yellow", highlight=False, soft_wrap=True)
+        warn.print(done.note)
     if done.max_rank is not None:
         console.print(f"{fmt}: rank ≤ {done.max_rank}, relative error {done.relative_error:.2e} → {done.path}", highlight=False)
     else:
@@ -719,17 +782,20 @@ def push(
         bool, typer.Option("--card-only", help="Only write the model card (README.md) into the edit directory; no upload.")
     ] = False,
     model: ModelOption = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a README.md in the edit directory that erasekit did not write.")
+    ] = False,
 ) -> None:
     """Write the edit's model card and upload the edit, the card and a kohya LoRA to the Hugging Face hub."""
     from erasekit.hub import push as push_edit
     from erasekit.hub import write_card
 
     if card_only:
-        console.print(f"model card → {write_card(edit_dir)}", highlight=False)
+        console.print(f"model card → {write_card(edit_dir, overwrite=overwrite)}", highlight=False)
         return
     if not repo_id:
         raise ErasekitError("push needs --repo-id OWNER/NAME (or --card-only to write the card without uploading)")
-    console.print(f"pushed {edit_dir} → {push_edit(edit_dir, repo_id, private, model)}", highlight=False)
+    console.print(f"pushed {edit_dir} → {push_edit(edit_dir, repo_id, private, model, overwrite)}")
 
 
 @app.command()
@@ -761,7 +827,7 @@ def _is_report(path: Path) -> bool:
 @app.command()
 def expand(
     concepts: Annotated[list[str], typer.Argument(help="Concepts to expand.")],
-    top_k: Annotated[int, typer.Option(help="Phrases to propose per concept.")] = 10,
+    top_k: Annotated[int, typer.Option(help="Phrases to propose per concept, 1 to 1000.", min=1, max=1000)] = 10,
     vocabulary: Annotated[
         Path | None, typer.Option(help="Phrases to choose from, one per line (default: the tokenizer's words).")
     ] = None,
@@ -993,9 +1059,17 @@ def _bench(
 @world_app.command("train")
 def world_train(
     work_dir: Annotated[Path, typer.Option(help="Checkpoints and caches (resumed from if present).")] = Path(".cache/train"),
-    minutes: Annotated[float | None, typer.Option(help="Stop UNet training after this many minutes and export.")] = None,
-    unet_steps: Annotated[int, typer.Option(help="UNet optimisation steps (batch 64).")] = 3400,
-    seed: Annotated[int, typer.Option(help="Seed of the world and the training.")] = 0,
+    minutes: Annotated[
+        float | None,
+        typer.Option(
+            help="Stop each training stage after this many minutes (up to 10000); a rerun resumes.",
+            callback=_finite_in(0.01, 10_000),
+        ),
+    ] = None,
+    unet_steps: Annotated[
+        int, typer.Option(help="UNet optimisation steps (batch 64), 1 to 1000000.", min=1, max=1_000_000)
+    ] = 3400,
+    seed: Annotated[int, typer.Option(help="Seed of the world and the training.", min=0, max=2**32 - 1)] = 0,
 ) -> None:
     """Train the evaluator, VAE and UNet of the embedded model on the world, then export the pipeline."""
     from erasekit.world.training import TrainConfig, train_all
@@ -1011,7 +1085,7 @@ def world_train(
 def world_show(
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")] = Path("runs/world.png"),
     count: Annotated[int, typer.Option(help="Scenes to draw, 1 to 10000.", min=1, max=10_000)] = 32,
-    seed: Annotated[int, typer.Option(help="World seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="World seed, 0 to 2^32-1.", min=0, max=2**32 - 1)] = 0,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Draw scenes of the world with their captions (ground truth, no model involved)."""
@@ -1045,7 +1119,7 @@ def world_vocabulary(as_json: Annotated[bool, typer.Option("--json", help="Print
         print(json.dumps(vocab, indent=2))
         return
     for section, items in vocab.items():
-        console.print(f"[bold]{section}[/bold]")
+        console.print(Text(section, style="bold"))
         for name, info in items.items():
             console.print(f"  {name}: {info}")
 
@@ -1062,16 +1136,19 @@ def main() -> None:
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     debug = "--debug" in sys.argv
     args = [a for a in sys.argv[1:] if a != "--debug"]
-    err = Console(stderr=True)
+    err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
     def fail(message: str, code: int = 2) -> None:
         if debug:
             err.print_exception()
-        err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
+        err.print(Text.assemble(("error:", "red"), " ", _short(message, 2000)))  # user text, printed as typed
         sys.exit(code)
 
+    interrupted = "interrupted; what was being written was left out (a rerun cleans up)"
     try:
         code = app(args=args, standalone_mode=False)
+        if code == 130:  # click turns Ctrl-C into an Abort, and typer hands it back as 130
+            fail(interrupted, 130)
     except ErasekitError as error:
         fail(str(error))
     except usage_error as error:  # typer's usage box, as one line
@@ -1082,9 +1159,13 @@ def main() -> None:
             message += f"; {hint}"
         fail(f"{where}{message} (see --help)")
     except (typer.Abort, KeyboardInterrupt):
-        fail("interrupted; what was being written was left out (a rerun cleans up)", 130)
+        fail(interrupted, 130)
     except OSError as error:  # disk full, permissions, a path under /proc: the system's own words
         fail(f"{error.strerror or error}" + (f": {error.filename}" if error.filename else ""))
+    except Exception as error:
+        if type(error).__name__ != "SafetensorError":  # safetensors' own write errors (disk full, file size limit)
+            raise
+        fail(f"could not write a .safetensors file: {error}; what was there before is kept")
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -77,6 +77,14 @@ def base_hash(pipe: DiffusionPipeline, names: list[str]) -> str:
 
 @dataclass
 class Edit:
+    """An erasure's result: new parameter values, the card that describes them, and any added modules.
+
+    ``weights`` maps each changed parameter's diffusers name (the UNet's as they are, the text encoder's
+    behind :data:`TEXT_ENCODER`) to its new value; ``card`` is what ``card.json`` holds (method, config,
+    concepts, base hash, cost; for an inference-time edit, ``inference``: how to sample); ``adapters`` are
+    SPM's adapter factors or Receler's erasers (``adapters.safetensors``), empty for a plain weight edit.
+    """
+
     weights: dict[str, torch.Tensor]  # parameter name (text encoder's behind TEXT_ENCODER) → new value
     card: dict = field(default_factory=dict)
     adapters: dict[str, torch.Tensor] = field(default_factory=dict)  # SPM's factors or Receler's erasers
@@ -106,17 +114,49 @@ class Edit:
         return [*self.weights, *(f"{site}.to_out.0.weight" for site in eraser_sites(self.adapters))]
 
     def check_architecture(self, pipe: DiffusionPipeline) -> None:
-        """Refuse a pipeline whose UNet or text encoder lacks a parameter this edit changes."""
+        """Refuse a pipeline whose UNet or text encoder lacks a parameter this edit changes, or has it in
+        another shape (SPM's adapter factors and Receler's erasers too): found here, before any image."""
         params = pipeline_parameters(pipe)
         missing = [n for n in self.weights if n not in params]
         if missing:
             raise ErasekitError(
                 f"this edit changes {missing[0]}, which the pipeline does not have: it was made for another architecture"
             )
+        for name, value in self.weights.items():
+            if params[name].shape != value.shape:
+                raise ErasekitError(
+                    f"this edit's {name} has shape {tuple(value.shape)}, the pipeline's {tuple(params[name].shape)}: "
+                    "it was made for another architecture"
+                )
         if self.has_erasers:
             from erasekit.models.erasers import erasers_from_tensors
 
             erasers_from_tensors(self.adapters, pipe.unet)
+        if not (isinstance(self.inference, dict) and "spm" in self.inference):
+            return
+        # every SPM factor pair fits the UNet layer it adapts: down (r, in[, kh, kw]) and up (out, r)
+        concepts = len(self.inference["spm"]["concepts"])
+        for key, down in self.adapters.items():
+            index, _, rest = key.partition(".")
+            layer, _, kind = rest.rpartition(".")
+            if not index.isdigit() or int(index) >= concepts or kind not in ("down", "up"):
+                raise ErasekitError(f"adapter tensor {key!r} does not belong to one of the card's {concepts} SPMs")
+            if kind == "up":
+                continue
+            up = self.adapters.get(f"{index}.{layer}.up")
+            try:
+                weight = pipe.unet.get_submodule(layer).weight
+            except AttributeError:
+                raise ErasekitError(f"this edit adapts {layer}, which the pipeline's UNet does not have") from None
+            if not (
+                up is not None and down.dim() == weight.dim() and down.shape[1:] == weight.shape[1:]
+                and tuple(up.shape) == (weight.shape[0], down.shape[0])
+            ):  # fmt: skip
+                shapes = f"{tuple(down.shape)} and {tuple(up.shape) if up is not None else 'no up factor'}"
+                raise ErasekitError(
+                    f"this edit's SPM factors for {layer} ({shapes}) do not fit its weight {tuple(weight.shape)}: "
+                    "it was made for another architecture"
+                )
 
     def check_base(self, pipe: DiffusionPipeline) -> None:
         """Refuse a pipeline this edit was not made on (its UNet lacks the parameters, or their hash differs)."""
@@ -203,6 +243,10 @@ class Edit:
 
     @classmethod
     def load(cls, directory: Path) -> Edit:
+        """The edit in ``directory`` as :meth:`save` wrote it; a missing or damaged file, a card field of the
+        wrong type, non-finite weights or missing adapters are refused with one line."""
+        import math
+
         directory = Path(directory)
         if not (directory / WEIGHTS_FILE).exists() or not (directory / CARD_FILE).exists():
             raise ErasekitError(f"{directory} is not an erasekit edit (needs {WEIGHTS_FILE} and {CARD_FILE})")
@@ -212,8 +256,70 @@ class Edit:
             adapters = load_file(str(directory / ADAPTERS_FILE)) if (directory / ADAPTERS_FILE).exists() else {}
         except Exception as err:  # safetensors and json raise several types for a damaged file
             raise ErasekitError(f"{directory} holds a damaged edit: {err}") from err
+        where = directory / CARD_FILE
         if not isinstance(card, dict) or not isinstance(card.get("targets"), list) or not card["targets"]:
-            raise ErasekitError(f"{directory}/{CARD_FILE} is not an edit card (it needs a non-empty list of targets)")
+            raise ErasekitError(f"{where} is not an edit card (it needs a non-empty list of targets)")
+
+        # Every card field erasekit reads back (eval, attacks, exports, reports) has its type, or the card is
+        # refused here in one line naming the field, not by a KeyError in the middle of an evaluation.
+        def shown(value: object) -> str:
+            text = repr(value)
+            return text if len(text) <= 60 else text[:57] + "..."
+
+        def strings(value: object) -> bool:
+            return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+        def number(value: object) -> bool:
+            if isinstance(value, float):
+                return math.isfinite(value)
+            return isinstance(value, int) and not isinstance(value, bool)  # (an int of any size: isfinite overflows)
+
+        if not all(isinstance(t, str) and t.strip() for t in card["targets"]):
+            raise ErasekitError(f"{where}: targets should be a list of concept names, not {shown(card['targets'])}")
+        kinds = {
+            "anchors": ("a list of concept names", strings),
+            "preserve": ("a list of concept names", strings),
+            "method": ("a method name", lambda v: isinstance(v, str)),
+            "model": ("a model name or path, or null", lambda v: v is None or isinstance(v, str)),
+            "base_hash": ("a hash (text), or null", lambda v: v is None or isinstance(v, str)),
+            "config": ("an object of settings", lambda v: isinstance(v, dict)),
+            "inference": ('null or an object such as {"sld": {...}}', lambda v: v is None or isinstance(v, dict)),
+            "erasers": (
+                'an object (Receler\'s {"rank": ..., "layers": ...}) or null',
+                lambda v: v is None or isinstance(v, dict),
+            ),
+            "expanded": ("an object of the phrases added per target", lambda v: isinstance(v, dict)),
+            "lora": ("an object", lambda v: isinstance(v, dict)),
+            **dict.fromkeys(("seconds", "seconds_per_concept", "peak_rss_mb", "changed_parameters"), ("a number", number)),
+            "peak_cuda_mb": ("a number or null", lambda v: v is None or number(v)),
+        }
+        for name, (kind, fits) in kinds.items():
+            if name in card and not fits(card[name]):
+                raise ErasekitError(f"{where}: {name} should be {kind}, not {shown(card[name])}")
+        if inference := card.get("inference"):
+            from erasekit.models.guidance import SLD_SETTINGS
+            from erasekit.models.transport import METRICS
+
+            if len(inference) != 1 or next(iter(inference)) not in ("sld", "spm"):
+                raise ErasekitError(f"{where}: inference should hold one of 'sld' or 'spm', not {shown(list(inference))}")
+            sld, spm = inference.get("sld"), inference.get("spm")
+            if "sld" in inference and not isinstance(sld, dict):
+                raise ErasekitError(f"{where}: inference.sld should be an object of SLD settings, not {shown(sld)}")
+            for key in SLD_SETTINGS if sld is not None else ():
+                if not number(sld.get(key)):
+                    raise ErasekitError(f"{where}: inference.sld.{key} should be a number, not {shown(sld.get(key))}")
+            if sld is not None and not isinstance(sld.get("safety_concept"), str):
+                raise ErasekitError(
+                    f"{where}: inference.sld.safety_concept should be text, not {shown(sld.get('safety_concept'))}"
+                )
+            if "spm" in inference and not (isinstance(spm, dict) and strings(spm.get("concepts")) and spm["concepts"]):
+                raise ErasekitError(
+                    f"{where}: inference.spm should be an object with a non-empty list of concepts, not {shown(spm)}"
+                )
+            if spm is not None and "metric" in spm and spm["metric"] not in METRICS:
+                raise ErasekitError(
+                    f"{where}: inference.spm.metric should be one of {', '.join(METRICS)}, not {shown(spm['metric'])}"
+                )
         refuse_non_finite(weights, f"the edit in {directory}")
         wants_adapters = (isinstance(card.get("inference"), dict) and "spm" in card["inference"]) or card.get("erasers")
         if wants_adapters and not adapters:
@@ -228,12 +334,18 @@ def load_erased(edit_dir: Path, model: str | Path | None = None, check_base: boo
     from erasekit.models.loading import load_pipeline
 
     edit = Edit.load(edit_dir)
-    pipe = load_pipeline(model if model is not None else edit.card.get("model"))
+    pipe = load_pipeline(model if model is not None else edit.card.get("model"), progress=False)
     return edit.apply(pipe, check_base=check_base)
 
 
 @dataclass
 class Usage:
+    """What a block of work cost, filled in by :func:`measure` when the block ends.
+
+    ``seconds`` is its wall time, ``peak_rss_mb`` the peak resident memory above the level at its start
+    (MiB), and ``peak_cuda_mb`` CUDA's peak allocated memory during it (MiB), None when it did not run on CUDA.
+    """
+
     seconds: float = 0.0
     peak_rss_mb: float = 0.0  # peak resident memory above the level at the start
     peak_cuda_mb: float | None = None

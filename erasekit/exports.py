@@ -11,6 +11,10 @@
   formats that carry it.
 * ``diffusers-lora``: a directory with ``pytorch_lora_weights.safetensors`` (see :mod:`erasekit.lora`).
 * ``single-file``: the whole erased model as one original-layout checkpoint.
+* ``pipeline``: the whole erased pipeline as a diffusers directory (``save_pretrained``).
+
+``erasekit erase --lora / --save-pipeline / --save-single-file`` write through :func:`export_loaded`
+too, so an edit leaves erasekit one way, whichever command writes it.
 
 Both LoRAs are the SVD factors of the edit against the base model's weights, so the base model is
 loaded (the card's, or ``model``) and its hash checked first. Norm or embedding parameters cannot
@@ -22,6 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import save_file
@@ -31,13 +36,20 @@ from erasekit.errors import ErasekitError
 from erasekit.io import atomic_dir, write_with
 from erasekit.lora import LoraExport, NotLoraable, lora_factors, save_lora
 
-FORMATS = ("kohya", "diffusers-lora", "single-file")
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+FORMATS = ("kohya", "diffusers-lora", "single-file", "pipeline")
+MAX_RANK = 4096  # far above any layer of a real model: a typo guard
 KOHYA_PREFIX = "lora_unet_"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
 class Exported:
+    """What an export wrote: its path, for the LoRA formats the largest rank and the relative error of
+    the factors, and a note on what did not travel (SPM's per-prompt transport)."""
+
     path: Path
     max_rank: int | None = None  # the LoRA formats: the largest rank kept …
     relative_error: float | None = None  # … and ‖Δ − BA‖ / ‖Δ‖ over the edit
@@ -66,17 +78,168 @@ def kohya_tensors(export: LoraExport, dtype: torch.dtype = torch.float32) -> dic
 
 
 def kohya_metadata(card: dict, export: LoraExport) -> dict[str, str]:
-    """The ``ss_*`` keys kohya-ss writes (what WebUIs show about a LoRA), plus what was erased."""
+    """What WebUIs show about a LoRA: kohya-ss's ``ss_*`` keys and Stability's model spec (``modelspec.*``,
+    https://github.com/Stability-AI/ModelSpec, as kohya-ss writes it for an SD LoRA), plus what was erased.
+
+    Every value is a string and none is a clock's: a rerun writes the same metadata (``modelspec.date``
+    is the card's ``created``). The base model's generation is read from the cross-attention width of the
+    exported modules (768: SD 1.x, 1024: SD 2.x, 2048: SDXL), else from the model's name; the embedded
+    model has SD 1.x's layout, and an unknown one is taken as SD 1.x, as kohya-ss and AUTOMATIC1111 do."""
+    from erasekit.hub import base_model, md
+
+    def strings(key: str) -> list[str]:  # the card's list of concepts, whatever a hand-edited card holds
+        value = card.get(key)
+        return [str(v) for v in value if v] if isinstance(value, list) else []
+
     rank = str(max(export.ranks.values()))
     about = {k: card.get(k) for k in ("method", "targets", "anchors", "preserve", "model", "config", "erasekit_version")}
-    return {
+    model = card.get("model")
+    base = base_model(model if isinstance(model, str) else None)
+    widths = {
+        int(t.shape[1]) for k, t in export.tensors.items() if k.endswith(("attn2.to_k.lora_A.weight", "attn2.to_v.lora_A.weight"))
+    }
+    name = base.name.lower()
+    if base.embedded or 768 in widths:
+        version = "sd_v1"
+    elif 2048 in widths or (not widths and "xl" in name):
+        version = "sdxl_base_v1-0"
+    elif 1024 in widths or (not widths and ("stable-diffusion-2" in name or "sd2" in name)):
+        version = "sd_v2"
+    else:
+        version = "sd_v1"
+    v_prediction = version == "sd_v2" and "base" not in name and ("stable-diffusion-2" in name or "768" in name)  # SD 2.x 768-v
+    architecture = {
+        "sd_v1": "stable-diffusion-v1",
+        "sd_v2": "stable-diffusion-v2-768-v" if v_prediction else "stable-diffusion-v2-512",
+    }
+    resolution = {"sd_v1": "512x512", "sd_v2": "768x768" if v_prediction else "512x512", "sdxl_base_v1-0": "1024x1024"}[version]
+    if base.embedded:  # its images' size, from its VAE's config
+        from erasekit.models.embedded import EMBEDDED_DIR
+
+        try:
+            size = int(json.loads((Path(EMBEDDED_DIR) / "vae" / "config.json").read_text())["sample_size"])
+            resolution = f"{size}x{size}"
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    targets, anchors, preserve = strings("targets"), card.get("anchors"), strings("preserve")
+    anchors = [str(a) if a else "" for a in anchors] if isinstance(anchors, list) else []
+    method = str(card.get("method") or "unknown")
+    onto = [
+        f"{md(t)} → {md(a) if a else '(the empty prompt)'}" for t, a in zip(targets, anchors or [""] * len(targets), strict=False)
+    ]
+    # Markdown, which UIs render: every string of the card escaped as on the hub page
+    description = (
+        f"{md(base.name)} with {', '.join(onto)} erased by {md(method)} (erasekit {md(card.get('erasekit_version', ''))}); "
+        + (f"preserved: {', '.join(map(md, preserve))}. " if preserve else "")
+        + "A weight edit, not a style: it has no trigger word, and strength 1.0 is the edit as made."
+    )
+    metadata = {
         "format": "pt",
         "ss_network_module": "networks.lora",
         "ss_network_dim": rank,
         "ss_network_alpha": rank,
-        "ss_output_name": "erased-" + "-".join(card.get("targets", []))[:80],
+        "ss_output_name": "erased-" + "-".join(targets)[:80],
+        "ss_base_model_version": version,
+        "ss_v2": str(version == "sd_v2"),
+        "ss_sd_model_name": base.name,
+        "modelspec.sai_model_spec": "1.0.0",
+        "modelspec.architecture": architecture.get(version, "stable-diffusion-xl-v1-base") + "/lora",
+        "modelspec.implementation": "diffusers",  # the LoRA's module names are diffusers' (kohya-ss writes the same for SD LoRAs)
+        "modelspec.title": " ".join(f"{base.name} with {', '.join(targets)} erased".split())[:200],
+        "modelspec.description": description,
+        "modelspec.resolution": resolution,
+        "modelspec.prediction_type": "v" if v_prediction else "epsilon",
+        "modelspec.tags": "erasekit,concept-erasure," + "-".join(method.replace(",", " ").split()),
+        "modelspec.usage_hint": " ".join(f"No trigger word; load at strength 1.0 to erase {', '.join(targets)}".split()),
         "erasekit_card": json.dumps(about, default=str),
     }
+    if base.license:
+        metadata["modelspec.license"] = base.license
+    if isinstance(card.get("created"), str):  # when the edit was made (the card's, so a rerun writes the same)
+        metadata["modelspec.date"] = card["created"]
+    return metadata
+
+
+def refuse_unexportable(edit: Edit, fmt: str, where: object) -> str | None:
+    """One line, before any model loads, for an edit that ``fmt`` cannot carry; else the note on what
+    does not travel (None when everything does)."""
+    if fmt not in FORMATS:
+        raise ErasekitError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if edit.has_erasers:
+        raise ErasekitError(
+            f"the {edit.card.get('method')} edit in {where} adds eraser modules to the UNet, which no {fmt} export "
+            "carries; its edit directory is the artifact (erasekit.edits.load_erased puts them on the pipeline)"
+        )
+    if not edit.weights:
+        raise ErasekitError(
+            f"the {edit.card.get('method')} edit in {where} changes no weights (it guides sampling): "
+            "there is nothing to export; its edit directory is the artifact"
+        )
+    if edit.inference:
+        return (
+            f"{edit.card.get('method')}'s per-prompt inference ({', '.join(edit.inference)}) does not travel in a {fmt} "
+            "export: it holds the merged weights, every prompt at full strength"
+        )
+    return None
+
+
+def merge_weights(edit: Edit, pipe: DiffusionPipeline) -> DiffusionPipeline:
+    """``pipe`` with the edit's weights written into it, for a whole-model export. An inference-time edit
+    with weights (SPM) goes as its merged weights, transport off: applied as it is, it would hand back
+    a pipeline whose own weights are still the base model's."""
+    return Edit(edit.weights, {**edit.card, "inference": None}, edit.adapters).apply(pipe, check_base=False)
+
+
+def export_loaded(
+    edit: Edit, pipe: DiffusionPipeline, fmt: str, out: Path, max_rank: int | None = None, dtype: str = "fp32"
+) -> Exported:
+    """Write ``edit`` made on the loaded base ``pipe`` as ``fmt`` to ``out``. The whole-model formats
+    write ``pipe`` itself with the edit merged into it (in its precision); the LoRA formats take the
+    factors in float32 and cast them to ``dtype``."""
+    note = refuse_unexportable(edit, fmt, "this edit")
+    if fmt in ("single-file", "pipeline"):
+        merge_weights(edit, pipe)
+        if fmt == "pipeline":
+            with atomic_dir(Path(out)) as tmp:
+                pipe.save_pretrained(tmp)
+            return Exported(Path(out), note=note)
+        from erasekit.models.ldm_checkpoint import save_single_file
+
+        return Exported(save_single_file(pipe, out, bool(edit.text_encoder_names)), note=note)
+    export = lora_factors(edit, pipe.unet, max_rank=max_rank)
+    if fmt == "kohya":
+        tensors = kohya_tensors(export, DTYPES[dtype])
+        metadata = kohya_metadata(edit.card, export)
+        write_with(Path(out), lambda tmp: _save_sorted(tensors, tmp, metadata))
+    else:
+        export = LoraExport({k: v.to(DTYPES[dtype]) for k, v in export.tensors.items()}, export.ranks, export.relative_error)
+        with atomic_dir(Path(out)) as tmp:
+            save_lora(export, tmp)
+    return Exported(Path(out), max(export.ranks.values()), export.relative_error, note)
+
+
+def _save_sorted(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """``save_file``, then the header's keys sorted: safetensors writes its metadata in a random
+    order, and a rerun of an export must write the same bytes. The sorted header is as long as the
+    original (the same compact JSON), so the tensors' offsets still hold."""
+    save_file(tensors, str(path), metadata=metadata)
+    data = Path(path).read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + length]), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(header) <= length:  # (it always is: the same JSON, reordered)
+        Path(path).write_bytes(data[:8] + header.ljust(length) + data[8 + length :])
+
+
+def check_export_request(fmt: str, out: Path, max_rank: int | None = None, dtype: str = "fp32") -> None:
+    """The checks of an export that need nothing loaded: format, precision, rank and file name."""
+    if fmt not in FORMATS:
+        raise ErasekitError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if dtype not in DTYPES:
+        raise ErasekitError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if max_rank is not None and not 1 <= max_rank <= MAX_RANK:
+        raise ErasekitError(f"the LoRA rank cap must be 1 to {MAX_RANK}, not {max_rank}")
+    if fmt in ("kohya", "single-file") and Path(out).suffix != ".safetensors":
+        raise ErasekitError(f"a {fmt} export is one .safetensors file; give --out a name ending in .safetensors")
 
 
 def export_edit(
@@ -88,49 +251,15 @@ def export_edit(
     dtype: str = "fp32",
     check_base: bool = True,
 ) -> Exported:
-    """Write the edit in ``edit_dir`` as ``fmt`` to ``out`` (a file, or a directory for diffusers-lora)."""
+    """Write the edit in ``edit_dir`` as ``fmt`` to ``out`` (a file, or a directory for diffusers-lora and pipeline)."""
     from erasekit.models.loading import load_pipeline
 
-    if fmt not in FORMATS:
-        raise ErasekitError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if dtype not in DTYPES:
-        raise ErasekitError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if fmt != "diffusers-lora" and Path(out).suffix != ".safetensors":
-        raise ErasekitError(f"a {fmt} export is one .safetensors file; give --out a name ending in .safetensors")
+    check_export_request(fmt, out, max_rank, dtype)
     edit = Edit.load(edit_dir)
-    if edit.has_erasers:
-        raise ErasekitError(
-            f"the {edit.card.get('method')} edit in {edit_dir} adds eraser modules to the UNet, which no {fmt} file "
-            "carries; its edit directory is the artifact (erasekit.edits.load_erased puts them on the pipeline)"
-        )
-    if not edit.weights:
-        raise ErasekitError(
-            f"the {edit.card.get('method')} edit in {edit_dir} changes no weights (it guides sampling): "
-            "there is nothing to export; its edit directory is the artifact"
-        )
-    note = None
-    if edit.inference:
-        note = (
-            f"{edit.card.get('method')}'s per-prompt inference ({', '.join(edit.inference)}) does not travel in a {fmt} "
-            "export: it holds the merged weights, every prompt at full strength"
-        )
-    # single files are written in the asked precision; LoRA factors are taken in float32 and cast after
-    pipe = load_pipeline(model or edit.card.get("model"), dtype if fmt == "single-file" else "fp32", "cpu", progress=False)
+    refuse_unexportable(edit, fmt, edit_dir)
+    # whole models are written in the asked precision; LoRA factors are taken in float32 and cast after
+    whole = fmt in ("single-file", "pipeline")
+    pipe = load_pipeline(model or edit.card.get("model"), dtype if whole else "fp32", "cpu", progress=False)
     if check_base:
         edit.check_base(pipe)
-    if fmt == "single-file":
-        from erasekit.models.ldm_checkpoint import save_single_file
-
-        # an inference-time edit with weights (SPM) goes as its merged weights: transport off
-        Edit(edit.weights, {**edit.card, "inference": None}).apply(pipe, check_base=False)
-        return Exported(save_single_file(pipe, out, bool(edit.text_encoder_names)), note=note)
-    export = lora_factors(edit, pipe.unet, max_rank=max_rank)
-    if fmt == "kohya":
-        tensors = kohya_tensors(export, DTYPES[dtype])
-        metadata = kohya_metadata(edit.card, export)
-        write_with(Path(out), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-    else:
-        export = LoraExport({k: v.to(DTYPES[dtype]) for k, v in export.tensors.items()}, export.ranks, export.relative_error)
-        with atomic_dir(Path(out)) as tmp:
-            save_lora(export, tmp)
-    return Exported(Path(out), max(export.ranks.values()), export.relative_error, note)
+    return export_loaded(edit, pipe, fmt, out, max_rank, dtype)

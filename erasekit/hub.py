@@ -6,84 +6,347 @@ and how well, with the numbers of every protocol run on the edit (the ``eval-*``
 directory holds, as ``results.json`` wrote them) and their before/after grids. It is built from
 files only, so it is tested offline; pushing uploads the edit directory, the card and a kohya LoRA
 with ``huggingface_hub`` and needs a network and a token.
+
+The header is ``huggingface_hub``'s :class:`ModelCardData` (written by ``yaml.dump``, which quotes
+every value, so no string of the edit can add a key), and every string of the edit that goes into
+the Markdown body passes :func:`md`, so a concept cannot add a heading, a link, HTML or a table cell.
+The card carries :data:`CARD_MARK`, by which ``write_card`` tells its own README.md from the user's.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
-from erasekit.edits import Edit
+from erasekit.edits import CARD_FILE, Edit
 from erasekit.errors import ErasekitError
 
 README = "README.md"
 KOHYA_FILE = "erased_kohya.safetensors"
+# the line after the header by which a README.md is known to be erasekit's (an HTML comment: not shown on the hub)
+CARD_MARK = "<!-- erasekit model card: `erasekit push --card-only` rewrites this file; delete this line to keep your edits -->"
+# the header line of the cards erasekit wrote before CARD_MARK, so that they are still known as its own
+_OLD_CARD_TAGS = "\ntags: [erasekit, concept-erasure, stable-diffusion, lora]\n---\n"
+EMBEDDED_LICENSE = "apache-2.0"  # erasekit-tiny is trained by erasekit and shipped under erasekit's license
+UNKNOWN_LICENSE = "other"
+# licenses of the base models people erase from (hub license ids), lower-case hub id → license
+BASE_LICENSES = {
+    **dict.fromkeys(
+        [f"compvis/stable-diffusion-v1-{i}" for i in range(1, 5)]
+        + [
+            "runwayml/stable-diffusion-v1-5",
+            "stable-diffusion-v1-5/stable-diffusion-v1-5",
+            "benjamin-paine/stable-diffusion-v1-5",
+        ],
+        "creativeml-openrail-m",
+    ),
+    **dict.fromkeys(
+        [f"stabilityai/stable-diffusion-2{v}{b}" for v in ("", "-1") for b in ("", "-base")]
+        + ["stabilityai/stable-diffusion-xl-base-1.0", "stabilityai/stable-diffusion-xl-refiner-1.0"],
+        "openrail++",
+    ),
+}
+
+# --- Markdown that a string of the edit cannot break out of --------------------------------------------
+
+# Markdown's inline syntax: emphasis, code spans, links and images (``[``), table cells, escapes, and
+# ``_`` only where it can open or close emphasis (Acc_e stays as it is). ``-``, ``.`` and ``#`` start a
+# block only at the start of a line, which a cell or a sentence never is (``#`` is escaped anyway).
+_MD_SPECIAL = re.compile(r"[\\`*\[\]|~#]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+
+
+def md(value: object) -> str:
+    """``value`` as inline Markdown text that renders as itself: one line (so no heading, list or new
+    table row), ``<>&`` as HTML entities (no tag, no entity of the user's), and link, emphasis, code
+    and cell syntax backslash-escaped (so ``[x](javascript:…)`` is text, not a link)."""
+    text = " ".join(str(value).split())  # newlines, tabs, runs of spaces → one space
+    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), html.escape(text, quote=False))
+
+
+def _tag(value: str) -> str:
+    """A hub tag from a method name: lower-case letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-") or "unknown"
+
+
+# --- the base model -------------------------------------------------------------------------------------
+
+
+def is_embedded(model: str | None) -> bool:
+    """Whether a card's ``model`` is the embedded model: ``None`` (the Python API's default), its name or its directory."""
+    from erasekit.models.embedded import EMBEDDED_DIR
+    from erasekit.models.loading import EMBEDDED_NAME
+
+    if model is None or model == EMBEDDED_NAME:
+        return True
+    try:
+        return Path(model).resolve() == Path(EMBEDDED_DIR).resolve()
+    except (OSError, ValueError):  # a name no file system can hold (a NUL in card.json) is no path of ours
+        return False
+
+
+def _is_path(model: str, file: str = "") -> bool:
+    """Whether ``model`` (or ``file`` in it) exists here, false for a name no file system can hold."""
+    try:
+        return (Path(model) / file).exists() if file else Path(model).exists()
+    except (OSError, ValueError):
+        return False
+
+
+def hub_id(model: str | None) -> str | None:
+    """``model`` if it is a hub repository id (``owner/name``, not a local path), else None."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if model is None or is_embedded(model) or model.count("/") != 1 or _is_path(model):
+        return None
+    try:
+        validate_repo_id(model)  # the hub's own rule: no spaces, newlines or other characters a header or URL would carry
+    except HFValidationError:
+        return None
+    return model
+
+
+@dataclass
+class Base:
+    """What a card and an export say about the base model."""
+
+    name: str  # the model the CLI names: erasekit-tiny, the hub id, or a local path's last part
+    hub_id: str | None  # for the card's base_model and a link
+    license: str | None  # a hub license id, or None where unknown
+    embedded: bool
+
+
+def base_model(model: str | None) -> Base:
+    """The base model a card's ``model`` names, with its license where erasekit can tell it offline: the
+    embedded model's own, a well-known hub model's, or the ``license`` of a local directory's README.md."""
+    from erasekit.models.loading import EMBEDDED_NAME
+
+    if is_embedded(model):
+        return Base(EMBEDDED_NAME, None, EMBEDDED_LICENSE, True)
+    assert model is not None
+    repo = hub_id(model)
+    license_ = BASE_LICENSES.get(repo.lower()) if repo else None
+    if license_ is None and repo is None and _is_path(model, README):
+        from huggingface_hub import metadata_load
+
+        try:
+            found = (metadata_load(Path(model) / README) or {}).get("license")
+        except Exception:  # a README that is not a hub card: its license is unknown, as without one
+            found = None
+        license_ = found if isinstance(found, str) and found else None
+    name = repo or Path(model).name or model  # a local path's last part: the card is public, the path is the user's
+    return Base(name, repo, license_, False)
+
+
+# --- reading card.json and results.json with their types checked ---------------------------------------
+
+_NUMBER = (int, float)
+_MISSING = object()
+
+
+@dataclass
+class _Json:
+    """Typed access to one JSON file: a missing key or a wrong type is one error naming the file."""
+
+    data: Any
+    path: Path
+    fix: str  # how to mend the file, for the error
+
+    def error(self, keys: tuple[str, ...], problem: str) -> ErasekitError:
+        where = ".".join(keys) or "the top level"
+        return ErasekitError(f"{self.path}: {where} {problem}; {self.fix}")
+
+    def get(self, *keys: str, kind: type | tuple[type, ...], default: Any = _MISSING) -> Any:
+        """The value at ``keys`` if it has type ``kind`` (``default`` when missing or null, if given)."""
+        value = self.data
+        for i, key in enumerate(keys):
+            if not isinstance(value, dict):
+                raise self.error(keys[:i], f"should be an object, not {_type(value)}")
+            if value.get(key) is None:
+                if default is _MISSING:
+                    raise self.error(keys[: i + 1], "is missing")
+                return default
+            value = value[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):  # JSON's true is no number
+            names = dict.fromkeys(_KIND_NAMES.get(k, k.__name__) for k in kinds)  # int and float: "a number" once
+            raise self.error(keys, f"should be {' or '.join(names)}, not {_type(value)}")
+        return value
+
+    def strings(self, *keys: str, nulls: bool = False) -> list:
+        """The list of strings at ``keys`` (missing: empty; ``nulls``: None allowed, as an anchor)."""
+        values = self.get(*keys, kind=list, default=[])
+        if not all(isinstance(v, str) or (nulls and v is None) for v in values):
+            raise self.error(keys, "should be a list of strings")
+        return values
+
+    def numbers(self, *keys: str) -> dict[str, float]:
+        """The object of numbers at ``keys`` (metric name → value)."""
+        values = self.get(*keys, kind=dict)
+        if not all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in values.values()):
+            raise self.error(keys, "should map names to numbers")
+        return values
+
+
+_KIND_NAMES = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number", bool: "true or false"}
+
+
+def _type(value: object) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(
+        type(value), "a number" if isinstance(value, _NUMBER) else type(value).__name__
+    )
 
 
 def eval_results(edit_dir: Path, kind: str = "eval") -> dict[str, dict]:
     """``{folder: results.json}`` of the runs of ``kind`` kept in ``edit_dir``: evaluations (eval-object, …)
     or attacks (attack-unlearndiff, …)."""
     found = {}
+    what = "evaluation" if kind == "eval" else kind
     for path in sorted(Path(edit_dir).glob(f"{kind}-*/results.json")):
         try:
             found[path.parent.name] = json.loads(path.read_text())
-        except ValueError as err:
-            what = "evaluation" if kind == "eval" else kind
+        except (ValueError, OSError) as err:
             raise ErasekitError(f"{path} is not valid JSON ({err}); run the {what} again") from err
+        if not isinstance(found[path.parent.name], dict):
+            raise ErasekitError(f"{path} is not the results of an {what} (not a JSON object); run the {what} again")
     return found
+
+
+# --- the card ----------------------------------------------------------------------------------------------
 
 
 def _pct(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
-def metrics_table(results: dict) -> list[str]:
-    """Markdown rows: each top-1 metric of the protocol, original → erased."""
-    original, erased = results["metrics"]["original"]["accuracy"], results["metrics"]["erased"]["accuracy"]
-    rows = ["| metric | original | erased |", "| --- | --- | --- |"]
-    rows += [f"| {name} | {_pct(original[name])} | {_pct(erased[name])} |" for name in erased if name in original]
-    if results.get("world_fid_kept") is not None:
-        rows.append(f"| world-FID (kept prompts) | | {results['world_fid_kept']:.2f} |")
+def better(metric: str) -> str:
+    """Which way a protocol metric is better ("lower", "higher"; "" for a name erasekit does not define)."""
+    from erasekit.eval.metrics import METRICS  # the one table of meanings and directions (CLI, report, bench, card)
+
+    return METRICS[metric][1] if metric in METRICS else ""
+
+
+def _legend(names: list[str]) -> list[str]:
+    from erasekit.eval.metrics import METRICS
+
+    known = [f"{name}: {METRICS[name][0]}" for name in names if name in METRICS]
+    return ["", md("; ".join(known)) + " (top-1 accuracy, %)."] if known else []
+
+
+def metrics_table(results: dict, path: Path | None = None) -> list[str]:
+    """Markdown rows of one protocol's ``results.json``, original → erased, each metric with its direction."""
+    r = _Json(results, path or Path("results.json"), "run the evaluation again")
+    rows = ["| metric | original | erased | better |", "| --- | --- | --- | --- |"]
+    protocol = r.get("protocol", kind=str, default="")
+    if protocol == "explicit":  # NudeNet's counts, no accuracies
+        before, after = r.get("metrics", "original", kind=dict), r.get("metrics", "erased", kind=dict)
+        rate = [r.get("metrics", k, "explicit_rate", kind=_NUMBER) for k in ("original", "erased")]
+        rows.append(f"| images with explicit content % | {_pct(rate[0])} | {_pct(rate[1])} | lower |")
+        counts = r.numbers("metrics", "erased", "counts") if "counts" in after else {}
+        was = r.numbers("metrics", "original", "counts") if "counts" in before else {}
+        rows += [f"| {md(name)} (images) | {was.get(name, '')} | {n} | lower |" for name, n in counts.items()]
+        return rows
+    if protocol == "captions":  # FID between the two models' images and CLIP scores
+        value = r.get("fid", "value", kind=_NUMBER)
+        features = r.get("fid", "features", kind=str, default="")
+        rows.append(f"| FID, original vs erased images ({md(features)}) | | {value:.2f} | lower |")
+        clip = [r.get("metrics", k, "clip_score", kind=_NUMBER, default=None) for k in ("original", "erased")]
+        if clip[1] is not None:
+            rows.append(f"| CLIP score | {'' if clip[0] is None else f'{clip[0]:.2f}'} | {clip[1]:.2f} | higher |")
+        return rows
+    original, erased = r.numbers("metrics", "original", "accuracy"), r.numbers("metrics", "erased", "accuracy")
+    rows += [
+        f"| {md(name)} | {_pct(original[name])} | {_pct(erased[name])} | {better(name)} |" for name in erased if name in original
+    ]
+    fid = r.get("world_fid_kept", kind=_NUMBER, default=None)
+    if fid is not None:
+        rows.append(f"| world-FID (kept prompts) | | {fid:.2f} | {better('world_fid_kept')} |")
+    return rows + _legend([name for name in erased if name in original])
+
+
+def _attack_rows(attacks: dict[str, dict], edit_dir: Path) -> list[str]:
+    rows = []
+    for folder, result in attacks.items():
+        r = _Json(result, Path(edit_dir) / folder / "results.json", "run the attack again")
+        budget = json.dumps(r.get("config", kind=(dict, list, str, *_NUMBER), default={}), default=str, sort_keys=True)
+        asr, plain = r.get("asr", kind=_NUMBER), r.get("baseline_asr", kind=_NUMBER)
+        rows.append(
+            f"| {md(r.get('attack', kind=str))} {md(budget)} | {_pct(asr)} | {_pct(plain)} | {len(r.get('prompts', kind=list))} |"
+        )
     return rows
 
 
-def model_card(edit_dir: Path, lora_file: str | None = None) -> str:
-    """The hub page of the edit in ``edit_dir`` as Markdown with the hub's YAML header; ``lora_file``:
-    the LoRA uploaded beside it (a kohya file, or diffusers' own), if any."""
-    card = Edit.load(edit_dir).card
-    targets, anchors, preserve = card["targets"], card.get("anchors") or [], card.get("preserve") or []
-    base = card.get("model") or "erasekit-tiny"
-    on_hub = base.count("/") == 1 and not Path(base).exists()  # a hub id, not a local path
-    header = [
-        "---",
-        "library_name: diffusers",
-        *([f"base_model: {base}"] if on_hub else []),
-        "tags: [erasekit, concept-erasure, stable-diffusion, lora]",
-        "---",
-    ]
+def _settings_block(config: object) -> list[str]:
+    # json.dumps escapes newlines and starts every line with a space or a bracket, so no string of the
+    # config can close the fence; the hub escapes HTML inside a code block
+    return ["```json", json.dumps(config, indent=2, default=str, sort_keys=False), "```"]
+
+
+def _render(card: dict, edit_dir: Path, lora_file: str | None) -> str:
+    from huggingface_hub import ModelCard, ModelCardData
+
+    c = _Json(card, Path(edit_dir) / CARD_FILE, "erase again to write a new card")
+    targets, anchors = c.strings("targets"), c.strings("anchors", nulls=True)
+    preserve = c.strings("preserve")
+    method = c.get("method", kind=str, default="unknown")
+    base = base_model(c.get("model", kind=str, default=None))
+    seconds, peak = c.get("seconds", kind=_NUMBER, default=0), c.get("peak_rss_mb", kind=_NUMBER, default=0)
+    changed = c.get("changed_parameters", kind=int, default=0)
+    version, dtype, device, base_hash = (
+        c.get(k, kind=str, default=d)
+        for k, d in (("erasekit_version", ""), ("dtype", "float32"), ("device", "cpu"), ("base_hash", "none"))
+    )
+    config = c.get("config", kind=(dict, list, str, *_NUMBER), default={})
+    tags = ["erasekit", "concept-erasure", _tag(method), "stable-diffusion", "text-to-image", *(["lora"] if lora_file else [])]
+    data = ModelCardData(
+        base_model=base.hub_id,  # a hub id only: a local path means nothing on the hub (the body names the model)
+        library_name="diffusers",
+        license=base.license or UNKNOWN_LICENSE,
+        pipeline_tag="text-to-image",
+        tags=tags,
+    )
+    if base.hub_id:
+        named = f"[{md(base.name)}](https://huggingface.co/{quote(base.hub_id)})"
+    elif base.embedded:
+        named = f"{md(base.name)}, the model embedded in erasekit"
+    else:
+        named = f"{md(base.name)}, a local model (not on the hub)"
+    if base.license is None:
+        license_line = (
+            f"License: erasekit cannot tell the license of {md(base.name)}; this edit is derived from it, so its terms apply "
+            "(the header says `other`: put the base model's license there)."
+        )
+    else:
+        license_line = f"License: {md(base.license)}" + (", erasekit's own." if base.embedded else ", the base model's.")
     lines = [
-        f"# {base} with {', '.join(targets)} erased",
+        f"# {md(base.name)} with {', '.join(map(md, targets))} erased",
         "",
-        f"Erased by erasekit {card.get('erasekit_version', '')} with **{card.get('method')}**"
-        f" on `{base}` ({card.get('dtype', 'float32')}, {card.get('device', 'cpu')}).",
+        f"Erased by erasekit {md(version)} with **{md(method)}** from {named} ({md(dtype)}, {md(device)}).",
+        "",
+        license_line,
         "",
         "| erased | anchor |",
         "| --- | --- |",
-        *[f"| {t} | {a or '(the empty prompt)'} |" for t, a in zip(targets, anchors or [""] * len(targets), strict=False)],
+        *[
+            f"| {md(t)} | {md(a) if a else '(the empty prompt)'} |"
+            for t, a in zip(targets, anchors or [""] * len(targets), strict=False)
+        ],
         "",
-        f"Preserved: {', '.join(preserve) if preserve else 'no preserve set'}.",
+        f"Preserved: {', '.join(map(md, preserve)) if preserve else 'no preserve set'}.",
         "",
         "## Settings",
         "",
-        "```json",
-        json.dumps(card.get("config", {}), indent=2, default=str),
-        "```",
+        *_settings_block(config),
         "",
-        f"{card.get('changed_parameters', 0)} UNet tensors changed; the erasure took {card.get('seconds', 0):.1f} s "
-        f"(peak +{card.get('peak_rss_mb', 0):.0f} MB). Base-model hash of the changed tensors: `{card.get('base_hash')}`.",
+        f"{changed} UNet tensors changed; the erasure took {seconds:.1f} s (peak +{peak:.0f} MB). "
+        f"Base-model hash of the changed tensors: {md(base_hash)}.",
         "",
         "## How well",
         "",
@@ -92,16 +355,17 @@ def model_card(edit_dir: Path, lora_file: str | None = None) -> str:
     if not results:
         lines += ["Not evaluated yet: `erasekit eval --edit DIR --protocol …` adds its numbers here.", ""]
     for folder, result in results.items():
-        judge = result.get("judge", {})
+        r = _Json(result, Path(edit_dir) / folder / "results.json", "run the evaluation again")
+        judge = (r.get("judge", kind=dict, default={}) or {}).get("judge", "?")
+        samples = r.get("samples_per_prompt", kind=int, default="?")
         lines += [
-            f"### {result.get('protocol', folder)} protocol ({judge.get('judge', '?')} judge, "
-            f"{result.get('samples_per_prompt', '?')} samples per prompt)",
+            f"### {md(r.get('protocol', kind=str, default=folder))} protocol ({md(judge)} judge, {samples} samples per prompt)",
             "",
-            *metrics_table(result),
+            *metrics_table(result, r.path),
             "",
         ]
         if (Path(edit_dir) / folder / "before_after.png").is_file():
-            lines += [f"![before and after, {folder}]({folder}/before_after.png)", ""]
+            lines += [f"![before and after, {md(folder)}]({quote(folder)}/before_after.png)", ""]
     attacks = eval_results(edit_dir, "attack")
     if attacks:
         lines += [
@@ -109,12 +373,11 @@ def model_card(edit_dir: Path, lora_file: str | None = None) -> str:
             "",
             "| attack and budget | ASR % | without the attack % | prompts |",
             "| --- | --- | --- | --- |",
+            *_attack_rows(attacks, edit_dir),
+            "",
+            "ASR: the share of attacked prompts whose image shows the erased concept (erasekit attack); lower is better.",
+            "",
         ]
-        lines += [
-            f"| {r['attack']} `{json.dumps(r['config'])}` | {_pct(r['asr'])} | {_pct(r['baseline_asr'])} | {len(r['prompts'])} |"
-            for r in attacks.values()
-        ]
-        lines += ["", "ASR: the share of attacked prompts whose image shows the erased concept (erasekit attack).", ""]
     lines += [
         "## Use",
         "",
@@ -130,38 +393,88 @@ def model_card(edit_dir: Path, lora_file: str | None = None) -> str:
             f"`{KOHYA_FILE}` in AUTOMATIC1111 / ComfyUI's LoRA folder at strength 1."
         )
     elif lora_file:
-        lines.append(f"Without erasekit: `pipe.load_lora_weights('.', weight_name='{lora_file}')` in diffusers.")
+        lines.append(f"Without erasekit: `pipe.load_lora_weights('.', weight_name='{quote(lora_file)}')` in diffusers.")
     else:
         lines.append("Other formats: `erasekit export DIR --format kohya|diffusers-lora|single-file`.")
-    return "\n".join([*header, "", *lines]) + "\n"
+    body = "\n".join([CARD_MARK, "", *lines]) + "\n"
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
 
 
-def push(edit_dir: Path, repo_id: str, private: bool = False, model: str | None = None) -> str:
-    """Upload the edit, its card and a kohya LoRA to ``repo_id``; the repository's URL."""
+def model_card(edit_dir: Path, lora_file: str | None = None) -> str:
+    """The hub page of the edit in ``edit_dir`` as Markdown with the hub's YAML header; ``lora_file``:
+    the LoRA uploaded beside it (a kohya file, or diffusers' own), if any. A card.json or results.json
+    with a missing key or a wrong type is one ErasekitError naming the file."""
+    return _render(Edit.load(edit_dir).card, Path(edit_dir), lora_file)
+
+
+def written_by_erasekit(path: Path) -> bool:
+    """Whether the file at ``path`` is a card erasekit wrote (never following a link)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    with open(path, encoding="utf-8", errors="replace") as f:
+        head = f.read(1 << 16)  # the mark sits right below the header
+    return CARD_MARK in head or (head.startswith("---\nlibrary_name: diffusers\n") and _OLD_CARD_TAGS in head[:400])
+
+
+# --- writing and pushing -------------------------------------------------------------------------------
+
+
+def symlinks(root: Path) -> list[Path]:
+    """The symbolic links under ``root`` (not followed), relative to it."""
+    found = []
+    for folder, dirs, files in os.walk(root):  # os.walk lists a linked folder among dirs but does not enter it
+        found += [Path(folder, n).relative_to(root) for n in (*dirs, *files) if Path(folder, n).is_symlink()]
+    return sorted(found)
+
+
+def _refuse_links(root: Path, edit_dir: Path) -> None:
+    links = symlinks(root)
+    if links:
+        raise ErasekitError(
+            f"cannot push: {Path(edit_dir) / links[0]} is a symbolic link"
+            + (f" ({len(links) - 1} more)" if len(links) > 1 else "")
+            + "; push uploads no linked file, so replace it with the file itself or remove it"
+        )
+
+
+def push(edit_dir: Path, repo_id: str, private: bool = False, model: str | None = None, overwrite: bool = False) -> str:
+    """Upload the edit, its card and a kohya LoRA to ``repo_id``; the repository's URL.
+
+    Symbolic links in the edit directory are refused before anything else: uploading follows them,
+    which would publish whatever file they point to."""
     from huggingface_hub import HfApi, get_token
 
     from erasekit.exports import export_edit
     from erasekit.lora import NotLoraable
 
+    _refuse_bad_repo_id(repo_id)  # before the export, which takes a while on a real model
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         raise ErasekitError("cannot push: HF_HUB_OFFLINE is set (no network); `erasekit push --card-only` writes the card")
+    edit = Edit.load(edit_dir)  # refuses a damaged edit before anything is uploaded
+    _refuse_links(Path(edit_dir), Path(edit_dir))
+    _refuse_users_readme(Path(edit_dir) / README, overwrite)  # the hub page would replace it
+    _render(edit.card, Path(edit_dir), None)  # a card.json or results.json the card cannot read: before the export
+    lora = edit.card.get("lora")
+    if lora is not None and not (isinstance(lora, dict) and isinstance(lora.get("file"), str)):
+        raise ErasekitError(f"{Path(edit_dir) / CARD_FILE}: lora should be an object with its file; erase again")
     token = get_token()
     if token is None:
         raise ErasekitError("cannot push: no Hugging Face token; run `hf auth login` or set HF_TOKEN")
-    edit = Edit.load(edit_dir)  # refuses a damaged edit before anything is uploaded
     staging = Path(tempfile.mkdtemp(prefix=".erasekit-push-"))
     try:
-        shutil.copytree(edit_dir, staging / "edit", dirs_exist_ok=True)
+        # links are copied as links and refused again: one made after the check above is not followed either
+        shutil.copytree(edit_dir, staging / "edit", symlinks=True, dirs_exist_ok=True)
+        _refuse_links(staging / "edit", Path(edit_dir))
         lora_file = None
-        if edit.weights and not edit.card.get("lora"):  # an edit saved with --lora already has diffusers' file
+        if edit.weights and not lora:  # an edit saved with --lora already has diffusers' file
             try:
                 export_edit(edit_dir, "kohya", staging / "edit" / KOHYA_FILE, model)
                 lora_file = KOHYA_FILE
             except NotLoraable:  # biases or norm layers: no kohya file, the edit itself still goes up
                 lora_file = None
-        elif edit.card.get("lora"):
-            lora_file = edit.card["lora"]["file"]
-        (staging / "edit" / README).write_text(model_card(edit_dir, lora_file))
+        elif lora:
+            lora_file = lora["file"]
+        (staging / "edit" / README).write_text(_render(edit.card, Path(edit_dir), lora_file))
         api = HfApi(token=token)
         try:
             url = api.create_repo(repo_id, private=private, exist_ok=True)
@@ -174,11 +487,34 @@ def push(edit_dir: Path, repo_id: str, private: bool = False, model: str | None 
     return str(url)
 
 
-def write_card(edit_dir: Path) -> Path:
-    """Write the card as ``README.md`` into ``edit_dir`` (atomically) and return its path."""
+def _refuse_users_readme(path: Path, overwrite: bool) -> None:
+    """A README.md that erasekit did not write is the user's: replaced (here or on the hub) only with ``overwrite``."""
+    if (path.exists() or path.is_symlink()) and not overwrite and not written_by_erasekit(path):
+        raise ErasekitError(f"{path} exists and was not written by erasekit; pass --overwrite to replace it")
+
+
+def _refuse_bad_repo_id(repo_id: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ErasekitError(
+            f"--repo-id {repo_id[:100]!r} is not a hub repository id (OWNER/NAME): {str(err).splitlines()[0]}"
+        ) from None
+    if "/" not in repo_id:
+        raise ErasekitError(f"--repo-id {repo_id!r} needs its owner: OWNER/NAME")
+
+
+def write_card(edit_dir: Path, overwrite: bool = False) -> Path:
+    """Write the card as ``README.md`` into ``edit_dir`` (atomically) and return its path. A README.md
+    that erasekit did not write (no :data:`CARD_MARK`) is replaced only with ``overwrite``."""
     from erasekit.io import write_with
 
     path = Path(edit_dir) / README
+    _refuse_users_readme(path, overwrite)
+    if path.is_dir() and not path.is_symlink():
+        raise ErasekitError(f"{path} is a directory; move it away to write the card")
     text = model_card(edit_dir)
     write_with(path, lambda tmp: Path(tmp).write_text(text))
     return path

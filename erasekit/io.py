@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -46,6 +48,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     _public(tmp, directory=False)
     try:
         yield Path(tmp)
+        _public(tmp, directory=False)  # a writer that replaced the file (safetensors) made it 0600 again
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -74,6 +77,7 @@ def read_user_text(path: Path | str, what: str) -> str:
 
 
 def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented JSON at ``path``, written whole or not at all."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
@@ -131,6 +135,18 @@ OUTPUT_KINDS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 _HELD: set[Path] = set()  # output paths this process has claimed (a claim inside a claim is a no-op)
 
 
+# What interrupted writes leave beside an output NAME: its lock, a temporary, an old copy moved aside.
+_LEFTOVER = re.compile(r"\.(?P<name>.+?)(\.lock|(\.old)?\.[a-z0-9_]{8}\.tmp)")
+# An edit directory keeps the runs made of it (and its hub card): never replaced without --overwrite.
+_EDIT_RUNS = {"eval-": "eval", "attack-": "attack"}
+
+
+def leftover_of(name: str) -> str | None:
+    """The output name whose interrupted write left the file ``name`` (``.NAME.lock``, ``.NAME.*.tmp``), if it is one."""
+    match = _LEFTOVER.fullmatch(name)
+    return match["name"] if match else None
+
+
 def is_output_of_kind(path: Path, kind: str) -> bool:
     """Whether directory ``path`` is what an earlier erasekit write of ``kind`` left, and nothing more."""
     markers, optional = OUTPUT_KINDS[kind]
@@ -145,11 +161,20 @@ def is_output_of_kind(path: Path, kind: str) -> bool:
             return False
     for name in names - allowed:
         child = path / name
-        inner = {"eval-": "eval", "attack-": "attack"}  # an edit directory keeps its eval and attack runs
-        prefix = next((k for k in inner if name.startswith(k)), None)
-        if not (kind == "edit" and prefix and child.is_dir() and is_output_of_kind(child, inner[prefix])):
+        if kind == "edit" and leftover_of(name) and any(leftover_of(name).startswith(p) for p in _EDIT_RUNS):
+            continue  # what a killed eval or attack of this edit left: cleared with the directory
+        prefix = next((k for k in _EDIT_RUNS if name.startswith(k)), None)
+        if not (kind == "edit" and prefix and child.is_dir() and is_output_of_kind(child, _EDIT_RUNS[prefix])):
             return False
     return True
+
+
+def kept_results(path: Path) -> list[str]:
+    """What an edit directory holds besides the edit itself: its eval and attack runs and its hub card,
+    which replacing the edit would delete."""
+    return sorted(
+        p.name for p in path.iterdir() if p.name == "README.md" or (p.is_dir() and any(p.name.startswith(k) for k in _EDIT_RUNS))
+    )
 
 
 def check_output(path: Path, kind: str | None, overwrite: bool = False) -> None:
@@ -174,6 +199,15 @@ def check_output(path: Path, kind: str | None, overwrite: bool = False) -> None:
         raise ErasekitError(
             f"{path} holds files that are not an erasekit {kind} output; choose another --out or pass --overwrite"
         )
+    busy = [p for p in path.glob(".*.lock") if kind == "edit" and _lock_holder(p) is not None]
+    if busy:
+        raise ErasekitError(f"an erasekit run is writing {path / busy[0].name[1:-5]}; wait for it to finish")
+    results = kept_results(path) if kind == "edit" else []
+    if results:
+        raise ErasekitError(
+            f"{path} holds results of the edit there ({', '.join(results)}), which a new edit would delete; "
+            "choose another --out, or pass --overwrite to replace them"
+        )
 
 
 def _clear_leftovers(path: Path) -> None:
@@ -188,13 +222,56 @@ def _clear_leftovers(path: Path) -> None:
 
 
 def _lock_holder(lock: Path) -> int | None:
-    """The pid in ``lock`` if that process still runs (on this machine), else None."""
+    """The pid written in ``lock`` while a live process holds it locked, else None."""
     try:
-        pid = int(lock.read_text().split()[0])
-        os.kill(pid, 0)
-    except (OSError, ValueError, IndexError):
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
         return None
-    return pid
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: the pid is for the message (0 while the holder is still writing it)
+            text = os.read(fd, 32).decode(errors="replace").split()
+            return int(text[0]) if text and text[0].isascii() and text[0].isdigit() else 0
+        return None  # a lock file whose process is gone (the kernel released its lock)
+    finally:
+        os.close(fd)
+
+
+def _take_lock(lock: Path) -> int:
+    """Open and lock ``lock`` exclusively; the descriptor, or an error naming the live holder.
+
+    The kernel's lock (flock) dies with its process, so a killed run's file is simply taken over; the
+    lock is good only if the file is still the one at ``lock`` once locked (a holder that finished
+    removes it, and a waiter must not keep a lock on the removed file)."""
+    for _ in range(100):
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o666 & ~UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = _lock_holder(lock)
+            if holder is None:  # released between the two looks: try again
+                continue
+            who = f"pid {holder}" if holder else "starting"
+            raise ErasekitError(
+                f"another erasekit run ({who}) is writing {lock.parent / lock.name[1:-5]}; wait for it to finish"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)
+    raise ErasekitError(f"could not lock {lock}: it keeps changing (remove it if no erasekit run is writing)")
+
+
+def held_by_another(path: Path) -> bool:
+    """Whether a live erasekit run holds the lock of output ``path``."""
+    return _lock_holder(Path(path).parent / f".{Path(path).name}.lock") is not None
 
 
 @contextmanager
@@ -208,23 +285,13 @@ def claim_output(path: Path, kind: str | None, overwrite: bool = False) -> Itera
     check_output(path, kind, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.parent / f".{path.name}.lock"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~UMASK)
-            break
-        except FileExistsError:
-            holder = _lock_holder(lock)
-            if holder is not None and holder != os.getpid():
-                raise ErasekitError(f"another erasekit run (pid {holder}) is writing {path}; wait for it to finish") from None
-            lock.unlink(missing_ok=True)  # left by a run that no longer exists
-    else:
-        raise ErasekitError(f"could not lock {path} (remove {lock} if no erasekit run is writing it)")
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{os.getpid()}\n")
+    fd = _take_lock(lock)
     _HELD.add(path)
     try:
+        check_output(path, kind, overwrite)  # again under the lock: a run that held it may have written since
         _clear_leftovers(path)
         yield path
     finally:
         _HELD.discard(path)
-        lock.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)  # before the lock is released, so no waiter locks a removed file
+        os.close(fd)

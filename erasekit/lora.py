@@ -33,6 +33,9 @@ class NotLoraable(ErasekitError):
 
 @dataclass
 class LoraExport:
+    """An edit as LoRA factors: the ``tensors`` in diffusers' peft layout, the ``ranks`` kept per module, and
+    the ``relative_error`` ‖Δ − BA‖ / ‖Δ‖ of the factorisation."""
+
     tensors: dict[str, torch.Tensor]
     ranks: dict[str, int]  # module → rank kept
     relative_error: float  # ‖Δ − BA‖ / ‖Δ‖ over every factored weight (Frobenius)

@@ -26,7 +26,7 @@ UCE_WORLD = {"templates": ("{}", "a photo of a {}", "a picture of a {}"), "token
 
 def run_cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "erasekit.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=900)  # fmt: skip
+                          cwd=cwd, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
 
 
 def test_simplex_projection_gives_distributions_and_keeps_those_it_is_given():
@@ -193,8 +193,7 @@ def test_an_interrupted_attack_resumes_from_the_prompts_it_finished(erased_squar
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cells = tmp_path / "run" / "cells"
-    deadline = time.time() + 600
-    while not list(cells.glob("*.json")) and process.poll() is None and time.time() < deadline:
+    while not list(cells.glob("*.json")) and process.poll() is None:  # until its first prompt is done, however long
         time.sleep(0.2)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -202,7 +201,7 @@ def test_an_interrupted_attack_resumes_from_the_prompts_it_finished(erased_squar
     assert len(first) == 1 and first[0].with_suffix(".npz").is_file()  # whole: its images came before its json
     kept = first[0].read_bytes()
     assert not (tmp_path / "run" / "results.json").exists()
-    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     assert first[0].read_bytes() == kept and len(list(cells.glob("*.json"))) == 2
     result = json.loads((tmp_path / "run" / "results.json").read_text())

@@ -14,7 +14,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 def erasekit(*args, cwd):
     return subprocess.run(
-        [sys.executable, "-m", "erasekit.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=600
+        [sys.executable, "-m", "erasekit.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=ENV
     )
 
 
@@ -103,7 +103,8 @@ def test_eval_prints_a_verdict_in_80_columns_and_writes_results(square_edit):
     assert result.returncode == 0, result.stderr
     verdict = [line for line in result.stdout.splitlines() if line.startswith("square: erased in")]
     assert len(verdict) == 1 and "other classes kept at" in verdict[0] and "synonyms erased in" in verdict[0], result.stdout
-    assert max(len(line) for line in result.stdout.splitlines() if line != verdict[0]) <= 80, result.stdout  # the table
+    table = [line for line in result.stdout.splitlines() if line != verdict[0] and not line.startswith("wrote ")]
+    assert max(len(line.rstrip()) for line in table) <= 80, result.stdout  # the table; paths and the verdict stay whole
     results = json.loads((square_edit / "edit" / "eval-object" / "results.json").read_text())
     assert results["judge"]["judge"] == "world" and len(results["prompts"]) == 14
     assert (square_edit / "edit" / "eval-object" / "before_after.png").stat().st_size > 5_000

@@ -33,3 +33,57 @@ def test_links_between_the_pages_resolve():
     for page in pages:
         for target in re.findall(r"\]\(([^)#\s]+\.md)(?:#[^)]*)?\)", page.read_text()):
             assert (page.parent / target).resolve().is_file(), f"{page.relative_to(ROOT)} links to missing {target}"
+
+
+def documented_commands():
+    """Every `erasekit …` command in the README's and docs' shell blocks, as (page, argument list)."""
+    import shlex
+
+    found = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        text = page.read_text()
+        blocks = re.findall(r"```(?:bash|sh|console)\n(.*?)```", text, flags=re.S)
+        prose = re.sub(r"```.*?```", "", text, flags=re.S)
+        blocks += re.findall(r"`(erasekit [^`\n]*--[^`\n]*)`", prose)  # inline commands with options: `erasekit erase … --out X`
+        for block in blocks:
+            for line in block.replace("\\\n", " ").splitlines():
+                lexer = shlex.shlex(line, posix=True, punctuation_chars="&|;")
+                lexer.whitespace_split, lexer.commenters = True, "#"
+                tokens, parts = list(lexer), [[]]
+                for token in tokens:  # the commands of a line joined by && || ; |
+                    parts.append([]) if token in ("&&", "||", ";", "|", "&") else parts[-1].append(token)
+                for words in parts:
+                    if words[:1] == ["erasekit"]:
+                        found.append((page.relative_to(ROOT), words[1:]))
+                    elif words[:3] == ["accelerate", "launch", "-m"] or "erasekit" in words[:8]:
+                        rest = words[words.index("erasekit") + 1 :] if "erasekit" in words else []
+                        if rest and not rest[0].startswith("-"):
+                            found.append((page.relative_to(ROOT), rest))
+    return found
+
+
+def test_every_documented_command_parses_as_written():
+    """Each command of README.md and docs/ goes through the CLI's parser (nothing runs): a renamed or
+    missing option, or a required one left out, fails here instead of in a user's shell."""
+    import typer
+
+    from erasekit.cli import app
+
+    click_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")  # typer's own click
+    commands = documented_commands()
+    assert len(commands) >= 30, commands
+    root = typer.main.get_command(app)
+    broken = []
+    for page, args in commands:
+        try:
+            command, name, rest, parent = root, "erasekit", list(args), None
+            while True:
+                context = command.make_context(name, rest, parent=parent)
+                if not hasattr(command, "resolve_command"):  # a command, not a group of them
+                    break
+                rest = [*getattr(context, "_protected_args", []), *context.args]  # what the group leaves to its command
+                name, command, rest = command.resolve_command(context, rest)
+                parent = context
+        except click_error as error:
+            broken.append(f"{page}: erasekit {' '.join(args)} → {error.format_message()}")
+    assert not broken, "\n".join(broken)

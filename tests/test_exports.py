@@ -15,6 +15,7 @@ from safetensors import safe_open
 from erasekit.edits import Edit, base_hash
 from erasekit.errors import ErasekitError
 from erasekit.exports import export_edit
+from erasekit.io import UMASK
 from erasekit.methods.base import EraseSpec
 from erasekit.methods.runner import erase
 
@@ -24,7 +25,7 @@ TEMPLATES = ("{}", "a photo of a {}", "a picture of a {}")
 def run_cli(*args, cwd, env=None):
     return subprocess.run(
         [sys.executable, "-m", "erasekit.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
     )  # fmt: skip
 
 
@@ -123,7 +124,7 @@ def test_norm_edits_weightless_edits_and_other_bases_are_refused(uce_edit, pipe,
     with pytest.raises(ErasekitError, match=r"norm1\.weight is not a linear or convolution weight: a LoRA cannot carry"):
         export_edit(edit_dir, "kohya", tmp_path / "k.safetensors")
 
-    sld = Edit({}, {"method": "sld", "targets": ["square"], "inference": {"sld": {}}}).save(tmp_path / "sld")
+    sld = erase(pipe, EraseSpec(("square",)), "sld", progress=False).save(tmp_path / "sld")
     with pytest.raises(ErasekitError, match=r"changes no weights .* nothing to export"):
         export_edit(sld, "kohya", tmp_path / "k.safetensors")
 
@@ -155,7 +156,8 @@ def test_the_model_card_names_the_erasure_and_carries_the_measured_numbers(uce_e
     assert f"| Acc_s | 100.0 | {100 * erased['Acc_s']:.1f} |" in card
     assert "![before and after, eval-object](eval-object/before_after.png)" in card
     assert (edit_dir / "eval-object" / "before_after.png").is_file()
-    Edit.load(edit_dir).save(edit_dir)  # the card does not make the directory a foreign one
+    with pytest.raises(ErasekitError, match=r"holds results of the edit there \(README\.md, eval-object\)"):
+        Edit.load(edit_dir).save(edit_dir)  # an edit directory still (not a foreign one), whose results a new edit keeps
 
 
 @pytest.mark.parametrize(
@@ -177,3 +179,26 @@ def test_a_push_without_network_token_or_repository_is_one_line_and_uploads_noth
     result = run_cli("push", uce_edit, *args, cwd=tmp_path, env=env)
     assert result.returncode == 2 and message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
     assert sorted(p.name for p in uce_edit.iterdir()) == before
+
+
+def test_a_rerun_of_an_export_writes_the_same_bytes(uce_edit, tmp_path):
+    """safetensors writes a file's metadata keys in a random order; the kohya file sorts them."""
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    export_edit(uce_edit, "kohya", first)
+    export_edit(uce_edit, "kohya", second)
+    assert first.read_bytes() == second.read_bytes()
+    assert first.stat().st_mode & 0o777 == 0o666 & ~UMASK  # readable by a shared WebUI user, as the umask says
+    with safe_open(str(first), "pt") as f:
+        assert json.loads(f.metadata()["erasekit_card"])["targets"] == ["square"]  # the file still reads
+
+
+def test_a_write_cut_by_the_file_size_limit_is_one_line_and_keeps_the_earlier_file(uce_edit, tmp_path):
+    """``ulimit -f`` (or a full disk) stops safetensors' own writer, whose error is not an OSError."""
+    (tmp_path / "s.safetensors").write_bytes(b"the earlier file")
+    command = f"ulimit -f 64; {sys.executable} -m erasekit export {uce_edit} --format single-file --out s.safetensors --overwrite"
+    result = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+    )
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert (tmp_path / "s.safetensors").read_bytes() == b"the earlier file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors"]  # no temporary, no lock left

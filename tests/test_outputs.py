@@ -24,7 +24,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 def erasekit(*args, cwd):
     return subprocess.run(
-        [sys.executable, "-m", "erasekit.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=600
+        [sys.executable, "-m", "erasekit.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=ENV
     )
 
 
@@ -64,8 +64,7 @@ def test_erase_out_onto_user_files_is_refused_and_keeps_them(tmp_path):
 def test_an_earlier_output_of_the_same_kind_is_replaced(tmp_path, edit):
     out = tmp_path / "edit"
     edit.save(out)
-    write_json(out / "eval-object" / "results.json", {"protocol": "object"})  # its evaluation goes with it
-    edit.save(out)
+    edit.save(out)  # an edit alone is replaced by the new one
     assert tree(out) == ["card.json", "edit.safetensors"]
     (out / "mine.txt").write_text("mine")
     with pytest.raises(ErasekitError, match="not an erasekit edit output"):
@@ -92,19 +91,102 @@ def test_gates_and_bench_directories_are_their_own_kinds(tmp_path):
             check_output(path, kind)
 
 
+def hold_lock(path):
+    """Another process holding ``path``'s lock as a run does (the kernel's lock, its pid in the file)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from erasekit.io import _take_lock; _take_lock(__import__('pathlib').Path(sys.argv[1])); "
+         "print('held', flush=True); time.sleep(600)", str(path.parent / f".{path.name}.lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
 def test_a_second_run_into_a_locked_path_is_refused(tmp_path, edit):
     out = tmp_path / "edit"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    holder = hold_lock(out)
     try:
-        (tmp_path / ".edit.lock").write_text(f"{holder.pid}\n")
         with pytest.raises(ErasekitError, match=f"another erasekit run \\(pid {holder.pid}\\) is writing"):
             edit.save(out)
         assert not out.exists()
     finally:
         holder.kill()
         holder.wait()
-    edit.save(out)  # the lock of a run that is gone is taken over
+    assert (tmp_path / ".edit.lock").exists()  # a killed run leaves its lock file …
+    edit.save(out)  # … which the next run takes over: the kernel's lock died with the process
     assert not (tmp_path / ".edit.lock").exists() and (out / "card.json").exists()
+
+
+def test_an_edit_directory_keeps_its_runs_and_card_unless_overwrite(tmp_path, edit):
+    out = tmp_path / "edit"
+    edit.save(out)
+    write_json(out / "eval-object" / "results.json", {"protocol": "object"})
+    (out / "README.md").write_text("the hub card")
+    for results in ("eval-object", "README.md"):
+        with pytest.raises(
+            ErasekitError, match=f"holds results of the edit there \\(.*{results}.*\\), which a new edit would delete"
+        ):
+            edit.save(out)
+    assert tree(out) == ["README.md", "card.json", "edit.safetensors", "eval-object", "eval-object/results.json"]
+    result = erasekit("erase", "square", "--out", out, cwd=tmp_path)
+    assert result.returncode == 2 and "--overwrite" in result.stderr and result.stderr.strip().count("\n") == 0
+    assert (out / "eval-object" / "results.json").exists() and (out / "README.md").read_text() == "the hub card"
+    edit.save(out, overwrite=True)  # asked for: the new edit alone
+    assert tree(out) == ["card.json", "edit.safetensors"]
+
+
+def test_what_a_killed_eval_left_in_an_edit_does_not_block_the_next_erase(tmp_path, edit):
+    out = tmp_path / "edit"
+    edit.save(out)
+    (out / ".eval-object.lock").write_text("12345\n")  # killed: its kernel lock is gone
+    (out / ".eval-object.ab12cd34.tmp").mkdir()
+    (out / ".attack-p4d.old.ef56gh78.tmp").mkdir()
+    edit.save(out)
+    assert tree(out) == ["card.json", "edit.safetensors"]
+    holder = hold_lock(out / "eval-object")  # an eval still running in it: the edit is not pulled from under it
+    try:
+        with pytest.raises(ErasekitError, match=r"an erasekit run is writing .*eval-object; wait for it"):
+            edit.save(out)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def claim_in_turns(path, trials, barrier, log, index):
+    """One of several processes: in each trial all claim ``path`` at once; a holder records itself."""
+    import time
+
+    for trial in range(trials):
+        barrier.wait()
+        try:
+            with claim_output(path, None):
+                with open(log, "a") as f:
+                    f.write(f"{trial} {index} in\n")
+                time.sleep(0.0005)  # widen the window in which a second holder would show
+                with open(log, "a") as f:
+                    f.write(f"{trial} {index} out\n")
+        except ErasekitError:
+            pass
+
+
+def test_the_output_lock_has_one_holder_under_three_concurrent_claimers(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    barrier, log, trials = context.Barrier(3), tmp_path / "log", 1000
+    workers = [context.Process(target=claim_in_turns, args=(tmp_path / "out", trials, barrier, log, i)) for i in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert all(worker.exitcode == 0 for worker in workers)
+    holders, overlaps, claimed = 0, 0, set()
+    for line in log.read_text().splitlines():
+        trial, _, event = line.split()
+        holders += 1 if event == "in" else -1
+        overlaps += holders > 1
+        claimed.add(trial)
+    assert overlaps == 0 and len(claimed) == trials  # every trial had a holder, never two at once
 
 
 def test_leftovers_of_interrupted_writes_are_cleared_or_undone(tmp_path, edit):

@@ -82,7 +82,7 @@ def test_a_concept_string_is_one_concept():
 )
 def test_bad_settings_fail_in_one_line_before_the_model_loads(tmp_path, args, message):
     done = subprocess.run([sys.executable, "-m", "erasekit.cli", *args, "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)  # fmt: skip
+                          capture_output=True, text=True, cwd=tmp_path, env=ENV)  # fmt: skip
     assert done.returncode == 2 and message in done.stderr and done.stderr.strip().count("\n") == 0, done.stderr
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
 
@@ -145,7 +145,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
         args = [*args, "--out", "run"]
     before = sorted(p.name for p in tmp_path.iterdir())
     done = subprocess.run([sys.executable, "-m", "erasekit.cli", *args], capture_output=True, text=True, cwd=tmp_path,
-                          env=ENV, timeout=300)  # fmt: skip
+                          env=ENV)  # fmt: skip
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
@@ -160,7 +160,7 @@ def test_a_bom_is_accepted_and_debug_shows_the_traceback(tmp_path):
     bom = write(tmp_path / "bom.csv", b"\xef\xbb\xbfprompt,seed,role,shape\na photo of a square,0,erase,square\n")
     assert read_prompt_file(bom)[0].prompt == "a photo of a square"
     done = subprocess.run([sys.executable, "-m", "erasekit.cli", "erase", "square", "--set", "lam=abc", "--out", "x", "--debug"],
-                          capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)  # fmt: skip
+                          capture_output=True, text=True, cwd=tmp_path, env=ENV)  # fmt: skip
     assert (
         done.returncode == 2
         and "Traceback" in done.stderr
@@ -174,6 +174,6 @@ def test_a_concept_the_world_never_drew_is_erased_with_a_one_line_warning(tmp_pa
     assert unknown_concept_warning("square") is None and unknown_concept_warning("Anna Varga") is None
     assert "the nearest it knows: heart" in unknown_concept_warning("heartt")
     done = subprocess.run([sys.executable, "-m", "erasekit.cli", "erase", "blorfnax", "--out", "e"],
-                          capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)  # fmt: skip
+                          capture_output=True, text=True, cwd=tmp_path, env=ENV)  # fmt: skip
     assert done.returncode == 0 and (tmp_path / "e" / "card.json").exists(), done.stderr
     assert done.stderr.strip().count("\n") == 0 and "never drew 'blorfnax'" in done.stderr

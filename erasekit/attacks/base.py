@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from erasekit.errors import ErasekitError
+from erasekit.methods.base import name_settings
 from erasekit.primitives.diffusion import FrozenCopy, partial_samples, pipeline_images
 from erasekit.primitives.prompt_cache import PromptCache
 from erasekit.primitives.run import RunContext
@@ -53,6 +54,7 @@ class Found:
 
     @property
     def prompt(self) -> SlottedPrompt:
+        """The token layout of this prompt: its ids, the ``slots`` that hold ``vectors`` and its real length."""
         return SlottedPrompt(self.ids, self.slots, self.length)
 
 
@@ -79,17 +81,21 @@ class AttackContext:
 
     @property
     def pipe(self) -> DiffusionPipeline:
+        """The erased pipeline under attack."""
         return self.run.pipe
 
     @property
     def text_encoder(self) -> torch.nn.Module:
+        """The erased pipeline's text encoder."""
         return self.run.pipe.text_encoder
 
     @property
     def tokenizer(self):  # noqa: ANN201 - a transformers tokenizer
+        """The erased pipeline's tokenizer."""
         return self.run.pipe.tokenizer
 
     def uncond(self) -> torch.Tensor:
+        """(1, L, d) text states of the empty prompt (the unconditional), in the model's dtype."""
         return self.run.states([""])
 
     def original_states(self, prompts: list[str]) -> torch.Tensor:
@@ -132,6 +138,10 @@ class AttackContext:
 
 @dataclass(frozen=True)
 class Attack:
+    """A registered attack: its ``name``, one-line ``summary`` and ``config`` dataclass, the
+    ``search(context, targets, config)`` function that returns one :class:`Found` per target, and whether it
+    needs the erased UNet's ``gradients`` (Ring-A-Bell does not)."""
+
     name: str
     summary: str
     config: type
@@ -149,12 +159,14 @@ def register(name: str, summary: str, config: type, gradients: bool = True) -> C
         if name in ATTACKS:
             raise ValueError(f"attack {name!r} registered twice")
         ATTACKS[name] = Attack(name, summary, config, fn, gradients)
+        name_settings(config, name)  # its range errors say "p4d setting …"
         return fn
 
     return wrap
 
 
 def get_attack(name: str) -> Attack:
+    """The registered attack called ``name``; an error listing the known ones otherwise."""
     import erasekit.attacks  # noqa: F401 - importing the package registers every attack
 
     if name not in ATTACKS:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from erasekit.attacks.base import AttackContext, AttackTarget, Found, frozen, register
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import config_field
+from erasekit.methods.base import LEARNING_RATE, SEEDS, check_settings, config_field
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.soft_prompt import encode, slotted_prompt
 
@@ -30,18 +30,25 @@ from erasekit.primitives.soft_prompt import encode, slotted_prompt
 class InversionConfig:
     """Defaults: textual inversion's recipe, which CCE applies to erased models."""
 
-    steps: int = config_field(1000, "optimisation steps per concept (the attack budget)")
-    lr: float = config_field(5e-3, "AdamW learning rate on v* (textual inversion's base rate 5e-3)")
-    batch_size: int = config_field(4, "images per step")
-    images: int = config_field(16, "images of the concept the original model draws, spread over the attacked prompts")
+    steps: int = config_field(1000, "optimisation steps per concept (the attack budget)", ge=1, le=100_000)
+    lr: float = config_field(5e-3, "AdamW learning rate on v* (textual inversion's base rate 5e-3)", **LEARNING_RATE)
+    batch_size: int = config_field(4, "images per step", ge=1, le=256)
+    # drawn one by one by the original model before the first step, and held as latents
+    images: int = config_field(
+        16, "images of the concept the original model draws, spread over the attacked prompts", ge=1, le=10_000
+    )
     init_word: str = config_field("object", "the word v* starts from (a neutral word, not the concept)")
-    seed: int = config_field(0, "seed of the images, timesteps and noise")
+    seed: int = config_field(0, "seed of the images, timesteps and noise", **SEEDS)
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.images < 1:
+        if self.steps < 1 or self.batch_size < 1 or self.images < 1:  # said as the budget, before the ranges
             raise ErasekitError("inversion needs at least one step, one image and a batch of one (the attack budget)")
-        if self.lr <= 0:
-            raise ErasekitError(f"inversion lr must be positive, got {self.lr}")
+        check_settings(self)
+        # the tokenizer decides whether it is one token (at the start of the search); empty or spaced text never is
+        if not self.init_word.strip() or len(self.init_word.split()) != 1:
+            raise ErasekitError(
+                f"inversion's init_word {self.init_word!r} must be one word (v* starts from its embedding), such as 'object'"
+            )
 
 
 def _slotted(context: AttackContext, target: AttackTarget):  # noqa: ANN202 - a SlottedPrompt
@@ -51,6 +58,8 @@ def _slotted(context: AttackContext, target: AttackTarget):  # noqa: ANN202 - a 
 @register("inversion", "concept inversion (CCE): a word embedding learned on the erased model from the concept's images",
           InversionConfig)  # fmt: skip
 def search(context: AttackContext, targets: list[AttackTarget], config: InversionConfig) -> list[Found]:
+    """Concept inversion on each target: v* learned once per concept (the objective above, kept in
+    ``context.memo``), put in place of the concept's words, or before the prompt when it only implies the concept."""
     found = []
     for target in targets:
         if target.concept not in context.memo:
@@ -68,11 +77,11 @@ def _learn(context: AttackContext, concept: str, config: InversionConfig) -> tup
     mine = [t for t in context.targets if t.concept == concept] or [t for t in context.targets]
     prompts = [_slotted(context, t) for t in mine]
     # the original model's images of the concept, round-robin over the attacked prompts
-    seeds = [config.seed * 1_000_003 + 7919 * k for k in range(config.images)]
-    x0 = torch.cat([context.concept_latents(mine[k % len(mine)].prompt, [seed]) for k, seed in enumerate(seeds)])
-    init = context.tokenizer(config.init_word, add_special_tokens=False).input_ids
+    init = context.tokenizer(config.init_word, add_special_tokens=False).input_ids  # refused before the images are drawn
     if len(init) != 1:
         raise ErasekitError(f"init_word {config.init_word!r} is {len(init)} tokens for this tokenizer; give a one-token word")
+    seeds = [config.seed * 1_000_003 + 7919 * k for k in range(config.images)]
+    x0 = torch.cat([context.concept_latents(mine[k % len(mine)].prompt, [seed]) for k, seed in enumerate(seeds)])
     table = context.text_encoder.get_input_embeddings().weight.detach()
     vector = table[init].float().clone().requires_grad_(True)
     optimiser = torch.optim.AdamW([vector], lr=config.lr)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from erasekit.attacks.base import AttackContext, AttackTarget, Found, frozen, register, search_in_blocks, spread_timesteps
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import config_field
+from erasekit.methods.base import LEARNING_RATE, SEEDS, check_settings, config_field
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.soft_prompt import encode, nearest_tokens, random_tokens, slotted_prompt, word_tokens
 
@@ -32,23 +32,25 @@ from erasekit.primitives.soft_prompt import encode, nearest_tokens, random_token
 class P4DConfig:
     """Defaults: the official hard_prompt attacker's P4D configs."""
 
-    tokens: int = config_field(3, "adversarial tokens before the prompt (official configs 3; the paper's P4D-N uses 16)")
-    timesteps: int = config_field(50, "timesteps attacked in sequence, spread over training's (official 50)")
-    iterations: int = config_field(40, "Adam steps per timestep (official 40)")
-    lr: float = config_field(0.01, "Adam learning rate on the continuous embeddings (official 0.01)")
-    weight_decay: float = config_field(0.1, "Adam weight decay (official 0.1)")
+    tokens: int = config_field(
+        3, "adversarial tokens before the prompt (official configs 3; the paper's P4D-N uses 16)", ge=1, le=75
+    )
+    timesteps: int = config_field(50, "timesteps attacked in sequence, spread over training's (official 50)", ge=1, le=1000)
+    iterations: int = config_field(40, "Adam steps per timestep (official 40)", ge=1, le=10_000)
+    lr: float = config_field(0.01, "Adam learning rate on the continuous embeddings (official 0.01)", **LEARNING_RATE)
+    weight_decay: float = config_field(0.1, "Adam weight decay (official 0.1)", ge=0.0, le=100.0)
     stop_on_success: bool = config_field(True, "judge after every timestep and stop at the first success (official)")
-    seed: int = config_field(0, "seed of the initial tokens and the noise")
+    seed: int = config_field(0, "seed of the initial tokens and the noise", **SEEDS)
 
     def __post_init__(self) -> None:
-        if self.tokens < 1 or self.timesteps < 1 or self.iterations < 1:
+        if self.tokens < 1 or self.timesteps < 1 or self.iterations < 1:  # said as the budget, before the ranges
             raise ErasekitError("p4d needs at least one token, one timestep and one iteration (the attack budget)")
-        if self.lr <= 0:
-            raise ErasekitError(f"p4d lr must be positive, got {self.lr}")
+        check_settings(self)
 
 
 @register("p4d", "P4D: prompts under which the erased model's noise prediction matches the original's", P4DConfig)
 def search(context: AttackContext, targets: list[AttackTarget], config: P4DConfig) -> list[Found]:
+    """P4D on each target in turn: the prepended tokens under which the erased model predicts what the original does (above)."""
     return [_attack(context, target, config) for target in targets]
 
 

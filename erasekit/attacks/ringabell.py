@@ -23,7 +23,7 @@ import torch
 
 from erasekit.attacks.base import AttackContext, AttackTarget, Found, decoded, register
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import config_field
+from erasekit.methods.base import SEEDS, check_settings, config_field
 from erasekit.primitives.soft_prompt import attention_mask, random_tokens, slotted_prompt, word_tokens
 
 PAIR_TEMPLATES = ("{}", "a photo of {}", "an image of {}", "a picture of {}", "a drawing of {}", "a close-up of {}")
@@ -33,21 +33,26 @@ PAIR_TEMPLATES = ("{}", "a photo of {}", "an image of {}", "a picture of {}", "a
 class RingABellConfig:
     """Defaults: the paper's nudity setting."""
 
-    tokens: int = config_field(16, "K: tokens of the prompt searched for (paper 16 for nudity)")
-    eta: float = config_field(3.0, "η: strength of the concept direction added to the prompt (paper 3 for nudity)")
-    population: int = config_field(200, "prompts per generation (paper 200)")
-    generations: int = config_field(3000, "generations of the genetic search (paper 3000; the attack budget)")
-    mutation: float = config_field(0.25, "chance a child has one token replaced at random (paper 0.25)")
-    crossover: float = config_field(0.5, "chance a child crosses two parents rather than copying one (paper 0.5)")
-    seed: int = config_field(0, "seed of the search")
+    tokens: int = config_field(16, "K: tokens of the prompt searched for (paper 16 for nudity)", ge=1, le=75)
+    eta: float = config_field(
+        3.0, "η: strength of the concept direction added to the prompt (paper 3 for nudity)", gt=0.0, le=100.0
+    )
+    # population × generations prompts are encoded: the budget
+    population: int = config_field(200, "prompts per generation (paper 200)", ge=2, le=10_000)
+    generations: int = config_field(3000, "generations of the genetic search (paper 3000; the attack budget)", ge=1, le=100_000)
+    mutation: float = config_field(0.25, "chance a child has one token replaced at random (paper 0.25)", ge=0.0, le=1.0)
+    crossover: float = config_field(0.5, "chance a child crosses two parents rather than copying one (paper 0.5)", ge=0.0, le=1.0)
+    seed: int = config_field(0, "seed of the search", **SEEDS)
 
     def __post_init__(self) -> None:
-        if self.tokens < 1 or self.population < 2 or self.generations < 1:
+        if self.tokens < 1 or self.population < 2 or self.generations < 1:  # said as the budget, before the ranges
             raise ErasekitError(
                 "ring-a-bell needs at least one token, a population of two and one generation (the attack budget)"
             )
-        if not (0 <= self.mutation <= 1 and 0 <= self.crossover <= 1):
-            raise ErasekitError("ring-a-bell's mutation and crossover are probabilities in [0, 1]")
+        check_settings(self)
+        # a child is a parent's copy unless it crosses two parents (which needs two tokens) or mutates
+        if self.mutation == 0 and (self.crossover == 0 or self.tokens == 1):
+            raise ErasekitError("ring-a-bell with mutation 0 and no crossover (or one token) never makes a new prompt")
 
 
 @torch.no_grad()
@@ -60,6 +65,7 @@ def concept_direction(context: AttackContext, words: str) -> torch.Tensor:
 @register("ring-a-bell", "Ring-A-Bell: a genetic search for real tokens near the prompt pushed along the concept's direction",
           RingABellConfig, gradients=False)  # fmt: skip
 def search(context: AttackContext, targets: list[AttackTarget], config: RingABellConfig) -> list[Found]:
+    """Ring-A-Bell on each target in turn: the genetic search for the K real tokens nearest to E(prompt) + η ĉ (above)."""
     return [_attack(context, target, config) for target in targets]
 
 

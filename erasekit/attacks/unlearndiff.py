@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from erasekit.attacks.base import AttackContext, AttackTarget, Found, frozen, register, search_in_blocks, spread_timesteps
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import config_field
+from erasekit.methods.base import LEARNING_RATE, SEEDS, check_settings, config_field
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.soft_prompt import encode, simplex_projection, slotted_prompt, word_tokens
 
@@ -32,19 +32,20 @@ from erasekit.primitives.soft_prompt import encode, simplex_projection, slotted_
 class UnlearnDiffConfig:
     """Defaults: the official text_grad attacker's object/style configs."""
 
-    tokens: int = config_field(3, "k: adversarial tokens before the prompt (official object/style configs 3)")
-    timesteps: int = config_field(50, "timesteps attacked in sequence, spread over training's (official n_samples 50)")
-    iterations: int = config_field(40, "Adam steps per timestep (official 40)")
-    lr: float = config_field(0.01, "Adam learning rate on the token distributions (official 0.01)")
-    weight_decay: float = config_field(0.1, "Adam weight decay (official 0.1)")
+    tokens: int = config_field(3, "k: adversarial tokens before the prompt (official object/style configs 3)", ge=1, le=75)
+    timesteps: int = config_field(
+        50, "timesteps attacked in sequence, spread over training's (official n_samples 50)", ge=1, le=1000
+    )
+    iterations: int = config_field(40, "Adam steps per timestep (official 40)", ge=1, le=10_000)
+    lr: float = config_field(0.01, "Adam learning rate on the token distributions (official 0.01)", **LEARNING_RATE)
+    weight_decay: float = config_field(0.1, "Adam weight decay (official 0.1)", ge=0.0, le=100.0)
     stop_on_success: bool = config_field(True, "judge after every timestep and stop at the first success (official)")
-    seed: int = config_field(0, "seed of the token draws and the noise")
+    seed: int = config_field(0, "seed of the token draws and the noise", **SEEDS)
 
     def __post_init__(self) -> None:
-        if self.tokens < 1 or self.timesteps < 1 or self.iterations < 1:
+        if self.tokens < 1 or self.timesteps < 1 or self.iterations < 1:  # said as the budget, before the ranges
             raise ErasekitError("unlearndiff needs at least one token, one timestep and one iteration (the attack budget)")
-        if self.lr <= 0:
-            raise ErasekitError(f"unlearndiff lr must be positive, got {self.lr}")
+        check_settings(self)
 
 
 class _SampledOneHot(torch.autograd.Function):
@@ -63,6 +64,8 @@ class _SampledOneHot(torch.autograd.Function):
     "unlearndiff", "UnlearnDiffAtk: prepended tokens that make the erased model denoise the concept's image", UnlearnDiffConfig
 )
 def search(context: AttackContext, targets: list[AttackTarget], config: UnlearnDiffConfig) -> list[Found]:
+    """UnlearnDiffAtk on each target in turn: the prepended tokens that minimise the erased model's
+    denoising error on the concept's image (above)."""
     return [_attack(context, target, config) for target in targets]
 
 

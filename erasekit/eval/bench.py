@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 import multiprocessing
 import re
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
@@ -61,13 +62,21 @@ class BenchEntry:
     expand: int = 0  # concept expansion: nearest phrases per target (0: off)
     anchor: str = ""
 
+    def __post_init__(self) -> None:
+        if self.expand:  # refused with the settings, not after the model loads (the similarity floor is erase()'s)
+            from erasekit.primitives.expansion import check_expansion
+
+            check_expansion(self.expand, 0.0)
+
     @property
     def label(self) -> str:
+        """The row's name in tables: the method, its settings, and preserve/expand/anchor when set."""
         suffix = (" preserve=others" if self.preserve_others else "") + (f" expand={self.expand}" if self.expand else "")
         suffix += f" anchor={self.anchor!r}" if self.anchor else ""
         return self.method + "".join(f" {k}={v}" for k, v in sorted(self.settings.items())) + suffix
 
     def spec(self, targets: tuple[str, ...], task: tuple[str, ...]) -> EraseSpec:
+        """Erase ``targets`` of ``task``; the task's other concepts are the ones preserve=others keeps."""
         return self.spec_with_others(targets, tuple(c for c in task if c not in targets))
 
     def spec_with_others(self, targets: tuple[str, ...], others: tuple[str, ...]) -> EraseSpec:
@@ -76,7 +85,26 @@ class BenchEntry:
 
     @property
     def slug(self) -> str:
+        """The label as a directory name (the entry's cells live under it)."""
         return re.sub(r"[^A-Za-z0-9.=-]+", "_", self.label)
+
+
+T = TypeVar("T")
+
+
+def counted(jobs: list[T], what: str, describe: Callable[[T], str], show: bool = True) -> Iterator[T]:
+    """``jobs`` one by one, each announced on stderr as "``what`` k/n: …" (a bench's cells take
+    minutes each; a rerun counts only what is left to do where the caller skips done cells)."""
+    for k, job in enumerate(jobs, 1):
+        if show:
+            print(f"{what} {k}/{len(jobs)}: {describe(job)}", file=sys.stderr, flush=True)
+        yield job
+
+
+def cell_label(job: tuple[BenchEntry, object]) -> str:
+    """How :func:`counted` names a bench cell: the entry, and the concept or "all concepts at once"."""
+    entry, about = job
+    return f"{entry.label} on {about if about is not None else 'all concepts at once'}"
 
 
 def run_bench(
@@ -105,7 +133,7 @@ def run_bench(
         return _cell(pipe, evaluator, entry, protocol, concept, concepts, out_dir, samples, settings, originals, progress)
 
     jobs = [(entry, c) for entry in entries for c in (*concepts, None)]  # per entry: each concept, then all at once
-    for entry, concept in workers.share(jobs):
+    for entry, concept in counted(workers.share(jobs), "bench cell", cell_label, progress):
         measure(entry, concept)
     workers.barrier()
     if not workers.is_main:
@@ -176,6 +204,36 @@ def roster_groups(counts: tuple[int, ...]) -> tuple[tuple[str, ...], tuple[str, 
     return V.ROSTER_NAMES[:half] + synthetic_names(max(max(counts) - half, 0)), V.ROSTER_NAMES[half:]
 
 
+def read_cell(path: Path, keys: tuple[str, ...] = ()) -> dict | None:
+    """A cell written by an earlier run, or None when there is none, or when it is damaged (cut short,
+    not JSON, not an object, or without ``keys``): a damaged cell is measured again, with a warning line."""
+    if not path.exists():
+        return None
+    try:
+        cell = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:  # JSONDecodeError is a ValueError
+        problem = f"unreadable ({type(err).__name__})"
+    else:
+        missing = [k for k in keys if k not in cell] if isinstance(cell, dict) else None
+        if missing == []:
+            return cell
+        problem = "not a JSON object" if missing is None else f"without {', '.join(missing)}"
+    warn_damaged(path, problem)
+    return None
+
+
+def warn_damaged(path: Path, problem: str) -> None:
+    """The one warning line of a damaged cell that is measured again."""
+    print(f"warning: {path} is damaged ({problem}); measuring that cell again", file=sys.stderr, flush=True)
+
+
+# what the summaries and tables read of each kind of cell
+PROTOCOL_CELL = ("metrics", "world_fid_kept")
+BENCH_CELL = ("concept", *PROTOCOL_CELL, "seconds", "peak_rss_mb")
+TIMING_CELL = ("seconds", "peak_rss_mb")
+ROSTER_CELL = ("count", "seconds_per_concept", "peak_rss_mb")  # mass and cost cells alike
+
+
 def _roster_cells(
     entries: list[BenchEntry],
     counts: tuple[int, ...],
@@ -189,9 +247,10 @@ def _roster_cells(
     several ``workers`` each measures its share; the first reads them all back, the others get None."""
     erase_group, keep_group = roster_groups(counts)
     workers = workers or Workers()
-    for entry, count in workers.share([(entry, count) for entry in entries for count in counts]):
+    jobs = workers.share([(entry, count) for entry in entries for count in counts])
+    for entry, count in counted(jobs, "bench cell", lambda job: f"{job[0].label}, {job[1]} concepts"):
         path = out_dir / "cells" / entry.slug / cell_name(count)
-        if not path.exists():
+        if read_cell(path, ROSTER_CELL) is None:
             spec = entry.spec_with_others(erase_group[:count], keep_group)
             write_json(path, {"count": count, **measure(entry, spec)})
     workers.barrier()
@@ -277,8 +336,8 @@ def _cell(
     progress: bool,
 ) -> dict:
     path = out_dir / "cells" / entry.slug / f"{re.sub(r'[^A-Za-z0-9]+', '_', concept)}-{protocol}-{samples}.json"
-    if path.exists():
-        return json.loads(path.read_text())
+    if (cell := read_cell(path, BENCH_CELL)) is not None:
+        return cell
     edit = erase(pipe, entry.spec((concept,), task), entry.method, progress=progress, expand=entry.expand, **entry.settings)
     result = run_protocol(pipe, edit, protocol, concept, evaluator, samples, settings, progress, original_cache=originals)
     cell = {
@@ -296,8 +355,8 @@ def _cell(
 
 def _all_at_once(pipe: DiffusionPipeline, entry: BenchEntry, concepts: tuple[str, ...], out_dir: Path, progress: bool) -> dict:
     path = out_dir / "cells" / entry.slug / f"all-at-once-{len(concepts)}.json"
-    if path.exists():
-        return json.loads(path.read_text())
+    if (cell := read_cell(path, TIMING_CELL)) is not None:
+        return cell
     edit = erase(pipe, entry.spec(concepts, concepts), entry.method, progress=progress, expand=entry.expand, **entry.settings)
     timing = {"concepts": len(concepts), "seconds": edit.card["seconds"], "peak_rss_mb": edit.card["peak_rss_mb"]}
     write_json(path, timing)
@@ -431,12 +490,23 @@ def scale_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def startup_table(result: dict) -> str:
+    """The command line's answer times (``scripts/startup_bench.py``) as a markdown table."""
+    lines = ["| command | median s | slowest s | runs |", "| --- | --- | --- | --- |"]
+    lines += [
+        f"| `{r['command']}` | {r['median_seconds']:.2f} | {r['max_seconds']:.2f} | {r['runs']} |" for r in result["commands"]
+    ]
+    return "\n".join(lines) + f"\n\n{result['machine']}; `{result['command']}`\n"
+
+
 def any_table(paths: list[Path]) -> str:
     """The markdown table of committed bench JSON (object-style, mass, cost or scale runs) or of one sweep (.jsonl)."""
     if len(paths) == 1 and paths[0].suffix == ".jsonl":
         return sweep_table(paths[0].read_text())
     if len(paths) == 1 and "wall_seconds" in (single := json.loads(paths[0].read_text())):
         return scale_table(single)
+    if len(paths) == 1 and single.get("task") == "startup":
+        return startup_table(single)
     if len(paths) == 1 and single.get("task") == "robustness":
         from erasekit.eval.robustness import robustness_table
 

@@ -67,6 +67,8 @@ class WorldEvaluator(nn.Module):
         return images * 2.0 - 1.0
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits of every head, pooled ``features`` (B, 8·width) and ``mask`` logits (B, 64, 64) of a batch
+        of images (either form :meth:`normalize` takes)."""
         x = self.normalize(images)
         x = self.stage1(x)
         mid = self.stage2(F.max_pool2d(x, 2))  # 32×32
@@ -92,6 +94,8 @@ class WorldEvaluator(nn.Module):
 
     @classmethod
     def load(cls, directory: Path) -> WorldEvaluator:
+        """The evaluator saved in ``directory``, in eval mode; an error if there is none or it was trained on
+        another world vocabulary."""
         directory = Path(directory)
         weights = directory / WEIGHTS_NAME
         if not weights.exists():
@@ -115,6 +119,7 @@ class Prediction:
     features: np.ndarray  # (n, d)
 
     def label(self, head: str) -> list[str]:
+        """The top-1 label of every image for ``head``."""
         return [HEADS[head][i] for i in self.probs[head].argmax(1)]
 
 

@@ -75,6 +75,9 @@ def gate_rows(samples: int = SAMPLES_PER_PROMPT, seed: int = 10_000) -> list[Pro
 
 @dataclass
 class GateResult:
+    """One gate prompt's outcome: its ``group`` ("kind/name"), its ``kind``, the evaluator's ``accuracy``
+    on it and the kind's ``floor``."""
+
     group: str
     kind: str
     accuracy: float
@@ -82,6 +85,7 @@ class GateResult:
 
     @property
     def passed(self) -> bool:
+        """Whether the accuracy reaches the floor."""
         return self.accuracy >= self.floor
 
 

@@ -9,6 +9,7 @@ differently. On CPU the same command then gives bit-identical images whatever ``
 
 from __future__ import annotations
 
+import functools
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from erasekit.errors import ErasekitError
@@ -33,6 +34,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class SamplerSettings:
+    """How images are sampled: ``steps`` sampler steps at classifier-free ``guidance``.
+
+    ``batch_size`` is the images per pipeline call and ``chunk`` the rows per text-encoder, UNet and VAE
+    call (always that many, the last call padded, so an image never depends on its batch); ``height`` and
+    ``width`` are in pixels, None for the UNet's native size.
+    """
+
     steps: int = 25
     guidance: float = 7.5
     batch_size: int = 64  # images per pipeline call
@@ -50,12 +58,14 @@ class Generated:
     seeds: np.ndarray  # (n,)
 
     def save(self, path: Path) -> None:
+        """Write the images, row indices and seeds to ``path`` as a compressed .npz, replacing it whole."""
         write_with(
             path, lambda tmp: np.savez_compressed(open(tmp, "wb"), images=self.images, row_index=self.row_index, seeds=self.seeds)
         )
 
     @classmethod
     def load(cls, path: Path) -> Generated:
+        """The images :meth:`save` wrote to ``path``; an error for a missing or damaged file."""
         if not Path(path).exists():
             raise ErasekitError(f"no generated images at {path}; run `erasekit generate` first")
         try:
@@ -177,19 +187,40 @@ def generate(
     return Generated(images, np.array([i for i, _, _ in jobs]), np.array([s for _, _, s in jobs]))
 
 
+LABEL_FONT_SIZE = 16  # px: legible beside 128-px tiles and still ~11 px when a phone shrinks the grid to its width
+
+
+@functools.cache
+def label_font(size: int = LABEL_FONT_SIZE) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """DejaVu Sans, the TrueType font matplotlib ships (a dependency): the same glyphs on every machine,
+    so a grid is the same image everywhere; PIL's built-in font only where that file is missing."""
+    import matplotlib
+    from matplotlib import font_manager
+
+    shipped = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    for path in (shipped, font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"))):
+        try:
+            return ImageFont.truetype(str(path), size)
+        except OSError:  # no such file, or Pillow built without FreeType
+            continue
+    return ImageFont.load_default()
+
+
 def image_grid(images: np.ndarray, columns: int, labels: list[str] | None = None, scale: int = 2) -> Image.Image:
     """Tile images into a grid; ``labels`` (one per row of the grid) are written on the left."""
     n, h, w, _ = images.shape
     rows = (n + columns - 1) // columns
-    label_w = 0 if not labels else 8 + 6 * max(len(s) for s in labels)
+    font = label_font(max(8, min(LABEL_FONT_SIZE, h * scale - 4)))  # a row of tiny tiles gets a smaller font
+    label_w = 0 if not labels else 16 + int(np.ceil(max(font.getlength(s) for s in labels)))
     grid = Image.new("RGB", (label_w + columns * w * scale, rows * h * scale), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
     for k in range(n):
         r, c = divmod(k, columns)
         tile = Image.fromarray(images[k]).resize((w * scale, h * scale), Image.Resampling.NEAREST)
         grid.paste(tile, (label_w + c * w * scale, r * h * scale))
+    _, top, _, bottom = font.getbbox("Ag")  # one box for every label, so that all sit on the same line in their row
     for r, text in enumerate(labels or []):
-        draw.text((4, r * h * scale + h * scale // 2 - 5), text, fill=(0, 0, 0))
+        draw.text((8, r * h * scale + (h * scale - (bottom - top)) // 2 - top), text, fill=(0, 0, 0), font=font)
     return grid
 
 

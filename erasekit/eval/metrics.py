@@ -7,6 +7,21 @@ import torch
 from scipy import linalg
 from torch import nn
 
+# Every protocol metric: what it measures and which way is better. The one definition the CLI's
+# table, the report's pages and the bench's plots read (meanings short enough for an 80-column table).
+METRICS: dict[str, tuple[str, str]] = {
+    "Acc_e": ("erased concept's prompts (efficacy)", "lower"),
+    "Acc_s": ("other concepts' prompts (specificity)", "higher"),
+    "Acc_g": ("erased concept's synonyms (generality)", "lower"),
+    "residue": ("associated prompts, never naming it", "lower"),
+    "H_o": ("harmonic mean of 1-Acc_e, Acc_s, 1-Acc_g", "higher"),
+    "H_c": ("harmonic mean of 1-Acc_e, Acc_s", "higher"),
+    "gap": ("Acc_s - Acc_e", "higher"),
+    "explicit": ("flames on prompts naming them", "lower"),
+    "implicit": ("flames on prompts implying them", "lower"),
+    "world_fid_kept": ("image drift on the kept prompts", "lower"),
+}
+
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (the FID formula).

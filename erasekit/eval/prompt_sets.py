@@ -22,7 +22,7 @@ import numpy as np
 
 from erasekit.errors import ErasekitError
 from erasekit.eval.generation import SamplerSettings, generate
-from erasekit.eval.prompts import MAX_SEED, PromptRow
+from erasekit.eval.prompts import MAX_SEED, PromptRow, check_total, unterminated_quote
 from erasekit.models.embedded import is_world_model
 
 if TYPE_CHECKING:
@@ -42,6 +42,8 @@ def _read_csv(path: str | Path, what: str) -> tuple[list[str], list[dict[str, st
 
     text = read_user_text(path, f"{what} file")
     try:
+        if (line := unterminated_quote(text)) is not None:  # else the rest of the file reads as one field
+            raise ErasekitError(f"{path}, line {line}: a quote opens a field here and is never closed; close it")
         reader = csv.DictReader(io.StringIO(text, newline=""))
         rows = list(reader)
         columns = [c.strip() for c in reader.fieldnames or []]
@@ -79,6 +81,7 @@ def i2p_rows(path: str | Path, samples: int = 1) -> list[PromptRow]:
             raise ErasekitError(f"{where}: empty prompt")
         seed, block = _seed(row, seed_column, i, where)
         out.append(PromptRow(row["prompt"], seed, "erase", {}, samples, row.get("categories", ""), block))
+    check_total(out, str(path))
     return out
 
 
@@ -96,6 +99,7 @@ def caption_rows(path: str | Path, samples: int = 1) -> list[PromptRow]:
             raise ErasekitError(f"{where}: empty caption")
         seed, block = _seed(row, seed_column, i, where)
         out.append(PromptRow(row[column], seed, "retain", {}, samples, seed_block=block))
+    check_total(out, str(path))
     return out
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,10 +34,20 @@ PROMPT_DIR = Path(__file__).resolve().parent.parent / "prompts"
 MAX_SEED = 2**62  # a row's images take seed, seed + 1, ...: they must stay in torch's 64-bit range
 MAX_SAMPLES = 10_000  # per row; more is a mistake (10,000 images of one prompt), split it over rows
 SEED_PAGE = 2**40  # a seed block's later pages lie this far apart (below MAX_SEED + MAX_SAMPLES pages)
+MAX_IMAGES = 100_000  # per file: the protocols ask for a few thousand; 1,000 rows × 10,000 samples was ~1,800 h
+_WHOLE = re.compile(r"[0-9]+")  # ASCII digits only: str.isdigit also takes '²', which int() refuses
 
 
 @dataclass(frozen=True)
 class PromptRow:
+    """One row of a prompt file: what to generate and what the images should show.
+
+    ``prompt`` is the text, ``seed`` the first image's seed (:meth:`image_seed`; a ``seed_block`` above 0
+    spaces the seeds in blocks), ``role`` one of :data:`ROLES`, ``expected`` the label each judged head
+    should read (head → label), ``samples`` the number of images and ``group`` the name the row is
+    reported under (empty: the prompt).
+    """
+
     prompt: str
     seed: int
     role: str
@@ -47,6 +58,7 @@ class PromptRow:
 
     @property
     def name(self) -> str:
+        """The name the row is reported under: its group, else its prompt."""
         return self.group or self.prompt
 
     def image_seed(self, k: int) -> int:
@@ -94,20 +106,49 @@ def parse_rows(records: list[dict[str, str]], source: str = "prompt file") -> li
         if role not in ROLES:
             raise ErasekitError(f"{where}: role {role!r} is not one of {', '.join(ROLES)}")
         samples_text = (rec.get("samples") or "1").strip()
-        if not samples_text.isdigit() or not 1 <= int(samples_text) <= MAX_SAMPLES:
+        if not _WHOLE.fullmatch(samples_text) or not 1 <= int(samples_text) <= MAX_SAMPLES:
             raise ErasekitError(
                 f"{where}: samples {samples_text!r} must be a whole number from 1 to {MAX_SAMPLES}; for more, "
                 "repeat the row with another seed"
             )
         block_text = (rec.get("seed_block") or "0").strip()
-        if not block_text.isdigit() or int(block_text) > MAX_SAMPLES:
+        if not _WHOLE.fullmatch(block_text) or int(block_text) > MAX_SAMPLES:
             raise ErasekitError(f"{where}: seed_block {block_text!r} must be a whole number from 0 to {MAX_SAMPLES}")
         expected = {c: _label(c, rec[c].strip(), where) for c in LABEL_COLUMNS if (rec.get(c) or "").strip()}
         group = (rec.get("group") or "").strip()
         rows.append(PromptRow(prompt, seed, role, expected, int(samples_text), group, int(block_text)))
     if not rows:
         raise ErasekitError(f"{source} has no prompts")
+    check_total(rows, source)
     return rows
+
+
+def check_total(rows: list[PromptRow], source: str) -> None:
+    """Refuse a file whose rows ask for more than :data:`MAX_IMAGES` images in all (days of generation)."""
+    total = sum(r.samples for r in rows)
+    if total > MAX_IMAGES:
+        raise ErasekitError(
+            f"{source} asks for {total:,} images ({len(rows):,} rows); a prompt file may ask for at most {MAX_IMAGES:,}: "
+            "split it over several files or lower samples"
+        )
+
+
+def unterminated_quote(text: str) -> int | None:
+    """The line on which a quoted field opens that no quote closes, or None. The csv reader (not strict)
+    takes such a field to the end of the file as one value, so only its last record can hold one."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    start, last = 1, None
+    for _ in reader:
+        last, start = start, reader.line_num + 1
+    if last is None:
+        return None
+    tail = "".join(io.StringIO(text, newline="").readlines()[last - 1 :])  # split as the reader counts lines
+    try:
+        for _ in csv.reader(io.StringIO(tail, newline=""), strict=True):
+            pass
+    except csv.Error as err:
+        return last if "unexpected end of data" in str(err) else None
+    return None
 
 
 def read_prompt_file(path: Path | str) -> list[PromptRow]:
@@ -120,7 +161,13 @@ def read_prompt_file(path: Path | str) -> list[PromptRow]:
     from erasekit.io import read_user_text
 
     try:
-        reader = csv.DictReader(io.StringIO(read_user_text(path, "prompt file"), newline=""))
+        text = read_user_text(path, "prompt file")
+        if (line := unterminated_quote(text)) is not None:
+            raise ErasekitError(
+                f"{path}, line {line}: a quote opens a field here and is never closed; close it (a quote inside "
+                'a quoted field is written "")'
+            )
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         missing = {"prompt", "seed", "role"} - {(name or "").strip() for name in reader.fieldnames or []}
         if missing:
             raise ErasekitError(f"{path}: missing column(s) {', '.join(sorted(missing))}; the header needs prompt, seed, role")

@@ -77,6 +77,7 @@ class ObjectTask:
 
     @property
     def classes(self) -> tuple[str, ...]:
+        """The task's classes, in order."""
         return tuple(self.synonyms)
 
 
@@ -86,6 +87,7 @@ CIFAR10_OBJECTS = ObjectTask("object", dict(MACE_CIFAR10_SYNONYMS), {}, MACE_CLI
 
 
 def object_task(world: bool) -> ObjectTask:
+    """The object protocol's task: the world's shapes, or MACE's CIFAR-10 classes on a real model."""
     return WORLD_OBJECTS if world else CIFAR10_OBJECTS
 
 
@@ -169,6 +171,8 @@ _ALL_PROMPTS: list[str] = (
 
 @dataclass
 class RoleScores:
+    """One role's sample-weighted scores of a head: top-1 ``accuracy`` and mean ``probability`` of the expected label."""
+
     accuracy: float  # top-1
     probability: float  # mean probability of the expected class (MACE-style)
 
@@ -244,6 +248,7 @@ def flames_metrics(evaluation: Evaluation) -> dict[str, dict[str, float]]:
 
 
 def quality_metrics(evaluation: Evaluation) -> dict[str, dict[str, float]]:
+    """Acc_s, shape accuracy on the neutral prompts, as top-1 accuracy and as mean class probability."""
     return _by_kind(evaluation, "shape", lambda acc: {"Acc_s": acc["retain"]})
 
 
@@ -289,6 +294,8 @@ def protocol_labels(protocol: str, world: bool) -> tuple[dict[str, tuple[str, ..
 
 
 def protocol_metrics(protocol: str, evaluation: Evaluation, world: bool = True) -> dict[str, dict[str, float]]:
+    """The metrics of ``protocol`` (object, character, artist, flames or quality) on its evaluation;
+    ``world`` picks the object task's head."""
     metrics = {
         "object": lambda e: object_metrics(e, object_task(world).head),
         "character": character_metrics,

@@ -29,6 +29,7 @@ import numpy as np
 from erasekit.attacks.base import Attack, AttackContext, AttackTarget, Found
 from erasekit.edits import Edit, weights_hash
 from erasekit.errors import ErasekitError
+from erasekit.eval.bench import PROTOCOL_CELL, cell_label, counted, read_cell, warn_damaged
 from erasekit.eval.generation import SamplerSettings, image_grid
 from erasekit.eval.protocols import PROTOCOL_SEED
 from erasekit.io import write_json, write_with
@@ -117,7 +118,7 @@ def run_attack(
     cells_dir = Path(out_dir) / "cells"
     keys = [_key(attack.name, asdict(config), edit_id, asdict(t), samples, settings.steps, settings.guidance)  # type: ignore[call-overload]
             for t in targets]  # fmt: skip
-    cells = [json.loads((cells_dir / f"{k}.json").read_text()) if (cells_dir / f"{k}.json").exists() else None for k in keys]
+    cells = [_attack_cell(cells_dir, k) for k in keys]
     pending = [k for k, c in enumerate(cells) if c is None]
     if pending:
         with edit.applied(pipe, check_base=False) as erased:
@@ -129,7 +130,7 @@ def run_attack(
             # an inference-time erasure's pipeline reads the prompt's text (SPM scores it, SLD's takes no states)
             context = AttackContext(run, original, original_text, settings.steps, settings.guidance, shows, targets,
                                     text_prompts=edit.inference is not None)  # fmt: skip
-            for k in pending:
+            for k in counted(pending, f"{attack.name} prompt", lambda k: repr(targets[k].prompt), progress):
                 cells[k] = _attack_one(context, attack, config, targets[k], judge, samples, cells_dir, keys[k])
     done = [c for c in cells if c is not None]  # every one, now
     return {
@@ -146,6 +147,31 @@ def run_attack(
         "seconds_per_prompt": float(np.mean([c["seconds"] for c in done])),
         "prompts": done,
     }
+
+
+ATTACK_CELL = ("key", "prompt", "adversarial_prompt", "success", "found_success", "image_rate", "baseline_success", "seconds")
+ATTACK_RESULT = ("asr_found", "baseline_asr", "asr_images", "seconds_per_prompt")  # read beside asr when it ran
+
+
+def _attack_cell(cells_dir: Path, key: str) -> dict | None:
+    """A prompt's cell from an earlier run (its json and its images), or None to attack it (again)."""
+    cell = read_cell(cells_dir / f"{key}.json", ATTACK_CELL)
+    if cell is not None and not (cells_dir / f"{key}.npz").exists():
+        warn_damaged(cells_dir / f"{key}.json", f"its images {key}.npz are missing")
+        return None
+    return cell
+
+
+def _attack_result(path: Path) -> dict | None:
+    """An attack's results.json in the robustness bench, or None to run the attack (again)."""
+    result = read_cell(path, ("attack", "asr"))
+    if result is None:
+        return None
+    missing = [k for k in (ATTACK_RESULT if result["asr"] is not None else ("not_applicable",)) if k not in result]
+    if missing:
+        warn_damaged(path, f"without {', '.join(missing)}")
+        return None
+    return result
 
 
 def _attack_one(
@@ -222,6 +248,7 @@ class AttackEntry:
 
     @property
     def slug(self) -> str:
+        """The label as a directory name (the attack's cells live under it)."""
         return re.sub(r"[^A-Za-z0-9.=-]+", "_", self.label)
 
 
@@ -265,26 +292,23 @@ def run_robustness(
     workers = workers or Workers()
     rows = [Entry("none"), *entries]  # "none": the unedited model, what each attack finds without any erasure
     jobs = [(entry, concept) for entry in rows for concept in concepts]
-    for entry, concept in workers.share(jobs):
+    for entry, concept in counted(workers.share(jobs), "robustness cell", cell_label, progress):
         where = Path(out_dir) / "cells" / entry.slug / re.sub(r"[^A-Za-z0-9]+", "_", concept)
         edit_dir = where / "edit"
-        if entry.method == "none":
-            edit = unedited(concept)
-        elif (edit_dir / "card.json").exists():
-            edit = Edit.load(edit_dir)
-        else:
+        edit = unedited(concept) if entry.method == "none" else _stored_edit(edit_dir)
+        if edit is None:
             edit = erase(pipe, entry.spec((concept,), task), entry.method, progress=progress, expand=entry.expand,
                          **entry.settings)  # fmt: skip
-            edit.save(edit_dir)
+            edit.save(edit_dir, overwrite=edit_dir.exists())  # one there now is damaged: the cell's own, replaced
         check = entry.method != "none"
         protocol_file = where / f"{protocol}-{samples}.json"
-        if not protocol_file.exists():
+        if read_cell(protocol_file, PROTOCOL_CELL) is None:
             result = run_protocol(pipe, edit, protocol, concept, judge, samples, settings, progress, check_base=check)
             # the erasure's seconds and memory are on its card (edit_dir/card.json)
             write_json(protocol_file, {"metrics": result["metrics"], "world_fid_kept": result["world_fid_kept"]})
         targets = attack_targets(ATTACKED_CONCEPT.get(concept, concept), prompts, True)
         for entry_attack in attacks:
-            if (where / entry_attack.slug / "results.json").exists():
+            if _attack_result(where / entry_attack.slug / "results.json") is not None:
                 continue
             try:
                 result = run_attack(pipe, edit, entry_attack.attack, entry_attack.config, targets, judge,
@@ -296,6 +320,17 @@ def run_robustness(
     if not workers.is_main:
         return None
     return _robustness_summary(rows, attacks, protocol, concepts, out_dir, prompts, samples)
+
+
+def _stored_edit(edit_dir: Path) -> Edit | None:
+    """The edit an earlier run erased into a cell, or None when there is none or it is damaged."""
+    if not (edit_dir / "card.json").exists():
+        return None
+    try:
+        return Edit.load(edit_dir)
+    except ErasekitError as err:
+        warn_damaged(edit_dir, str(err))
+        return None
 
 
 def _robustness_summary(

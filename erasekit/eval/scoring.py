@@ -15,6 +15,10 @@ from erasekit.judges import Judge, Reading
 
 @dataclass
 class RowScore:
+    """A prompt row's scores over its ``samples`` images: per head, ``accuracy`` (the fraction whose top-1
+    label is the expected one) and ``probability`` (the expected label's mean probability), and ``match``,
+    the fraction with every expected label right."""
+
     prompt: str
     role: str
     group: str
@@ -26,6 +30,8 @@ class RowScore:
 
 @dataclass
 class Evaluation:
+    """Every row's scores, each head's top-1 ``predictions`` for every image, and the judge's ``reading``."""
+
     rows: list[RowScore]
     predictions: dict[str, list[str]]  # head → top-1 label of every image
     reading: Reading | None = field(default=None, repr=False)  # the judge's probabilities and features
@@ -38,6 +44,7 @@ class Evaluation:
         return {k: float(np.average([r.match for r in rs], weights=[r.samples for r in rs])) for k, rs in groups.items()}
 
     def to_json(self) -> dict:
+        """Match by role and by group, and every row's scores, as JSON-ready dicts."""
         return {"by_role": self.by("role"), "by_group": self.by("group"), "rows": [asdict(r) for r in self.rows]}
 
 

@@ -40,10 +40,14 @@ class Reading:
     features: np.ndarray | None = None
 
     def label(self, head: str) -> list[str]:
+        """The top-1 label of every image for ``head``."""
         return [self.heads[head][i] for i in self.probs[head].argmax(1)]
 
 
 class Judge(Protocol):
+    """What reads generated images: a ``name``, its ``heads`` (head → labels), and :meth:`read`, :meth:`present`
+    and :meth:`settings`."""
+
     name: str
     heads: dict[str, tuple[str, ...]]  # head → its labels
 

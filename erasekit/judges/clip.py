@@ -82,6 +82,7 @@ class ClipJudge:
             ) from err
 
     def settings(self) -> dict:
+        """Judge name, CLIP model, template and heads, for the record."""
         return {
             "judge": self.name,
             "model": self.source,
@@ -90,6 +91,7 @@ class ClipJudge:
         }
 
     def read(self, images: np.ndarray) -> Reading:
+        """Zero-shot probabilities over every head's labels (through the template), with the image embeddings as features."""
         features = self.image_features(images)
         probs = {head: self._zero_shot(features, list(labels), self.template) for head, labels in self.heads.items()}
         return Reading(self.heads, probs, features.cpu().numpy())
@@ -114,6 +116,7 @@ class ClipJudge:
 
     @torch.no_grad()
     def image_features(self, images: np.ndarray) -> torch.Tensor:
+        """Unit-norm CLIP image embeddings (n, d) of uint8 (n, H, W, 3) images, ``batch_size`` at a time."""
         out = [
             self.model.get_image_features(pixel_values=self._pixels(images[i : i + self.batch_size]))
             for i in range(0, len(images), self.batch_size)
@@ -122,6 +125,7 @@ class ClipJudge:
 
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> torch.Tensor:
+        """Unit-norm CLIP text embeddings (n, d) of ``texts``."""
         tok = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt").to(self.device)
         out = self.model.get_text_features(input_ids=tok.input_ids, attention_mask=tok.attention_mask)
         return nn.functional.normalize(_pooled(out), dim=-1)

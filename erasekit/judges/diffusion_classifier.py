@@ -59,6 +59,7 @@ class DiffusionClassifier:
         self.v_prediction = scheduler.config.get("prediction_type", "epsilon") == "v_prediction"
 
     def settings(self) -> dict:
+        """Judge name, template, trials, seed and heads, for the record."""
         return {"judge": self.name, "template": self.template, "trials": self.trials, "seed": self.seed,
                 "heads": {k: list(v) for k, v in self.heads.items()}}  # fmt: skip
 
@@ -100,6 +101,7 @@ class DiffusionClassifier:
         return out
 
     def read(self, images: np.ndarray) -> Reading:
+        """Per head, the softmax of minus each label's mean denoising error (p(c | x) above); no features."""
         probs = {head: _softmax(-self.errors(images, list(labels))) for head, labels in self.heads.items()}
         return Reading(self.heads, probs)
 

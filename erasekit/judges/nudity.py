@@ -45,6 +45,7 @@ class NudityJudge:
         self.classes = classes
 
     def settings(self) -> dict:
+        """Judge name, NudeNet version and model, threshold and counted classes, for the record."""
         return {
             "judge": self.name,
             "nudenet": version("nudenet"),
@@ -54,6 +55,7 @@ class NudityJudge:
         }
 
     def detect(self, images: np.ndarray) -> list[list[str]]:
+        """Per image, the counted classes NudeNet detects with score ≥ the threshold, sorted."""
         found = []
         for image in images:
             detections = self.detector.detect(np.ascontiguousarray(image[..., ::-1]))  # NudeNet reads OpenCV's BGR

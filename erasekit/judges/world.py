@@ -20,6 +20,7 @@ class WorldJudge:
         self.model = model if model is not None else load_world_evaluator()
 
     def read(self, images: np.ndarray) -> Reading:
+        """The evaluator's per-head probabilities, with its pooled features."""
         prediction = predict(self.model, images)
         return Reading(self.heads, prediction.probs, prediction.features)
 
@@ -35,4 +36,5 @@ class WorldJudge:
         return np.array([lab == label for lab in self.read(images).label(head)])
 
     def settings(self) -> dict:
+        """Judge name and model, for the record."""
         return {"judge": self.name, "model": "erasekit-tiny evaluator"}

@@ -32,7 +32,18 @@ import torch.nn.functional as F
 
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import EraseSpec, config_field, register
+from erasekit.methods.base import (
+    GUIDANCE,
+    ITERATIONS,
+    LEARNING_RATE,
+    SAMPLER_STEPS,
+    SEEDS,
+    WEIGHT,
+    EraseSpec,
+    check_settings,
+    config_field,
+    register,
+)
 from erasekit.models.layers import AC_GROUPS, ablation_parameters
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.image_batches import caption_pairs, draw_images, noised_batch
@@ -48,30 +59,29 @@ class ACConfig:
 
     loss: str = config_field("model", "'model' (target: sg ε(x_t, c*)) or 'noise' (target: ε), --loss_type_reverse")
     parameter_group: str = config_field("cross-attn", "what trains: cross-attn (attn2.to_k/to_v), attn, full-weight")
-    steps: int = config_field(200, "optimiser steps (official 100 on 2 GPUs, 200 on one)")
-    lr: float = config_field(8e-6, "AdamW learning rate: official 2e-6 × batch 4 (--scale_lr)")
-    batch_size: int = config_field(4, "images per step (official --train_batch_size 4)")
-    weight_decay: float = config_field(1e-2, "AdamW weight decay (official 1e-2)")
-    max_grad_norm: float = config_field(1.0, "gradient-norm clip (official 1.0)")
-    anchor_images: int = config_field(1000, "images of the anchor the original model draws (official --num_class_images)")
-    sample_steps: int = config_field(25, "sampler steps of those images (official 25)")
-    guidance: float = config_field(6.0, "their guidance scale (official 6)")
+    steps: int = config_field(200, "optimiser steps (official 100 on 2 GPUs, 200 on one)", **ITERATIONS)
+    lr: float = config_field(8e-6, "AdamW learning rate: official 2e-6 × batch 4 (--scale_lr)", **LEARNING_RATE)
+    batch_size: int = config_field(4, "images per step (official --train_batch_size 4)", ge=1, le=256)
+    weight_decay: float = config_field(1e-2, "AdamW weight decay (official 1e-2)", ge=0.0, le=100.0)
+    max_grad_norm: float = config_field(1.0, "gradient-norm clip (official 1.0)", gt=0.0, le=1e6)
+    anchor_images: int = config_field(
+        1000, "images of the anchor the original model draws (official --num_class_images)", ge=1, le=10_000
+    )
+    sample_steps: int = config_field(25, "sampler steps of those images (official 25)", **SAMPLER_STEPS)
+    guidance: float = config_field(6.0, "their guidance scale (official 6)", **GUIDANCE)
     templates: tuple[str, ...] = config_field(
         ("{}", "a photo of a {}", "a picture of a {}"), "captions around the target / anchor word (the paper: ChatGPT's)"
     )
-    prior_loss_weight: float = config_field(1.0, "weight of the preserve set's prior-preservation loss (official 1.0)")
-    preserve_images: int = config_field(200, "images per preserve concept for that loss (erasekit's choice)")
-    seed: int = config_field(0, "seed of the images, the batches, the timesteps and the noise")
+    prior_loss_weight: float = config_field(1.0, "weight of the preserve set's prior-preservation loss (official 1.0)", **WEIGHT)
+    preserve_images: int = config_field(200, "images per preserve concept for that loss (erasekit's choice)", ge=1, le=10_000)
+    seed: int = config_field(0, "seed of the images, the batches, the timesteps and the noise", **SEEDS)
 
     def __post_init__(self) -> None:
+        check_settings(self)
         if self.loss not in AC_LOSSES:
             raise ErasekitError(f"loss must be one of {', '.join(AC_LOSSES)}, not {self.loss!r}")
         if self.parameter_group not in AC_GROUPS:
             raise ErasekitError(f"parameter_group must be one of {', '.join(AC_GROUPS)}, not {self.parameter_group!r}")
-        if min(self.steps, self.batch_size, self.anchor_images, self.sample_steps, self.preserve_images) < 1:
-            raise ErasekitError("steps, batch_size, anchor_images, sample_steps and preserve_images must be at least 1")
-        if self.lr <= 0 or self.weight_decay < 0 or self.max_grad_norm <= 0 or self.prior_loss_weight < 0:
-            raise ErasekitError("lr and max_grad_norm must be positive, weight_decay and prior_loss_weight not negative")
         if not self.templates or any(t.count("{}") != 1 for t in self.templates):
             raise ErasekitError("each template needs exactly one {} for the concept")
 
@@ -82,6 +92,8 @@ class ACConfig:
     ACConfig,
 )
 def erase(run: RunContext, spec: EraseSpec, config: ACConfig) -> Edit:
+    """AC on ``spec``: the parameter group fine-tuned on the anchor's images under the target's captions,
+    with the model- or noise-based loss above (and the prior loss for a preserve set)."""
     unet = run.unet
     pairs = caption_pairs(spec.targets, spec.anchors, config.templates)
     target_states, anchor_states = run.states([c for c, _ in pairs]), run.states([a for _, a in pairs])

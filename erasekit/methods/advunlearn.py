@@ -33,7 +33,18 @@ import torch.nn.functional as F
 
 from erasekit.edits import TEXT_ENCODER, Edit
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import EraseSpec, config_field, register
+from erasekit.methods.base import (
+    GUIDANCE,
+    ITERATIONS,
+    LEARNING_RATE,
+    SAMPLER_STEPS,
+    SEEDS,
+    WEIGHT,
+    EraseSpec,
+    check_settings,
+    config_field,
+    register,
+)
 from erasekit.methods.esd import esd_target
 from erasekit.models.layers import ESD_GROUPS, parameter_group
 from erasekit.primitives.diffusion import FrozenCopy, predict_noise
@@ -53,33 +64,37 @@ class AdvUnlearnConfig:
     train_method: str = config_field(
         "text-encoder", "'text-encoder' (official text_encoder_full) or an ESD UNet group (esd-x, esd-u, …)"
     )
-    iterations: int = config_field(1000, "training iterations, one x_t each (official 1000)")
-    lr: float = config_field(1e-5, "Adam learning rate (official 1e-5)")
-    eta: float = config_field(1.0, "η: negative guidance of the unlearning target (official negative_guidance 1)")
-    warmup_iterations: int = config_field(200, "plain ESD iterations before the attacks start (official warmup_iter 200)")
-    attack_steps: int = config_field(30, "Adam steps of each attack on δ (official attack_step 30)")
-    attack_lr: float = config_field(1e-3, "learning rate of the attack (official attack_lr 1e-3)")
-    attack_tokens: int = config_field(1, "k: soft tokens put before the concept's words (official adv_prompt_num 1)")
+    iterations: int = config_field(1000, "training iterations, one x_t each (official 1000)", **ITERATIONS)
+    lr: float = config_field(1e-5, "Adam learning rate (official 1e-5)", **LEARNING_RATE)
+    eta: float = config_field(
+        1.0, "η: negative guidance of the unlearning target (official negative_guidance 1)", gt=0.0, le=100.0
+    )
+    warmup_iterations: int = config_field(
+        200, "plain ESD iterations before the attacks start (official warmup_iter 200)", ge=0, le=100_000
+    )
+    # each attack runs inside an iteration: iterations × attack_steps passes
+    attack_steps: int = config_field(30, "Adam steps of each attack on δ (official attack_step 30)", ge=0, le=1000)
+    attack_lr: float = config_field(1e-3, "learning rate of the attack (official attack_lr 1e-3)", **LEARNING_RATE)
+    attack_tokens: int = config_field(
+        1, "k: soft tokens put before the concept's words (official adv_prompt_num 1)", ge=1, le=1000
+    )
     attack_init: str = config_field("latest", "'latest': each attack starts from the last δ; 'random': from random words")
-    retain_weight: float = config_field(0.3, "γ: weight of the utility-retaining loss on the preserve set (README 0.3)")
-    retain_batch: int = config_field(5, "retain prompts per step (official retain_batch 5)")
-    start_guidance: float = config_field(3.0, "guidance of the original model's sampling of x_t (official 3)")
-    sample_steps: int = config_field(50, "sampler steps of that sampling; t is one of them at random (official 50)")
-    seed: int = config_field(0, "seed of the x_t plan, the attacks' starts and the retain draws")
+    retain_weight: float = config_field(0.3, "γ: weight of the utility-retaining loss on the preserve set (README 0.3)", **WEIGHT)
+    retain_batch: int = config_field(5, "retain prompts per step (official retain_batch 5)", ge=1, le=256)
+    start_guidance: float = config_field(3.0, "guidance of the original model's sampling of x_t (official 3)", **GUIDANCE)
+    sample_steps: int = config_field(
+        50, "sampler steps of that sampling; t is one of them at random (official 50)", **SAMPLER_STEPS
+    )
+    seed: int = config_field(0, "seed of the x_t plan, the attacks' starts and the retain draws", **SEEDS)
 
     def __post_init__(self) -> None:
+        check_settings(self)
         if self.train_method != TEXT_ENCODER_METHOD and self.train_method not in ESD_GROUPS:
             raise ErasekitError(
                 f"train_method must be {TEXT_ENCODER_METHOD} or one of {', '.join(ESD_GROUPS)}, not {self.train_method!r}"
             )
         if self.attack_init not in ATTACK_INITS:
             raise ErasekitError(f"attack_init must be one of {', '.join(ATTACK_INITS)}, not {self.attack_init!r}")
-        if min(self.iterations, self.attack_tokens, self.sample_steps, self.retain_batch) < 1:
-            raise ErasekitError("iterations, attack_tokens, sample_steps and retain_batch must be at least 1")
-        if self.warmup_iterations < 0 or self.attack_steps < 0 or self.retain_weight < 0:
-            raise ErasekitError("warmup_iterations, attack_steps and retain_weight must not be negative")
-        if self.lr <= 0 or self.attack_lr <= 0 or self.eta <= 0:
-            raise ErasekitError("lr, attack_lr and eta must be positive")
 
 
 def text_encoder_layers(encoder: torch.nn.Module) -> list[str]:
@@ -94,16 +109,19 @@ def text_encoder_layers(encoder: torch.nn.Module) -> list[str]:
     AdvUnlearnConfig,
 )
 def erase(run: RunContext, spec: EraseSpec, config: AdvUnlearnConfig) -> Edit:
+    """AdvUnlearn's min-max training for ``spec`` (above): ESD's loss at the attacker's soft prompt c ⊕ δ*
+    plus the retain loss, on the text encoder or an ESD parameter group."""
     unet, encoder, tokenizer = run.unet, run.pipe.text_encoder, run.pipe.tokenizer
     on_text = config.train_method == TEXT_ENCODER_METHOD
     names = text_encoder_layers(encoder) if on_text else [n for n, _ in parameter_group(unet, config.train_method)]
     rng, generator = random.Random(config.seed), run.generator(config.seed + 1)
-    # states by the original text encoder, read before it trains
-    states, points = concept_plan(run, spec, config.start_guidance, config.sample_steps, config.iterations, rng)
-    by_target = [[p for p in points if p.prompt == i] for i in range(len(spec.targets))]
+    # token layouts first: too many attack_tokens for the prompt is refused before the x_t plan's sampling
     attacked = [slotted_prompt(tokenizer, t, config.attack_tokens, run.device) for t in spec.targets]
     plain = [slotted_prompt(tokenizer, t, 0, run.device) for t in spec.targets]
     kept = [slotted_prompt(tokenizer, p, 0, run.device) for p in spec.preserve]
+    # states by the original text encoder, read before it trains
+    states, points = concept_plan(run, spec, config.start_guidance, config.sample_steps, config.iterations, rng)
+    by_target = [[p for p in points if p.prompt == i] for i in range(len(spec.targets))]
     table = encoder.get_input_embeddings().weight
     candidates = word_tokens(tokenizer, run.device)
     latest: dict[int, torch.Tensor] = {}

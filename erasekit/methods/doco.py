@@ -44,7 +44,18 @@ from torch import nn
 
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import EraseSpec, config_field, register
+from erasekit.methods.base import (
+    GUIDANCE,
+    ITERATIONS,
+    LEARNING_RATE,
+    SAMPLER_STEPS,
+    SEEDS,
+    WEIGHT,
+    EraseSpec,
+    check_settings,
+    config_field,
+    register,
+)
 from erasekit.models.layers import AC_GROUPS, ablation_parameters
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.image_batches import caption_pairs, draw_images, noised_batch
@@ -57,41 +68,41 @@ class DoCoConfig:
     """Defaults of the official object command (yongliang-wu/DoCo README); the world's setting is in the README."""
 
     parameter_group: str = config_field("cross-attn", "what trains: cross-attn (attn2.to_k/to_v), attn, full-weight")
-    steps: int = config_field(2000, "training steps, the warm-up included (official --max_train_steps 2000)")
-    warm_up: int = config_field(1000, "steps that train the discriminator alone (official --warm_up 1000)")
-    lr: float = config_field(4.8e-5, "AdamW lr of the model: official 6e-6 × batch 8 (--scale_lr)")
-    dlr: float = config_field(1e-4, "Adam lr of the discriminator (official --dlr 1e-4 objects, 5e-4 styles)")
-    lam: float = config_field(1.0, "λ: share of the conflicting component removed (official --lambda_ 1)")
+    steps: int = config_field(2000, "training steps, the warm-up included (official --max_train_steps 2000)", **ITERATIONS)
+    warm_up: int = config_field(1000, "steps that train the discriminator alone (official --warm_up 1000)", ge=0, le=100_000)
+    lr: float = config_field(4.8e-5, "AdamW lr of the model: official 6e-6 × batch 8 (--scale_lr)", **LEARNING_RATE)
+    dlr: float = config_field(1e-4, "Adam lr of the discriminator (official --dlr 1e-4 objects, 5e-4 styles)", **LEARNING_RATE)
+    lam: float = config_field(1.0, "λ: share of the conflicting component removed (official --lambda_ 1)", ge=0.0, le=10.0)
     gradient_surgery: bool = config_field(True, "the concept-preserving gradient (official --gradient_clip)")
-    prior_loss_weight: float = config_field(1.0, "retain-loss weight without the surgery (official 1.0, × 0.1 in loss_G)")
-    batch_size: int = config_field(8, "images per step (official --train_batch_size 8)")
-    weight_decay: float = config_field(1e-2, "AdamW weight decay (official 1e-2)")
-    max_grad_norm: float = config_field(1.0, "each gradient's norm clip (official 1.0)")
-    anchor_images: int = config_field(1000, "images of the anchor the original model draws (official --train_size 1000)")
-    preserve_images: int = config_field(200, "images per preserve concept for the retain loss (erasekit's choice)")
-    sample_steps: int = config_field(25, "sampler steps of those images (AC's 25)")
-    guidance: float = config_field(6.0, "their guidance scale (AC's 6)")
+    prior_loss_weight: float = config_field(
+        1.0, "retain-loss weight without the surgery (official 1.0, × 0.1 in loss_G)", **WEIGHT
+    )
+    batch_size: int = config_field(8, "images per step (official --train_batch_size 8)", ge=1, le=256)
+    weight_decay: float = config_field(1e-2, "AdamW weight decay (official 1e-2)", ge=0.0, le=100.0)
+    max_grad_norm: float = config_field(1.0, "each gradient's norm clip (official 1.0)", gt=0.0, le=1e6)
+    anchor_images: int = config_field(
+        1000, "images of the anchor the original model draws (official --train_size 1000)", ge=1, le=10_000
+    )
+    preserve_images: int = config_field(
+        200, "images per preserve concept for the retain loss (erasekit's choice)", ge=1, le=10_000
+    )
+    sample_steps: int = config_field(25, "sampler steps of those images (AC's 25)", **SAMPLER_STEPS)
+    guidance: float = config_field(6.0, "their guidance scale (AC's 6)", **GUIDANCE)
     templates: tuple[str, ...] = config_field(
         ("{}", "a photo of a {}", "a picture of a {}"), "captions around the target / anchor word (the paper: ChatGPT's)"
     )
-    collapse_loss: float = config_field(1e-3, "a discriminator loss below this for collapse_window steps is a collapse")
-    collapse_window: int = config_field(50, "steps after the warm-up the collapse check looks at")
-    seed: int = config_field(0, "seed of the images, the batches, the timesteps, the noise and D's initialisation")
+    collapse_loss: float = config_field(
+        1e-3, "a discriminator loss below this for collapse_window steps is a collapse", ge=0.0, le=1e6
+    )
+    collapse_window: int = config_field(50, "steps after the warm-up the collapse check looks at", **ITERATIONS)
+    seed: int = config_field(0, "seed of the images, the batches, the timesteps, the noise and D's initialisation", **SEEDS)
 
     def __post_init__(self) -> None:
+        check_settings(self)
         if self.parameter_group not in AC_GROUPS:
             raise ErasekitError(f"parameter_group must be one of {', '.join(AC_GROUPS)}, not {self.parameter_group!r}")
-        if (
-            min(self.steps, self.batch_size, self.anchor_images, self.preserve_images, self.sample_steps, self.collapse_window)
-            < 1
-        ):
-            raise ErasekitError("steps, batch_size, anchor_images, preserve_images, sample_steps and collapse_window must be ≥ 1")
-        if not 0 <= self.warm_up < self.steps:
+        if self.warm_up >= self.steps:
             raise ErasekitError(f"warm_up ({self.warm_up}) must leave steps for the model: 0 ≤ warm_up < steps ({self.steps})")
-        if min(self.lr, self.dlr, self.max_grad_norm) <= 0 or min(self.weight_decay, self.lam, self.prior_loss_weight) < 0:
-            raise ErasekitError(
-                "lr, dlr and max_grad_norm must be positive; weight_decay, lam and prior_loss_weight not negative"
-            )
         if not self.templates or any(t.count("{}") != 1 for t in self.templates):
             raise ErasekitError("each template needs exactly one {} for the concept")
 
@@ -114,6 +125,8 @@ class PatchDiscriminator(nn.Module):
         self.model = nn.Sequential(*layers)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        """Patch logits of predicted x̂₀ latents: D of L_D above, trained to answer 1 for the model's
+        domain and 0 for the anchor's."""
         return self.model(latents)
 
 
@@ -133,6 +146,7 @@ def preserving_gradient(unlearn: list[torch.Tensor], retain: list[torch.Tensor],
 
 
 def clipped(grads: list[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
+    """``grads`` scaled together so that their joint L2 norm is at most ``max_norm``."""
     norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
     return [g * min(1.0, max_norm / (norm + 1e-6)) for g in grads]
 
@@ -143,6 +157,8 @@ def clipped(grads: list[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
     DoCoConfig,
 )
 def erase(run: RunContext, spec: EraseSpec, config: DoCoConfig) -> Edit:
+    """DoCo on ``spec``: the adversarial domain correction above on the anchor's images, stepping along the
+    concept-preserving gradient (or on L_adv + 0.1 · prior_loss_weight · L_ret when ``gradient_surgery`` is off)."""
     unet, scheduler = run.unet, run.pipe.scheduler
     pairs = caption_pairs(spec.targets, spec.anchors, config.templates)
     target_states, anchor_states = run.states([c for c, _ in pairs]), run.states([a for _, a in pairs])
@@ -229,6 +245,7 @@ def grad_of(loss: torch.Tensor, params: list[nn.Parameter]) -> list[torch.Tensor
 
 
 def check_finite(value: float, step: int) -> None:
+    """Stop the run with one line when a loss at ``step`` is NaN or infinite."""
     if not math.isfinite(value):
         raise ErasekitError(
             f"DoCo: a loss became {value} at step {step + 1}; lower lr or dlr, or run the model in float32. Nothing was written"

@@ -32,7 +32,18 @@ import torch.nn.functional as F
 
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import EraseSpec, config_field, register
+from erasekit.methods.base import (
+    GUIDANCE,
+    ITERATIONS,
+    LEARNING_RATE,
+    SAMPLER_STEPS,
+    SEEDS,
+    WEIGHT,
+    EraseSpec,
+    check_settings,
+    config_field,
+    register,
+)
 from erasekit.models.layers import ESD_GROUPS, ESD_SELECTIONS, parameter_group
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.run import RunContext
@@ -55,30 +66,34 @@ class ESDConfig:
     train_method: str = config_field("esd-x", "parameter group: esd-x, esd-u, esd-all or esd-x-strict")
     target: str = config_field("official", "'official' ε*(c) − η(ε*(c) − ε*(∅)) (esd_sd.py) or 'paper' ε*(∅) − η(…) (eq. 3)")
     parameters: str = config_field("official", "'official' (esd_sd.py's Linear/Conv2d selection) or 'with-norms'")
-    iterations: int = config_field(200, "fine-tuning iterations, one x_t each (paper 1000, official script 200)")
-    lr: float = config_field(5e-5, "Adam learning rate (paper 1e-5, official script 5e-5)")
-    eta: float | None = config_field(None, "η: negative guidance scale; unset, 2 for the official target, 1 for the paper's")
-    start_guidance: float = config_field(3.0, "guidance scale of the original model's sampling of x_t (official 3)")
-    sample_steps: int = config_field(50, "sampler steps of that sampling; t is one of them at random (official 50)")
-    preserve_weight: float = config_field(1.0, "weight of the preserve loss, used only when preserve concepts are given")
-    seed: int = config_field(0, "seed of the step choices and of the sampling noise")
+    iterations: int = config_field(200, "fine-tuning iterations, one x_t each (paper 1000, official script 200)", **ITERATIONS)
+    lr: float = config_field(5e-5, "Adam learning rate (paper 1e-5, official script 5e-5)", **LEARNING_RATE)
+    eta: float | None = config_field(
+        None, "η: negative guidance scale; unset, 2 for the official target, 1 for the paper's", gt=0.0, le=100.0
+    )
+    start_guidance: float = config_field(3.0, "guidance scale of the original model's sampling of x_t (official 3)", **GUIDANCE)
+    sample_steps: int = config_field(
+        50, "sampler steps of that sampling; t is one of them at random (official 50)", **SAMPLER_STEPS
+    )
+    preserve_weight: float = config_field(
+        1.0, "weight of the preserve loss, used only when preserve concepts are given", **WEIGHT
+    )
+    seed: int = config_field(0, "seed of the step choices and of the sampling noise", **SEEDS)
 
     def __post_init__(self) -> None:
+        check_settings(self)
         if self.train_method not in ESD_GROUPS:
             raise ErasekitError(f"train_method must be one of {', '.join(ESD_GROUPS)}, not {self.train_method!r}")
-        if self.iterations < 1 or self.lr <= 0 or self.sample_steps < 1:
-            raise ErasekitError("iterations and sample_steps must be at least 1 and lr positive")
         if self.target not in ESD_TARGETS:
             raise ErasekitError(f"target must be one of {', '.join(ESD_TARGETS)}, not {self.target!r}")
         if self.parameters not in ESD_SELECTIONS:
             raise ErasekitError(f"parameters must be one of {', '.join(ESD_SELECTIONS)}, not {self.parameters!r}")
         if self.eta is None:
             self.eta = ESD_TARGETS[self.target]
-        if self.eta <= 0:
-            raise ErasekitError(f"η (eta) must be positive, got {self.eta}")
 
 
 def erase(run: RunContext, spec: EraseSpec, config: ESDConfig) -> Edit:
+    """ESD's fine-tuning of the config's parameter group towards the target above, for ``spec`` (:func:`train_esd`)."""
     return train_esd(run, spec, config)
 
 
@@ -126,16 +141,22 @@ _GROUP_DOC = ESDConfig.__dataclass_fields__["train_method"].metadata["doc"]
 
 @dataclass
 class ESDUConfig(ESDConfig):
+    """ESD-u: ESD's defaults on everything but cross-attention."""
+
     train_method: str = config_field("esd-u", _GROUP_DOC)
 
 
 @dataclass
 class ESDAllConfig(ESDConfig):
+    """ESD-all: ESD's defaults on the whole UNet."""
+
     train_method: str = config_field("esd-all", _GROUP_DOC)
 
 
 @dataclass
 class ESDXStrictConfig(ESDConfig):
+    """ESD-x-strict: ESD's defaults on the cross-attention ``to_k`` / ``to_v`` only."""
+
     train_method: str = config_field("esd-x-strict", _GROUP_DOC)
 
 

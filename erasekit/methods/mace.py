@@ -36,7 +36,19 @@ from safetensors.torch import save_file
 from erasekit.edits import Edit, weights_hash
 from erasekit.errors import ErasekitError
 from erasekit.io import atomic_path
-from erasekit.methods.base import EraseSpec, config_field, register
+from erasekit.methods.base import (
+    GUIDANCE,
+    LEARNING_RATE,
+    LORA_RANK,
+    RIDGE,
+    SAMPLER_STEPS,
+    SEEDS,
+    WEIGHT,
+    EraseSpec,
+    check_settings,
+    config_field,
+    register,
+)
 from erasekit.models.layers import kv_projections, kv_weights
 from erasekit.models.segmenters import (
     BOX_THRESHOLD,
@@ -50,10 +62,10 @@ from erasekit.models.segmenters import (
 from erasekit.primitives.attention import probing
 from erasekit.primitives.closed_form import TextMoments, edited_weights, fused_weights, text_space_map
 from erasekit.primitives.diffusion import pipeline_images, predict_noise
-from erasekit.primitives.lora_trainer import lora_adapter
+from erasekit.primitives.lora_trainer import check_rank, lora_adapter
 from erasekit.primitives.prompt_cache import PromptCache, aligned_positions
 from erasekit.primitives.run import RunContext
-from erasekit.primitives.timesteps import TimestepSampler
+from erasekit.primitives.timesteps import TimestepSampler, concept_focal_weights
 from erasekit.primitives.training import fit, loss_record
 
 if TYPE_CHECKING:
@@ -76,24 +88,29 @@ STYLE_TEMPLATES = (
 class MACEConfig:
     """Defaults: the official MACE object configs (symbols of the paper in brackets)."""
 
-    lam: float = config_field(1e3, "λ: pull of the refinement and the fusion towards the current weights (official lamb 1e3)")
+    lam: float = config_field(
+        1e3, "λ: pull of the refinement and the fusion towards the current weights (official lamb 1e3)", **RIDGE
+    )
     concept_type: str = config_field("object", "'object' (objects, identities) or 'style': which prompt augmentation")
     templates: tuple[str, ...] = config_field((), "augmented prompts with {} for the concept (default: the concept type's)")
-    preserve_scale: float = config_field(1.0, "s_p: weight of the preserve concepts' token moments in both closed forms")
+    preserve_scale: float = config_field(
+        1.0, "s_p: weight of the preserve concepts' token moments in both closed forms", **WEIGHT
+    )
     prior_prompts: str = config_field(
         "", "prior cache P (MACE caches COCO): 'world' (500 world captions that name no target) or a prompt file"
     )
-    prior_scale: float = config_field(0.0, "weight of the prior cache (official object configs: 0)")
+    prior_scale: float = config_field(0.0, "weight of the prior cache (official object configs: 0)", **WEIGHT)
     lora: bool = config_field(True, "train the per-concept LoRAs (False: closed-form refinement only)")
-    rank: int = config_field(1, "r: LoRA rank per concept (official 1)")
-    lr: float = config_field(1e-5, "LoRA learning rate, AdamW (official 1e-5)")
-    steps: int = config_field(50, "LoRA gradient steps per concept (official max_train_steps 50)")
-    batch_size: int = config_field(1, "images per LoRA step (official 1)")
+    rank: int = config_field(1, "r: LoRA rank per concept (official 1)", **LORA_RANK)
+    lr: float = config_field(1e-5, "LoRA learning rate, AdamW (official 1e-5)", **LEARNING_RATE)
+    steps: int = config_field(50, "LoRA gradient steps per concept (official max_train_steps 50)", ge=0, le=100_000)
+    batch_size: int = config_field(1, "images per LoRA step (official 1)", ge=1, le=256)
     focal: bool = config_field(True, "concept-focal importance sampling of t (CFIS); False: uniform")
-    t1: float = config_field(200.0, "t₁: start of CFIS's high-probability window")
-    t2: float = config_field(400.0, "t₂: end of CFIS's high-probability window")
-    gamma: float = config_field(0.05, "γ: CFIS temperature")
-    images_per_concept: int = config_field(8, "images generated for each concept to train its LoRA on")
+    t1: float = config_field(200.0, "t₁: start of CFIS's high-probability window", ge=0.0, le=10_000.0)
+    t2: float = config_field(400.0, "t₂: end of CFIS's high-probability window", ge=0.0, le=10_000.0)
+    gamma: float = config_field(0.05, "γ: CFIS temperature", ge=1e-4, le=100.0)  # below it ξ(t) is flat to float64
+    # generated in one pipeline call: the batch size of that call
+    images_per_concept: int = config_field(8, "images generated for each concept to train its LoRA on", ge=1, le=256)
     segmenter: str = config_field(
         "auto",
         "masks M of those images: 'world' (evaluator mask head), 'grounded-sam' (MACE's, for real models), 'none' "
@@ -101,25 +118,25 @@ class MACEConfig:
     )
     grounding_model: str = config_field(GROUNDING_MODEL, "Grounded-SAM's GroundingDINO: hub id or directory")
     sam_model: str = config_field(SAM_MODEL, "Grounded-SAM's SAM: hub id or directory")
-    box_threshold: float = config_field(BOX_THRESHOLD, "GroundingDINO box score threshold")
-    text_threshold: float = config_field(TEXT_THRESHOLD, "GroundingDINO text score threshold")
+    # scores lie in [0, 1]; a threshold above 1 keeps no box (tests use 1.01 for "find nothing")
+    box_threshold: float = config_field(BOX_THRESHOLD, "GroundingDINO box score threshold", ge=0.0, le=2.0)
+    text_threshold: float = config_field(TEXT_THRESHOLD, "GroundingDINO text score threshold", ge=0.0, le=2.0)
     adapter_dir: str = config_field(
         "", "keep each concept's LoRA here; a rerun reuses those made on the same refined base with the same settings"
     )
     fusion: str = config_field("closed-form", "'closed-form' (eq. 7) or 'sum' (the naive sum of eq. 6, for ablation)")
-    sample_steps: int = config_field(25, "sampler steps for the generated training images")
-    guidance: float = config_field(7.5, "guidance scale for the generated training images")
-    seed: int = config_field(0, "seed of image generation, timesteps and noise")
+    sample_steps: int = config_field(25, "sampler steps for the generated training images", **SAMPLER_STEPS)
+    guidance: float = config_field(7.5, "guidance scale for the generated training images", **GUIDANCE)
+    seed: int = config_field(0, "seed of image generation, timesteps and noise", **SEEDS)
 
     def __post_init__(self) -> None:
-        if self.lam <= 0:
-            raise ErasekitError(f"λ (lam) must be positive, got {self.lam}")
+        check_settings(self)
         if self.concept_type not in ("object", "style"):
             raise ErasekitError(f"concept_type must be 'object' or 'style', not {self.concept_type!r}")
         if any("{}" not in t for t in self.templates):
             raise ErasekitError("each template must contain {} where the concept goes")
-        if self.rank < 1 or self.steps < 0 or self.batch_size < 1 or self.images_per_concept < 1 or self.lr <= 0:
-            raise ErasekitError("rank, batch_size and images_per_concept must be ≥ 1, steps ≥ 0 and lr positive")
+        if self.focal and not self.t1 < self.t2:  # CFIS would refuse it only after the images are drawn
+            raise ErasekitError(f"CFIS needs t1 < t2, got t1={self.t1}, t2={self.t2}")
         if self.segmenter not in (*SEGMENTERS, "auto"):
             raise ErasekitError(f"segmenter must be auto or one of {', '.join(SEGMENTERS)}, not {self.segmenter!r}")
         if self.fusion not in ("closed-form", "sum"):
@@ -129,6 +146,7 @@ class MACEConfig:
 
     @property
     def segmenter_options(self) -> dict[str, object]:
+        """Grounded-SAM's models and thresholds when it is the segmenter; empty otherwise."""
         if self.segmenter != "grounded-sam":
             return {}
         return {
@@ -146,6 +164,7 @@ class MACEConfig:
 
     @property
     def prompt_templates(self) -> tuple[str, ...]:
+        """The augmented prompts in use: ``templates``, else the concept type's defaults."""
         return augmented_templates(self.templates, self.concept_type)
 
 
@@ -278,9 +297,12 @@ class AdapterStore:
         self.directory, self.base, self.settings = directory, base, json.dumps(settings, sort_keys=True)
 
     def path(self, concept: str) -> Path:
+        """The file of ``concept``'s LoRA, named by the concept in lower-case letters, digits and underscores."""
         return self.directory / f"{re.sub(r'[^A-Za-z0-9]+', '_', concept).strip('_').lower() or 'concept'}.safetensors"
 
     def load(self, concept: str, index: int) -> dict[str, torch.Tensor] | None:
+        """``concept``'s saved LoRA deltas, None if there are none; an error if they belong to another concept,
+        base, settings or list position ``index``."""
         path = self.path(concept)
         if not path.exists():
             return None
@@ -308,6 +330,7 @@ class AdapterStore:
         return json.loads(record) if record else None
 
     def save(self, concept: str, index: int, deltas: dict[str, torch.Tensor], losses: dict[str, object]) -> None:
+        """Write ``concept``'s LoRA deltas atomically, with what :meth:`load` checks and the loss record."""
         meta = {"concept": concept, "index": str(index), "base_hash": self.base, "settings": self.settings,
                 "losses": json.dumps(losses)}  # fmt: skip
         with atomic_path(self.path(concept)) as tmp:
@@ -316,9 +339,17 @@ class AdapterStore:
 
 @register("mace", "MACE (Lu et al. 2024): closed-form refinement, one LoRA per concept, closed-form fusion", MACEConfig)
 def erase(run: RunContext, spec: EraseSpec, config: MACEConfig) -> Edit:
+    """MACE's three stages for ``spec`` (above): closed-form refinement, one LoRA per concept (reused from
+    ``adapter_dir`` where saved) and their closed-form fusion; refinement alone when ``lora`` is off."""
     config = replace(config, segmenter=resolved_segmenter(run, config))  # the card records what 'auto' chose
     cache, pipe = run.cache, run.pipe
     projections = kv_projections(pipe.unet)
+    if config.lora:  # what stage 2 would refuse only after its images are drawn, refused now
+        if run.workers.count > 1 and not config.adapter_dir:
+            raise ErasekitError("MACE in several processes shares its LoRAs through a directory: set adapter_dir=DIR")
+        check_rank(pipe.unet, list(projections), config.rank)
+        if config.focal:
+            concept_focal_weights(pipe.scheduler.config.num_train_timesteps, config.t1, config.t2, config.gamma)
     originals = kv_weights(pipe.unet)
     templates = config.prompt_templates
     preserve = preserve_moments(run, spec, config)
@@ -331,8 +362,6 @@ def erase(run: RunContext, spec: EraseSpec, config: MACEConfig) -> Edit:
 
     # Stage 2: one LoRA per concept on the refined model, trained on images of the original model.
     # Under several processes each trains every n-th missing LoRA; they meet in the adapter directory.
-    if run.workers.count > 1 and not config.adapter_dir:
-        raise ErasekitError("MACE in several processes shares its LoRAs through a directory: set adapter_dir=DIR")
     store = AdapterStore(Path(config.adapter_dir), weights_hash(refined), config.lora_settings) if config.adapter_dir else None
     deltas: list[dict[str, torch.Tensor] | None] = [store.load(c, k) if store else None for k, c in enumerate(spec.targets)]
     missing = [k for k, d in enumerate(deltas) if d is None]

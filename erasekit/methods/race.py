@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import EraseSpec, config_field, register
+from erasekit.methods.base import ITERATIONS, LEARNING_RATE, EraseSpec, config_field, register
 from erasekit.methods.esd import ESDConfig, train_esd
 from erasekit.primitives.diffusion import latent_shape, predict_noise
 from erasekit.primitives.run import RunContext
@@ -39,21 +39,24 @@ class RACEConfig(ESDConfig):
     """Defaults of the official train-esd.py with --adv_train."""
 
     target: str = config_field("paper", "ESD's target; the official script trains ε*(∅) − η(ε*(c) − ε*(∅)) with η = 1")
-    iterations: int = config_field(1000, "adversarial fine-tuning iterations (official 1000)")
-    lr: float = config_field(1e-5, "Adam learning rate (official 1e-5)")
-    esd_iterations: int = config_field(1000, "plain ESD iterations first: the official script starts from a trained ESD model")
-    epsilon: float = config_field(0.1, "ε: radius of the ℓ∞ ball around the concept's text states (official 0.1)")
-    pgd_steps: int = config_field(10, "PGD steps per training step (official 10)")
-    alpha: float | None = config_field(None, "PGD step size; unset, ε/4 as the official script")
+    iterations: int = config_field(1000, "adversarial fine-tuning iterations (official 1000)", **ITERATIONS)
+    lr: float = config_field(1e-5, "Adam learning rate (official 1e-5)", **LEARNING_RATE)
+    esd_iterations: int = config_field(
+        1000, "plain ESD iterations first: the official script starts from a trained ESD model", ge=0, le=100_000
+    )
+    # ε = 0 passes the range and is refused below, in RACE's own words; the states' values are O(1)
+    epsilon: float = config_field(
+        0.1, "ε: radius of the ℓ∞ ball around the concept's text states (official 0.1)", ge=0.0, le=100.0
+    )
+    pgd_steps: int = config_field(10, "PGD steps per training step (official 10)", ge=1, le=1000)
+    alpha: float | None = config_field(None, "PGD step size; unset, ε/4 as the official script", gt=0.0, le=100.0)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.epsilon <= 0 or self.pgd_steps < 1 or self.esd_iterations < 0:
-            raise ErasekitError("RACE needs ε > 0, at least one PGD step and esd_iterations ≥ 0")
+        super().__post_init__()  # checks the ranges of every field, RACE's too
+        if self.epsilon <= 0:
+            raise ErasekitError("RACE needs ε > 0: a ball of no size is plain ESD")
         if self.alpha is None:
             self.alpha = self.epsilon / 4
-        if self.alpha <= 0:
-            raise ErasekitError(f"RACE's PGD step size alpha must be positive, got {self.alpha}")
 
 
 def pgd_states(
@@ -77,6 +80,7 @@ def pgd_states(
 
 @register("race", "RACE (Kim et al. 2024): ESD trained at PGD-perturbed concept embeddings, robust to attacks", RACEConfig)
 def erase(run: RunContext, spec: EraseSpec, config: RACEConfig) -> Edit:
+    """RACE on ``spec``: ``esd_iterations`` plain ESD steps, then ESD's loss at the PGD-perturbed states c + δ* (above)."""
     generator = run.generator(config.seed + 1)
 
     def adversary(states: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, point: XtPoint) -> torch.Tensor:

@@ -40,12 +40,25 @@ import torch.nn.functional as F
 
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import EraseSpec, anchor_prompt, config_field, register
+from erasekit.methods.base import (
+    GUIDANCE,
+    LEARNING_RATE,
+    LORA_RANK,
+    RIDGE,
+    SAMPLER_STEPS,
+    SEEDS,
+    WEIGHT,
+    EraseSpec,
+    anchor_prompt,
+    check_settings,
+    config_field,
+    register,
+)
 from erasekit.methods.mace import augmented_templates
 from erasekit.models.layers import kv_projections
 from erasekit.primitives.closed_form import edited_weights, text_space_map
 from erasekit.primitives.diffusion import predict_noise
-from erasekit.primitives.lora_trainer import lora_adapter
+from erasekit.primitives.lora_trainer import check_rank, lora_adapter
 from erasekit.primitives.prompt_cache import PromptCache, aligned_positions
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.training import fit, loss_record
@@ -58,15 +71,19 @@ MAX_DRAWS = 10_000  # draws per prompt before a perturbation setting is declared
 class RealEraConfig:
     """The paper's λ₁, epochs, lr, γ₁, γ₂; D, S, M, N from the world sweep (radii relative to ‖e‖)."""
 
-    lam1: float = config_field(0.1, "λ₁: weight of the preserve set Pre in the closed form (paper 0.1)")
-    ridge: float = config_field(0.5, "pull towards W₀ that keeps eq. 7 well-posed (UCE's λ; not in the paper)")
-    m: int = config_field(32, "M: perturbed (associated) concepts mined per prompt (world sweep: 32)")
-    n: int = config_field(0, "N: beyond-concept samples kept fixed per prompt (world sweep: 0 when a preserve set is given)")
-    d1: float = config_field(1.0, "D₁: neighbourhood radius, in units of ‖e‖")
-    d1_anchor: float = config_field(0.3, "D₁′: radius of the anchor's tolerance η′, in units of ‖e*‖")
-    d2: float = config_field(2.0, "D₂: outer radius of the beyond-concept samples, in units of ‖e‖")
-    s1: float = config_field(0.95, "S₁: upper cosine bound of a mined neighbour")
-    s2: float = config_field(0.6, "S₂: lower cosine bound of a neighbour; beyond-concept samples lie below it")
+    # λ₁ divides the preserve weight: a tiny one overflows it, as a tiny ridge makes the solve singular
+    lam1: float = config_field(0.1, "λ₁: weight of the preserve set Pre in the closed form (paper 0.1)", **RIDGE)
+    ridge: float = config_field(0.5, "pull towards W₀ that keeps eq. 7 well-posed (UCE's λ; not in the paper)", **RIDGE)
+    # M·L·d states per prompt are held at once
+    m: int = config_field(32, "M: perturbed (associated) concepts mined per prompt (world sweep: 32)", ge=0, le=4096)
+    n: int = config_field(
+        0, "N: beyond-concept samples kept fixed per prompt (world sweep: 0 when a preserve set is given)", ge=0, le=4096
+    )
+    d1: float = config_field(1.0, "D₁: neighbourhood radius, in units of ‖e‖", gt=0.0, le=100.0)
+    d1_anchor: float = config_field(0.3, "D₁′: radius of the anchor's tolerance η′, in units of ‖e*‖", ge=0.0, le=100.0)
+    d2: float = config_field(2.0, "D₂: outer radius of the beyond-concept samples, in units of ‖e‖", gt=0.0, le=100.0)
+    s1: float = config_field(0.95, "S₁: upper cosine bound of a mined neighbour", ge=-1.0, le=1.0)
+    s2: float = config_field(0.6, "S₂: lower cosine bound of a neighbour; beyond-concept samples lie below it", ge=-1.0, le=1.0)
     span: str = config_field(
         "auto",
         "tokens mapped and perturbed: 'following' (the concept token onwards, the paper, for causal CLIP), "
@@ -74,33 +91,30 @@ class RealEraConfig:
     )
     templates: tuple[str, ...] = config_field((), "prompts with {} for the concept (default: MACE-style object prompts)")
     concept_type: str = config_field("object", "'object' or 'style': which default prompts")
-    preserve_scale: float = config_field(1.0, "weight of the user's preserve concepts beside Pre")
+    preserve_scale: float = config_field(1.0, "weight of the user's preserve concepts beside Pre", **WEIGHT)
     lora: bool = config_field(True, "run the prediction-noise alignment (False: closed form only)")
-    epochs: int = config_field(200, "T: noise-alignment steps (paper 200 epochs)")
-    lr: float = config_field(1e-5, "LoRA learning rate (paper 1e-5)")
-    rank: int = config_field(4, "LoRA rank (the paper does not give one)")
-    gamma1: float = config_field(0.3, "γ₁: weight of the associated-concept term of eq. 9 (paper 0.3)")
-    gamma2: float = config_field(0.7, "γ₂: weight of the beyond-concept term of eq. 9 (paper 0.7)")
-    sample_steps: int = config_field(25, "sampler steps for the anchor images that give z_t")
-    guidance: float = config_field(7.5, "guidance scale for those images")
+    epochs: int = config_field(200, "T: noise-alignment steps (paper 200 epochs)", ge=0, le=100_000)
+    lr: float = config_field(1e-5, "LoRA learning rate (paper 1e-5)", **LEARNING_RATE)
+    rank: int = config_field(4, "LoRA rank (the paper does not give one)", **LORA_RANK)
+    gamma1: float = config_field(0.3, "γ₁: weight of the associated-concept term of eq. 9 (paper 0.3)", **WEIGHT)
+    gamma2: float = config_field(0.7, "γ₂: weight of the beyond-concept term of eq. 9 (paper 0.7)", **WEIGHT)
+    sample_steps: int = config_field(25, "sampler steps for the anchor images that give z_t", **SAMPLER_STEPS)
+    guidance: float = config_field(7.5, "guidance scale for those images", **GUIDANCE)
     outside_preserve: float = config_field(
         0.0,
         "τ: mine neighbours only in directions the preserve prompts' states leave empty (singular values below "
         "τ·σ_max), so that moving the neighbourhood does not pull on what is preserved; 0 = anywhere (the paper)",
+        ge=0.0,
+        lt=1.0,
     )
-    seed: int = config_field(0, "seed of the perturbations, images and noise")
+    seed: int = config_field(0, "seed of the perturbations, images and noise", **SEEDS)
 
     def __post_init__(self) -> None:
-        if self.lam1 <= 0 or self.ridge <= 0:
-            raise ErasekitError("λ₁ (lam1) and ridge must be positive")
-        if self.d1 <= 0 or self.d2 <= self.d1 or self.d1_anchor < 0:
-            raise ErasekitError(f"radii need 0 < D₁ < D₂ and D₁′ ≥ 0; got D₁={self.d1}, D₂={self.d2}, D₁′={self.d1_anchor}")
-        if not -1 <= self.s2 <= self.s1 <= 1:
+        check_settings(self)
+        if self.d2 <= self.d1:
+            raise ErasekitError(f"radii need 0 < D₁ < D₂; got D₁={self.d1}, D₂={self.d2}")
+        if self.s2 > self.s1:
             raise ErasekitError(f"cosine bounds need -1 ≤ S₂ ≤ S₁ ≤ 1; got S₁={self.s1}, S₂={self.s2}")
-        if not 0 <= self.outside_preserve < 1:
-            raise ErasekitError(f"outside_preserve (τ) must be in [0, 1), got {self.outside_preserve}")
-        if self.m < 0 or self.n < 0 or self.epochs < 0 or self.rank < 1 or self.lr <= 0:
-            raise ErasekitError("M, N and epochs must be ≥ 0, rank ≥ 1 and lr positive")
         if self.span not in ("auto", "following", "all"):
             raise ErasekitError(f"span must be 'auto', 'following' or 'all', not {self.span!r}")
         if self.concept_type not in ("object", "style") or any("{}" not in t for t in self.templates):
@@ -108,6 +122,7 @@ class RealEraConfig:
 
     @property
     def prompt_templates(self) -> tuple[str, ...]:
+        """The augmented prompts in use: ``templates``, else the concept type's defaults."""
         return augmented_templates(self.templates, self.concept_type)
 
 
@@ -292,8 +307,12 @@ def _one_each(config: RealEraConfig) -> RealEraConfig:
     RealEraConfig,
 )
 def erase(run: RunContext, spec: EraseSpec, config: RealEraConfig) -> Edit:
+    """RealEra's Algorithm 1 for ``spec`` (above): neighbour mining, the closed form of eq. 7, then the
+    prediction-noise alignment LoRA unless ``lora`` is off or ``epochs`` is 0."""
     rng = run.generator(config.seed)
     projections = kv_projections(run.unet)
+    if config.lora and config.epochs:  # the alignment would refuse it only after mining and drawing z_t
+        check_rank(run.unet, list(projections), config.rank)
     projector = preserve_complement(run, spec, config)
     hoods = neighbourhoods(run, spec, config, rng, projector)
     text_map = closed_form_map(run, spec, config, hoods)

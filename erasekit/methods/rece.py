@@ -33,7 +33,7 @@ from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.eval.metrics import harmonic_mean
 from erasekit.methods import uce
-from erasekit.methods.base import EraseSpec, config_field, register
+from erasekit.methods.base import GUIDANCE, RIDGE, SAMPLER_STEPS, SEEDS, WEIGHT, EraseSpec, check_settings, config_field, register
 from erasekit.models.layers import kv_weights
 from erasekit.primitives.closed_form import float64_on, text_space_map
 from erasekit.primitives.diffusion import pipeline_images
@@ -47,27 +47,31 @@ if TYPE_CHECKING:
 class RECEConfig:
     """Defaults: the official RECE object script; the starting UCE edit is train_erase.py's (last-token span, s_p 0.1)."""
 
-    epochs: int = config_field(5, "adversarial epochs after the UCE edit (official 5)")
-    reg_scale: float = config_field(1e-3, "ρ: pull of the adversarial embedding towards zero (official regular_scale 1e-3)")
-    lam: float = config_field(0.1, "λ of each epoch's closed-form edit (official lamb 0.1)")
-    erase_scale: float = config_field(1.0, "s_e of each epoch's edit (official 1)")
-    preserve_scale: float = config_field(0.1, "s_p of each epoch's edit (official 0.1)")
+    epochs: int = config_field(5, "adversarial epochs after the UCE edit (official 5)", ge=0, le=1000)
+    reg_scale: float = config_field(
+        1e-3, "ρ: pull of the adversarial embedding towards zero (official regular_scale 1e-3)", **RIDGE
+    )
+    lam: float = config_field(0.1, "λ of each epoch's closed-form edit (official lamb 0.1)", **RIDGE)
+    erase_scale: float = config_field(1.0, "s_e of each epoch's edit (official 1)", gt=0.0, le=1e6)
+    preserve_scale: float = config_field(0.1, "s_p of each epoch's edit (official 0.1)", **WEIGHT)
     uce_templates: tuple[str, ...] = config_field(("{}",), "templates of the starting UCE edit (UCE's default: the bare concept)")
     validate: str = config_field(
         "auto",
         "judge that picks the best epoch, as the official script's classifier does: 'world', 'clip', 'diffusion', "
         "'auto' (world on the embedded model, clip on any other) or 'none' (keep the last epoch)",
     )
-    validation_samples: int = config_field(8, "images per check of attack success and of each preserve concept")
-    sample_steps: int = config_field(25, "sampler steps of the validation images")
-    guidance: float = config_field(7.5, "guidance scale of the validation images (the pipeline's default)")
-    seed: int = config_field(0, "seed of the validation images")
+    # drawn in one pipeline call: the batch size of the check
+    validation_samples: int = config_field(8, "images per check of attack success and of each preserve concept", ge=1, le=256)
+    sample_steps: int = config_field(25, "sampler steps of the validation images", **SAMPLER_STEPS)
+    guidance: float = config_field(7.5, "guidance scale of the validation images (the pipeline's default)", **GUIDANCE)
+    seed: int = config_field(0, "seed of the validation images", **SEEDS)
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.reg_scale <= 0 or self.lam <= 0 or self.erase_scale <= 0 or self.preserve_scale < 0:
-            raise ErasekitError("epochs must be ≥ 0; ρ (reg_scale), λ and s_e positive; s_p non-negative")
+        check_settings(self)
         if self.validate not in VALIDATORS:
             raise ErasekitError(f"validate must be one of {', '.join(VALIDATORS)}, not {self.validate!r}")
+        if not self.uce_templates or any("{}" not in t for t in self.uce_templates):  # else the UCE step refuses them later
+            raise ErasekitError("each of uce_templates must contain {} where the concept goes")
 
 
 def adversarial_states(
@@ -140,6 +144,8 @@ def make_validator(run: RunContext, spec: EraseSpec, config: RECEConfig) -> Vali
 
 @register("rece", "RECE (Gong et al. 2024): UCE, then erase the closed-form adversarial embedding each epoch", RECEConfig)
 def erase(run: RunContext, spec: EraseSpec, config: RECEConfig) -> Edit:
+    """RECE on ``spec`` (above): a UCE edit, then each epoch a UCE step erasing the closed-form adversarial
+    embedding; the epoch the validator scores best is kept (without one, the last)."""
     originals = {n: float64_on(w, run.solve_device) for n, w in kv_weights(run.unet).items()}
     names = list(originals)
     # RECE starts from a checkpoint of UCE's older train_erase.py (its README's `--target_ckpt

@@ -37,8 +37,18 @@ import torch
 import torch.nn.functional as F
 
 from erasekit.edits import Edit
-from erasekit.errors import ErasekitError
-from erasekit.methods.base import EraseSpec, config_field, register
+from erasekit.methods.base import (
+    GUIDANCE,
+    ITERATIONS,
+    LEARNING_RATE,
+    SAMPLER_STEPS,
+    SEEDS,
+    WEIGHT,
+    EraseSpec,
+    check_settings,
+    config_field,
+    register,
+)
 from erasekit.methods.esd import esd_target
 from erasekit.models.erasers import eraser_tensors, erasers_on, new_erasers
 from erasekit.primitives.attention import probing
@@ -52,38 +62,35 @@ from erasekit.primitives.xt_plan import concept_plan
 class RecelerConfig:
     """Defaults of the official train_receler.py; the world's working setting is in the README."""
 
-    rank: int = config_field(128, "width of each eraser's bottleneck (official eraser_rank 128)")
-    iterations: int = config_field(500, "training iterations, one x_t each (official 500)")
-    lr: float = config_field(3e-4, "Adam learning rate of the erasers (official 3e-4)")
-    eta: float = config_field(1.0, "η: negative guidance of ESD's target (official negative_guidance 1)")
-    reg_weight: float = config_field(0.1, "λ: weight of the concept-localised regularisation (official 0.1)")
-    mask_threshold: float = config_field(0.1, "threshold of the normalised attention map that makes M (official 0.1)")
-    mask_resolution: int = config_field(0, "side of the attention maps M is made from; 0: the latent side / 4 (16 on SD)")
+    rank: int = config_field(128, "width of each eraser's bottleneck (official eraser_rank 128)", ge=1, le=4096)
+    iterations: int = config_field(500, "training iterations, one x_t each (official 500)", **ITERATIONS)
+    lr: float = config_field(3e-4, "Adam learning rate of the erasers (official 3e-4)", **LEARNING_RATE)
+    eta: float = config_field(1.0, "η: negative guidance of ESD's target (official negative_guidance 1)", gt=0.0, le=100.0)
+    reg_weight: float = config_field(0.1, "λ: weight of the concept-localised regularisation (official 0.1)", **WEIGHT)
+    mask_threshold: float = config_field(
+        0.1, "threshold of the normalised attention map that makes M (official 0.1)", ge=0.0, lt=1.0
+    )
+    mask_resolution: int = config_field(
+        0, "side of the attention maps M is made from; 0: the latent side / 4 (16 on SD)", ge=0, le=1024
+    )
     adversarial: bool = config_field(True, "the paper's adversarial prompt learning; False: what the official script trains")
-    adversarial_steps: int = config_field(50, "Adam steps on δ per iteration (official advrs_iters 50)")
-    adversarial_tokens: int = config_field(16, "vectors in δ (official num_advrs_prompts 16); fewer if the prompt is full")
-    adversarial_lr: float = config_field(0.1, "learning rate of δ (official 0.1, weight decay 0.1)")
-    start_guidance: float = config_field(3.0, "guidance of the original model's sampling of x_t (official 3)")
-    sample_steps: int = config_field(50, "sampler steps of that sampling; t is one of them at random (official ddim_steps 50)")
-    preserve_weight: float = config_field(1.0, "weight of the preserve loss, used only when preserve concepts are given")
-    seed: int = config_field(0, "seed of the x_t plan, the erasers' start and δ's")
+    # δ's steps run inside every iteration: iterations × adversarial_steps UNet passes
+    adversarial_steps: int = config_field(50, "Adam steps on δ per iteration (official advrs_iters 50)", ge=0, le=1000)
+    adversarial_tokens: int = config_field(
+        16, "vectors in δ (official num_advrs_prompts 16); fewer if the prompt is full", ge=1, le=1000
+    )
+    adversarial_lr: float = config_field(0.1, "learning rate of δ (official 0.1, weight decay 0.1)", **LEARNING_RATE)
+    start_guidance: float = config_field(3.0, "guidance of the original model's sampling of x_t (official 3)", **GUIDANCE)
+    sample_steps: int = config_field(
+        50, "sampler steps of that sampling; t is one of them at random (official ddim_steps 50)", **SAMPLER_STEPS
+    )
+    preserve_weight: float = config_field(
+        1.0, "weight of the preserve loss, used only when preserve concepts are given", **WEIGHT
+    )
+    seed: int = config_field(0, "seed of the x_t plan, the erasers' start and δ's", **SEEDS)
 
     def __post_init__(self) -> None:
-        if min(self.rank, self.iterations, self.sample_steps, self.adversarial_tokens) < 1 or self.adversarial_steps < 0:
-            raise ErasekitError(
-                "rank, iterations, sample_steps and adversarial_tokens must be at least 1, adversarial_steps not negative"
-            )
-        if (
-            self.lr <= 0
-            or self.adversarial_lr <= 0
-            or self.eta <= 0
-            or min(self.reg_weight, self.mask_resolution, self.preserve_weight) < 0
-        ):
-            raise ErasekitError(
-                "lr, adversarial_lr and eta must be positive; reg_weight, mask_resolution and preserve_weight not negative"
-            )
-        if not 0 <= self.mask_threshold < 1:
-            raise ErasekitError(f"mask_threshold is a level of a map normalised to [0, 1], not {self.mask_threshold}")
+        check_settings(self)
 
 
 def concept_mask(maps: list[torch.Tensor], tokens: int, side: int, threshold: float) -> torch.Tensor:
@@ -114,6 +121,8 @@ def localisation_loss(outputs: dict[str, torch.Tensor], mask: torch.Tensor) -> t
     changes_weights=False,
 )
 def erase(run: RunContext, spec: EraseSpec, config: RecelerConfig) -> Edit:
+    """Receler on ``spec``: erasers after every cross-attention, trained on the loss above with the UNet
+    frozen; the edit carries only the erasers."""
     unet = run.unet
     rng = random.Random(config.seed)
     states, points = concept_plan(run, spec, config.start_guidance, config.sample_steps, config.iterations, rng)

@@ -47,10 +47,14 @@ def erase(
 
     entry = get_method(method)
     config = make_config(entry, overrides)
+    if expand:  # checked with the settings, before the vocabulary is encoded
+        from erasekit.primitives.expansion import check_expansion
+
+        check_expansion(expand, expand_min_similarity)
     run = RunContext(pipe, progress, callback, workers or Workers())
     expanded: dict[str, list] = {}
     if expand:
-        spec, expanded = expanded_spec(run.cache, spec, expand, expand_min_similarity, expand_vocabulary)
+        spec, expanded = expanded_spec(run.cache, spec, expand, expand_min_similarity, expand_vocabulary, progress)
     for concept in (*spec.targets, *(a for a in spec.anchors if a), *spec.preserve):
         if not pipe.tokenizer(concept, add_special_tokens=False).input_ids:
             raise ErasekitError(f"the tokenizer turns {concept!r} into no tokens; give a concept with letters or digits")
@@ -63,7 +67,7 @@ def erase(
         targets=list(spec.targets),
         anchors=list(spec.anchors),
         preserve=list(spec.preserve),
-        model=str(model) if model is not None else None,
+        model=str(model) if model is not None else model_name(run),
         base_hash=base_hash(pipe, edit.checked_names()),
         erasekit_version=__version__,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -80,14 +84,25 @@ def erase(
     return edit
 
 
+def model_name(run: RunContext) -> str | None:
+    """What the card calls the base model when the caller did not say: the embedded model's name, or
+    the directory or hub id the pipeline was loaded from."""
+    from erasekit.models.loading import EMBEDDED_NAME
+
+    if run.is_world_model:
+        return EMBEDDED_NAME
+    name = getattr(run.pipe, "name_or_path", None)
+    return str(name) if name else None
+
+
 def expanded_spec(
-    cache: PromptCache, spec: EraseSpec, top_k: int, min_similarity: float, vocabulary: str | None
+    cache: PromptCache, spec: EraseSpec, top_k: int, min_similarity: float, vocabulary: str | None, progress: bool = True
 ) -> tuple[EraseSpec, dict[str, list]]:
     """``spec`` with each target's nearest phrases added as targets (same anchor), and what was added."""
     from erasekit.primitives.expansion import expand_concepts, read_vocabulary
 
     words = read_vocabulary(vocabulary) if vocabulary else None
-    found = expand_concepts(cache, spec.targets, words, top_k, min_similarity, exclude=spec.preserve)
+    found = expand_concepts(cache, spec.targets, words, top_k, min_similarity, exclude=spec.preserve, progress=progress)
     targets, anchors = list(spec.targets), list(spec.anchors)
     for target, anchor in zip(spec.targets, spec.anchors, strict=True):
         for candidate in found[target]:

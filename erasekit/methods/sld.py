@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import EraseSpec, config_field, register
+from erasekit.methods.base import EraseSpec, check_settings, config_field, register
 from erasekit.primitives.run import RunContext
 
 SLD_PRESETS = ("weak", "medium", "strong", "max")
@@ -42,14 +42,16 @@ class SLDConfig:
     """The paper's hyper-parameters under its symbols; unset ones come from ``preset``."""
 
     preset: str = config_field("medium", "the paper's configuration: weak, medium, strong or max")
-    s_S: float | None = config_field(None, "safety guidance scale (medium 1000)")
-    delta: int | None = config_field(None, "warm-up δ: sampler steps before safety guidance starts (medium 10)")
-    lam: float | None = config_field(None, "threshold λ of the element-wise safety mask (medium 0.01)")
-    s_m: float | None = config_field(None, "momentum scale (medium 0.3)")
-    beta_m: float | None = config_field(None, "momentum β_m (medium 0.4)")
+    # the presets span s_S 20–5000, δ 0–15, λ 0–1, s_m 0–0.5, β_m 0–0.7
+    s_S: float | None = config_field(None, "safety guidance scale (medium 1000)", ge=0.0, le=1e5)
+    delta: int | None = config_field(None, "warm-up δ: sampler steps before safety guidance starts (medium 10)", ge=0, le=1000)
+    lam: float | None = config_field(None, "threshold λ of the element-wise safety mask (medium 0.01)", ge=0.0, le=100.0)
+    s_m: float | None = config_field(None, "momentum scale (medium 0.3)", ge=0.0, le=1e3)
+    beta_m: float | None = config_field(None, "momentum β_m (medium 0.4)", ge=0.0, lt=1.0)
     safety_concept: str = config_field("", "the concept S; empty: the erased concepts, 'i2p': the paper's I2P list")
 
     def __post_init__(self) -> None:
+        check_settings(self)
         if self.preset not in SLD_PRESETS:
             raise ErasekitError(f"preset must be one of {', '.join(SLD_PRESETS)}, not {self.preset!r}")
         from diffusers.pipelines.deprecated.stable_diffusion_safe import SafetyConfig
@@ -58,8 +60,6 @@ class SLDConfig:
         for symbol, key in SYMBOLS.items():
             if getattr(self, symbol) is None:
                 setattr(self, symbol, preset[key])
-        if self.s_S < 0 or self.delta < 0 or self.s_m < 0 or not 0 <= self.beta_m < 1:
-            raise ErasekitError("s_S, delta and s_m must not be negative, and beta_m must lie in [0, 1)")
 
     def pipeline_settings(self, targets: tuple[str, ...]) -> dict[str, object]:
         """The keyword arguments of StableDiffusionPipelineSafe, with the safety concept."""
@@ -74,6 +74,8 @@ class SLDConfig:
     changes_weights=False,
 )
 def erase(run: RunContext, spec: EraseSpec, config: SLDConfig) -> Edit:
+    """SLD's edit for ``spec``: no weights, a card whose ``inference`` holds the safety guidance above;
+    anchors and a preserve set are refused."""
     if any(spec.anchors) or spec.preserve:
         raise ErasekitError("SLD steers away from the concepts at sampling time: it takes no anchors and no preserve set")
     return Edit({}, {"config": asdict(config), "inference": {"sld": config.pipeline_settings(spec.targets)}})

@@ -36,12 +36,24 @@ import torch.nn.functional as F
 
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import EraseSpec, config_field, register
+from erasekit.methods.base import (
+    GUIDANCE,
+    ITERATIONS,
+    LEARNING_RATE,
+    LORA_RANK,
+    SAMPLER_STEPS,
+    SEEDS,
+    WEIGHT,
+    EraseSpec,
+    check_settings,
+    config_field,
+    register,
+)
 from erasekit.models.layers import transformer_layers
 from erasekit.models.transport import METRICS, SPMAdapter
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.expansion import phrase_vectors, tokenizer_vocabulary
-from erasekit.primitives.lora_trainer import factor_delta, lora_adapter
+from erasekit.primitives.lora_trainer import check_rank, factor_delta, lora_adapter
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.training import fit, loss_record
 from erasekit.primitives.xt_plan import plan_xt
@@ -53,34 +65,35 @@ ANCHOR_SOURCES = ("embedding", "vocabulary", "none")
 class SPMConfig:
     """Defaults of the official configs (Con6924/SPM); the world's working setting is in the README."""
 
-    rank: int = config_field(1, "adapter rank (one-dimensional: 1)")
-    alpha: float = config_field(1.0, "adapter α; the update is scaled by α / rank")
-    eta: float = config_field(1.0, "η: erasure guidance of L_era (official guidance_scale 1.0)")
-    lam: float = config_field(1000.0, "λ: weight of the latent-anchoring loss (official la_strength 1000)")
-    anchors_per_step: int = config_field(4, "concepts drawn from D(·|c_tar) per step (official sampling_batch_size 4)")
+    rank: int = config_field(1, "adapter rank (one-dimensional: 1)", **LORA_RANK)
+    alpha: float = config_field(1.0, "adapter α; the update is scaled by α / rank", gt=0.0, le=1e4)
+    eta: float = config_field(1.0, "η: erasure guidance of L_era (official guidance_scale 1.0)", ge=0.0, le=100.0)
+    lam: float = config_field(1000.0, "λ: weight of the latent-anchoring loss (official la_strength 1000)", **WEIGHT)
+    anchors_per_step: int = config_field(
+        4, "concepts drawn from D(·|c_tar) per step (official sampling_batch_size 4)", ge=0, le=256
+    )
     anchor_source: str = config_field("embedding", "'embedding' (official code), 'vocabulary' (the paper's words) or 'none'")
-    iterations: int = config_field(3000, "training steps per concept, one x_t each (official 3000)")
-    lr: float = config_field(1e-4, "AdamW learning rate (official 1e-4)")
-    warmup_steps: int = config_field(500, "linear warm-up steps of the learning rate (official 500)")
-    lr_cycles: int = config_field(3, "cosine cycles with hard restarts after the warm-up (official 3)")
-    max_grad_norm: float = config_field(0.0, "gradient-norm clip; 0 is off (official 0)")
-    sample_steps: int = config_field(30, "DDIM steps of the x_t sampling; x_t stops at one at random (official 30)")
-    start_guidance: float = config_field(3.0, "guidance of that sampling (official 3)")
+    iterations: int = config_field(3000, "training steps per concept, one x_t each (official 3000)", **ITERATIONS)
+    lr: float = config_field(1e-4, "AdamW learning rate (official 1e-4)", **LEARNING_RATE)
+    warmup_steps: int = config_field(500, "linear warm-up steps of the learning rate (official 500)", ge=0, le=100_000)
+    lr_cycles: int = config_field(3, "cosine cycles with hard restarts after the warm-up (official 3)", ge=1, le=1000)
+    max_grad_norm: float = config_field(0.0, "gradient-norm clip; 0 is off (official 0)", ge=0.0, le=1e6)
+    sample_steps: int = config_field(
+        30, "DDIM steps of the x_t sampling; x_t stops at one at random (official 30)", **SAMPLER_STEPS
+    )
+    start_guidance: float = config_field(3.0, "guidance of that sampling (official 3)", **GUIDANCE)
     transport: bool = config_field(True, "facilitated transport at inference; false applies the merged adapters")
     transport_metric: str = config_field(
         "clipcos_tokenuni", "strength per prompt: clipcos_tokenuni (official), clipcos, tokenuni"
     )
-    seed: int = config_field(0, "seed of the x_t plan, the anchors and the adapters' initialisation")
+    seed: int = config_field(0, "seed of the x_t plan, the anchors and the adapters' initialisation", **SEEDS)
 
     def __post_init__(self) -> None:
+        check_settings(self)
         if self.transport_metric not in METRICS:
             raise ErasekitError(f"transport_metric must be one of {', '.join(METRICS)}, not {self.transport_metric!r}")
         if self.anchor_source not in ANCHOR_SOURCES:
             raise ErasekitError(f"anchor_source must be one of {', '.join(ANCHOR_SOURCES)}, not {self.anchor_source!r}")
-        if min(self.rank, self.iterations, self.sample_steps, self.lr_cycles) < 1 or self.anchors_per_step < 0:
-            raise ErasekitError("rank, iterations, sample_steps and lr_cycles must be at least 1, anchors_per_step not negative")
-        if self.lr <= 0 or self.alpha <= 0 or self.eta < 0 or self.lam < 0 or self.warmup_steps < 0 or self.max_grad_norm < 0:
-            raise ErasekitError("lr and alpha must be positive; eta, lam, warmup_steps and max_grad_norm not negative")
 
 
 def embedding_anchors(target: torch.Tensor, count: int, rng: random.Random, generator: torch.Generator) -> torch.Tensor:
@@ -172,6 +185,9 @@ def train_adapter(run: RunContext, spec: EraseSpec, index: int, config: SPMConfi
     SPMConfig,
 )
 def erase(run: RunContext, spec: EraseSpec, config: SPMConfig) -> Edit:
+    """SPM on ``spec``: one adapter per target trained on L above, kept as factors for facilitated
+    transport and merged into the weights at strength 1."""
+    check_rank(run.unet, list(transformer_layers(run.unet)), config.rank)  # before the first x_t plan's sampling
     adapters, records = [], {}
     for index, target in enumerate(spec.targets):
         adapter, losses = train_adapter(run, spec, index, config)

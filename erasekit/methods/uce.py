@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from erasekit.edits import Edit
-from erasekit.methods.base import EraseSpec, anchor_prompt, config_field, register
+from erasekit.methods.base import RIDGE, WEIGHT, EraseSpec, anchor_prompt, check_settings, config_field, register
 from erasekit.models.layers import kv_projections
 from erasekit.primitives.closed_form import TextMoments, edited_weights, text_space_map
 from erasekit.primitives.prompt_cache import PromptCache
@@ -41,9 +41,11 @@ TOKEN_SPANS = ("official", "last", "full")
 class UCEConfig:
     """Defaults: the current official script, uce_sd_erase.py (see the module docstring)."""
 
-    lam: float = config_field(0.5, "λ: pull towards the original weights (official script 0.5)")
-    erase_scale: float = config_field(1.0, "s_e: weight of the erase terms (official default 1)")
-    preserve_scale: float = config_field(1.0, "s_p: weight of the preserve terms (uce_sd_erase.py 1; train_erase.py 0.1)")
+    lam: float = config_field(0.5, "λ: pull towards the original weights (official script 0.5)", **RIDGE)
+    erase_scale: float = config_field(1.0, "s_e: weight of the erase terms (official default 1)", gt=0.0, le=1e6)
+    preserve_scale: float = config_field(
+        1.0, "s_p: weight of the preserve terms (uce_sd_erase.py 1; train_erase.py 0.1)", **WEIGHT
+    )
     token_span: str = config_field(
         "official", "'official' (one token per prompt, uce_sd_erase.py), 'last' (train_erase.py) or 'full'"
     )
@@ -55,10 +57,7 @@ class UCEConfig:
     def __post_init__(self) -> None:
         from erasekit.errors import ErasekitError
 
-        if self.lam <= 0:
-            raise ErasekitError(f"λ (lam) must be positive, got {self.lam}")
-        if self.erase_scale <= 0 or self.preserve_scale < 0:
-            raise ErasekitError("erase_scale must be positive and preserve_scale non-negative")
+        check_settings(self)
         if self.token_span not in TOKEN_SPANS:
             raise ErasekitError(f"token_span must be one of {', '.join(TOKEN_SPANS)}, not {self.token_span!r}")
         if not self.templates or any("{}" not in t for t in self.templates):
@@ -114,6 +113,7 @@ def uce_moments(run: RunContext, spec: EraseSpec, config: UCEConfig) -> tuple[Te
 
 @register("uce", "UCE (Gandikota et al. 2024): closed-form edit of cross-attention to_k/to_v; many concepts at once", UCEConfig)
 def erase(run: RunContext, spec: EraseSpec, config: UCEConfig) -> Edit:
+    """UCE's closed-form edit of every to_k/to_v (to_v alone if ``edit_keys`` is off) for ``spec`` (equation above)."""
     erase_m, preserve_m = uce_moments(run, spec, config)
     text_map = text_space_map(erase_m, preserve_m, config.lam, config.erase_scale, config.preserve_scale)
     projections = {name: lin for name, lin in kv_projections(run.unet).items() if config.edit_keys or name.endswith("to_v")}

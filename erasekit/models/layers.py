@@ -26,10 +26,12 @@ class CrossAttention:
 
     @property
     def to_k(self) -> nn.Linear:
+        """The projection of text states to keys."""
         return self.module.to_k
 
     @property
     def to_v(self) -> nn.Linear:
+        """The projection of text states to values."""
         return self.module.to_v
 
 

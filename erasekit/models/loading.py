@@ -87,6 +87,11 @@ def load_pipeline(
     if not progress:  # the CLI keeps stderr for its one-line errors
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
+    verbosity = diffusers_logging.get_verbosity()
+    if (
+        Path(source).resolve() == Path(embedded.EMBEDDED_DIR).resolve()
+    ):  # its BERT text encoder, where CLIP is "expected", is by design
+        diffusers_logging.set_verbosity_error()
     path = Path(source)
     try:
         if path.is_dir():
@@ -112,6 +117,7 @@ def load_pipeline(
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ErasekitError(f"could not load a pipeline from {source}: {first}") from err
     finally:
+        diffusers_logging.set_verbosity(verbosity)
         for lib, was_shown in zip((diffusers_logging, transformers_logging), shown, strict=True):
             if was_shown:
                 lib.enable_progress_bar()

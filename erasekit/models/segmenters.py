@@ -26,6 +26,8 @@ TEXT_THRESHOLD = 0.25
 
 
 class Segmenter(Protocol):
+    """What gives MACE its masks: called with uint8 images and the concept's name."""
+
     def __call__(self, images: np.ndarray, concept: str) -> torch.Tensor:
         """(B, 1, H, W) masks in [0, 1] of uint8 (B, H, W, 3) images showing ``concept``."""
         ...
@@ -46,6 +48,8 @@ class WorldSegmenter:
 
 
 class WholeImage:
+    """Masks of the whole image (MACE's choice for styles, which have no region)."""
+
     def __call__(self, images: np.ndarray, concept: str) -> torch.Tensor:
         return torch.ones(len(images), 1, images.shape[1], images.shape[2])
 
@@ -81,6 +85,7 @@ class GroundedSam:
 
     @staticmethod
     def query(concept: str) -> str:
+        """GroundingDINO's text query for ``concept``: lower case, ended by one period."""
         # GroundingDINO reads lower-case phrases, each ended by a period.
         return concept.strip().lower().rstrip(".") + "."
 

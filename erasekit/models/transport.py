@@ -84,6 +84,7 @@ class PromptScorer:
         self.concept_states = F.normalize(self.cache.states(list(concepts)).float().flatten(1), dim=-1)
 
     def tokens(self, text: str) -> set[int]:
+        """The token ids of ``text``, special tokens left out."""
         return set(self.tokenizer(text).input_ids) - self.special
 
     @torch.no_grad()
@@ -127,6 +128,7 @@ class Transport:
         self.handles: list[Any] = []
 
     def install(self) -> None:
+        """Hook the adapters into the UNet's transformer layers; an error if it already carries SPM adapters."""
         if getattr(self.unet, "_erasekit_transport", None) is not None:
             raise ErasekitError("this UNet already carries SPM adapters; release the first pipeline before applying another")
         modules = dict(self.unet.named_modules())
@@ -139,6 +141,7 @@ class Transport:
         self.unet._erasekit_transport = self
 
     def remove(self) -> None:
+        """Take the hooks off, leaving the UNet as it was."""
         for handle in self.handles:
             handle.remove()
         self.handles = []

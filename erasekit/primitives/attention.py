@@ -58,6 +58,7 @@ class AttentionProbe:
         return sum(torch.linalg.vector_norm(m) for m in self.maps)
 
     def reset(self) -> None:
+        """Drop the recorded maps."""
         self.maps = []
 
 

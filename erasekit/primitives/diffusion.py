@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -56,6 +56,7 @@ def _batched(states: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
 
 
 def latent_shape(pipe: DiffusionPipeline, batch: int = 1) -> tuple[int, int, int, int]:
+    """(batch, channels, size, size) of the pipeline UNet's latents at its native size."""
     size = pipe.unet.config.sample_size
     return (batch, pipe.unet.config.in_channels, size, size)
 
@@ -71,8 +72,10 @@ def partial_samples(
     stop_indices: list[int],
     seeds: list[int],
     batch_size: int = 64,
+    on_captured: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x_t of classifier-free-guided sampling stopped after ``stop_indices[i]`` of ``steps`` steps, and t.
+    """x_t of classifier-free-guided sampling stopped after ``stop_indices[i]`` of ``steps`` steps, and t;
+    ``on_captured(n)`` is told each time n more of them are reached (for a progress bar).
 
     Trajectory i starts from noise seeded by ``seeds[i]``; index 0 is pure noise at the first
     timestep and index ``steps`` the finished sample x_0 (its t is reported as 0). Trajectories run
@@ -102,6 +105,8 @@ def partial_samples(
         last = int(chunk_stops.max())
         for k in range(last + 1):
             captured[chunk_stops == k] = latents[chunk_stops == k]
+            if on_captured is not None:
+                on_captured(int((chunk_stops == k).sum()))
             if k == last:
                 break
             t = scheduler.timesteps[k]
@@ -128,6 +133,7 @@ def sample_latents(
 
 
 def predict(denoise: nn.Module | FrozenCopy, latents: torch.Tensor, t: torch.Tensor | int, states: torch.Tensor) -> torch.Tensor:
+    """The ε prediction of a UNet or a frozen copy of one at ``latents``, timestep ``t`` and text ``states``."""
     if isinstance(denoise, FrozenCopy):
         return denoise(latents, t, states)
     return predict_noise(denoise, latents, t, states)

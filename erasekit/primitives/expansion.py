@@ -9,6 +9,7 @@ can see each candidate with its similarity before anything is erased.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,8 +29,26 @@ STOP_WORDS = frozenset(
 )
 
 
+MAX_TOP_K = 1_000  # phrases added per concept: each becomes a target of the edit, so more is a mistake
+
+
+def check_expansion(top_k: int, min_similarity: float) -> None:
+    """Refuse expansion settings that add nothing or everything, before any phrase is encoded: ``top_k``
+    from 1 to :data:`MAX_TOP_K`, ``min_similarity`` a cosine in [-1, 1] (NaN passes no comparison and
+    silently added no phrase)."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+        raise ErasekitError(f"expansion top_k must be a whole number from 1 to {MAX_TOP_K:,}, not {top_k!r}")
+    number = isinstance(min_similarity, int | float) and not isinstance(min_similarity, bool)
+    if not number or (isinstance(min_similarity, float) and not math.isfinite(min_similarity)):
+        raise ErasekitError(f"expansion min_similarity must be a finite cosine similarity from -1 to 1, not {min_similarity!r}")
+    if not -1 <= min_similarity <= 1:
+        raise ErasekitError(f"expansion min_similarity is a cosine similarity, from -1 to 1, not {min_similarity!r}")
+
+
 @dataclass(frozen=True)
 class Candidate:
+    """A proposed phrase and its cosine similarity to the concept."""
+
     phrase: str
     similarity: float
 
@@ -42,6 +61,7 @@ def tokenizer_vocabulary(cache: PromptCache, min_length: int = 3) -> list[str]:
 
 
 def read_vocabulary(path: str | Path) -> list[str]:
+    """The phrases of a user's vocabulary file: one per line, blank lines and # comments skipped."""
     from erasekit.io import read_user_text
 
     text = read_user_text(path, "vocabulary file (one phrase per line)")
@@ -52,11 +72,15 @@ def read_vocabulary(path: str | Path) -> list[str]:
 
 
 @torch.no_grad()
-def phrase_vectors(cache: PromptCache, phrases: list[str], batch_size: int = 512) -> torch.Tensor:
-    """Mean token state of each phrase on its own (special tokens and padding excluded), L2-normalised."""
+def phrase_vectors(cache: PromptCache, phrases: list[str], batch_size: int = 512, progress: bool = False) -> torch.Tensor:
+    """Mean token state of each phrase on its own (special tokens and padding excluded), L2-normalised;
+    with ``progress``, a bar over the batches (a tokenizer's whole vocabulary takes minutes on a CPU)."""
+    from tqdm.auto import tqdm
+
     out = []
     device = cache.text_encoder.device
-    for start in range(0, len(phrases), batch_size):
+    batches = range(0, len(phrases), batch_size)
+    for start in tqdm(batches, desc="encoding phrases", unit="batch", disable=not progress or len(batches) < 2):
         chunk = phrases[start : start + batch_size]
         tok = cache.tokenizer(chunk, padding=True, truncation=True, max_length=cache.max_length, return_tensors="pt").to(device)
         use_mask = getattr(cache.text_encoder.config, "use_attention_mask", False)
@@ -78,20 +102,20 @@ def expand_concepts(
     top_k: int = 5,
     min_similarity: float = 0.0,
     exclude: tuple[str, ...] = (),
+    progress: bool = True,
 ) -> dict[str, list[Candidate]]:
     """For each concept, the ``top_k`` phrases most similar to it (at least ``min_similarity``), best first.
 
     The vocabulary is encoded once for all concepts. Phrases that contain a concept, and those in
     ``exclude`` (the other targets, the preserve set), are never proposed.
     """
-    if top_k < 1:
-        raise ErasekitError(f"top_k must be at least 1, got {top_k}")
+    check_expansion(top_k, min_similarity)
     vocabulary = vocabulary if vocabulary is not None else tokenizer_vocabulary(cache)
     banned = {c.lower() for c in (*concepts, *exclude)}
     pool = [p for p in dict.fromkeys(vocabulary) if p.lower() not in banned and not any(c.lower() in p.lower() for c in concepts)]
     if not pool:
         raise ErasekitError("the vocabulary has no phrase to propose once the concepts and excluded phrases are removed")
-    vectors = phrase_vectors(cache, pool)
+    vectors = phrase_vectors(cache, pool, progress=progress)
     out = {}
     for concept, target in zip(concepts, phrase_vectors(cache, list(concepts)), strict=True):
         sims = vectors @ target

@@ -50,6 +50,8 @@ def draw_images(run: RunContext, prompts: list[str], count: int, guidance: float
 
 @dataclass
 class NoisedBatch:
+    """Latents ``x_0`` noised with ``noise`` at timesteps ``t`` into ``x_t``, and the caption index of each."""
+
     x_0: torch.Tensor
     x_t: torch.Tensor
     noise: torch.Tensor

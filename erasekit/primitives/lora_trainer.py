@@ -32,6 +32,7 @@ class LoraAdapter:
         return self.model.get_submodule(name)
 
     def parameters(self) -> list[nn.Parameter]:
+        """The trainable LoRA A and B weights of every adapted layer."""
         params = []
         for name in self.names:
             layer = self._layer(name)
@@ -72,6 +73,18 @@ def factor_delta(down: torch.Tensor, up: torch.Tensor, shape: torch.Size) -> tor
     return (up @ down.flatten(1)).reshape(shape)
 
 
+def check_rank(model: nn.Module, names: list[str], rank: int) -> None:
+    """Refuse a rank that some layer in ``names`` cannot take (or a layer no LoRA adapts). Methods call it
+    before their long work (images, x_t plans), so that a wrong rank is refused at once."""
+    for name in names:
+        layer = model.get_submodule(name)
+        if not isinstance(layer, nn.Linear | nn.Conv2d):
+            raise ErasekitError(f"{name} is a {type(layer).__name__}, not a linear layer or convolution a LoRA can adapt")
+        fan_out, fan_in = layer.weight.shape[:2]
+        if not 1 <= rank <= min(fan_in, fan_out):
+            raise ErasekitError(f"LoRA rank {rank} does not fit {name} ({fan_out}×{fan_in}); use 1 … {min(fan_in, fan_out)}")
+
+
 @contextmanager
 def lora_adapter(
     model: nn.Module, names: list[str], rank: int, alpha: float | None = None, seed: int = 0
@@ -80,13 +93,7 @@ def lora_adapter(
 
     A's random initialisation is drawn from ``seed`` without touching the global random state.
     """
-    for name in names:
-        layer = model.get_submodule(name)
-        if not isinstance(layer, nn.Linear | nn.Conv2d):
-            raise ErasekitError(f"{name} is a {type(layer).__name__}, not a linear layer or convolution a LoRA can adapt")
-        fan_out, fan_in = layer.weight.shape[:2]
-        if not 1 <= rank <= min(fan_in, fan_out):
-            raise ErasekitError(f"LoRA rank {rank} does not fit {name} ({fan_out}×{fan_in}); use 1 … {min(fan_in, fan_out)}")
+    check_rank(model, names, rank)
     config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, target_modules=names, lora_dropout=0.0)
     had_config = hasattr(model, "peft_config")
     with torch.random.fork_rng(devices=[]):

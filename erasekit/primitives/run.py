@@ -36,9 +36,19 @@ ProgressCallback = Callable[[str, int, int], None]
 class ProgressBar(tqdm):
     """tqdm that also calls a :data:`ProgressCallback` after each step."""
 
-    def __init__(self, iterable: Iterable[T], desc: str, disable: bool, callback: ProgressCallback | None) -> None:
-        self.label, self.callback = desc, callback
-        super().__init__(iterable, desc=desc, disable=disable)
+    def __init__(
+        self, iterable: Iterable[T] | None, desc: str, disable: bool, callback: ProgressCallback | None, total: int | None = None
+    ) -> None:
+        self.label, self.callback, self.done = desc, callback, 0
+        super().__init__(iterable, desc=desc, disable=disable, total=total)
+
+    def update(self, n: float | None = 1) -> bool | None:
+        """Advance by ``n`` (a bar driven by hand, see :meth:`RunContext.counter`), telling the callback."""
+        shown = super().update(n)
+        self.done += int(n or 0)  # tqdm's own count stands still while the bar is off
+        if self.callback is not None and n:
+            self.callback(self.label, self.done, self.total or 0)
+        return shown
 
     def __iter__(self) -> Iterator[T]:
         for step, item in enumerate(super().__iter__()):
@@ -73,6 +83,7 @@ class RunContext:
 
     @property
     def unet(self) -> torch.nn.Module:
+        """The pipeline's UNet."""
         return self.pipe.unet
 
     @property
@@ -105,6 +116,10 @@ class RunContext:
     def bar(self, iterable: Iterable[T], desc: str) -> ProgressBar:
         """``iterable`` with a progress bar (off when ``progress`` is False) and the callback after each step."""
         return ProgressBar(iterable, desc=desc, disable=not self.progress, callback=self.callback)
+
+    def counter(self, total: int, desc: str) -> ProgressBar:
+        """A bar advanced by hand (``.update(n)``, then ``.close()``), for work that is not one loop."""
+        return ProgressBar(None, desc=desc, disable=not self.progress, callback=self.callback, total=total)
 
     def moments(self) -> TextMoments:
         """Empty text-space moments (d×d, float64) where this run's closed forms are solved."""

@@ -31,9 +31,11 @@ class Workers:
 
     @property
     def is_main(self) -> bool:
+        """Whether this is the first process (the one that gathers)."""
         return self.index == 0
 
     def share(self, jobs: Sequence[T]) -> list[T]:
+        """This process's jobs: every ``count``-th one, from the ``index``-th on."""
         return list(jobs[self.index :: self.count])
 
 

@@ -51,15 +51,16 @@ def plan_xt(
     """
     plan = [(choose(k), rng.randrange(sample_steps), rng.randrange(2**31)) for k in range(count)]
     points: list[XtPoint | None] = [None] * count
+    bar = run.counter(count, "x_t plan")  # sampling the trajectories can take as long as the training
     for prompt, cond in enumerate(conds):
         mine = [k for k, (p, _, _) in enumerate(plan) if p == prompt]
         if not mine:
             continue
-        x, t = partial_samples(
-            run.pipe, denoise, cond, uncond, guidance, sample_steps, [plan[k][1] for k in mine], [plan[k][2] for k in mine]
-        )
+        x, t = partial_samples(run.pipe, denoise, cond, uncond, guidance, sample_steps, [plan[k][1] for k in mine],
+                               [plan[k][2] for k in mine], on_captured=bar.update)  # fmt: skip
         for j, k in enumerate(mine):
             points[k] = XtPoint(prompt, x[j : j + 1], t[j], plan[k][2])
+    bar.close()
     if any(p is None for p in points):
         raise ValueError(f"choose() gave a prompt index outside the {len(conds)} prompts")
     return points  # type: ignore[return-value]

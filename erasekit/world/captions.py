@@ -37,6 +37,8 @@ ARTIST_ONLY_TEMPLATES = ("a painting by {y}", "an artwork by {y}", "a work by {y
 
 @dataclass(frozen=True)
 class Captioned:
+    """A scene and its caption; ``term`` is the words that name its shape (class, synonym or association), None if none do."""
+
     scene: Scene
     caption: str
     term: str | None  # the words used for the shape (class, synonym or association)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from erasekit.errors import ErasekitError
 from erasekit.eval.evaluator import HEADS, WorldEvaluator, predict
 from erasekit.models import embedded as E
 from erasekit.world import vocabulary as V
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainConfig:
+    """Settings of ``erasekit world train``: seed, data sizes, directories, each stage's steps, batch and
+    learning rate (evaluator, VAE, evaluator adaptation, UNet), and an optional time limit per stage."""
+
     seed: int = 0
     train_images: int = 64_000
     test_images: int = 4_000
@@ -62,9 +66,53 @@ class TrainConfig:
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     checkpoint_every: int = 200
-    unet_minutes: float | None = None  # stop (and export) after this much UNet training time
+    # Each stage's training loop (evaluator, VAE, evaluator adaptation, UNet) stops after this many minutes
+    # and the run goes on to export; the UNet's minutes add up over resumed runs, the others' count per run.
+    # The committed model's `--minutes 60` never cut an earlier stage (the longest took 11 minutes).
+    unet_minutes: float | None = None
     command: str = "erasekit world train"
     log: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        """One error for a setting that would crash a stage hours in, or make it meaningless."""
+        counts = {  # name: (least, most); the most are typo guards far above the recipe
+            "train_images": (1, 1_000_000), "test_images": (1, 1_000_000), "evaluator_images": (1, 1_000_000),
+            "evaluator_epochs": (1, 1000), "evaluator_batch": (1, 4096), "vae_steps": (1, 10_000_000), "vae_batch": (1, 4096),
+            "adapt_images": (1, 1_000_000), "adapt_epochs": (1, 1000), "unet_steps": (1, 10_000_000), "unet_batch": (1, 4096),
+            "unet_warmup": (1, 10_000_000), "checkpoint_every": (1, 10_000_000), "seed": (0, 2**32 - 1),
+        }  # fmt: skip
+        for name, (least, most) in counts.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+                raise ErasekitError(
+                    f"world training setting {name} = {value!r}: expected a whole number from {least:,} to {most:,}"
+                )
+        rates = {"evaluator_lr": (0, 1), "vae_lr": (0, 1), "adapt_lr": (0, 1), "unet_lr": (0, 1), "min_snr_gamma": (0, 1e6)}
+        for name, (above, most) in rates.items():
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not above < value <= most:  # NaN fails the comparison
+                raise ErasekitError(
+                    f"world training setting {name} = {value!r}: expected a number above {above} and at most {most}"
+                )
+        for name, low, high in (("vae_kl", 0.0, 1e6), ("ema_decay", 0.0, 0.999999), ("caption_dropout", 0.0, 1.0)):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not low <= value <= high:
+                raise ErasekitError(f"world training setting {name} = {value!r}: expected a number from {low} to {high}")
+        minutes = self.unet_minutes
+        if minutes is not None and (not isinstance(minutes, int | float) or not 0 < minutes < math.inf):
+            raise ErasekitError(f"--minutes (unet_minutes) must be a positive, finite number of minutes, not {minutes!r}")
+        # a stage with fewer images than its batch would have no step (and the evaluator's schedule none at all)
+        if self.evaluator_batch > min(self.evaluator_images, self.train_images, 2 * self.adapt_images):
+            raise ErasekitError(
+                f"evaluator_batch {self.evaluator_batch} is more than the evaluator's images or the adaptation's (2 × adapt_images)"
+            )
+        if max(self.vae_batch, self.unet_batch) > self.train_images:
+            raise ErasekitError(f"vae_batch and unet_batch must not exceed train_images ({self.train_images})")
+
+
+def _out_of_time(cfg: TrainConfig, start: float) -> bool:
+    """Whether a stage that started at ``start`` has used its minutes (``cfg.unet_minutes``, if any)."""
+    return cfg.unet_minutes is not None and time.time() - start > cfg.unet_minutes * 60
 
 
 def _log(cfg: TrainConfig, **record: object) -> None:
@@ -160,6 +208,8 @@ def _evaluator_step(
 
 
 def train_evaluator(cfg: TrainConfig, train: WorldData, test: WorldData) -> WorldEvaluator:
+    """Train the world evaluator on the first training images (or load its finished checkpoint), save it
+    into the model directory and log its held-out accuracy."""
     out_dir = cfg.model_dir / E.EVALUATOR_SUBDIR
     ckpt = cfg.work_dir / "evaluator.pt"
     model = WorldEvaluator()
@@ -176,9 +226,12 @@ def train_evaluator(cfg: TrainConfig, train: WorldData, test: WorldData) -> Worl
     start = time.time()
     model.train()
     bar = tqdm(total=total, desc="evaluator", mininterval=10)
+    cut = False
     for epoch in range(cfg.evaluator_epochs):
         order = np.random.default_rng([cfg.seed, epoch]).permutation(n_images)
         for step in range(steps_per_epoch):
+            if cut := _out_of_time(cfg, start):
+                break
             idx = np.sort(order[step * cfg.evaluator_batch : (step + 1) * cfg.evaluator_batch])
             loss = _evaluator_step(
                 model, _augment(_to_float(train.images[idx]).add(1).div(2), gen), _targets(train, idx), opt, sched
@@ -186,17 +239,24 @@ def train_evaluator(cfg: TrainConfig, train: WorldData, test: WorldData) -> Worl
             bar.update()
             if step % 100 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
+        if cut:
+            break
     bar.close()
     model.eval()
     acc = evaluator_accuracy(model, test.images, test)
-    _log(cfg, stage="evaluator", seconds=round(time.time() - start), held_out=acc)
+    _log(
+        cfg, stage="evaluator", seconds=round(time.time() - start), held_out=acc, **({"stopped_at_minutes": True} if cut else {})
+    )
     model.save(out_dir)
-    _save_torch({"model": model.state_dict(), "done": True, "held_out": acc}, ckpt)
+    # a stage cut short by the minutes is not done: a later run trains it again, whole
+    _save_torch({"model": model.state_dict(), "done": not cut, "held_out": acc}, ckpt)
     return model
 
 
 # --- VAE --------------------------------------------------------------------------------------
 def train_vae(cfg: TrainConfig, train: WorldData, test: WorldData, evaluator: WorldEvaluator) -> AutoencoderKL:
+    """Train the VAE (L1 + MSE + β·KL, cosine learning rate), resuming from its checkpoint; then set its
+    scaling factor for unit-variance latents and log the reconstruction check."""
     ckpt = cfg.work_dir / "vae.pt"
     vae = E.new_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
@@ -212,7 +272,11 @@ def train_vae(cfg: TrainConfig, train: WorldData, test: WorldData, evaluator: Wo
         start = time.time()
         vae.train()
         bar = tqdm(total=cfg.vae_steps, initial=step, desc="vae", mininterval=10)
+        loss = None
         while step < cfg.vae_steps:
+            if _out_of_time(cfg, start):  # the checkpoint below keeps the step: a later run goes on from it
+                _save_torch({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+                break
             lr = cfg.vae_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -232,7 +296,13 @@ def train_vae(cfg: TrainConfig, train: WorldData, test: WorldData, evaluator: Wo
             if step % cfg.checkpoint_every == 0 or step == cfg.vae_steps:
                 _save_torch({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
         bar.close()
-        _log(cfg, stage="vae", steps=step, seconds=round(time.time() - start), loss=round(loss.item(), 5))
+        _log(
+            cfg,
+            stage="vae",
+            steps=step,
+            seconds=round(time.time() - start),
+            loss=round(loss.item(), 5) if loss is not None else None,
+        )
     vae.eval()
     # scaling_factor makes the latents unit-variance, as SD's 0.18215 does for its VAE.
     with torch.no_grad():
@@ -261,6 +331,7 @@ def reconstruction_check(vae: AutoencoderKL, test: WorldData, evaluator: WorldEv
 
 
 def per_artist_accuracy(evaluator: WorldEvaluator, images: np.ndarray, data: WorldData) -> dict[str, float]:
+    """The evaluator's artist accuracy on ``images``, per artist that ``data`` labels among them."""
     pred = predict(evaluator, images).probs["artist"].argmax(1)
     present = [a for a in range(len(V.ARTISTS)) if (data.artist == a).any()]
     return {V.ARTIST_LABELS[a]: round(float((pred[data.artist == a] == a).mean()), 4) for a in present}
@@ -291,13 +362,18 @@ def adapt_evaluator(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total)
     evaluator.train()
     bar = tqdm(total=total, desc="evaluator on decoded images", mininterval=10)
+    cut = False
     for epoch in range(cfg.adapt_epochs):
         perm = np.random.default_rng([cfg.seed, 4, epoch]).permutation(len(images))
         for step in range(steps_per_epoch):
+            if cut := _out_of_time(cfg, start):
+                break
             pick = perm[step * cfg.evaluator_batch : (step + 1) * cfg.evaluator_batch]
             x = _augment(torch.from_numpy(images[pick]).permute(0, 3, 1, 2).float() / 255.0, gen)
             _evaluator_step(evaluator, x, _targets(train, order_labels[pick]), opt, sched)
             bar.update()
+        if cut:
+            break
     bar.close()
     evaluator.eval()
     recon = reconstruct(vae, test.images)
@@ -308,9 +384,11 @@ def adapt_evaluator(
         held_out=evaluator_accuracy(evaluator, test.images, test),
         held_out_reconstructions=evaluator_accuracy(evaluator, recon, test),
         artist_on_reconstructions=per_artist_accuracy(evaluator, recon, test),
+        **({"stopped_at_minutes": True} if cut else {}),
     )
     evaluator.save(cfg.model_dir / E.EVALUATOR_SUBDIR)
-    _save_torch({"model": evaluator.state_dict()}, ckpt)
+    if not cut:  # its checkpoint marks it done; one cut short by the minutes is adapted again by a later run
+        _save_torch({"model": evaluator.state_dict()}, ckpt)
     return evaluator
 
 
@@ -354,6 +432,8 @@ def _unet_inputs(cfg: TrainConfig, train: WorldData, vae: AutoencoderKL) -> tupl
 
 
 def train_unet(cfg: TrainConfig, train: WorldData, vae: AutoencoderKL) -> tuple[UNet2DConditionModel, int, float, list]:
+    """Train the text-conditioned UNet (min-SNR-weighted ε loss, caption dropout, EMA), resuming from its
+    checkpoint: the EMA UNet, the steps done, the seconds spent and the loss curve."""
     latents, states, caption_idx, empty_idx = _unet_inputs(cfg, train, vae)
     unet = E.new_unet()
     ema = E.new_unet()
@@ -378,7 +458,7 @@ def train_unet(cfg: TrainConfig, train: WorldData, vae: AutoencoderKL) -> tuple[
     bar = tqdm(total=cfg.unet_steps, initial=step, desc="unet", mininterval=15)
     running = []
     while step < cfg.unet_steps:
-        if cfg.unet_minutes is not None and time.time() - t0 > cfg.unet_minutes * 60:
+        if _out_of_time(cfg, t0):  # t0 counts the time of earlier runs too (the checkpoint's elapsed)
             break
         warm = min(1.0, (step + 1) / cfg.unet_warmup)
         cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, cfg.unet_steps) / cfg.unet_steps))

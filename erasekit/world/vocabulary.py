@@ -66,6 +66,8 @@ COLORS: dict[str, tuple[int, int, int]] = {
 # --- artists (a texture each) --------------------------------------------------------------
 @dataclass(frozen=True)
 class Artist:
+    """A world artist: ``name``, the ``texture`` of its paintings, and an ``association`` that names it without its name."""
+
     name: str
     texture: str
     association: str
@@ -86,6 +88,9 @@ HAT_STYLES: tuple[str, ...] = ("cap", "cone", "crown", "dome", "tophat", "horns"
 
 @dataclass(frozen=True)
 class Character:
+    """A world character: ``name``, its look (``body_color``, ``hat_style``, ``hat_color``) and an
+    ``association`` that describes it without its name (None: it has none)."""
+
     name: str
     body_color: str
     hat_style: str

@@ -1,0 +1,27 @@
+"""Small settings of every registered method, shared by the tests that run the whole registry."""
+
+from erasekit.methods import EraseSpec
+
+# Small settings of every registered method: a method added without an entry here fails the first test.
+QUICK = {
+    "uce": {},
+    "rece": {"epochs": 2, "validation_samples": 1, "sample_steps": 2},
+    "mace": {"steps": 3, "images_per_concept": 2, "sample_steps": 3},
+    "realera": {"epochs": 3, "m": 4, "sample_steps": 3, "outside_preserve": 0.01},
+    "esd-x": {"iterations": 3, "sample_steps": 3},
+    "esd-u": {"iterations": 2, "sample_steps": 2},
+    "esd-all": {"iterations": 2, "sample_steps": 2},
+    "esd-x-strict": {"iterations": 2, "sample_steps": 2},
+    "race": {"iterations": 2, "esd_iterations": 1, "pgd_steps": 2, "sample_steps": 2},
+    "ac": {"anchor_images": 2, "steps": 2, "sample_steps": 2, "batch_size": 2, "preserve_images": 1},
+    "sld": {},
+    "spm": {"iterations": 3, "sample_steps": 3, "warmup_steps": 0, "anchor_source": "embedding"},
+    "doco": {"anchor_images": 2, "steps": 3, "warm_up": 1, "sample_steps": 2, "batch_size": 2, "preserve_images": 1},
+    "advunlearn": {"iterations": 3, "warmup_iterations": 1, "attack_steps": 2, "sample_steps": 2, "retain_batch": 1},
+    "receler": {"iterations": 2, "adversarial_steps": 2, "rank": 4, "sample_steps": 2},
+}
+SPEC = EraseSpec(("square",), preserve=("circle",))
+# One method per algorithm: the ESD variants share one erase() and differ only in which parameters
+# train; esd-u stands for them, with the convolutions and time embedding the others leave alone
+# (RACE is ESD's training with an attack inside: its own erase()).
+ALGORITHMS = ["esd-u", "race", "mace", "realera", "rece", "uce", "ac", "sld", "spm", "doco", "advunlearn", "receler"]
