@@ -1148,6 +1148,7 @@ def main() -> None:
     try:
         code = app(args=args, standalone_mode=False)
         if code == 130:  # click turns Ctrl-C into an Abort, and typer hands it back as 130
+            err.print()  # a progress bar may have been mid-line
             fail(interrupted, 130)
     except ErasekitError as error:
         fail(str(error))
@@ -1159,6 +1160,7 @@ def main() -> None:
             message += f"; {hint}"
         fail(f"{where}{message} (see --help)")
     except (typer.Abort, KeyboardInterrupt):
+        err.print()  # a progress bar may have been mid-line
         fail(interrupted, 130)
     except OSError as error:  # disk full, permissions, a path under /proc: the system's own words
         fail(f"{error.strerror or error}" + (f": {error.filename}" if error.filename else ""))

@@ -21,15 +21,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = [
+COMMANDS = [  # the first six answer without importing torch; the last two must read the methods' settings
     ["--help"],
     ["--version"],
     ["erase", "--help"],
-    ["erase", "square", "--out", "x", "--guidance", "nan"],  # a bad flag: one line, before torch
-    ["erase", "square", "--out", "x", "--set", "lam"],  # a bad setting: read against the method, after torch
+    ["erase", "square", "--out", "x", "--guidance", "nan"],  # a bad flag
+    ["erase", "square", "--out", "x", "--set", "lam"],  # a setting without its value
+    ["erase", "square", "--preserve", "square", "--out", "x"],  # a concept both erased and kept
+    ["erase", "square", "--out", "x", "--set", "lam=abc"],  # a value read against the method's settings
     ["methods", "uce"],
 ]
-TORCH_FREE = 3  # the first commands answer without importing torch
 
 
 def timed(args: list[str]) -> float:

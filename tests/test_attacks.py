@@ -182,6 +182,7 @@ def test_without_an_edit_a_concept_is_needed(tmp_path):
     assert result.returncode != 0 and "give --concept" in result.stderr
 
 
+@pytest.mark.slow  # 24 s; test_a_rerun_resumes_from_the_cells_and_the_report_shows_the_attack covers resuming in CI
 def test_an_interrupted_attack_resumes_from_the_prompts_it_finished(erased_square, tmp_path):
     """Killed after its first prompt, a rerun keeps that prompt's cell as it was and does the rest."""
     import signal
@@ -236,6 +237,7 @@ def test_attacks_create_no_tensor_without_a_device(pipe, erased_square, tmp_path
     assert len(result["prompts"]) == 1 and 0.0 <= result["asr"] <= 1.0
 
 
+@pytest.mark.slow  # 40 s; the attacks, their cells and the robustness table are tested apart in CI
 def test_the_robustness_bench_puts_every_attack_beside_every_method(tmp_path):
     bench = ["bench", "--protocol", "robustness", "--method", "uce token_span=full", "--method", "sld",
              "--attack", "unlearndiff timesteps=2 iterations=3", "--attack", "inversion steps=5",

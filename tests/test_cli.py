@@ -62,6 +62,7 @@ def test_missing_and_corrupt_models(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # 49 s; test_eval_prints_a_verdict_in_80_columns_and_writes_results runs the README's erase and eval in CI
 def test_eval_demo_end_to_end(tmp_path, embedded_dir):
     """The README's main job: generate the demo prompts, score them, write grid and results."""
     result = erasekit("eval", "demo.csv", "--out", tmp_path / "demo", "--steps", "20", cwd=tmp_path)

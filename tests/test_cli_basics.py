@@ -20,7 +20,14 @@ def test_help_and_a_bad_flag_answer_without_loading_torch():
         "import sys; from erasekit.cli import main; sys.argv = ['erasekit', *sys.argv[1:]]\n"
         "try:\n    main()\nexcept SystemExit as done:\n    print('exit', done.code, 'torch' in sys.modules, file=sys.stderr)"
     )
-    for args, code in ((["--help"], 0), (["erase", "--help"], 0), (["erase", "square", "--out", "x", "--guidance", "1"], 2)):
+    answered_at_once = (
+        (["--help"], 0),
+        (["erase", "--help"], 0),
+        (["erase", "square", "--out", "x", "--guidance", "1"], 2),  # typer's own check of a flag
+        (["erase", "square", "--out", "x", "--set", "lam"], 2),  # a setting without its value
+        (["erase", "square", "--preserve", "square", "--out", "x"], 2),  # the concept lists
+    )
+    for args, code in answered_at_once:
         result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, env=ENV)
         assert result.stderr.strip().endswith(f"exit {code} False"), (args, result.stderr)  # torch was never imported
 

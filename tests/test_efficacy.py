@@ -48,7 +48,12 @@ def originals():
     return {}  # the original model's images, generated once for every family
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+# In CI: the closed form and the fine-tuning family (about 40 s each on 2 cores); the other eight take
+# 20-70 s each and run with `pytest -m slow` (each method's mechanics are tested fast in its own file).
+IN_CI = {"closed form (UCE)", "fine-tuning (ESD-x)"}
+
+
+@pytest.mark.parametrize("family", [f if f in IN_CI else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES])
 def test_erasure_lowers_the_concept_and_keeps_the_others(pipe, evaluator, originals, family):
     method, settings, preserve = FAMILIES[family]
     edit = erase(pipe, EraseSpec((TARGET,), preserve=OTHERS if preserve else ()), method, progress=False, **settings)

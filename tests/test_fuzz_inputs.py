@@ -24,7 +24,8 @@ from erasekit.attacks import ATTACKS, get_attack
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.eval.prompts import MAX_IMAGES, read_prompt_file
-from erasekit.methods.base import METHODS, EraseSpec, get_method, make_config
+from erasekit.methods import METHODS
+from erasekit.methods.base import EraseSpec, get_method, make_config
 from erasekit.world.training import TrainConfig
 
 get_method("uce")  # fills the registries

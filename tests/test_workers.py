@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from erasekit.primitives.workers import Workers
@@ -31,6 +32,7 @@ def launch_command() -> list[str]:
             "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "erasekit.cli"]  # fmt: skip
 
 
+@pytest.mark.slow  # 45 s; Workers' sharing is tested in-process in CI
 def test_two_processes_under_accelerate_give_the_one_process_bench(tmp_path):
     bench = ["bench", "--method", "uce token_span=full", "--concepts", "square,circle,star", "--samples", "1", "--steps", "5"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # one thread a process in both runs
@@ -56,6 +58,7 @@ def test_two_processes_under_accelerate_give_the_one_process_bench(tmp_path):
     assert (tmp_path / "two" / "report.html").is_file()
 
 
+@pytest.mark.slow  # 37 s; Workers' sharing of jobs is tested in-process in CI
 def test_mace_shares_its_loras_out_among_two_processes_and_makes_the_same_edit(tmp_path):
     from safetensors.torch import load_file
 
@@ -80,6 +83,7 @@ def test_mace_shares_its_loras_out_among_two_processes_and_makes_the_same_edit(t
     assert not (tmp_path / "three").exists()
 
 
+@pytest.mark.slow  # 49 s; Workers' sharing of jobs is tested in-process in CI
 def test_two_processes_share_out_an_evals_images_and_give_the_one_process_results(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     erase = subprocess.run([sys.executable, "-m", "erasekit.cli", "erase", "square", "--method", "uce", "--out",

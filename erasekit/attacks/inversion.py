@@ -81,7 +81,8 @@ def _learn(context: AttackContext, concept: str, config: InversionConfig) -> tup
     if len(init) != 1:
         raise ErasekitError(f"init_word {config.init_word!r} is {len(init)} tokens for this tokenizer; give a one-token word")
     seeds = [config.seed * 1_000_003 + 7919 * k for k in range(config.images)]
-    x0 = torch.cat([context.concept_latents(mine[k % len(mine)].prompt, [seed]) for k, seed in enumerate(seeds)])
+    drawn = run.bar(list(enumerate(seeds)), f"drawing {concept!r} with the original model")  # minutes for many images
+    x0 = torch.cat([context.concept_latents(mine[k % len(mine)].prompt, [seed]) for k, seed in drawn])
     table = context.text_encoder.get_input_embeddings().weight.detach()
     vector = table[init].float().clone().requires_grad_(True)
     optimiser = torch.optim.AdamW([vector], lr=config.lr)

@@ -90,9 +90,22 @@ def register(name: str, summary: str, config: type, changes_weights: bool = True
     return wrap
 
 
+# Every method's module: importing one registers its methods (see :func:`register`).
+METHOD_MODULES = ("ac", "advunlearn", "doco", "esd", "mace", "race", "realera", "rece", "receler", "sld", "spm", "uce")
+
+
+def load_methods() -> dict[str, Method]:
+    """The registry, every method module imported (the first call imports torch and the methods)."""
+    from importlib import import_module
+
+    for module in METHOD_MODULES:
+        import_module(f"erasekit.methods.{module}")
+    return METHODS
+
+
 def get_method(name: str) -> Method:
     """The registered method called ``name``; an error listing the known ones otherwise."""
-    import erasekit.methods  # noqa: F401 - importing the package registers every method
+    load_methods()
 
     if name not in METHODS:
         raise ErasekitError(f"unknown method {name!r}; `erasekit methods` lists them: {', '.join(sorted(METHODS))}")

@@ -73,9 +73,11 @@ def partial_samples(
     seeds: list[int],
     batch_size: int = 64,
     on_captured: Callable[[int], None] | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x_t of classifier-free-guided sampling stopped after ``stop_indices[i]`` of ``steps`` steps, and t;
-    ``on_captured(n)`` is told each time n more of them are reached (for a progress bar).
+    ``on_captured(n)`` is told each time n more of them are reached, ``on_step()`` after every denoising
+    step of a batch (for progress bars).
 
     Trajectory i starts from noise seeded by ``seeds[i]``; index 0 is pure noise at the first
     timestep and index ``steps`` the finished sample x_0 (its t is reported as 0). Trajectories run
@@ -113,6 +115,8 @@ def partial_samples(
             model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
             eps_uncond, eps_cond = predict(denoise, model_in, t, states).chunk(2)
             latents = scheduler.step(eps_uncond + guidance * (eps_cond - eps_uncond), t, latents).prev_sample
+            if on_step is not None:
+                on_step()
         out[items] = captured
     return out, torch.cat([scheduler.timesteps, scheduler.timesteps.new_zeros(1)])[stops]
 
@@ -126,10 +130,13 @@ def sample_latents(
     steps: int,
     seeds: list[int],
     batch_size: int = 64,
+    on_step: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Finished samples x_0 (latents) of the pipeline's UNet for one prompt, one per seed: the training
-    images of methods that learn from the original model's own pictures (AC's anchor images)."""
-    return partial_samples(pipe, pipe.unet, cond, uncond, guidance, steps, [steps] * len(seeds), seeds, batch_size)[0]
+    images of methods that learn from the original model's own pictures (AC's anchor images);
+    ``on_step()`` after every denoising step of a batch."""
+    stops = [steps] * len(seeds)
+    return partial_samples(pipe, pipe.unet, cond, uncond, guidance, steps, stops, seeds, batch_size, on_step=on_step)[0]
 
 
 def predict(denoise: nn.Module | FrozenCopy, latents: torch.Tensor, t: torch.Tensor | int, states: torch.Tensor) -> torch.Tensor:

@@ -35,16 +35,22 @@ class Images:
     caption: list[int]
 
 
+BATCH = 64  # images sampled side by side (sample_latents' default; an image does not depend on its batch)
+
+
 def draw_images(run: RunContext, prompts: list[str], count: int, guidance: float, steps: int, seed: int) -> Images:
     """``count`` images spread evenly over ``prompts``, each with its own seed (guided DDIM, η = 0)."""
     uncond = run.states([""])
     latents, caption = [], []
-    for i, prompt in enumerate(prompts):
-        n = count // len(prompts) + (i < count % len(prompts))
+    per_prompt = [count // len(prompts) + (i < count % len(prompts)) for i in range(len(prompts))]
+    batches = sum(-(-n // BATCH) for n in per_prompt)  # the sampler's batches of at most BATCH images
+    bar = run.counter(batches * steps, f"drawing {count} images")  # minutes on a CPU, before any training
+    for i, (prompt, n) in enumerate(zip(prompts, per_prompt, strict=True)):
         if n:
             seeds = [seed + i * count + j for j in range(n)]
-            latents.append(sample_latents(run.pipe, run.states([prompt]), uncond, guidance, steps, seeds))
+            latents.append(sample_latents(run.pipe, run.states([prompt]), uncond, guidance, steps, seeds, BATCH, bar.update))
             caption += [i] * n
+    bar.close()
     return Images(torch.cat(latents), caption)
 
 

@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
-import torch
-
 T = TypeVar("T")
 
 
@@ -48,6 +46,7 @@ def launched_workers(device: str | None) -> Workers:
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Workers(device=device)
+    import torch  # here, not at the top: a plain run's command line answers without loading it
     from accelerate import PartialState
 
     on_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
