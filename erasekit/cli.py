@@ -650,7 +650,7 @@ def _erase_and_write(
             done = export_loaded(edit, pipe, fmt, path)
             if done.note:
                 warn.print(done.note)
-            console.print(f"{fmt} → {done.path}", highlight=False, soft_wrap=True)
+            console.print(f"{fmt} → {done.path}")
     card = edit.card
     console.print(
         f"{card['method']}: erased {', '.join(spec.targets)} in {card['seconds']:.2f} s "

@@ -161,7 +161,8 @@ def is_output_of_kind(path: Path, kind: str) -> bool:
             return False
     for name in names - allowed:
         child = path / name
-        if kind == "edit" and leftover_of(name) and any(leftover_of(name).startswith(p) for p in _EDIT_RUNS):
+        left_by = leftover_of(name) if kind == "edit" else None
+        if left_by and left_by.startswith(tuple(_EDIT_RUNS)):
             continue  # what a killed eval or attack of this edit left: cleared with the directory
         prefix = next((k for k in _EDIT_RUNS if name.startswith(k)), None)
         if not (kind == "edit" and prefix and child.is_dir() and is_output_of_kind(child, _EDIT_RUNS[prefix])):
@@ -267,11 +268,6 @@ def _take_lock(lock: Path) -> int:
             return fd
         os.close(fd)
     raise ErasekitError(f"could not lock {lock}: it keeps changing (remove it if no erasekit run is writing)")
-
-
-def held_by_another(path: Path) -> bool:
-    """Whether a live erasekit run holds the lock of output ``path``."""
-    return _lock_holder(Path(path).parent / f".{Path(path).name}.lock") is not None
 
 
 @contextmanager
