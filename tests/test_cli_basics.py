@@ -91,7 +91,9 @@ def test_ctrl_c_says_what_happened_exits_130_and_leaves_nothing(tmp_path):
         "--out",
         "x",
     ]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=tmp_path, env=ENV)
+    # Ctrl-C's default restored in the child: a shell's background job (CI's, maybe) starts with it ignored
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=tmp_path, env=ENV,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     seen = ""
     while "x_t plan" not in seen:
         char = process.stderr.read(1)
