@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
 FORMATS = ("kohya", "diffusers-lora", "single-file", "pipeline")
+WHOLE_MODEL = ("single-file", "pipeline")  # the formats that write the whole erased model, not a LoRA
 MAX_RANK = 4096  # far above any layer of a real model: a typo guard
 KOHYA_PREFIX = "lora_unet_"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -161,10 +162,8 @@ def kohya_metadata(card: dict, export: LoraExport) -> dict[str, str]:
 
 
 def refuse_unexportable(edit: Edit, fmt: str, where: object) -> str | None:
-    """One line, before any model loads, for an edit that ``fmt`` cannot carry; else the note on what
-    does not travel (None when everything does)."""
-    if fmt not in FORMATS:
-        raise ErasekitError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    """One line, before any model loads, for an edit that ``fmt`` (one of :data:`FORMATS`) cannot carry;
+    else the note on what does not travel (None when everything does)."""
     if edit.has_erasers:
         raise ErasekitError(
             f"the {edit.card.get('method')} edit in {where} adds eraser modules to the UNet, which no {fmt} export "
@@ -196,8 +195,9 @@ def export_loaded(
     """Write ``edit`` made on the loaded base ``pipe`` as ``fmt`` to ``out``. The whole-model formats
     write ``pipe`` itself with the edit merged into it (in its precision); the LoRA formats take the
     factors in float32 and cast them to ``dtype``."""
+    check_export_request(fmt, out, max_rank, dtype)
     note = refuse_unexportable(edit, fmt, "this edit")
-    if fmt in ("single-file", "pipeline"):
+    if fmt in WHOLE_MODEL:
         merge_weights(edit, pipe)
         if fmt == "pipeline":
             with atomic_dir(Path(out)) as tmp:
@@ -258,8 +258,7 @@ def export_edit(
     edit = Edit.load(edit_dir)
     refuse_unexportable(edit, fmt, edit_dir)
     # whole models are written in the asked precision; LoRA factors are taken in float32 and cast after
-    whole = fmt in ("single-file", "pipeline")
-    pipe = load_pipeline(model or edit.card.get("model"), dtype if whole else "fp32", "cpu", progress=False)
+    pipe = load_pipeline(model or edit.card.get("model"), dtype if fmt in WHOLE_MODEL else "fp32", "cpu", progress=False)
     if check_base:
         edit.check_base(pipe)
     return export_loaded(edit, pipe, fmt, out, max_rank, dtype)
