@@ -24,14 +24,13 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from erasekit.errors import ErasekitError
-
-__version__ = "0.1.0"
+from erasekit.version import __version__
 
 # public name → the module that defines it
 _WHERE = {
     "Edit": "erasekit.edits",
     "load_erased": "erasekit.edits",
-    "EraseSpec": "erasekit.methods.base",
+    "EraseSpec": "erasekit.concepts",
     "METHODS": "erasekit.methods",
     "erase": "erasekit.methods.runner",
     "export_edit": "erasekit.exports",
@@ -43,7 +42,7 @@ _WHERE = {
     "read_prompt_file": "erasekit.eval.prompts",
     "Evaluation": "erasekit.eval.scoring",
     "score": "erasekit.eval.scoring",
-    "load_world_evaluator": "erasekit.models.evaluators",
+    "load_world_evaluator": "erasekit.world.evaluator",
     "load_pipeline": "erasekit.models.loading",
 }
 
@@ -82,13 +81,13 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from erasekit.concepts import EraseSpec
     from erasekit.edits import Edit, load_erased
     from erasekit.eval.generation import Generated, SamplerSettings, generate
     from erasekit.eval.prompts import PromptRow, read_prompt_file
     from erasekit.eval.scoring import Evaluation, score
     from erasekit.exports import Exported, export_edit
     from erasekit.methods import METHODS
-    from erasekit.methods.base import EraseSpec
     from erasekit.methods.runner import erase
-    from erasekit.models.evaluators import load_world_evaluator
     from erasekit.models.loading import load_pipeline
+    from erasekit.world.evaluator import load_world_evaluator

@@ -22,11 +22,11 @@ from erasekit.errors import ErasekitError
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
+    from erasekit.concepts import EraseSpec
     from erasekit.edits import Edit
     from erasekit.eval.bench import BenchEntry
     from erasekit.eval.generation import Generated, SamplerSettings
     from erasekit.eval.prompts import PromptRow
-    from erasekit.methods.base import EraseSpec
     from erasekit.primitives.workers import Workers
 
 app = typer.Typer(
@@ -39,7 +39,7 @@ world_app = typer.Typer(help="The embedded world and its model.", no_args_is_hel
 
 def _show_version(value: bool) -> None:
     if value:
-        from erasekit import __version__
+        from erasekit.version import __version__
 
         print(f"erasekit {__version__}")
         raise typer.Exit()
@@ -241,8 +241,8 @@ def evaluate(
     from erasekit.eval.scoring import score
     from erasekit.io import claim_output, write_json
     from erasekit.models.embedded import is_world_model
-    from erasekit.models.evaluators import load_world_evaluator
     from erasekit.models.loading import load_pipeline, resolve_device, resolve_dtype
+    from erasekit.world.evaluator import load_world_evaluator
 
     resolve_device(device)  # bad flags are one line before anything loads
     resolve_dtype(dtype)
@@ -441,8 +441,8 @@ def _gates(
     from erasekit.eval import gates as G
     from erasekit.eval.scoring import score
     from erasekit.io import write_json, write_with
-    from erasekit.models.evaluators import load_world_evaluator
     from erasekit.models.loading import load_pipeline
+    from erasekit.world.evaluator import load_world_evaluator
 
     pipe = load_pipeline(model, dtype, device, progress=False)
     rows, generated = _generate_run(G.gate_rows(samples), out, pipe, model, steps, guidance, batch_size, source="gates")
@@ -556,8 +556,9 @@ def erase(
     """Erase concepts from a model's weights and write the edit (and optionally a LoRA or the whole pipeline)."""
     from contextlib import ExitStack
 
+    from erasekit.concepts import EraseSpec
     from erasekit.io import check_output, claim_output
-    from erasekit.methods.base import EraseSpec, get_method, make_config
+    from erasekit.methods.base import get_method, make_config
     from erasekit.primitives.workers import launched_workers
 
     kept = tuple(concept for item in preserve or () for concept in item.split(","))
@@ -636,7 +637,7 @@ def _erase_and_write(
         refuse_lost_text_encoder(pipe, bool(edit.text_encoder_names))
     export = None
     if lora or lora_rank is not None:
-        from erasekit.lora import lora_factors
+        from erasekit.edits.lora import lora_factors
 
         export = lora_factors(edit, pipe.unet, max_rank=lora_rank)
     edit.save(out, lora=export)
@@ -992,9 +993,9 @@ def _bench(
     workers: Workers,
 ) -> None:
     from erasekit.eval.bench import run_bench
-    from erasekit.models.evaluators import load_world_evaluator
     from erasekit.models.loading import load_pipeline
     from erasekit.report import write_run_report
+    from erasekit.world.evaluator import load_world_evaluator
 
     if protocol == "cost":
         from erasekit.eval.bench import cost_table, run_cost

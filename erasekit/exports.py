@@ -9,7 +9,7 @@
   file never has more than one. kohya's format has no bias
   deltas, so an edit that changes a bias (ESD-x's ``to_out.0.bias``) is refused with the two
   formats that carry it.
-* ``diffusers-lora``: a directory with ``pytorch_lora_weights.safetensors`` (see :mod:`erasekit.lora`).
+* ``diffusers-lora``: a directory with ``pytorch_lora_weights.safetensors`` (see :mod:`erasekit.edits.lora`).
 * ``single-file``: the whole erased model as one original-layout checkpoint.
 * ``pipeline``: the whole erased pipeline as a diffusers directory (``save_pretrained``).
 
@@ -32,9 +32,9 @@ import torch
 from safetensors.torch import save_file
 
 from erasekit.edits import Edit
+from erasekit.edits.lora import LoraExport, NotLoraable, lora_factors, save_lora
 from erasekit.errors import ErasekitError
 from erasekit.io import atomic_dir, write_with
-from erasekit.lora import LoraExport, NotLoraable, lora_factors, save_lora
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline

@@ -444,8 +444,8 @@ def push(edit_dir: Path, repo_id: str, private: bool = False, model: str | None 
     which would publish whatever file they point to."""
     from huggingface_hub import HfApi, get_token
 
+    from erasekit.edits.lora import NotLoraable
     from erasekit.exports import export_edit
-    from erasekit.lora import NotLoraable
 
     _refuse_bad_repo_id(repo_id)  # before the export, which takes a while on a real model
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):

@@ -38,9 +38,9 @@ import torch
 from diffusers import DiffusionPipeline
 from safetensors.torch import load_file
 
+from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit, base_hash
 from erasekit.eval.protocols import run_protocol
-from erasekit.methods import EraseSpec
 from erasekit.methods.runner import erase
 from erasekit.models.embedded import EMBEDDED_DIR, ensure_text_encoder
 from erasekit.models.loading import load_pipeline

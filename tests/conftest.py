@@ -22,6 +22,6 @@ def pipe(embedded_dir):
 
 @pytest.fixture(scope="session")
 def evaluator():
-    from erasekit.models.evaluators import load_world_evaluator
+    from erasekit.world.evaluator import load_world_evaluator
 
     return load_world_evaluator()

@@ -1,6 +1,6 @@
 """Small settings of every registered method, shared by the tests that run the whole registry."""
 
-from erasekit.methods import EraseSpec
+from erasekit.concepts import EraseSpec
 
 # Small settings of every registered method: a method added without an entry here fails the first test.
 QUICK = {

@@ -6,8 +6,9 @@ import torch
 from accelerate import init_empty_weights
 from diffusers import UNet2DConditionModel
 
+from erasekit.concepts import EraseSpec
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import EraseSpec, get_method, make_config
+from erasekit.methods.base import get_method, make_config
 from erasekit.methods.runner import erase
 from erasekit.models import embedded
 from erasekit.models.layers import AC_GROUPS, ablation_parameters

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from erasekit.attacks.base import ATTACKS, Attack, AttackContext, AttackTarget, Found
+from erasekit.concepts import EraseSpec
 from erasekit.edits import TEXT_ENCODER, Edit, pipeline_parameters
+from erasekit.edits.erasers import erasers_on, new_erasers
+from erasekit.edits.lora import NotLoraable, lora_factors
 from erasekit.errors import ErasekitError
 from erasekit.eval.generation import SamplerSettings
 from erasekit.exports import export_edit
-from erasekit.lora import NotLoraable, lora_factors
-from erasekit.methods.base import EraseSpec
 from erasekit.methods.receler import concept_mask, localisation_loss
 from erasekit.methods.runner import erase
-from erasekit.models.erasers import erasers_on, new_erasers
 from erasekit.models.layers import cross_attentions
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.prompt_cache import PromptCache

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from erasekit.attacks import ATTACKS, get_attack
+from erasekit.concepts import EraseSpec
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import EraseSpec, make_config
+from erasekit.methods.base import make_config
 from erasekit.methods.runner import erase
 from erasekit.primitives.soft_prompt import (
     encode,

@@ -33,7 +33,7 @@ def test_help_and_a_bad_flag_answer_without_loading_torch():
 
 
 def test_version_and_python_dash_m():
-    from erasekit import __version__
+    from erasekit.version import __version__
 
     result = erasekit("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"erasekit {__version__}"

@@ -14,9 +14,10 @@ import torch
 from device_guard import DeviceGuard
 from quick_settings import ALGORITHMS, QUICK, SPEC
 
+from erasekit.concepts import EraseSpec
 from erasekit.edits import pipeline_parameters
 from erasekit.errors import ErasekitError
-from erasekit.methods import METHODS, EraseSpec
+from erasekit.methods import METHODS
 from erasekit.methods.runner import erase
 from erasekit.models.loading import load_pipeline, resolve_device, resolve_dtype
 from erasekit.primitives.run import RunContext

@@ -9,8 +9,8 @@ iterations), so it fails this bar, as the README says; tests/test_spm.py checks 
 
 import pytest
 
+from erasekit.concepts import EraseSpec
 from erasekit.eval.protocols import run_protocol
-from erasekit.methods import EraseSpec
 from erasekit.methods.runner import erase
 from erasekit.world import vocabulary as V
 

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from erasekit.concepts import EraseSpec
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import EraseSpec, get_method, make_config
+from erasekit.methods.base import get_method, make_config
 from erasekit.methods.esd import ESDConfig, esd_target
 from erasekit.methods.runner import erase
 from erasekit.primitives.diffusion import FrozenCopy, partial_samples

@@ -15,10 +15,11 @@ import pytest
 import torch
 from quick_settings import ALGORITHMS, QUICK, SPEC
 
+from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit, pipeline_parameters
 from erasekit.errors import ErasekitError
 from erasekit.exports import FORMATS, export_edit, merge_weights
-from erasekit.methods import METHODS, EraseSpec
+from erasekit.methods import METHODS
 from erasekit.methods.runner import erase
 from erasekit.models.loading import load_pipeline
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit, base_hash
 from erasekit.errors import ErasekitError
 from erasekit.exports import export_edit
 from erasekit.io import UMASK
-from erasekit.methods.base import EraseSpec
 from erasekit.methods.runner import erase
 
 TEMPLATES = ("{}", "a photo of a {}", "a picture of a {}")

@@ -21,11 +21,12 @@ import torch
 from safetensors.torch import save_file
 
 from erasekit.attacks import ATTACKS, get_attack
+from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.eval.prompts import MAX_IMAGES, read_prompt_file
 from erasekit.methods import METHODS
-from erasekit.methods.base import EraseSpec, get_method, make_config
+from erasekit.methods.base import get_method, make_config
 from erasekit.world.training import TrainConfig
 
 get_method("uce")  # fills the registries

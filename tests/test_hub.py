@@ -15,11 +15,11 @@ import yaml
 from safetensors import safe_open
 
 import erasekit.hub as hub
+from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
+from erasekit.edits.lora import LoraExport
 from erasekit.errors import ErasekitError
 from erasekit.exports import kohya_metadata
-from erasekit.lora import LoraExport
-from erasekit.methods.base import EraseSpec
 from erasekit.methods.runner import erase
 
 HOSTILE = ["<script>alert(1)</script>", "a|b", "two\n# lines", "[x](javascript:alert(1))"]

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from erasekit.eval.evaluator import predict
 from erasekit.eval.metrics import frechet_distance, frechet_distance_of
 from erasekit.judges.clip import MACE_CIFAR10_SYNONYMS, ClipJudge
 from erasekit.judges.nudity import NUDENET_EXPOSED_CLASSES, NudityJudge
 from erasekit.models.embedded import load_tokenizer
+from erasekit.world.evaluator import predict
 
 
 @pytest.fixture(scope="module")
@@ -130,10 +130,10 @@ def test_diffusion_classifier_reads_what_the_model_drew(pipe):
 
 
 def test_object_protocol_on_a_real_layout_is_maces_cifar10_task(real_layout, tiny_clip):
+    from erasekit.concepts import EraseSpec
     from erasekit.errors import ErasekitError
     from erasekit.eval.generation import SamplerSettings
     from erasekit.eval.protocols import protocol_rows, run_protocol
-    from erasekit.methods import EraseSpec
     from erasekit.methods.runner import erase
 
     edit = erase(real_layout, EraseSpec(("cat",), preserve=("dog",)), "uce", progress=False)
@@ -149,10 +149,10 @@ def test_object_protocol_on_a_real_layout_is_maces_cifar10_task(real_layout, tin
 
 
 def test_explicit_and_captions_protocols_read_their_files(pipe, tmp_path):
+    from erasekit.concepts import EraseSpec
     from erasekit.errors import ErasekitError
     from erasekit.eval.generation import SamplerSettings
     from erasekit.eval.protocols import run_protocol
-    from erasekit.methods import EraseSpec
     from erasekit.methods.runner import erase
 
     edit = erase(pipe, EraseSpec(("in flames",)), "uce", progress=False)

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
+from erasekit.edits.lora import LORA_FILE, lora_factors
 from erasekit.errors import ErasekitError
-from erasekit.lora import LORA_FILE, lora_factors
-from erasekit.methods.base import EraseSpec
 from erasekit.methods.runner import erase
 from erasekit.models.loading import load_pipeline
 

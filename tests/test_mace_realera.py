@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from erasekit.concepts import EraseSpec
 from erasekit.errors import ErasekitError
 from erasekit.methods import mace, realera
-from erasekit.methods.base import EraseSpec
 from erasekit.methods.mace import MACEConfig, co_existing_pairs
 from erasekit.methods.realera import RealEraConfig, sample_perturbations
 from erasekit.methods.runner import erase

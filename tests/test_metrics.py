@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from erasekit.eval.metrics import frechet_distance, harmonic_mean
+from erasekit.eval.metrics import frechet_distance
+from erasekit.judges import harmonic_mean
 
 
 def test_frechet_distance_is_zero_on_itself_and_grows_with_shift():

@@ -11,11 +11,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.eval import protocols
 from erasekit.io import UMASK, atomic_dir, check_output, claim_output, write_json
-from erasekit.methods.base import EraseSpec
 from erasekit.methods.runner import erase
 from erasekit.models import embedded
 

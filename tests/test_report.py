@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFont
 
+from erasekit.concepts import EraseSpec
 from erasekit.errors import ErasekitError
 from erasekit.eval.generation import image_grid, label_font
 from erasekit.eval.metrics import METRICS
 from erasekit.eval.protocols import verdict
-from erasekit.methods.base import EraseSpec
 from erasekit.methods.runner import erase
 from erasekit.report import read_run, write_report
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from erasekit.concepts import EraseSpec
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import EraseSpec
 from erasekit.methods.runner import erase
-from erasekit.models.segmenters import GroundedSam, make_segmenter
+from erasekit.primitives.segmenters import GroundedSam, make_segmenter
 
 SIZE = 64
 

@@ -8,8 +8,9 @@ import sys
 import pytest
 import torch
 
+from erasekit.concepts import EraseSpec
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import EraseSpec, get_method, make_config
+from erasekit.methods.base import get_method, make_config
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 

@@ -6,11 +6,12 @@ import pytest
 from diffusers import StableDiffusionPipelineSafe
 from diffusers.pipelines.deprecated.stable_diffusion_safe import SafetyConfig
 
+from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit, load_erased
 from erasekit.errors import ErasekitError
 from erasekit.eval.generation import SamplerSettings, generate
 from erasekit.eval.prompts import PromptRow
-from erasekit.methods.base import EraseSpec, get_method, make_config
+from erasekit.methods.base import get_method, make_config
 from erasekit.methods.runner import erase
 from erasekit.methods.sld import I2P_CONCEPT
 
@@ -52,7 +53,7 @@ def test_a_pipeline_that_cannot_host_it_is_one_line():
     from types import SimpleNamespace
 
     from erasekit.edits import Edit
-    from erasekit.models.guidance import guided_pipeline
+    from erasekit.edits.guidance import guided_pipeline
 
     with pytest.raises(ErasekitError, match="one text encoder"):
         guided_pipeline(SimpleNamespace(text_encoder_2=object()), Edit({}, {"inference": {"sld": {}}}))

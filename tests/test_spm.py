@@ -8,12 +8,13 @@ from accelerate import init_empty_weights
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from erasekit.edits import ADAPTERS_FILE, Edit
+from erasekit.concepts import EraseSpec
+from erasekit.edits import ADAPTERS_FILE, Edit, transport
+from erasekit.edits.lora import lora_factors
 from erasekit.errors import ErasekitError
-from erasekit.lora import lora_factors
-from erasekit.methods.base import EraseSpec, get_method, make_config
+from erasekit.methods.base import get_method, make_config
 from erasekit.methods.runner import erase
-from erasekit.models import embedded, transport
+from erasekit.models import embedded
 from erasekit.models.layers import transformer_layers
 from erasekit.models.loading import load_pipeline
 from erasekit.models.reference_configs import SD15

@@ -6,9 +6,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit, load_erased
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import EraseSpec, get_method, make_config
+from erasekit.methods.base import get_method, make_config
 from erasekit.methods.runner import erase
 from erasekit.methods.uce import UCEConfig, aligned_states
 from erasekit.models import embedded
@@ -129,7 +130,7 @@ def test_interrupted_save_leaves_nothing(tiny_pipe, tmp_path, monkeypatch):
         Path(path).write_bytes(b"half a file")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr("erasekit.edits.save_file", disk_full)
+    monkeypatch.setattr("erasekit.edits.artifact.save_file", disk_full)
     with pytest.raises(OSError):
         edit.save(tmp_path / "edit")
     assert list(tmp_path.iterdir()) == []  # no directory, no temporary, no lock

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 import torch
 
+from erasekit.concepts import EraseSpec
 from erasekit.errors import ErasekitError
 from erasekit.eval.generation import SamplerSettings
 from erasekit.eval.protocols import run_protocol
 from erasekit.io import write_json, write_with
-from erasekit.methods.base import EraseSpec
 from erasekit.methods.runner import erase
 from erasekit.primitives.workers import Workers
 from erasekit.world import vocabulary as V
@@ -36,7 +36,7 @@ from erasekit.world import vocabulary as V
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
-    from erasekit.eval.evaluator import WorldEvaluator
+    from erasekit.world.evaluator import WorldEvaluator
 
 DEFAULT_CONCEPTS: dict[str, tuple[str, ...]] = {
     "object": V.SHAPES,

@@ -42,13 +42,6 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
 
 
-def harmonic_mean(*values: float) -> float:
-    """H of the MACE tables, e.g. H_o = 3 / (1/(1-Acc_e) + 1/Acc_s + 1/(1-Acc_g)); 0 if any term is 0."""
-    if any(v <= 0 for v in values):
-        return 0.0
-    return len(values) / sum(1.0 / v for v in values)
-
-
 def frechet_distance_of(real: np.ndarray, fake: np.ndarray, feature: int | nn.Module = 2048) -> float:
     """FID between two uint8 (n, H, W, 3) image sets with torchmetrics (InceptionV3 pool features by default)."""
     from erasekit.errors import ErasekitError

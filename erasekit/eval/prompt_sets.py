@@ -156,8 +156,7 @@ def _fid(original: np.ndarray, erased: np.ndarray, world: bool) -> dict:
     from erasekit.eval.metrics import frechet_distance, frechet_distance_of
 
     if world:
-        from erasekit.eval.evaluator import predict
-        from erasekit.models.evaluators import load_world_evaluator
+        from erasekit.world.evaluator import load_world_evaluator, predict
 
         evaluator = load_world_evaluator()
         value = frechet_distance(predict(evaluator, original).features, predict(evaluator, erased).features)

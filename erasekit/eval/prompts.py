@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from erasekit.errors import ErasekitError
-from erasekit.eval.evaluator import HEADS
+from erasekit.world.evaluator import HEADS
 
 ROLES = ("erase", "retain", "synonym", "associated", "implicit")
 LABEL_COLUMNS = ("shape", "artist", "character", "flames")

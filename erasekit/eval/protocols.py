@@ -34,16 +34,16 @@ import numpy as np
 
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
-from erasekit.eval.evaluator import WorldEvaluator
 from erasekit.eval.generation import Generated, SamplerSettings, generate
-from erasekit.eval.metrics import frechet_distance, harmonic_mean
+from erasekit.eval.metrics import frechet_distance
 from erasekit.eval.prompts import PromptRow
 from erasekit.eval.scoring import Evaluation, as_judge, score
-from erasekit.judges import Judge, make_judge
+from erasekit.judges import Judge, harmonic_mean, make_judge
 from erasekit.judges.clip import MACE_CIFAR10_SYNONYMS, MACE_CLIP_TEMPLATE
 from erasekit.models.embedded import is_world_model
 from erasekit.primitives.workers import Workers
 from erasekit.world import vocabulary as V
+from erasekit.world.evaluator import WorldEvaluator
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline

@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from erasekit.errors import ErasekitError
-from erasekit.eval.evaluator import WorldEvaluator
 from erasekit.eval.generation import Generated
 from erasekit.eval.prompts import PromptRow
 from erasekit.judges import Judge, Reading
+from erasekit.world.evaluator import WorldEvaluator
 
 
 @dataclass

@@ -104,3 +104,10 @@ def make_judge(
             raise ErasekitError("the diffusion judge needs label sets to choose among")
         return DiffusionClassifier(pipe, heads)
     raise ErasekitError(f"unknown judge {name!r}; choose one of {', '.join(JUDGES)}")
+
+
+def harmonic_mean(*values: float) -> float:
+    """H of the MACE tables, e.g. H_o = 3 / (1/(1-Acc_e) + 1/Acc_s + 1/(1-Acc_g)); 0 if any term is 0."""
+    if any(v <= 0 for v in values):
+        return 0.0
+    return len(values) / sum(1.0 / v for v in values)

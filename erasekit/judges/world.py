@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from erasekit.eval.evaluator import HEADS, WorldEvaluator, predict, present_label
 from erasekit.judges import Reading
+from erasekit.world.evaluator import HEADS, WorldEvaluator, predict, present_label
 
 
 class WorldJudge:
@@ -15,7 +15,7 @@ class WorldJudge:
     heads = HEADS
 
     def __init__(self, model: WorldEvaluator | None = None) -> None:
-        from erasekit.models.evaluators import load_world_evaluator
+        from erasekit.world.evaluator import load_world_evaluator
 
         self.model = model if model is not None else load_world_evaluator()
 

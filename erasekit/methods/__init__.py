@@ -6,7 +6,8 @@ list without loading torch."""
 
 from typing import Any
 
-from erasekit.methods.base import EraseSpec, get_method, load_methods
+from erasekit.concepts import EraseSpec
+from erasekit.methods.base import get_method, load_methods
 
 __all__ = ["METHODS", "EraseSpec", "get_method"]
 

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import (
@@ -39,7 +40,6 @@ from erasekit.methods.base import (
     SAMPLER_STEPS,
     SEEDS,
     WEIGHT,
-    EraseSpec,
     check_settings,
     config_field,
     register,

@@ -33,6 +33,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit, weights_hash
 from erasekit.errors import ErasekitError
 from erasekit.io import atomic_path
@@ -44,13 +45,18 @@ from erasekit.methods.base import (
     SAMPLER_STEPS,
     SEEDS,
     WEIGHT,
-    EraseSpec,
     check_settings,
     config_field,
     register,
 )
 from erasekit.models.layers import kv_projections, kv_weights
-from erasekit.models.segmenters import (
+from erasekit.primitives.attention import probing
+from erasekit.primitives.closed_form import TextMoments, edited_weights, fused_weights, text_space_map
+from erasekit.primitives.diffusion import pipeline_images, predict_noise
+from erasekit.primitives.lora_trainer import check_rank, lora_adapter
+from erasekit.primitives.prompt_cache import PromptCache, aligned_positions
+from erasekit.primitives.run import RunContext
+from erasekit.primitives.segmenters import (
     BOX_THRESHOLD,
     GROUNDING_MODEL,
     SAM_MODEL,
@@ -59,12 +65,6 @@ from erasekit.models.segmenters import (
     Segmenter,
     make_segmenter,
 )
-from erasekit.primitives.attention import probing
-from erasekit.primitives.closed_form import TextMoments, edited_weights, fused_weights, text_space_map
-from erasekit.primitives.diffusion import pipeline_images, predict_noise
-from erasekit.primitives.lora_trainer import check_rank, lora_adapter
-from erasekit.primitives.prompt_cache import PromptCache, aligned_positions
-from erasekit.primitives.run import RunContext
 from erasekit.primitives.timesteps import TimestepSampler, concept_focal_weights
 from erasekit.primitives.training import fit, loss_record
 

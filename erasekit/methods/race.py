@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import ITERATIONS, LEARNING_RATE, EraseSpec, config_field, register
+from erasekit.methods.base import ITERATIONS, LEARNING_RATE, config_field, register
 from erasekit.methods.esd import ESDConfig, train_esd
 from erasekit.primitives.diffusion import latent_shape, predict_noise
 from erasekit.primitives.run import RunContext

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from erasekit.concepts import EraseSpec, anchor_prompt
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import (
@@ -48,8 +49,6 @@ from erasekit.methods.base import (
     SAMPLER_STEPS,
     SEEDS,
     WEIGHT,
-    EraseSpec,
-    anchor_prompt,
     check_settings,
     config_field,
     register,

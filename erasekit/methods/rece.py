@@ -29,11 +29,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
-from erasekit.eval.metrics import harmonic_mean
+from erasekit.judges import harmonic_mean
 from erasekit.methods import uce
-from erasekit.methods.base import GUIDANCE, RIDGE, SAMPLER_STEPS, SEEDS, WEIGHT, EraseSpec, check_settings, config_field, register
+from erasekit.methods.base import GUIDANCE, RIDGE, SAMPLER_STEPS, SEEDS, WEIGHT, check_settings, config_field, register
 from erasekit.models.layers import kv_weights
 from erasekit.primitives.closed_form import float64_on, text_space_map
 from erasekit.primitives.diffusion import pipeline_images
@@ -99,7 +100,7 @@ class Validator:
         self.run, self.config, self.judge = run, config, judge
         self.concepts = (*spec.targets, *spec.preserve)  # each is judged against the others
         if judge.name == "world":  # refuse a concept the evaluator cannot see before any epoch runs
-            from erasekit.eval.evaluator import present_label
+            from erasekit.world.evaluator import present_label
 
             unknown = [c for c in self.concepts if present_label(c) is None]
             if unknown:

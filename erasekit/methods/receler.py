@@ -1,6 +1,6 @@
 """Receler: Reliable Concept Erasing via Lightweight Erasers (Huang et al., ECCV 2024).
 
-An eraser E_l after every cross-attention layer l (:mod:`erasekit.models.erasers`) is trained with
+An eraser E_l after every cross-attention layer l (:mod:`erasekit.edits.erasers`) is trained with
 the UNet θ frozen:
 
     L = ‖ε_{θ,E}(x_t, c ⊕ δ) − [ε_θ(x_t) − η (ε_θ(x_t, c) − ε_θ(x_t))]‖²  +  λ · mean_l Σ_pixels ‖E_l(o_l) ⊙ (1 − M)‖² / Σ (1 − M)
@@ -36,7 +36,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
+from erasekit.edits.erasers import eraser_tensors, erasers_on, new_erasers
 from erasekit.methods.base import (
     GUIDANCE,
     ITERATIONS,
@@ -44,13 +46,11 @@ from erasekit.methods.base import (
     SAMPLER_STEPS,
     SEEDS,
     WEIGHT,
-    EraseSpec,
     check_settings,
     config_field,
     register,
 )
 from erasekit.methods.esd import esd_target
-from erasekit.models.erasers import eraser_tensors, erasers_on, new_erasers
 from erasekit.primitives.attention import probing
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.run import RunContext

@@ -6,9 +6,10 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
+from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit, base_hash, measure, refuse_non_finite
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import EraseSpec, get_method, make_config
+from erasekit.methods.base import get_method, make_config
 from erasekit.primitives.run import ProgressCallback, RunContext
 from erasekit.primitives.workers import Workers
 
@@ -43,7 +44,7 @@ def erase(
     ``workers`` (from ``accelerate launch``) share out the independent stages a method has (MACE's
     per-concept LoRAs); every process returns the same edit.
     """
-    from erasekit import __version__
+    from erasekit.version import __version__
 
     entry = get_method(method)
     config = make_config(entry, overrides)

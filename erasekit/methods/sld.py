@@ -8,7 +8,7 @@ pushes away from the safety concept S where the prompt's noise estimate leans to
     ν ← β_m ν + (1 − β_m) γ   (momentum),
 
 as diffusers' ``StableDiffusionPipelineSafe`` computes it. The artifact is this configuration: an
-edit with no weights whose card says how to sample (``erasekit.models.guidance``), so it runs in
+edit with no weights whose card says how to sample (``erasekit.edits.guidance``), so it runs in
 every protocol and the bench like any edit, on any base model. S is the erased concepts joined by
 commas (the paper's safety concept is I2P's list of 20 categories: ``safety_concept=i2p``).
 
@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import EraseSpec, check_settings, config_field, register
+from erasekit.methods.base import check_settings, config_field, register
 from erasekit.primitives.run import RunContext
 
 SLD_PRESETS = ("weak", "medium", "strong", "max")

@@ -16,7 +16,7 @@ the paper's text describes; ``"none"`` trains L_era alone (the official ``action
 set (an erasekit addition) is anchored at every step besides the drawn candidates.
 
 At inference each adapter acts with the strength γ(p) its concept has in the prompt (facilitated
-transport, :mod:`erasekit.models.transport`); the edit also carries the adapters merged at strength 1
+transport, :mod:`erasekit.edits.transport`); the edit also carries the adapters merged at strength 1
 (W + Σ_k v_up v_downᵀ), which is what ``--lora`` exports and what ``transport=false`` applies.
 
 Defaults are the official ``configs/*/config.yaml`` and ``prompt.yaml``: rank 1, α 1, 3000
@@ -34,7 +34,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
+from erasekit.edits.transport import METRICS, SPMAdapter
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import (
     GUIDANCE,
@@ -44,13 +46,11 @@ from erasekit.methods.base import (
     SAMPLER_STEPS,
     SEEDS,
     WEIGHT,
-    EraseSpec,
     check_settings,
     config_field,
     register,
 )
 from erasekit.models.layers import transformer_layers
-from erasekit.models.transport import METRICS, SPMAdapter
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.expansion import phrase_vectors, tokenizer_vocabulary
 from erasekit.primitives.lora_trainer import check_rank, factor_delta, lora_adapter

@@ -27,8 +27,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from erasekit.concepts import EraseSpec, anchor_prompt
 from erasekit.edits import Edit
-from erasekit.methods.base import RIDGE, WEIGHT, EraseSpec, anchor_prompt, check_settings, config_field, register
+from erasekit.methods.base import RIDGE, WEIGHT, check_settings, config_field, register
 from erasekit.models.layers import kv_projections
 from erasekit.primitives.closed_form import TextMoments, edited_weights, text_space_map
 from erasekit.primitives.prompt_cache import PromptCache

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def caption_pairs(targets: tuple[str, ...], anchors: tuple[str, ...], templates: tuple[str, ...]) -> list[tuple[str, str]]:
     """(target caption, anchor caption) for every target and template; the empty anchor gives " "."""
-    from erasekit.methods.base import anchor_prompt
+    from erasekit.concepts import anchor_prompt
 
     return [(t.format(target), anchor_prompt(t, anchor)) for target, anchor in zip(targets, anchors, strict=True)
             for t in templates]  # fmt: skip

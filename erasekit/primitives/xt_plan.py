@@ -18,7 +18,7 @@ from torch import nn
 from erasekit.primitives.diffusion import FrozenCopy, partial_samples
 
 if TYPE_CHECKING:
-    from erasekit.methods.base import EraseSpec
+    from erasekit.concepts import EraseSpec
     from erasekit.primitives.run import RunContext
 
 

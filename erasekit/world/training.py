@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from erasekit.errors import ErasekitError
-from erasekit.eval.evaluator import HEADS, WorldEvaluator, predict
 from erasekit.models import embedded as E
 from erasekit.world import vocabulary as V
 from erasekit.world.dataset import WorldData, cached_dataset
+from erasekit.world.evaluator import HEADS, WorldEvaluator, predict
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel

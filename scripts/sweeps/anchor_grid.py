@@ -3,9 +3,9 @@
 import numpy as np
 from PIL import Image
 
+from erasekit.concepts import EraseSpec
 from erasekit.eval.generation import generate, image_grid
 from erasekit.eval.prompts import PromptRow
-from erasekit.methods.base import EraseSpec
 from erasekit.methods.runner import erase
 from erasekit.models.loading import load_pipeline
 from erasekit.world import vocabulary as V

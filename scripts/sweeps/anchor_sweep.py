@@ -6,13 +6,12 @@ import time
 
 import numpy as np
 
-from erasekit.eval.evaluator import predict
+from erasekit.concepts import EraseSpec
 from erasekit.eval.protocols import character_metrics, evaluate_rows, mass_character_rows
-from erasekit.methods.base import EraseSpec
 from erasekit.methods.runner import erase
-from erasekit.models.evaluators import load_world_evaluator
 from erasekit.models.loading import load_pipeline
 from erasekit.world import vocabulary as V
+from erasekit.world.evaluator import load_world_evaluator, predict
 
 pipe = load_pipeline()
 ev = load_world_evaluator()

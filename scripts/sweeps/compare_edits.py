@@ -24,7 +24,7 @@ if sys.argv[1] == "--diff":
 sys.path.insert(0, sys.argv[1])  # the checkout under test comes before the installed erasekit
 from safetensors.torch import save_file
 
-from erasekit.methods import EraseSpec
+from erasekit.concepts import EraseSpec
 from erasekit.methods.runner import erase
 from erasekit.models.loading import load_pipeline
 

@@ -10,11 +10,11 @@ import os
 import sys
 import time
 
+from erasekit.concepts import EraseSpec
 from erasekit.eval.protocols import run_protocol
-from erasekit.methods.base import EraseSpec
 from erasekit.methods.runner import erase
-from erasekit.models.evaluators import load_world_evaluator
 from erasekit.models.loading import load_pipeline
+from erasekit.world.evaluator import load_world_evaluator
 
 pipe = load_pipeline()
 ev = load_world_evaluator()

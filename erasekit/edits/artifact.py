@@ -4,9 +4,9 @@ On disk an edit is a directory with ``edit.safetensors`` (the new values of ever
 parameter, by diffusers parameter name: the UNet's as they are, the text encoder's behind
 ``text_encoder.``, as AdvUnlearn trains it) and ``card.json`` (method, config, concepts, base-model
 hash, erasekit version, time and peak memory), and optionally ``pytorch_lora_weights.safetensors``
-(the same change as a LoRA that a plain ``pipe.load_lora_weights(dir)`` loads, see :mod:`erasekit.lora`)
+(the same change as a LoRA that a plain ``pipe.load_lora_weights(dir)`` loads, see :mod:`erasekit.edits.lora`)
 and ``adapters.safetensors`` (SPM's adapter factors, or Receler's erasers when the card has
-``"erasers"``, see :mod:`erasekit.models.erasers`). :func:`load_erased` puts it back onto the base
+``"erasers"``, see :mod:`erasekit.edits.erasers`). :func:`load_erased` puts it back onto the base
 pipeline and refuses a different base model.
 """
 
@@ -27,9 +27,9 @@ import psutil
 import torch
 from safetensors.torch import load_file, save_file
 
+from erasekit.edits.lora import LORA_FILE, LoraExport, save_lora
 from erasekit.errors import ErasekitError
 from erasekit.io import atomic_dir, claim_output
-from erasekit.lora import LORA_FILE, LoraExport, save_lora
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -101,7 +101,7 @@ class Edit:
 
     @property
     def has_erasers(self) -> bool:
-        """Whether this edit adds Receler's erasers to the UNet (see :mod:`erasekit.models.erasers`)."""
+        """Whether this edit adds Receler's erasers to the UNet (see :mod:`erasekit.edits.erasers`)."""
         return bool(self.card.get("erasers"))
 
     def checked_names(self) -> list[str]:
@@ -109,7 +109,7 @@ class Edit:
         for erasers the output projections of the cross-attention layers they read."""
         if not self.has_erasers:
             return list(self.weights)
-        from erasekit.models.erasers import eraser_sites
+        from erasekit.edits.erasers import eraser_sites
 
         return [*self.weights, *(f"{site}.to_out.0.weight" for site in eraser_sites(self.adapters))]
 
@@ -129,7 +129,7 @@ class Edit:
                     "it was made for another architecture"
                 )
         if self.has_erasers:
-            from erasekit.models.erasers import erasers_from_tensors
+            from erasekit.edits.erasers import erasers_from_tensors
 
             erasers_from_tensors(self.adapters, pipe.unet)
         if not (isinstance(self.inference, dict) and "spm" in self.inference):
@@ -189,7 +189,7 @@ class Edit:
         else:
             self.check_architecture(pipe)
         if self.inference:
-            from erasekit.models.guidance import guided_pipeline
+            from erasekit.edits.guidance import guided_pipeline
 
             return guided_pipeline(pipe, self)
         params = pipeline_parameters(pipe)
@@ -199,7 +199,7 @@ class Edit:
                     raise ErasekitError(f"{name}: edit has shape {tuple(value.shape)}, model has {tuple(params[name].shape)}")
                 params[name].copy_(value.to(params[name].dtype))
         if self.has_erasers:
-            from erasekit.models.erasers import erasers_from_tensors, install_erasers
+            from erasekit.edits.erasers import erasers_from_tensors, install_erasers
 
             install_erasers(pipe.unet, erasers_from_tensors(self.adapters, pipe.unet))
         return pipe
@@ -217,7 +217,7 @@ class Edit:
             if callable(getattr(erased, "release", None)):  # hooks an inference-time edit put on the modules
                 erased.release()
             if erased is not None and self.has_erasers:
-                from erasekit.models.erasers import remove_erasers
+                from erasekit.edits.erasers import remove_erasers
 
                 remove_erasers(pipe.unet)
             with torch.no_grad():
@@ -297,8 +297,8 @@ class Edit:
             if name in card and not fits(card[name]):
                 raise ErasekitError(f"{where}: {name} should be {kind}, not {shown(card[name])}")
         if inference := card.get("inference"):
-            from erasekit.models.guidance import SLD_SETTINGS
-            from erasekit.models.transport import METRICS
+            from erasekit.edits.guidance import SLD_SETTINGS
+            from erasekit.edits.transport import METRICS
 
             if len(inference) != 1 or next(iter(inference)) not in ("sld", "spm"):
                 raise ErasekitError(f"{where}: inference should hold one of 'sld' or 'spm', not {shown(list(inference))}")

@@ -7,7 +7,7 @@ concept's noise prediction wherever the prompt's prediction comes close to it. A
 carries ``"inference": {"sld": {...}}`` is applied by returning such a pipeline.
 
 SPM's facilitated transport (``"inference": {"spm": {...}}``) is the other kind: the base weights stay,
-and the edit's adapters act per prompt (:mod:`erasekit.models.transport`).
+and the edit's adapters act per prompt (:mod:`erasekit.edits.transport`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def guided_pipeline(pipe: DiffusionPipeline, edit: Edit) -> DiffusionPipeline:
         raise ErasekitError(f"unknown inference-time guidance {', '.join(inference)}; this erasekit knows 'sld' and 'spm'")
     if "sld" in inference:
         return safe_latent_diffusion(pipe, inference["sld"])
-    from erasekit.models.transport import adapters_from_flat, transported_pipeline
+    from erasekit.edits.transport import adapters_from_flat, transported_pipeline
 
     spm = inference["spm"]
     return transported_pipeline(pipe, adapters_from_flat(edit.adapters, spm["concepts"]), spm.get("metric", "clipcos_tokenuni"))

@@ -37,7 +37,7 @@ class WorldSegmenter:
     """The embedded evaluator's mask head (its sigmoid > 0.5 is foreground)."""
 
     def __init__(self) -> None:
-        from erasekit.models.evaluators import load_world_evaluator
+        from erasekit.world.evaluator import load_world_evaluator
 
         self.model = load_world_evaluator()
 

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from erasekit.errors import ErasekitError
+from erasekit.models.embedded import EMBEDDED_DIR, EVALUATOR_SUBDIR
 from erasekit.world import vocabulary as V
 
 HEADS: dict[str, tuple[str, ...]] = {
@@ -144,3 +146,11 @@ def predict(model: WorldEvaluator, images: np.ndarray | torch.Tensor, batch_size
             probs[k].append(out[k].softmax(-1).numpy())
         feats.append(out["features"].numpy())
     return Prediction({k: np.concatenate(v) for k, v in probs.items()}, np.concatenate(feats))
+
+
+def load_world_evaluator(model_dir: Path = EMBEDDED_DIR) -> WorldEvaluator:
+    """The world evaluator shipped beside the embedded model."""
+    try:
+        return WorldEvaluator.load(Path(model_dir) / EVALUATOR_SUBDIR)
+    except (FileNotFoundError, ValueError) as err:
+        raise ErasekitError(str(err)) from err
