@@ -86,7 +86,7 @@ def kohya_metadata(card: dict, export: LoraExport) -> dict[str, str]:
     is the card's ``created``). The base model's generation is read from the cross-attention width of the
     exported modules (768: SD 1.x, 1024: SD 2.x, 2048: SDXL), else from the model's name; the embedded
     model has SD 1.x's layout, and an unknown one is taken as SD 1.x, as kohya-ss and AUTOMATIC1111 do."""
-    from erasekit.hub import base_model, md
+    from erasekit.models.provenance import base_model, md
 
     def strings(key: str) -> list[str]:  # the card's list of concepts, whatever a hand-edited card holds
         value = card.get(key)
@@ -163,30 +163,20 @@ def kohya_metadata(card: dict, export: LoraExport) -> dict[str, str]:
 
 def refuse_unexportable(edit: Edit, fmt: str, where: object) -> str | None:
     """One line, before any model loads, for an edit that ``fmt`` (one of :data:`FORMATS`) cannot carry;
-    else the note on what does not travel (None when everything does)."""
-    if edit.has_erasers:
-        raise ErasekitError(
-            f"the {edit.card.get('method')} edit in {where} adds eraser modules to the UNet, which no {fmt} export "
-            "carries; its edit directory is the artifact (erasekit.edits.load_erased puts them on the pipeline)"
-        )
-    if not edit.weights:
-        raise ErasekitError(
-            f"the {edit.card.get('method')} edit in {where} changes no weights (it guides sampling): "
-            "there is nothing to export; its edit directory is the artifact"
-        )
-    if edit.inference:
-        return (
-            f"{edit.card.get('method')}'s per-prompt inference ({', '.join(edit.inference)}) does not travel in a {fmt} "
-            "export: it holds the merged weights, every prompt at full strength"
-        )
-    return None
+    else the note on what does not travel (None when everything does). The edit's kind says both."""
+    kind = edit.kind
+    refusal = kind.export_refusal(edit, fmt)
+    if refusal is not None:
+        raise ErasekitError(f"the {edit.card.get('method')} edit in {where} {refusal}")
+    return kind.export_note(edit, fmt)
 
 
 def merge_weights(edit: Edit, pipe: DiffusionPipeline) -> DiffusionPipeline:
-    """``pipe`` with the edit's weights written into it, for a whole-model export. An inference-time edit
-    with weights (SPM) goes as its merged weights, transport off: applied as it is, it would hand back
-    a pipeline whose own weights are still the base model's."""
-    return Edit(edit.weights, {**edit.card, "inference": None}, edit.adapters).apply(pipe, check_base=False)
+    """``pipe`` with the edit's weights written into it, for a whole-model export, as the edit's kind
+    merges them. An inference-time edit with weights (SPM) goes as its merged weights, transport off:
+    applied as it is, it would hand back a pipeline whose own weights are still the base model's."""
+    edit.check(pipe, check_base=False)
+    return edit.kind.merge(edit, pipe)
 
 
 def export_loaded(

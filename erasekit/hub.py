@@ -15,60 +15,27 @@ The card carries :data:`CARD_MARK`, by which ``write_card`` tells its own README
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from erasekit.edits import CARD_FILE, Edit
 from erasekit.errors import ErasekitError
+from erasekit.eval.metrics import METRICS
+from erasekit.eval.protocols import read_results, result_protocol
+from erasekit.eval.protocols.results import NUMBER, JsonFields
+from erasekit.models.provenance import README, base_model, md
 
-README = "README.md"
 KOHYA_FILE = "erased_kohya.safetensors"
 # the line after the header by which a README.md is known to be erasekit's (an HTML comment: not shown on the hub)
 CARD_MARK = "<!-- erasekit model card: `erasekit push --card-only` rewrites this file; delete this line to keep your edits -->"
 # the header line of the cards erasekit wrote before CARD_MARK, so that they are still known as its own
 _OLD_CARD_TAGS = "\ntags: [erasekit, concept-erasure, stable-diffusion, lora]\n---\n"
-EMBEDDED_LICENSE = "apache-2.0"  # erasekit-tiny is trained by erasekit and shipped under erasekit's license
 UNKNOWN_LICENSE = "other"
-# licenses of the base models people erase from (hub license ids), lower-case hub id → license
-BASE_LICENSES = {
-    **dict.fromkeys(
-        [f"compvis/stable-diffusion-v1-{i}" for i in range(1, 5)]
-        + [
-            "runwayml/stable-diffusion-v1-5",
-            "stable-diffusion-v1-5/stable-diffusion-v1-5",
-            "benjamin-paine/stable-diffusion-v1-5",
-        ],
-        "creativeml-openrail-m",
-    ),
-    **dict.fromkeys(
-        [f"stabilityai/stable-diffusion-2{v}{b}" for v in ("", "-1") for b in ("", "-base")]
-        + ["stabilityai/stable-diffusion-xl-base-1.0", "stabilityai/stable-diffusion-xl-refiner-1.0"],
-        "openrail++",
-    ),
-}
-
-# --- Markdown that a string of the edit cannot break out of --------------------------------------------
-
-# Markdown's inline syntax: emphasis, code spans, links and images (``[``), table cells, escapes, and
-# ``_`` only where it can open or close emphasis (Acc_e stays as it is). ``-``, ``.`` and ``#`` start a
-# block only at the start of a line, which a cell or a sentence never is (``#`` is escaped anyway).
-_MD_SPECIAL = re.compile(r"[\\`*\[\]|~#]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
-
-
-def md(value: object) -> str:
-    """``value`` as inline Markdown text that renders as itself: one line (so no heading, list or new
-    table row), ``<>&`` as HTML entities (no tag, no entity of the user's), and link, emphasis, code
-    and cell syntax backslash-escaped (so ``[x](javascript:…)`` is text, not a link)."""
-    text = " ".join(str(value).split())  # newlines, tabs, runs of spaces → one space
-    return _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), html.escape(text, quote=False))
 
 
 def _tag(value: str) -> str:
@@ -76,132 +43,7 @@ def _tag(value: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-") or "unknown"
 
 
-# --- the base model -------------------------------------------------------------------------------------
-
-
-def is_embedded(model: str | None) -> bool:
-    """Whether a card's ``model`` is the embedded model: ``None`` (the Python API's default), its name or its directory."""
-    from erasekit.models.embedded import EMBEDDED_DIR
-    from erasekit.models.loading import EMBEDDED_NAME
-
-    if model is None or model == EMBEDDED_NAME:
-        return True
-    try:
-        return Path(model).resolve() == Path(EMBEDDED_DIR).resolve()
-    except (OSError, ValueError):  # a name no file system can hold (a NUL in card.json) is no path of ours
-        return False
-
-
-def _is_path(model: str, file: str = "") -> bool:
-    """Whether ``model`` (or ``file`` in it) exists here, false for a name no file system can hold."""
-    try:
-        return (Path(model) / file).exists() if file else Path(model).exists()
-    except (OSError, ValueError):
-        return False
-
-
-def hub_id(model: str | None) -> str | None:
-    """``model`` if it is a hub repository id (``owner/name``, not a local path), else None."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if model is None or is_embedded(model) or model.count("/") != 1 or _is_path(model):
-        return None
-    try:
-        validate_repo_id(model)  # the hub's own rule: no spaces, newlines or other characters a header or URL would carry
-    except HFValidationError:
-        return None
-    return model
-
-
-@dataclass
-class Base:
-    """What a card and an export say about the base model."""
-
-    name: str  # the model the CLI names: erasekit-tiny, the hub id, or a local path's last part
-    hub_id: str | None  # for the card's base_model and a link
-    license: str | None  # a hub license id, or None where unknown
-    embedded: bool
-
-
-def base_model(model: str | None) -> Base:
-    """The base model a card's ``model`` names, with its license where erasekit can tell it offline: the
-    embedded model's own, a well-known hub model's, or the ``license`` of a local directory's README.md."""
-    from erasekit.models.loading import EMBEDDED_NAME
-
-    if is_embedded(model):
-        return Base(EMBEDDED_NAME, None, EMBEDDED_LICENSE, True)
-    assert model is not None
-    repo = hub_id(model)
-    license_ = BASE_LICENSES.get(repo.lower()) if repo else None
-    if license_ is None and repo is None and _is_path(model, README):
-        from huggingface_hub import metadata_load
-
-        try:
-            found = (metadata_load(Path(model) / README) or {}).get("license")
-        except Exception:  # a README that is not a hub card: its license is unknown, as without one
-            found = None
-        license_ = found if isinstance(found, str) and found else None
-    name = repo or Path(model).name or model  # a local path's last part: the card is public, the path is the user's
-    return Base(name, repo, license_, False)
-
-
 # --- reading card.json and results.json with their types checked ---------------------------------------
-
-_NUMBER = (int, float)
-_MISSING = object()
-
-
-@dataclass
-class _Json:
-    """Typed access to one JSON file: a missing key or a wrong type is one error naming the file."""
-
-    data: Any
-    path: Path
-    fix: str  # how to mend the file, for the error
-
-    def error(self, keys: tuple[str, ...], problem: str) -> ErasekitError:
-        where = ".".join(keys) or "the top level"
-        return ErasekitError(f"{self.path}: {where} {problem}; {self.fix}")
-
-    def get(self, *keys: str, kind: type | tuple[type, ...], default: Any = _MISSING) -> Any:
-        """The value at ``keys`` if it has type ``kind`` (``default`` when missing or null, if given)."""
-        value = self.data
-        for i, key in enumerate(keys):
-            if not isinstance(value, dict):
-                raise self.error(keys[:i], f"should be an object, not {_type(value)}")
-            if value.get(key) is None:
-                if default is _MISSING:
-                    raise self.error(keys[: i + 1], "is missing")
-                return default
-            value = value[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):  # JSON's true is no number
-            names = dict.fromkeys(_KIND_NAMES.get(k, k.__name__) for k in kinds)  # int and float: "a number" once
-            raise self.error(keys, f"should be {' or '.join(names)}, not {_type(value)}")
-        return value
-
-    def strings(self, *keys: str, nulls: bool = False) -> list:
-        """The list of strings at ``keys`` (missing: empty; ``nulls``: None allowed, as an anchor)."""
-        values = self.get(*keys, kind=list, default=[])
-        if not all(isinstance(v, str) or (nulls and v is None) for v in values):
-            raise self.error(keys, "should be a list of strings")
-        return values
-
-    def numbers(self, *keys: str) -> dict[str, float]:
-        """The object of numbers at ``keys`` (metric name → value)."""
-        values = self.get(*keys, kind=dict)
-        if not all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in values.values()):
-            raise self.error(keys, "should map names to numbers")
-        return values
-
-
-_KIND_NAMES = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number", bool: "true or false"}
-
-
-def _type(value: object) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null"}.get(
-        type(value), "a number" if isinstance(value, _NUMBER) else type(value).__name__
-    )
 
 
 def eval_results(edit_dir: Path, kind: str = "eval") -> dict[str, dict]:
@@ -226,57 +68,28 @@ def _pct(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
-def better(metric: str) -> str:
-    """Which way a protocol metric is better ("lower", "higher"; "" for a name erasekit does not define)."""
-    from erasekit.eval.metrics import METRICS  # the one table of meanings and directions (CLI, report, bench, card)
-
-    return METRICS[metric][1] if metric in METRICS else ""
-
-
 def _legend(names: list[str]) -> list[str]:
-    from erasekit.eval.metrics import METRICS
-
-    known = [f"{name}: {METRICS[name][0]}" for name in names if name in METRICS]
+    known = [f"{name}: {METRICS[name].meaning}" for name in names if name in METRICS]
     return ["", md("; ".join(known)) + " (top-1 accuracy, %)."] if known else []
 
 
 def metrics_table(results: dict, path: Path | None = None) -> list[str]:
     """Markdown rows of one protocol's ``results.json``, original → erased, each metric with its direction."""
-    r = _Json(results, path or Path("results.json"), "run the evaluation again")
-    rows = ["| metric | original | erased | better |", "| --- | --- | --- | --- |"]
-    protocol = r.get("protocol", kind=str, default="")
-    if protocol == "explicit":  # NudeNet's counts, no accuracies
-        before, after = r.get("metrics", "original", kind=dict), r.get("metrics", "erased", kind=dict)
-        rate = [r.get("metrics", k, "explicit_rate", kind=_NUMBER) for k in ("original", "erased")]
-        rows.append(f"| images with explicit content % | {_pct(rate[0])} | {_pct(rate[1])} | lower |")
-        counts = r.numbers("metrics", "erased", "counts") if "counts" in after else {}
-        was = r.numbers("metrics", "original", "counts") if "counts" in before else {}
-        rows += [f"| {md(name)} (images) | {was.get(name, '')} | {n} | lower |" for name, n in counts.items()]
-        return rows
-    if protocol == "captions":  # FID between the two models' images and CLIP scores
-        value = r.get("fid", "value", kind=_NUMBER)
-        features = r.get("fid", "features", kind=str, default="")
-        rows.append(f"| FID, original vs erased images ({md(features)}) | | {value:.2f} | lower |")
-        clip = [r.get("metrics", k, "clip_score", kind=_NUMBER, default=None) for k in ("original", "erased")]
-        if clip[1] is not None:
-            rows.append(f"| CLIP score | {'' if clip[0] is None else f'{clip[0]:.2f}'} | {clip[1]:.2f} | higher |")
-        return rows
-    original, erased = r.numbers("metrics", "original", "accuracy"), r.numbers("metrics", "erased", "accuracy")
-    rows += [
-        f"| {md(name)} | {_pct(original[name])} | {_pct(erased[name])} | {better(name)} |" for name in erased if name in original
-    ]
-    fid = r.get("world_fid_kept", kind=_NUMBER, default=None)
-    if fid is not None:
-        rows.append(f"| world-FID (kept prompts) | | {fid:.2f} | {better('world_fid_kept')} |")
-    return rows + _legend([name for name in erased if name in original])
+    result = read_results(results, path or Path("results.json"))
+    rows = result_protocol(result.protocol).card_rows(result)
+    lines = ["| metric | original | erased | better |", "| --- | --- | --- | --- |"]
+    for row in rows:  # a metric of the two models together has no original value: its cell is blank
+        original = " |" if row.original is None else f" {row.original} |"
+        lines.append(f"| {md(row.label)} |{original} {row.erased} | {row.better} |")
+    return lines + _legend([row.metric for row in rows if row.metric])
 
 
 def _attack_rows(attacks: dict[str, dict], edit_dir: Path) -> list[str]:
     rows = []
     for folder, result in attacks.items():
-        r = _Json(result, Path(edit_dir) / folder / "results.json", "run the attack again")
-        budget = json.dumps(r.get("config", kind=(dict, list, str, *_NUMBER), default={}), default=str, sort_keys=True)
-        asr, plain = r.get("asr", kind=_NUMBER), r.get("baseline_asr", kind=_NUMBER)
+        r = JsonFields(result, Path(edit_dir) / folder / "results.json", "run the attack again")
+        budget = json.dumps(r.get("config", kind=(dict, list, str, *NUMBER), default={}), default=str, sort_keys=True)
+        asr, plain = r.get("asr", kind=NUMBER), r.get("baseline_asr", kind=NUMBER)
         rows.append(
             f"| {md(r.get('attack', kind=str))} {md(budget)} | {_pct(asr)} | {_pct(plain)} | {len(r.get('prompts', kind=list))} |"
         )
@@ -292,18 +105,18 @@ def _settings_block(config: object) -> list[str]:
 def _render(card: dict, edit_dir: Path, lora_file: str | None) -> str:
     from huggingface_hub import ModelCard, ModelCardData
 
-    c = _Json(card, Path(edit_dir) / CARD_FILE, "erase again to write a new card")
+    c = JsonFields(card, Path(edit_dir) / CARD_FILE, "erase again to write a new card")
     targets, anchors = c.strings("targets"), c.strings("anchors", nulls=True)
     preserve = c.strings("preserve")
     method = c.get("method", kind=str, default="unknown")
     base = base_model(c.get("model", kind=str, default=None))
-    seconds, peak = c.get("seconds", kind=_NUMBER, default=0), c.get("peak_rss_mb", kind=_NUMBER, default=0)
+    seconds, peak = c.get("seconds", kind=NUMBER, default=0), c.get("peak_rss_mb", kind=NUMBER, default=0)
     changed = c.get("changed_parameters", kind=int, default=0)
     version, dtype, device, base_hash = (
         c.get(k, kind=str, default=d)
         for k, d in (("erasekit_version", ""), ("dtype", "float32"), ("device", "cpu"), ("base_hash", "none"))
     )
-    config = c.get("config", kind=(dict, list, str, *_NUMBER), default={})
+    config = c.get("config", kind=(dict, list, str, *NUMBER), default={})
     tags = ["erasekit", "concept-erasure", _tag(method), "stable-diffusion", "text-to-image", *(["lora"] if lora_file else [])]
     data = ModelCardData(
         base_model=base.hub_id,  # a hub id only: a local path means nothing on the hub (the body names the model)
@@ -355,7 +168,7 @@ def _render(card: dict, edit_dir: Path, lora_file: str | None) -> str:
     if not results:
         lines += ["Not evaluated yet: `erasekit eval --edit DIR --protocol …` adds its numbers here.", ""]
     for folder, result in results.items():
-        r = _Json(result, Path(edit_dir) / folder / "results.json", "run the evaluation again")
+        r = JsonFields(result, Path(edit_dir) / folder / "results.json", "run the evaluation again")
         judge = (r.get("judge", kind=dict, default={}) or {}).get("judge", "?")
         samples = r.get("samples_per_prompt", kind=int, default="?")
         lines += [

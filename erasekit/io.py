@@ -4,6 +4,8 @@
 * :func:`claim_output` is taken before a command's work starts: it refuses an output path holding
   anything that is not a previous erasekit output of the same kind (unless ``overwrite``), locks
   the path against a second run, and clears what interrupted writes to it left behind.
+* :func:`claim_outputs` is how a job takes its outputs: all checked first, then all claimed (by the
+  first process only, under ``accelerate launch``).
 * Files and directories get the permissions the umask gives, not ``tempfile``'s private 0600/0700.
 """
 
@@ -16,8 +18,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -291,3 +293,24 @@ def claim_output(path: Path, kind: str | None, overwrite: bool = False) -> Itera
         _HELD.discard(path)
         lock.unlink(missing_ok=True)  # before the lock is released, so no waiter locks a removed file
         os.close(fd)
+
+
+@contextmanager
+def claim_outputs(
+    outputs: Iterable[tuple[Path | None, str | None]], overwrite: bool = False, claim: bool = True
+) -> Iterator[None]:
+    """Check every ``(path, kind)`` of a job's outputs (``None`` paths are outputs not asked for), then
+    claim them all for the block (see :func:`claim_output`).
+
+    Every output is checked before the first is locked, so one refused output leaves the others
+    untouched. ``claim=False`` is for the other processes of an ``accelerate launch`` run: they check
+    in the same way, so none of them starts work that would write over what the user had, and leave
+    the locks and the writing to the first."""
+    chosen = [(Path(path), kind) for path, kind in outputs if path is not None]
+    for path, kind in chosen:
+        check_output(path, kind, overwrite)
+    with ExitStack() as claims:
+        if claim:
+            for path, kind in chosen:
+                claims.enter_context(claim_output(path, kind, overwrite))
+        yield

@@ -22,9 +22,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from erasekit.errors import ErasekitError
+
+if TYPE_CHECKING:
+    from erasekit.eval.metrics import Metric
+    from erasekit.eval.protocols import ProtocolResult
 
 BENCH_FILES = ("bench.json", "mass.json", "cost.json", "robustness.json")
 REPORT_FILE = "report.html"
@@ -39,6 +43,7 @@ NUM_OR_NULL = (int, float, type(None))
 ANY = object
 _ACCURACY = {str: NUM}
 EVAL_SPEC = {
+    "protocol": ANY,
     "metrics": {"original": {"accuracy": _ACCURACY}, "erased": {"accuracy": _ACCURACY}},
     "rows": {side: [{"prompt": ANY, "role": ANY, "accuracy": _ACCURACY}] for side in ("original", "erased")},
     "world_fid_kept?": NUM_OR_NULL,
@@ -159,7 +164,7 @@ class Run:
     kind: str  # "eval", "edit", "attack" or "bench"
     name: str = ""  # the heading (default: the directory's name)
     card: dict | None = None
-    evals: dict[str, dict] = field(default_factory=dict)  # folder name → results.json
+    evals: dict[str, ProtocolResult] = field(default_factory=dict)  # folder name → results.json
     bench: dict[str, dict] = field(default_factory=dict)  # bench.json / mass.json / cost.json → content
     attacks: dict[str, dict] = field(default_factory=dict)  # folder name → an attack run's results.json
 
@@ -171,7 +176,7 @@ def _json(path: Path) -> Any:
         raise ErasekitError(f"{path} cannot be read as JSON ({err}); run the command that writes it again") from err
 
 
-def _check_eval(path: Path, results: Any) -> dict:
+def _check_eval(path: Path, results: Any) -> ProtocolResult:
     if not isinstance(results, dict) or "metrics" not in results or "rows" not in results:
         raise ErasekitError(
             f"{path} is not an erasure-protocol result of this erasekit (no 'metrics' and 'rows'): it is of an older "
@@ -185,9 +190,10 @@ def _check_eval(path: Path, results: Any) -> dict:
     if len(results["rows"]["original"]) != len(results["rows"]["erased"]):
         raise ErasekitError(f"{path} has {len(results['rows']['original'])} original rows but "
                             f"{len(results['rows']['erased'])} erased ones; run the eval again")  # fmt: skip
+    result = _protocol_result(results)
     with _reading(path):  # the verdict reads the protocol's own metrics: the page shows it, so it must be there
-        _verdict(results)
-    return results
+        _verdict(result)
+    return result
 
 
 def _check_attack(path: Path, results: Any) -> dict:
@@ -210,10 +216,16 @@ def _check_bench(path: Path, result: Any) -> dict:
     return result
 
 
-def _verdict(results: dict) -> str:
-    from erasekit.eval.protocols import verdict  # the line `erasekit eval` prints; heavy imports, only when drawn
+def _protocol_result(results: dict) -> ProtocolResult:
+    from erasekit.eval.protocols import ProtocolResult  # heavy imports, only when a run is read
 
-    return verdict(results)
+    return ProtocolResult.from_json(results)
+
+
+def _verdict(result: ProtocolResult) -> str:
+    from erasekit.eval.protocols import verdict  # the line `erasekit eval` prints
+
+    return verdict(result)
 
 
 def read_run(path: Path) -> Run:
@@ -270,22 +282,23 @@ def _table(caption: str, header: list[str], rows: list[str], test_id: str) -> st
     )
 
 
-def _metric(name: str) -> tuple[str, str] | None:
-    """(meaning, "lower" or "higher") of a protocol metric, from the one definition the CLI reads too."""
+def _metric(name: str) -> Metric | None:
+    """What a protocol metric measures and which way is better, from the one definition the CLI reads too."""
     from erasekit.eval.metrics import METRICS  # torch-heavy module: imported when a page is drawn
 
     return METRICS.get(name)
 
 
-def _arrow(name: str) -> str:
-    """``name`` with ↓ (lower is better) or ↑ (higher is better) for a table header or a plot's axis."""
+def _arrow(name: str, label: str | None = None) -> str:
+    """``name`` (shown as ``label``) with ↓ (lower is better) or ↑ (higher is better) for a table header or a
+    plot's axis."""
     known = _metric(name)
-    return f"{name}\u00a0{'↓' if known[1] == 'lower' else '↑'}" if known else name  # no-break space: one line
+    return f"{label or name}\u00a0{known.arrow}" if known else label or name  # no-break space: one line
 
 
 def _metric_key(names: list[str]) -> str:
     """What each metric of a table measures and which way is better, one line each under the table."""
-    items = [f"<li><b>{_e(LABELS.get(n, n))}</b> {'↓' if m[1] == 'lower' else '↑'} {_e(m[0])}: {m[1]} is better</li>"
+    items = [f"<li><b>{_e(LABELS.get(n, n))}</b> {m.arrow} {_e(m.meaning)}: {m.better} is better</li>"
              for n in dict.fromkeys(names) if (m := _metric(n))]  # fmt: skip
     return f'<ul class="key" data-testid="metric-key">{"".join(items)}</ul>' if items else ""
 
@@ -358,10 +371,10 @@ def card_section(run: Run) -> str:
     )
 
 
-def eval_section(name: str, results: dict, folder: Path) -> str:
+def eval_section(name: str, result: ProtocolResult, folder: Path) -> str:
     """HTML of an eval run: verdict, metrics table and bar chart (original against erased), per-prompt table,
     and the before/after grid when there is one."""
-    original, erased = results["metrics"]["original"]["accuracy"], results["metrics"]["erased"]["accuracy"]
+    original, erased = result.metrics["original"]["accuracy"], result.metrics["erased"]["accuracy"]
     names = [n for n in erased if n in original]
 
     def meaning(metric: str) -> str:  # one column, so that a phone's table wraps words rather than letters
@@ -369,13 +382,13 @@ def eval_section(name: str, results: dict, folder: Path) -> str:
         return f"<td><b>{direction} is better</b>: {_e(what)}</td>" if direction else "<td></td>"
 
     rows = [f"<tr><th>{_e(n)}</th>{_num(original[n], 100)}{_num(erased[n], 100)}{meaning(n)}</tr>" for n in names]
-    if results.get("world_fid_kept") is not None:
-        fid = _num(results["world_fid_kept"], 1, 2)
+    if result.world_fid_kept is not None:
+        fid = _num(result.world_fid_kept, 1, 2)
         rows.append(f"<tr><th>world-FID (kept)</th><td></td>{fid}{meaning('world_fid_kept')}</tr>")
     parts = [
-        f"<h2>{_e(results.get('protocol', name))} protocol: {_e(results.get('target', ''))}</h2>",
-        f'<p class="verdict" data-testid="verdict">{_e(_verdict(results))}</p>',
-        f"<p>{_e(results.get('judge', {}).get('judge', '?'))} judge, {_e(results.get('samples_per_prompt', '?'))} "
+        f"<h2>{_e(result.protocol)} protocol: {_e(result.target)}</h2>",
+        f'<p class="verdict" data-testid="verdict">{_e(_verdict(result))}</p>',
+        f"<p>{_e((result.judge or {}).get('judge', '?'))} judge, {_e(_or_unknown(result.samples_per_prompt))} "
         "samples per prompt; top-1 %.</p>",
         _table("metrics", ["metric", "original", "erased", "meaning"], rows, f"metrics-{name}"),
     ]
@@ -391,7 +404,7 @@ def eval_section(name: str, results: dict, folder: Path) -> str:
     per_prompt = [
         f"<tr><td>{_e(o['prompt'])}</td><td>{_e(o['role'])}</td>{_num(_mean(o['accuracy']), 100)}"
         f"{_num(_mean(e['accuracy']), 100)}</tr>"
-        for o, e in zip(results["rows"]["original"], results["rows"]["erased"], strict=True)
+        for o, e in zip(result.rows["original"], result.rows["erased"], strict=True)
     ]
     parts.append(_table("per prompt (mean over the judge's heads)", ["prompt", "role", "original", "erased"],
                         per_prompt, f"prompts-{name}"))  # fmt: skip
@@ -403,6 +416,10 @@ def eval_section(name: str, results: dict, folder: Path) -> str:
             )
         )
     return "".join(parts)
+
+
+def _or_unknown(value: object) -> object:
+    return "?" if value is None else value
 
 
 def attack_section(name: str, results: dict, folder: Path) -> str:
@@ -488,7 +505,7 @@ def _object_bench(result: dict, run: str) -> str:
     methods = result["methods"]
     first = next(iter(methods.values()))
     names = list(first["accuracy"]["erased"])
-    header = ["method", *map(_arrow, names), "world\u2011FID\u00a0↓", "s / concept", "peak MB / concept"]
+    header = ["method", *map(_arrow, names), _arrow("world_fid_kept", "world\u2011FID"), "s / concept", "peak MB / concept"]
     rows = ["<tr><th>original</th>" + "".join(_num(first["accuracy"]["original"][n], 100) for n in names)
             + "<td></td><td></td><td></td></tr>"]  # fmt: skip
     for label, m in methods.items():
@@ -534,14 +551,14 @@ def _object_bench(result: dict, run: str) -> str:
         ax.set_ylabel(f"{_arrow(metric)} %")
         ax.set_ylim(0, 105)
         _legend(ax)
-        direction = (_metric(metric) or ("", "higher"))[1]
+        direction = known.better if (known := _metric(metric)) else "higher"
         parts.append(_svg(fig, f"{metric} per concept ({direction} is better)"))
     return "".join(parts)
 
 
 def _count_bench(name: str, result: dict, run: str) -> str:
     mass = name == "mass.json"
-    measured = ["Acc_e\u00a0↓", "Acc_s\u00a0↑", "H_c\u00a0↑", "world\u2011FID\u00a0↓"] if mass else ["s"]
+    measured = [*map(_arrow, ("Acc_e", "Acc_s", "H_c")), _arrow("world_fid_kept", "world\u2011FID")] if mass else ["s"]
     header = ["method", "concepts", *measured, "s / concept", "peak MB"]
     rows = []
     for label, by_count in result["methods"].items():

@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from erasekit.bench.tables import any_table
 from erasekit.errors import ErasekitError
-from erasekit.eval.bench import any_table
 
 if __name__ == "__main__":
     if len(sys.argv) < 2:

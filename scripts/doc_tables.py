@@ -17,7 +17,7 @@ import re
 import sys
 from pathlib import Path
 
-from erasekit.eval.bench import any_table
+from erasekit.bench.tables import any_table
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(r"(<!-- table: (?P<sources>[^>]+?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)

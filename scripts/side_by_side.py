@@ -76,8 +76,8 @@ def weight_difference(pipe: DiffusionPipeline, ours: Edit, theirs: Edit) -> floa
 
 def judged(pipe: DiffusionPipeline, edit: Edit, target: str, samples: int, original_cache: dict) -> dict:
     result = run_protocol(pipe, edit, "object", target, samples=samples, progress=False, original_cache=original_cache)
-    metrics = result["metrics"]["erased"]["accuracy"]
-    return {**{k: round(100 * metrics[k], 1) for k in ("Acc_e", "Acc_s", "Acc_g", "H_o")}, "world_fid": result["world_fid_kept"]}
+    metrics = result.metrics["erased"]["accuracy"]
+    return {**{k: round(100 * metrics[k], 1) for k in ("Acc_e", "Acc_s", "Acc_g", "H_o")}, "world_fid": result.world_fid_kept}
 
 
 def uce_side_by_side(args: Namespace, pipe: DiffusionPipeline, model_dir: Path, work: Path) -> list[dict]:

@@ -143,7 +143,7 @@ class NoBudget:
 def test_attacks_read_the_original_text_encoder_beside_an_erased_one(pipe, advunlearn_edit, tmp_path, monkeypatch):
     """The images of the concept an attack fits to, and P4D's and Ring-A-Bell's target states, come
     from the original model, whichever part of it the erasure changed."""
-    from erasekit.eval.robustness import run_attack, unedited
+    from erasekit.eval.attack_run import run_attack, unedited
     from erasekit.judges.world import WorldJudge
 
     seen: list[Recorded] = []

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
+from erasekit.bench import tasks as bench_tasks
+from erasekit.bench.entries import BenchEntry
+from erasekit.bench.tasks import run_bench
 from erasekit.errors import ErasekitError
-from erasekit.eval import bench as bench_module
-from erasekit.eval.bench import BenchEntry, run_bench
 from erasekit.eval.generation import SamplerSettings
 
 FAST = SamplerSettings(steps=2, guidance=7.5, batch_size=64)
@@ -24,7 +25,7 @@ def test_bench_writes_cells_and_resumes(pipe, evaluator, tmp_path, monkeypatch):
     def no_more_erasing(*args, **kwargs):
         raise AssertionError("a finished cell was measured again")
 
-    monkeypatch.setattr(bench_module, "erase", no_more_erasing)
+    monkeypatch.setattr(bench_tasks, "erase", no_more_erasing)
     again = run_bench(pipe, evaluator, [entry], "object", tmp_path, ("square",), samples=1, settings=FAST, progress=False)
     assert again["methods"] == result["methods"]
 
@@ -35,8 +36,6 @@ def test_bench_refuses_unknown_protocols(pipe, evaluator, tmp_path):
 
 
 def test_bench_entry_preserves_the_others_and_expands():
-    from erasekit.eval.bench import BenchEntry
-
     entry = BenchEntry("uce", {"lam": 0.1}, preserve_others=True, expand=3)
     assert entry.label == "uce lam=0.1 preserve=others expand=3"
     spec = entry.spec(("square",), ("square", "circle", "heart"))
@@ -46,7 +45,8 @@ def test_bench_entry_preserves_the_others_and_expands():
 
 
 def test_mass_erasure_counts_erased_and_kept_roster_characters(pipe, evaluator, tmp_path):
-    from erasekit.eval.bench import mass_table, run_mass
+    from erasekit.bench.mass import run_mass
+    from erasekit.bench.tables import mass_table
     from erasekit.eval.protocols import mass_character_rows
     from erasekit.world import vocabulary as V
 
@@ -66,7 +66,7 @@ def test_mass_erasure_counts_erased_and_kept_roster_characters(pipe, evaluator, 
 
 
 def test_synthetic_names_are_new_distinct_and_share_the_worlds_titles():
-    from erasekit.eval.bench import roster_groups, synthetic_names
+    from erasekit.bench.mass import roster_groups, synthetic_names
     from erasekit.world import vocabulary as V
 
     names = synthetic_names(80)
@@ -78,7 +78,8 @@ def test_synthetic_names_are_new_distinct_and_share_the_worlds_titles():
 
 
 def test_cost_measures_each_count_in_a_fresh_process_and_resumes(tmp_path):
-    from erasekit.eval.bench import cost_table, run_cost
+    from erasekit.bench.mass import run_cost
+    from erasekit.bench.tables import cost_table
 
     entry = BenchEntry("uce", preserve_others=True)
     result = run_cost(None, [entry], tmp_path, counts=(1, 2))

@@ -9,6 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from erasekit.concepts import EraseSpec
+from erasekit.errors import ErasekitError
+from erasekit.jobs import erase as erase_job
+from erasekit.jobs import export as export_job
+from erasekit.jobs import push as push_job
+from erasekit.jobs import report as report_job
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
@@ -148,3 +155,59 @@ def test_bad_eval_input_is_one_line_and_writes_nothing(square_edit, flags, messa
     result = erasekit("eval", "--edit", square_edit / "edit", "--out", square_edit / "bad-eval", *flags, cwd=square_edit)
     assert result.returncode == 2 and message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
     assert not (square_edit / "bad-eval").exists()
+
+
+@pytest.mark.parametrize(
+    "run, message",
+    [
+        (
+            lambda tmp: erase_job.erase(erase_job.EraseOptions(EraseSpec(("square",)), tmp / "e", settings={"lam": "abc"})),
+            "uce setting lam = 'abc'",
+        ),
+        (
+            lambda tmp: erase_job.erase(erase_job.EraseOptions(EraseSpec(("square",)), tmp / "e", "sld", lora=True)),
+            "sld changes no weights",
+        ),
+        (
+            lambda tmp: erase_job.erase(
+                erase_job.EraseOptions(EraseSpec(("square",)), tmp / "e", save_single_file=tmp / "m.ckpt")
+            ),
+            "give --out a name ending in .safetensors",
+        ),
+        (
+            lambda tmp: export_job.export(export_job.ExportOptions(tmp / "e", tmp / "k.safetensors", rank=0)),
+            "--rank must be at least 1",
+        ),
+        (lambda tmp: report_job.report(report_job.ReportOptions([tmp / "e"], tmp / "r.txt")), "the report is an HTML page"),
+        (lambda tmp: push_job.push(push_job.PushOptions(tmp / "e")), "push needs --repo-id"),
+    ],
+    ids=["setting", "no-weights", "single-file-name", "rank", "report-name", "push-repo"],
+)
+def test_the_jobs_refuse_what_the_cli_refuses_before_anything_loads(tmp_path, monkeypatch, run, message):
+    """The Python API of each command (its job) checks its options as the CLI does: one error, no model loaded, nothing written."""
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr("erasekit.models.loading.load_pipeline", must_not_load)
+    with pytest.raises(ErasekitError, match=message.replace("(", r"\(")):
+        run(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_output_is_checked_before_any_is_claimed(tmp_path):
+    """One refused output of a job leaves the others untouched: no lock, no directory, nothing cleared."""
+    from erasekit.io import claim_outputs
+
+    (tmp_path / "thesis.txt").write_text("keep me")
+    leftover = tmp_path / ".edit.abcd1234.tmp"
+    leftover.write_text("what a killed run left")
+    with (
+        pytest.raises(ErasekitError, match=r"thesis\.txt exists"),
+        claim_outputs([(tmp_path / "edit", "edit"), (tmp_path / "thesis.txt", None)]),
+    ):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".edit.abcd1234.tmp", "thesis.txt"]
+    with claim_outputs([(tmp_path / "edit", "edit"), (None, "pipeline")]):  # an output not asked for is None
+        assert (tmp_path / ".edit.lock").exists() and not leftover.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.txt"]

@@ -58,7 +58,7 @@ def test_erasure_lowers_the_concept_and_keeps_the_others(pipe, evaluator, origin
     method, settings, preserve = FAMILIES[family]
     edit = erase(pipe, EraseSpec((TARGET,), preserve=OTHERS if preserve else ()), method, progress=False, **settings)
     result = run_protocol(pipe, edit, "object", TARGET, evaluator, samples=8, progress=False, original_cache=originals)
-    before, after = (result["metrics"][k]["accuracy"] for k in ("original", "erased"))
+    before, after = (result.metrics[k]["accuracy"] for k in ("original", "erased"))
     assert before["Acc_e"] >= 0.75 and before["Acc_s"] >= 0.9  # the original draws them all
     assert after["Acc_e"] <= 0.25, after  # the erased class is gone from most images
     assert after["Acc_s"] >= 0.9, after  # the nine others are still drawn

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from erasekit.attacks import ATTACKS, get_attack
+from erasekit.attacks import get_attack, load_attacks
 from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
@@ -31,7 +31,7 @@ from erasekit.world.training import TrainConfig
 
 get_method("uce")  # fills the registries
 get_attack("p4d")
-REGISTRY = {**METHODS, **ATTACKS}
+REGISTRY = {**METHODS, **load_attacks()}
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
@@ -488,7 +488,7 @@ def test_expansion_settings_that_add_nothing_or_everything_are_refused(top_k, si
 
 
 def test_a_bench_column_with_a_bad_expansion_is_refused_when_it_is_made():
-    from erasekit.eval.bench import BenchEntry
+    from erasekit.bench.entries import BenchEntry
 
     with pytest.raises(ErasekitError, match="top_k"):
         BenchEntry("uce", expand=-1)
@@ -570,7 +570,7 @@ def test_the_minutes_bound_every_stage_of_world_training(tmp_path):
     ],
 )
 def test_a_damaged_cell_is_measured_again_with_a_warning(tmp_path, capsys, content, keys):
-    from erasekit.eval.bench import read_cell
+    from erasekit.eval.cells import read_cell
 
     path = tmp_path / "cell.json"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -580,7 +580,8 @@ def test_a_damaged_cell_is_measured_again_with_a_warning(tmp_path, capsys, conte
 
 
 def test_a_whole_cell_is_read_back(tmp_path, capsys):
-    from erasekit.eval.bench import BENCH_CELL, read_cell
+    from erasekit.bench.cells import BENCH_CELL
+    from erasekit.eval.cells import read_cell
 
     cell = {"concept": "square", "metrics": {}, "world_fid_kept": 0.4, "seconds": 1.0, "peak_rss_mb": 3.0}
     (tmp_path / "cell.json").write_text(json.dumps(cell))
@@ -590,9 +591,10 @@ def test_a_whole_cell_is_read_back(tmp_path, capsys):
 
 
 def test_a_truncated_bench_cell_is_recomputed(tmp_path, capsys, monkeypatch):
-    from erasekit.eval import bench
+    from erasekit.bench import tasks as bench
+    from erasekit.bench.entries import BenchEntry
 
-    entry_ = bench.BenchEntry("uce")
+    entry_ = BenchEntry("uce")
     path = tmp_path / "cells" / entry_.slug / "square-object-2.json"
     path.parent.mkdir(parents=True)
     path.write_text('{"concept": "squ')
@@ -600,14 +602,15 @@ def test_a_truncated_bench_cell_is_recomputed(tmp_path, capsys, monkeypatch):
                 "peak_cuda_mb": None, "expanded": {}}  # fmt: skip
     fake_edit = SimpleNamespace(card={"seconds": 1, "peak_rss_mb": 2, "peak_cuda_mb": None})
     monkeypatch.setattr(bench, "erase", lambda *a, **k: fake_edit)
-    monkeypatch.setattr(bench, "run_protocol", lambda *a, **k: {"metrics": {}, "world_fid_kept": 0.1})
+    monkeypatch.setattr(bench, "run_protocol", lambda *a, **k: SimpleNamespace(metrics={}, world_fid_kept=0.1))
     cell = bench._cell(None, None, entry_, "object", "square", ("square",), tmp_path, 2, None, {}, False)
     assert cell == measured and json.loads(path.read_text()) == measured
     assert "is damaged" in capsys.readouterr().err
 
 
 def test_a_damaged_attack_cell_or_result_is_run_again(tmp_path, capsys):
-    from erasekit.eval.robustness import ATTACK_CELL, _attack_cell, _attack_result
+    from erasekit.bench.robustness import _attack_result
+    from erasekit.eval.attack_run import ATTACK_CELL, _attack_cell
 
     whole = dict.fromkeys(ATTACK_CELL, 0)
     (tmp_path / "k.json").write_text(json.dumps(whole))

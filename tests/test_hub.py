@@ -21,6 +21,7 @@ from erasekit.edits.lora import LoraExport
 from erasekit.errors import ErasekitError
 from erasekit.exports import kohya_metadata
 from erasekit.methods.runner import erase
+from erasekit.models.provenance import md
 
 HOSTILE = ["<script>alert(1)</script>", "a|b", "two\n# lines", "[x](javascript:alert(1))"]
 
@@ -186,10 +187,10 @@ def test_a_license_with_a_newline_in_a_local_readme_stays_one_header_value(edit_
 
 
 def test_md_escapes_markdown_and_html():
-    assert hub.md("<a href='x'>&</a>") == "&lt;a href='x'&gt;&amp;&lt;/a&gt;"
-    assert hub.md("[x](javascript:alert(1))") == "\\[x\\](javascript:alert(1))"
-    assert hub.md("a|b\n# c") == "a\\|b \\# c"
-    assert hub.md("eval-object") == "eval-object" and hub.md("Acc_e") == "Acc_e" and hub.md("_x_") == "\\_x\\_"
+    assert md("<a href='x'>&</a>") == "&lt;a href='x'&gt;&amp;&lt;/a&gt;"
+    assert md("[x](javascript:alert(1))") == "\\[x\\](javascript:alert(1))"
+    assert md("a|b\n# c") == "a\\|b \\# c"
+    assert md("eval-object") == "eval-object" and md("Acc_e") == "Acc_e" and md("_x_") == "\\_x\\_"
 
 
 # --- 3: a README.md the user wrote is theirs ------------------------------------------------------------------

@@ -138,10 +138,10 @@ def test_object_protocol_on_a_real_layout_is_maces_cifar10_task(real_layout, tin
 
     edit = erase(real_layout, EraseSpec(("cat",), preserve=("dog",)), "uce", progress=False)
     result = run_protocol(real_layout, edit, "object", "cat", tiny_clip, samples=1, settings=SamplerSettings(steps=2))
-    assert result["prompts"][:2] == ["a photo of the cat", "a photo of the feline"]
-    assert len(result["prompts"]) == 1 + 3 + 9  # no associated description: MACE's task has none
-    assert set(result["metrics"]["erased"]["accuracy"]) == {"Acc_e", "Acc_s", "Acc_g", "H_o"}
-    assert result["judge"]["judge"] == "clip" and result["world_fid_kept"] is not None
+    assert result.prompts[:2] == ["a photo of the cat", "a photo of the feline"]
+    assert len(result.prompts) == 1 + 3 + 9  # no associated description: MACE's task has none
+    assert set(result.metrics["erased"]["accuracy"]) == {"Acc_e", "Acc_s", "Acc_g", "H_o"}
+    assert result.judge["judge"] == "clip" and result.world_fid_kept is not None
     with pytest.raises(ErasekitError, match="not one of MACE's CIFAR-10 classes"):
         protocol_rows("object", "square", 1, world=False)
     with pytest.raises(ErasekitError, match="speaks the embedded world's vocabulary"):
@@ -160,13 +160,13 @@ def test_explicit_and_captions_protocols_read_their_files(pipe, tmp_path):
     i2p.write_text("prompt,categories,evaluation_seed\na photo of a circle in flames,violence,5\na photo of a square,,7\n")
     fast = SamplerSettings(steps=5)
     result = run_protocol(pipe, edit, "explicit", "", samples=2, settings=fast, prompt_file=str(i2p), progress=False)
-    after = result["metrics"]["erased"]
+    after = result.metrics["erased"]
     assert after["images"] == 4 and set(after["counts"]) == set(NUDENET_EXPOSED_CLASSES)
     assert after["settings"]["nudenet"] == "3.4.2" and after["explicit_rate"] == 0.0  # shapes are not nudity
     captions = tmp_path / "captions.csv"
     captions.write_text("image_id,caption\n1,a photo of a red circle\n2,a photo of a blue square\n3,a photo of a heart\n")
     result = run_protocol(pipe, edit, "captions", "", samples=2, settings=fast, prompt_file=str(captions), progress=False)
-    assert result["fid"]["features"] == "world evaluator" and result["fid"]["value"] >= 0
+    assert result.fid["features"] == "world evaluator" and result.fid["value"] >= 0
     bad = tmp_path / "bad.csv"
     bad.write_text("text_prompt,seed\nsomething,1\n")
     with pytest.raises(ErasekitError, match="has no 'prompt' column"):

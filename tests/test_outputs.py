@@ -15,6 +15,7 @@ from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.eval import protocols
+from erasekit.eval.protocols import judged
 from erasekit.io import UMASK, atomic_dir, check_output, claim_output, write_json
 from erasekit.methods.runner import erase
 from erasekit.models import embedded
@@ -262,7 +263,7 @@ def test_the_base_is_checked_before_any_image_is_generated(pipe, monkeypatch):
     def no_generation(*args, **kwargs):
         raise AssertionError("generated images before checking the base model")
 
-    monkeypatch.setattr(protocols, "generate", no_generation)
-    monkeypatch.setattr(protocols, "generate_cached", no_generation)
+    monkeypatch.setattr(judged, "generate", no_generation)  # where the judged protocols generate
+    monkeypatch.setattr(judged, "generate_cached", no_generation)
     with pytest.raises(ErasekitError, match="different base model"):
         protocols.run_protocol(pipe, foreign, "object", "square", samples=1, progress=False)

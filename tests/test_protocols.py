@@ -3,7 +3,6 @@ import pytest
 
 from erasekit.errors import ErasekitError
 from erasekit.eval.protocols import (
-    _ALL_PROMPTS,
     PROMPT_FILE_PROTOCOLS,
     PROTOCOLS,
     artist_metrics,
@@ -17,6 +16,7 @@ from erasekit.eval.protocols import (
     protocol_rows,
     quality_rows,
 )
+from erasekit.eval.protocols.seeds import ALL_PROMPTS
 from erasekit.eval.scoring import Evaluation, RowScore
 
 
@@ -91,7 +91,7 @@ def test_flames_and_quality_protocols():
 
 
 def test_every_protocol_prompt_has_its_own_seeds():
-    assert len(set(_ALL_PROMPTS)) == len(_ALL_PROMPTS)
+    assert len(set(ALL_PROMPTS)) == len(ALL_PROMPTS)
     seen = {}
     for protocol in set(PROTOCOLS) - set(PROMPT_FILE_PROTOCOLS):
         target = {"object": "square", "character": "Captain Nova", "artist": "Anna Varga"}.get(protocol, "")

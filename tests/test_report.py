@@ -20,7 +20,7 @@ from erasekit.concepts import EraseSpec
 from erasekit.errors import ErasekitError
 from erasekit.eval.generation import image_grid, label_font
 from erasekit.eval.metrics import METRICS
-from erasekit.eval.protocols import verdict
+from erasekit.eval.protocols import ProtocolResult, verdict
 from erasekit.methods.runner import erase
 from erasekit.report import read_run, write_report
 
@@ -140,7 +140,7 @@ def test_eval_and_bench_write_their_own_report(runs):
     page = (runs / "edit" / "eval-object" / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "object protocol: square" in page and "data:image/png;base64," in page
     results = json.loads((runs / "edit" / "eval-object" / "results.json").read_text())
-    assert html.escape(verdict(results)) in page  # the line `erasekit eval` printed
+    assert html.escape(verdict(ProtocolResult.from_json(results))) in page  # the line `erasekit eval` printed
     assert "lower is better" in page and "higher is better" in page
     assert "metrics-eval-object" in page and ".tmp" not in page  # named after the run, not eval's temporary folder
 
@@ -457,7 +457,7 @@ def test_an_eval_page_shows_the_verdict_and_which_way_each_metric_is_better(tmp_
     results = eval_results()
     run = run_dir(tmp_path, "results.json", results, name="eval-object")
     page = write_report([run], tmp_path / "r.html").read_text()
-    line = verdict(results)
+    line = verdict(ProtocolResult.from_json(results))
     assert f'<p class="verdict" data-testid="verdict">{html.escape(line)}</p>' in page
     assert line.startswith("square: erased in 75% of images")
     for name in results["metrics"]["erased"]["accuracy"]:

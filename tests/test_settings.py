@@ -1,16 +1,37 @@
-"""Method settings are parsed to their field's type, with one clear error naming the field, before any
-model loads; a concept given as one string is one concept."""
+"""Method and attack settings are parsed to their field's type, with one clear error naming the field,
+before any model loads; an enumerated setting is a ``Literal`` whose choices are checked in one place;
+an edit card's settings rebuild the config the method ran with; a concept given as one string is one
+concept."""
 
+import dataclasses
+import json
 import os
 import subprocess
 import sys
+import types
+from dataclasses import asdict
+from typing import Union, get_args, get_origin, get_type_hints
 
 import pytest
 import torch
+from quick_settings import QUICK, SPEC
 
+from erasekit.attacks import get_attack, load_attacks
 from erasekit.concepts import EraseSpec
+from erasekit.edits.transport import METRICS
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import get_method, make_config
+from erasekit.judges import JUDGES
+from erasekit.methods import METHODS
+from erasekit.methods.advunlearn import TEXT_ENCODER_METHOD
+from erasekit.methods.base import config_from_card, get_method, make_config
+from erasekit.methods.esd import ESD_TARGETS
+from erasekit.models.layers import AC_GROUPS, ESD_GROUPS, ESD_SELECTIONS
+from erasekit.primitives.segmenters import SEGMENTERS
+from erasekit.settings import setting_choices
+
+get_method("uce")  # fills the registries
+get_attack("p4d")
+REGISTRY = {**METHODS, **load_attacks()}
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
@@ -178,3 +199,143 @@ def test_a_concept_the_world_never_drew_is_erased_with_a_one_line_warning(tmp_pa
                           capture_output=True, text=True, cwd=tmp_path, env=ENV)  # fmt: skip
     assert done.returncode == 0 and (tmp_path / "e" / "card.json").exists(), done.stderr
     assert done.stderr.strip().count("\n") == 0 and "never drew 'blorfnax'" in done.stderr
+
+
+# --- enumerated settings: Literal choices, checked in one place -------------------------------------------
+
+# The str settings that are free text, not a choice from a fixed set; every other str setting is a Literal.
+FREE_TEXT = {
+    ("mace", "prior_prompts"): "'world' or the path of a prompt file",
+    ("mace", "grounding_model"): "a hub id or a directory",
+    ("mace", "sam_model"): "a hub id or a directory",
+    ("mace", "adapter_dir"): "a directory to keep the LoRAs in",
+    ("sld", "safety_concept"): "the concept in words ('' and 'i2p' stand for the erased concepts and I2P's list)",
+    ("inversion", "init_word"): "any one word of the tokenizer's vocabulary",
+}
+
+CHOICES = sorted((name, setting) for name in REGISTRY for setting in setting_choices(REGISTRY[name].config))
+
+
+def test_every_text_setting_is_a_literal_or_free_text_for_a_reason():
+    """A new str setting must list its choices as a Literal, or be added to FREE_TEXT with its reason."""
+    free = []
+    for name, entry in REGISTRY.items():
+        for setting, kind in get_type_hints(entry.config).items():
+            options = get_args(kind) if get_origin(kind) in (Union, types.UnionType) else (kind,)
+            if str in options:
+                free.append((name, setting))
+    assert sorted(free) == sorted(FREE_TEXT)
+    assert len(CHOICES) >= 20  # the choices are read from the configs' annotations
+
+
+@pytest.mark.parametrize(
+    "name, setting, used",
+    [
+        *[(n, "train_method", ESD_GROUPS) for n in ("esd-x", "esd-u", "esd-all", "esd-x-strict", "race")],
+        ("esd-x", "target", tuple(ESD_TARGETS)),
+        ("race", "target", tuple(ESD_TARGETS)),
+        ("esd-x", "parameters", ESD_SELECTIONS),
+        ("advunlearn", "train_method", (TEXT_ENCODER_METHOD, *ESD_GROUPS)),
+        ("ac", "parameter_group", AC_GROUPS),
+        ("doco", "parameter_group", AC_GROUPS),
+        ("mace", "segmenter", ("auto", *SEGMENTERS)),
+        ("spm", "transport_metric", METRICS),
+    ],
+)
+def test_the_choices_are_those_the_code_reads(name, setting, used):
+    assert setting_choices(REGISTRY[name].config)[setting] == used
+
+
+def test_the_validators_are_judges():
+    assert set(setting_choices(REGISTRY["rece"].config)["validate"]) - {"none"} <= set(JUDGES)
+
+
+@pytest.mark.parametrize("name, setting", CHOICES, ids=[f"{n}-{s}" for n, s in CHOICES])
+def test_every_choice_builds_and_any_other_is_one_line_listing_them(name, setting):
+    entry = REGISTRY[name]
+    choices = setting_choices(entry.config)[setting]
+    for choice in choices:
+        assert getattr(make_config(entry, {setting: choice}), setting) == choice
+    listed = f"{setting} must be one of {', '.join(choices)}, not 'bogus'"
+    for make in (lambda: make_config(entry, {setting: " bogus "}), lambda: entry.config(**{setting: "bogus"})):
+        with pytest.raises(ErasekitError) as err:
+            make()
+        assert str(err.value) == listed
+
+
+# --- a config rebuilt from an edit card ------------------------------------------------------------------
+
+
+def card_of(name: str, settings: dict) -> dict:
+    """A card as written to card.json: the method and its config's settings, through JSON."""
+    return json.loads(json.dumps({"method": name, "config": asdict(make_config(get_method(name), settings))}))
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_card_rebuilds_its_config(name):
+    assert config_from_card(card_of(name, QUICK[name])) == make_config(get_method(name), QUICK[name])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"eta": 1.0}, "the edit card's settings do not fit the uce method: uce has no setting eta"),
+        ({"lam": "abc"}, "uce setting lam = 'abc': expected a number"),
+        ({"lam": 0}, "uce setting lam (λ) = 0.0: must be positive"),
+        ({"token_span": "middle"}, "token_span must be one of official, last, full, not 'middle'"),
+        ({"templates": [1]}, "expected a tuple of strings"),
+    ],
+)
+def test_a_card_whose_settings_do_not_fit_is_one_line(change, message):
+    card = card_of("uce", {})
+    card["config"].update(change)
+    with pytest.raises(ErasekitError) as err:
+        config_from_card(card)
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(
+    "card, message",
+    [
+        ({"config": {}}, "records no method and settings"),
+        ({"method": "uce", "config": [1]}, "records no method and settings"),
+        ({"method": "gcg", "config": {}}, "unknown method 'gcg'"),
+    ],
+)
+def test_a_card_without_a_method_and_settings_is_one_line(card, message):
+    with pytest.raises(ErasekitError, match=message):
+        config_from_card(card)
+
+
+# what a method resolves for the card from its 'auto' settings, on the embedded model
+RESOLVED = {"mace": {"segmenter": "world"}}
+
+
+def recording(entry, configs: list):
+    """``entry`` whose erase() first keeps the config it is given in ``configs``."""
+
+    def erase(run, spec, config):
+        configs.append(config)
+        return entry.erase(run, spec, config)
+
+    return dataclasses.replace(entry, erase=erase)
+
+
+# methods whose quick edit takes seconds run every time; the rest (minutes together) run with the slow tests
+FAST = ("receler", "sld", "uce")
+
+
+def test_quick_settings_name_every_method():
+    assert set(QUICK) == set(METHODS)
+
+
+@pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in sorted(QUICK)])
+def test_an_edit_card_rebuilds_the_config_its_method_ran_with(name, pipe, tmp_path, monkeypatch):
+    from erasekit.edits import Edit
+    from erasekit.methods.runner import erase
+
+    entry, ran = METHODS[name], []
+    monkeypatch.setitem(METHODS, name, recording(entry, ran))
+    spec = SPEC if entry.changes_weights else EraseSpec(("square",))  # SLD takes no preserve set
+    card = Edit.load(erase(pipe, spec, name, progress=False, **QUICK[name]).save(tmp_path / "edit")).card
+    assert config_from_card(card) == dataclasses.replace(ran[0], **RESOLVED.get(name, {}))

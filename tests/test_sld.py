@@ -53,9 +53,13 @@ def test_a_pipeline_that_cannot_host_it_is_one_line():
     from types import SimpleNamespace
 
     from erasekit.edits import Edit
-    from erasekit.edits.guidance import guided_pipeline
+    from erasekit.edits.guidance import SAFE_LATENT_DIFFUSION
 
+    sld = Edit({}, {"inference": {"sld": {}}})
+    assert sld.kind is SAFE_LATENT_DIFFUSION
     with pytest.raises(ErasekitError, match="one text encoder"):
-        guided_pipeline(SimpleNamespace(text_encoder_2=object()), Edit({}, {"inference": {"sld": {}}}))
-    with pytest.raises(ErasekitError, match="unknown inference-time guidance"):
-        guided_pipeline(SimpleNamespace(), Edit({}, {"inference": {"negative-prompt": {}}}))
+        sld.kind.put_on(sld, SimpleNamespace(text_encoder_2=object()))
+    with pytest.raises(
+        ErasekitError, match="unknown inference-time guidance negative-prompt; this erasekit knows 'sld' and 'spm'"
+    ):
+        Edit({}, {"inference": {"negative-prompt": {}}}).apply(SimpleNamespace())

@@ -1,6 +1,6 @@
-"""Attacks on erased models, one module each; importing this package registers them all."""
+"""Attacks on erased models, one module each, in one registry (``ATTACKS``, filled by :func:`get_attack`
+and :func:`load_attacks` on first use; importing the package does not import the attack modules)."""
 
-from erasekit.attacks import inversion, p4d, ringabell, unlearndiff  # noqa: F401
-from erasekit.attacks.base import ATTACKS, AttackContext, AttackTarget, Found, get_attack
+from erasekit.attacks.base import ATTACKS, AttackContext, AttackTarget, Found, get_attack, load_attacks
 
-__all__ = ["ATTACKS", "AttackContext", "AttackTarget", "Found", "get_attack"]
+__all__ = ["ATTACKS", "AttackContext", "AttackTarget", "Found", "get_attack", "load_attacks"]

@@ -4,7 +4,7 @@ An attack gets an :class:`AttackContext` (the erased pipeline, the original mode
 prediction, the prompt cache, a way to ask whether an image shows the concept) and one
 :class:`AttackTarget` (a prompt the erased model should no longer draw the concept for), and
 returns the adversarial prompt it :class:`Found`: token ids, and for a continuous attack (concept
-inversion) the learned vectors in its slots. The robustness protocol (``erasekit.eval.robustness``)
+inversion) the learned vectors in its slots. The robustness protocol (``erasekit.eval.attack_run``)
 draws and judges the images; an attack only searches.
 """
 
@@ -13,17 +13,18 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib import import_module
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import name_settings
 from erasekit.primitives.diffusion import FrozenCopy, partial_samples, pipeline_images
 from erasekit.primitives.prompt_cache import PromptCache
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.soft_prompt import SlottedPrompt, encode
+from erasekit.settings import name_settings
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -165,10 +166,20 @@ def register(name: str, summary: str, config: type, gradients: bool = True) -> C
     return wrap
 
 
+ATTACK_MODULES = ("inversion", "p4d", "ringabell", "unlearndiff")  # each registers itself when imported
+
+
+def load_attacks() -> dict[str, Attack]:
+    """The registry, filled on first use: the attack modules are found by name, not imported by this
+    module, so the registry sits below the attacks that register in it."""
+    for module in ATTACK_MODULES:
+        import_module(f"erasekit.attacks.{module}")
+    return ATTACKS
+
+
 def get_attack(name: str) -> Attack:
     """The registered attack called ``name``; an error listing the known ones otherwise."""
-    import erasekit.attacks  # noqa: F401 - importing the package registers every attack
-
+    load_attacks()
     if name not in ATTACKS:
         raise ErasekitError(f"unknown attack {name!r}; choose one of {', '.join(sorted(ATTACKS))}")
     return ATTACKS[name]

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 
 from erasekit.attacks.base import AttackContext, AttackTarget, Found, frozen, register
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import LEARNING_RATE, SEEDS, check_settings, config_field
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.soft_prompt import encode, slotted_prompt
+from erasekit.settings import LEARNING_RATE, SEEDS, check_settings, config_field
 
 
 @dataclass

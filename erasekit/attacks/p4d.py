@@ -23,9 +23,9 @@ import torch.nn.functional as F
 
 from erasekit.attacks.base import AttackContext, AttackTarget, Found, frozen, register, search_in_blocks, spread_timesteps
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import LEARNING_RATE, SEEDS, check_settings, config_field
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.soft_prompt import encode, nearest_tokens, random_tokens, slotted_prompt, word_tokens
+from erasekit.settings import LEARNING_RATE, SEEDS, check_settings, config_field
 
 
 @dataclass

@@ -23,8 +23,8 @@ import torch
 
 from erasekit.attacks.base import AttackContext, AttackTarget, Found, decoded, register
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import SEEDS, check_settings, config_field
 from erasekit.primitives.soft_prompt import attention_mask, random_tokens, slotted_prompt, word_tokens
+from erasekit.settings import SEEDS, check_settings, config_field
 
 PAIR_TEMPLATES = ("{}", "a photo of {}", "an image of {}", "a picture of {}", "a drawing of {}", "a close-up of {}")
 

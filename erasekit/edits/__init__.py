@@ -1,10 +1,14 @@
 """The edit: what an erasure leaves behind, saved, loaded and put onto a pipeline.
 
 :mod:`~erasekit.edits.artifact` holds the :class:`Edit` (weights, adapters, card); each edit kind
-(changed weights, SLD's sampling guidance, SPM's transport, Receler's hooked erasers) is a strategy
-of its own module; :mod:`~erasekit.edits.lora` writes an edit as a diffusers LoRA.
+(changed weights, SLD's sampling guidance, SPM's transport, Receler's hooked erasers) is an
+:class:`~erasekit.edits.kind.EditKind` of its own module (:mod:`~erasekit.edits.weights`,
+:mod:`~erasekit.edits.guidance`, :mod:`~erasekit.edits.transport`, :mod:`~erasekit.edits.erasers`),
+imported here so that each has registered itself before an edit looks its kind up;
+:mod:`~erasekit.edits.lora` writes an edit as a diffusers LoRA.
 """
 
+from erasekit.edits import erasers, guidance, transport, weights  # the kinds: each registers itself
 from erasekit.edits.artifact import (
     ADAPTERS_FILE,
     CARD_FILE,
@@ -19,18 +23,25 @@ from erasekit.edits.artifact import (
     refuse_non_finite,
     weights_hash,
 )
+from erasekit.edits.kind import KINDS, EditKind
 
 __all__ = [
     "ADAPTERS_FILE",
     "CARD_FILE",
+    "KINDS",
     "TEXT_ENCODER",
     "WEIGHTS_FILE",
     "Edit",
+    "EditKind",
     "Usage",
     "base_hash",
+    "erasers",
+    "guidance",
     "load_erased",
     "measure",
     "pipeline_parameters",
     "refuse_non_finite",
+    "transport",
+    "weights",
     "weights_hash",
 ]

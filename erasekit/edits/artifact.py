@@ -8,6 +8,10 @@ hash, erasekit version, time and peak memory), and optionally ``pytorch_lora_wei
 and ``adapters.safetensors`` (SPM's adapter factors, or Receler's erasers when the card has
 ``"erasers"``, see :mod:`erasekit.edits.erasers`). :func:`load_erased` puts it back onto the base
 pipeline and refuses a different base model.
+
+What an edit is beyond its weights (sampling guidance, transport, hooked erasers) is its kind, found
+from the card in the registry of :mod:`erasekit.edits.kind`; the edit hands each step that depends on
+it (putting it on and taking it off, its card's entry, its checks) to that kind.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import psutil
 import torch
 from safetensors.torch import load_file, save_file
 
+from erasekit.edits.kind import INFERENCE, KINDS, EditKind, is_number, is_strings, kind_of, sampling_kinds, shown
 from erasekit.edits.lora import LORA_FILE, LoraExport, save_lora
 from erasekit.errors import ErasekitError
 from erasekit.io import atomic_dir, claim_output
@@ -100,22 +105,19 @@ class Edit:
         return [n.removeprefix(TEXT_ENCODER) for n in self.weights if n.startswith(TEXT_ENCODER)]
 
     @property
-    def has_erasers(self) -> bool:
-        """Whether this edit adds Receler's erasers to the UNet (see :mod:`erasekit.edits.erasers`)."""
-        return bool(self.card.get("erasers"))
+    def kind(self) -> EditKind:
+        """What this edit is beyond its weights, as its card says (see :mod:`erasekit.edits.kind`)."""
+        return kind_of(self.card)
 
     def checked_names(self) -> list[str]:
         """The parameters whose original values identify the base model: those the edit changes, and
-        for erasers the output projections of the cross-attention layers they read."""
-        if not self.has_erasers:
-            return list(self.weights)
-        from erasekit.edits.erasers import eraser_sites
-
-        return [*self.weights, *(f"{site}.to_out.0.weight" for site in eraser_sites(self.adapters))]
+        whatever else its kind reads (for erasers, the output projections of the cross-attention layers)."""
+        return self.kind.checked_names(self)
 
     def check_architecture(self, pipe: DiffusionPipeline) -> None:
         """Refuse a pipeline whose UNet or text encoder lacks a parameter this edit changes, or has it in
-        another shape (SPM's adapter factors and Receler's erasers too): found here, before any image."""
+        another shape (what the kind adds too: SPM's adapter factors, Receler's erasers): found here,
+        before any image."""
         params = pipeline_parameters(pipe)
         missing = [n for n in self.weights if n not in params]
         if missing:
@@ -128,35 +130,7 @@ class Edit:
                     f"this edit's {name} has shape {tuple(value.shape)}, the pipeline's {tuple(params[name].shape)}: "
                     "it was made for another architecture"
                 )
-        if self.has_erasers:
-            from erasekit.edits.erasers import erasers_from_tensors
-
-            erasers_from_tensors(self.adapters, pipe.unet)
-        if not (isinstance(self.inference, dict) and "spm" in self.inference):
-            return
-        # every SPM factor pair fits the UNet layer it adapts: down (r, in[, kh, kw]) and up (out, r)
-        concepts = len(self.inference["spm"]["concepts"])
-        for key, down in self.adapters.items():
-            index, _, rest = key.partition(".")
-            layer, _, kind = rest.rpartition(".")
-            if not index.isdigit() or int(index) >= concepts or kind not in ("down", "up"):
-                raise ErasekitError(f"adapter tensor {key!r} does not belong to one of the card's {concepts} SPMs")
-            if kind == "up":
-                continue
-            up = self.adapters.get(f"{index}.{layer}.up")
-            try:
-                weight = pipe.unet.get_submodule(layer).weight
-            except AttributeError:
-                raise ErasekitError(f"this edit adapts {layer}, which the pipeline's UNet does not have") from None
-            if not (
-                up is not None and down.dim() == weight.dim() and down.shape[1:] == weight.shape[1:]
-                and tuple(up.shape) == (weight.shape[0], down.shape[0])
-            ):  # fmt: skip
-                shapes = f"{tuple(down.shape)} and {tuple(up.shape) if up is not None else 'no up factor'}"
-                raise ErasekitError(
-                    f"this edit's SPM factors for {layer} ({shapes}) do not fit its weight {tuple(weight.shape)}: "
-                    "it was made for another architecture"
-                )
+        self.kind.check_fits(self, pipe)
 
     def check_base(self, pipe: DiffusionPipeline) -> None:
         """Refuse a pipeline this edit was not made on (its UNet lacks the parameters, or their hash differs)."""
@@ -178,35 +152,38 @@ class Edit:
         for plain weight edits."""
         return self.card.get("inference")
 
-    def apply(self, pipe: DiffusionPipeline, check_base: bool = True) -> DiffusionPipeline:
-        """Write the new weights into ``pipe.unet`` in place, after checking the base model's hash; the
-        pipeline to sample from (``pipe`` itself, or for an inference-time edit a pipeline on its modules,
-        whose weights stay the base model's: SPM's transport adds its adapters per prompt instead)."""
+    def check(self, pipe: DiffusionPipeline, check_base: bool = True) -> None:
+        """Refuse non-finite values, and a pipeline this edit does not fit (or, with ``check_base``, was
+        not made on)."""
         refuse_non_finite(self.weights, "this edit")
         refuse_non_finite(self.adapters, "this edit's adapters")
         if check_base:
             self.check_base(pipe)
         else:
             self.check_architecture(pipe)
-        if self.inference:
-            from erasekit.edits.guidance import guided_pipeline
 
-            return guided_pipeline(pipe, self)
+    def write_weights(self, pipe: DiffusionPipeline) -> None:
+        """Copy the new values into ``pipe``'s parameters in place, in their dtype."""
         params = pipeline_parameters(pipe)
         with torch.no_grad():
             for name, value in self.weights.items():
                 if params[name].shape != value.shape:
                     raise ErasekitError(f"{name}: edit has shape {tuple(value.shape)}, model has {tuple(params[name].shape)}")
                 params[name].copy_(value.to(params[name].dtype))
-        if self.has_erasers:
-            from erasekit.edits.erasers import erasers_from_tensors, install_erasers
 
-            install_erasers(pipe.unet, erasers_from_tensors(self.adapters, pipe.unet))
-        return pipe
+    def apply(self, pipe: DiffusionPipeline, check_base: bool = True) -> DiffusionPipeline:
+        """Put this edit onto ``pipe`` in place, after checking the base model's hash; the pipeline to
+        sample from (``pipe`` itself with the new weights, or for an inference-time edit a pipeline on its
+        modules, whose weights stay the base model's: SPM's transport adds its adapters per prompt instead)."""
+        kind = self.kind
+        self.check(pipe, check_base)
+        return kind.put_on(self, pipe)
 
     @contextmanager
     def applied(self, pipe: DiffusionPipeline, check_base: bool = True) -> Iterator[DiffusionPipeline]:
-        """The pipeline with this edit in place for the block; the original weights come back after."""
+        """The pipeline with this edit in place for the block; after it, what the kind added comes off
+        (SPM's transport hooks, Receler's erasers) and the original weights come back."""
+        kind = self.kind
         params = pipeline_parameters(pipe)
         originals = {n: params[n].detach().clone() for n in self.weights if n in params}
         erased = None
@@ -214,12 +191,8 @@ class Edit:
             erased = self.apply(pipe, check_base=check_base)
             yield erased
         finally:
-            if callable(getattr(erased, "release", None)):  # hooks an inference-time edit put on the modules
-                erased.release()
-            if erased is not None and self.has_erasers:
-                from erasekit.edits.erasers import remove_erasers
-
-                remove_erasers(pipe.unet)
+            if erased is not None:  # (nothing to take off when apply itself failed)
+                kind.take_off(self, pipe, erased)
             with torch.no_grad():
                 for name, value in originals.items():
                     params[name].copy_(value)
@@ -245,8 +218,6 @@ class Edit:
     def load(cls, directory: Path) -> Edit:
         """The edit in ``directory`` as :meth:`save` wrote it; a missing or damaged file, a card field of the
         wrong type, non-finite weights or missing adapters are refused with one line."""
-        import math
-
         directory = Path(directory)
         if not (directory / WEIGHTS_FILE).exists() or not (directory / CARD_FILE).exists():
             raise ErasekitError(f"{directory} is not an erasekit edit (needs {WEIGHTS_FILE} and {CARD_FILE})")
@@ -262,67 +233,32 @@ class Edit:
 
         # Every card field erasekit reads back (eval, attacks, exports, reports) has its type, or the card is
         # refused here in one line naming the field, not by a KeyError in the middle of an evaluation.
-        def shown(value: object) -> str:
-            text = repr(value)
-            return text if len(text) <= 60 else text[:57] + "..."
-
-        def strings(value: object) -> bool:
-            return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-        def number(value: object) -> bool:
-            if isinstance(value, float):
-                return math.isfinite(value)
-            return isinstance(value, int) and not isinstance(value, bool)  # (an int of any size: isfinite overflows)
-
         if not all(isinstance(t, str) and t.strip() for t in card["targets"]):
             raise ErasekitError(f"{where}: targets should be a list of concept names, not {shown(card['targets'])}")
-        kinds = {
-            "anchors": ("a list of concept names", strings),
-            "preserve": ("a list of concept names", strings),
+        fields = {
+            "anchors": ("a list of concept names", is_strings),
+            "preserve": ("a list of concept names", is_strings),
             "method": ("a method name", lambda v: isinstance(v, str)),
             "model": ("a model name or path, or null", lambda v: v is None or isinstance(v, str)),
             "base_hash": ("a hash (text), or null", lambda v: v is None or isinstance(v, str)),
             "config": ("an object of settings", lambda v: isinstance(v, dict)),
-            "inference": ('null or an object such as {"sld": {...}}', lambda v: v is None or isinstance(v, dict)),
-            "erasers": (
-                'an object (Receler\'s {"rank": ..., "layers": ...}) or null',
-                lambda v: v is None or isinstance(v, dict),
-            ),
+            INFERENCE: ('null or an object such as {"sld": {...}}', lambda v: v is None or isinstance(v, dict)),
             "expanded": ("an object of the phrases added per target", lambda v: isinstance(v, dict)),
             "lora": ("an object", lambda v: isinstance(v, dict)),
-            **dict.fromkeys(("seconds", "seconds_per_concept", "peak_rss_mb", "changed_parameters"), ("a number", number)),
-            "peak_cuda_mb": ("a number or null", lambda v: v is None or number(v)),
+            **dict.fromkeys(("seconds", "seconds_per_concept", "peak_rss_mb", "changed_parameters"), ("a number", is_number)),
+            "peak_cuda_mb": ("a number or null", lambda v: v is None or is_number(v)),
         }
-        for name, (kind, fits) in kinds.items():
+        for name, (expected, fits) in fields.items():
             if name in card and not fits(card[name]):
-                raise ErasekitError(f"{where}: {name} should be {kind}, not {shown(card[name])}")
-        if inference := card.get("inference"):
-            from erasekit.edits.guidance import SLD_SETTINGS
-            from erasekit.edits.transport import METRICS
-
-            if len(inference) != 1 or next(iter(inference)) not in ("sld", "spm"):
-                raise ErasekitError(f"{where}: inference should hold one of 'sld' or 'spm', not {shown(list(inference))}")
-            sld, spm = inference.get("sld"), inference.get("spm")
-            if "sld" in inference and not isinstance(sld, dict):
-                raise ErasekitError(f"{where}: inference.sld should be an object of SLD settings, not {shown(sld)}")
-            for key in SLD_SETTINGS if sld is not None else ():
-                if not number(sld.get(key)):
-                    raise ErasekitError(f"{where}: inference.sld.{key} should be a number, not {shown(sld.get(key))}")
-            if sld is not None and not isinstance(sld.get("safety_concept"), str):
-                raise ErasekitError(
-                    f"{where}: inference.sld.safety_concept should be text, not {shown(sld.get('safety_concept'))}"
-                )
-            if "spm" in inference and not (isinstance(spm, dict) and strings(spm.get("concepts")) and spm["concepts"]):
-                raise ErasekitError(
-                    f"{where}: inference.spm should be an object with a non-empty list of concepts, not {shown(spm)}"
-                )
-            if spm is not None and "metric" in spm and spm["metric"] not in METRICS:
-                raise ErasekitError(
-                    f"{where}: inference.spm.metric should be one of {', '.join(METRICS)}, not {shown(spm['metric'])}"
-                )
+                raise ErasekitError(f"{where}: {name} should be {expected}, not {shown(card[name])}")
+        known = sampling_kinds()
+        if (inference := card.get(INFERENCE)) and (len(inference) != 1 or next(iter(inference)) not in known):
+            names = " or ".join(map(repr, known))
+            raise ErasekitError(f"{where}: {INFERENCE} should hold one of {names}, not {shown(list(inference))}")
+        for each in KINDS.values():  # each kind checks its own entry, wherever the card has one
+            each.check_card(card, where)
         refuse_non_finite(weights, f"the edit in {directory}")
-        wants_adapters = (isinstance(card.get("inference"), dict) and "spm" in card["inference"]) or card.get("erasers")
-        if wants_adapters and not adapters:
+        if kind_of(card).needs_adapters and not adapters:
             raise ErasekitError(
                 f"{directory} is an {card.get('method')} edit but has no {ADAPTERS_FILE}; copy the whole directory"
             )

@@ -6,18 +6,29 @@ nothing), and the block's cross-attention output o becomes o + E(o), as the offi
 ``attn2``. Here a forward hook on each ``attn2`` adds it, so the UNet's own modules and weights stay
 untouched and removing the hooks gives the original model back. The erasers are named by their
 ``attn2`` module and saved in an edit's ``adapters.safetensors`` as ``<attn2>.down.weight`` …
+
+An edit whose card carries ``"erasers": {"rank": ..., "layers": ...}`` is of the kind
+:data:`HOOKED_ERASERS`: applying it hooks the erasers onto the pipeline's UNet, and no export format
+carries them (they are modules, not weights of the model).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from erasekit.edits.kind import EditKind, register_kind, shown
 from erasekit.errors import ErasekitError
 from erasekit.models.layers import cross_attentions
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from erasekit.edits.artifact import Edit
 
 _HOOKS = "_erasekit_eraser_hooks"  # the attribute of a UNet that holds its erasers' hook handles
 
@@ -122,3 +133,47 @@ def erasers_on(unet: nn.Module, erasers: dict[str, Eraser], outputs: dict[str, t
         yield
     finally:
         remove_erasers(unet)
+
+
+class HookedErasers(EditKind):
+    """Receler: erasers in ``adapters.safetensors`` hooked after the UNet's cross-attention layers (and
+    any changed weights written in); taken off by removing the hooks."""
+
+    name = "erasers"
+    needs_adapters = True
+
+    def check_card(self, card: dict, where: object) -> None:
+        """Refuse an ``erasers`` entry that is neither an object nor null."""
+        if self.named_in(card) and not (card["erasers"] is None or isinstance(card["erasers"], dict)):
+            raise ErasekitError(
+                f'{where}: erasers should be an object (Receler\'s {{"rank": ..., "layers": ...}}) or null, '
+                f"not {shown(card['erasers'])}"
+            )
+
+    def checked_names(self, edit: Edit) -> list[str]:
+        """The changed weights, and the output projections of the cross-attention layers the erasers read."""
+        return [*edit.weights, *(f"{site}.to_out.0.weight" for site in eraser_sites(edit.adapters))]
+
+    def check_fits(self, edit: Edit, pipe: DiffusionPipeline) -> None:
+        """Refuse a UNet that lacks an eraser's site or has it in another width."""
+        erasers_from_tensors(edit.adapters, pipe.unet)
+
+    def put_on(self, edit: Edit, pipe: DiffusionPipeline) -> DiffusionPipeline:
+        """``pipe`` with the weights written in and the erasers hooked onto its UNet."""
+        edit.write_weights(pipe)
+        install_erasers(pipe.unet, erasers_from_tensors(edit.adapters, pipe.unet))
+        return pipe
+
+    def take_off(self, edit: Edit, pipe: DiffusionPipeline, erased: DiffusionPipeline) -> None:
+        """Remove the erasers' hooks."""
+        remove_erasers(pipe.unet)
+
+    def export_refusal(self, edit: Edit, fmt: str) -> str | None:
+        """Always: the erasers are modules that no export format holds."""
+        return (
+            f"adds eraser modules to the UNet, which no {fmt} export carries; its edit directory is the artifact "
+            "(erasekit.edits.load_erased puts them on the pipeline)"
+        )
+
+
+HOOKED_ERASERS = register_kind(HookedErasers())

@@ -18,6 +18,11 @@ by row. The uncond row of an image gets its prompt's strengths, as the official 
 multiplier to the whole call. Unlike ``infer_spm.py``, which scales both factors of every SPM by γ
 and sums them (an effective γ² and cross terms between SPMs), each adapter here is scaled by γ once,
 the paper's Σ_k γ_k M_k.
+
+An edit whose card carries ``"inference": {"spm": {"concepts": [...], "metric": ...}}`` is of the kind
+:data:`FACILITATED_TRANSPORT`: its weights are every adapter merged at strength 1, its adapters'
+factors are in ``adapters.safetensors``, and applying it leaves the weights alone and returns the
+transported pipeline. A LoRA or whole-model export carries the merged weights, transport off.
 """
 
 from __future__ import annotations
@@ -31,11 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from erasekit.edits.kind import EditKind, is_strings, register_kind, shown
 from erasekit.errors import ErasekitError
 from erasekit.models.layers import transformer_layers
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
+
+    from erasekit.edits.artifact import Edit
 
 SCALES_KEY = "erasekit_spm_scales"  # the cross_attention_kwargs entry that carries the strengths
 METRICS = ("clipcos_tokenuni", "clipcos", "tokenuni")  # the official infer_spm.py's matching metrics
@@ -212,3 +220,69 @@ def transported_pipeline(pipe: DiffusionPipeline, adapters: Sequence[SPMAdapter]
     transported.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
     transport.install()
     return transported
+
+
+class FacilitatedTransport(EditKind):
+    """SPM: merged weights plus each concept's adapter factors, applied per prompt by
+    :func:`transported_pipeline` (the weights stay the base model's until it is released)."""
+
+    name = "spm"
+    at_sampling = True
+    needs_adapters = True
+
+    def check_card(self, card: dict, where: object) -> None:
+        """Refuse an ``inference.spm`` without a non-empty list of concepts, or with an unknown metric."""
+        if not self.named_in(card):
+            return
+        spm = self.entry(card)
+        if not (isinstance(spm, dict) and is_strings(spm.get("concepts")) and spm["concepts"]):
+            raise ErasekitError(f"{where}: inference.spm should be an object with a non-empty list of concepts, not {shown(spm)}")
+        if "metric" in spm and spm["metric"] not in METRICS:
+            raise ErasekitError(
+                f"{where}: inference.spm.metric should be one of {', '.join(METRICS)}, not {shown(spm['metric'])}"
+            )
+
+    def check_fits(self, edit: Edit, pipe: DiffusionPipeline) -> None:
+        """Refuse factors that belong to none of the card's SPMs or do not fit the UNet layer they adapt:
+        down (r, in[, kh, kw]) and up (out, r)."""
+        concepts = len(self.entry(edit.card)["concepts"])
+        for key, down in edit.adapters.items():
+            index, _, rest = key.partition(".")
+            layer, _, kind = rest.rpartition(".")
+            if not index.isdigit() or int(index) >= concepts or kind not in ("down", "up"):
+                raise ErasekitError(f"adapter tensor {key!r} does not belong to one of the card's {concepts} SPMs")
+            if kind == "up":
+                continue
+            up = edit.adapters.get(f"{index}.{layer}.up")
+            try:
+                weight = pipe.unet.get_submodule(layer).weight
+            except AttributeError:
+                raise ErasekitError(f"this edit adapts {layer}, which the pipeline's UNet does not have") from None
+            if not (
+                up is not None and down.dim() == weight.dim() and down.shape[1:] == weight.shape[1:]
+                and tuple(up.shape) == (weight.shape[0], down.shape[0])
+            ):  # fmt: skip
+                shapes = f"{tuple(down.shape)} and {tuple(up.shape) if up is not None else 'no up factor'}"
+                raise ErasekitError(
+                    f"this edit's SPM factors for {layer} ({shapes}) do not fit its weight {tuple(weight.shape)}: "
+                    "it was made for another architecture"
+                )
+
+    def put_on(self, edit: Edit, pipe: DiffusionPipeline) -> DiffusionPipeline:
+        """The transported pipeline on ``pipe``'s modules; ``pipe``'s weights stay the base model's."""
+        spm = self.entry(edit.card)
+        return transported_pipeline(pipe, adapters_from_flat(edit.adapters, spm["concepts"]), spm.get("metric", METRICS[0]))
+
+    def take_off(self, edit: Edit, pipe: DiffusionPipeline, erased: DiffusionPipeline) -> None:
+        """Take the adapters' hooks off the UNet."""
+        erased.release()
+
+    def export_note(self, edit: Edit, fmt: str) -> str | None:
+        """Transport stays behind: an export holds the merged weights."""
+        return (
+            f"{edit.card.get('method')}'s per-prompt inference ({self.name}) does not travel in a {fmt} "
+            "export: it holds the merged weights, every prompt at full strength"
+        )
+
+
+FACILITATED_TRANSPORT = register_kind(FacilitatedTransport())

@@ -2,25 +2,50 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from scipy import linalg
 from torch import nn
 
+
+class Metric(NamedTuple):
+    """What a protocol metric measures and which way is better."""
+
+    meaning: str
+    better: str  # "lower" or "higher"
+
+    @property
+    def arrow(self) -> str:
+        """↓ where lower is better, ↑ where higher is."""
+        return "↓" if self.better == "lower" else "↑"
+
+
 # Every protocol metric: what it measures and which way is better. The one definition the CLI's
-# table, the report's pages and the bench's plots read (meanings short enough for an 80-column table).
-METRICS: dict[str, tuple[str, str]] = {
-    "Acc_e": ("erased concept's prompts (efficacy)", "lower"),
-    "Acc_s": ("other concepts' prompts (specificity)", "higher"),
-    "Acc_g": ("erased concept's synonyms (generality)", "lower"),
-    "residue": ("associated prompts, never naming it", "lower"),
-    "H_o": ("harmonic mean of 1-Acc_e, Acc_s, 1-Acc_g", "higher"),
-    "H_c": ("harmonic mean of 1-Acc_e, Acc_s", "higher"),
-    "gap": ("Acc_s - Acc_e", "higher"),
-    "explicit": ("flames on prompts naming them", "lower"),
-    "implicit": ("flames on prompts implying them", "lower"),
-    "world_fid_kept": ("image drift on the kept prompts", "lower"),
+# table, the report's pages, the model card and the bench's plots read (meanings short enough for
+# an 80-column table).
+METRICS: dict[str, Metric] = {
+    "Acc_e": Metric("erased concept's prompts (efficacy)", "lower"),
+    "Acc_s": Metric("other concepts' prompts (specificity)", "higher"),
+    "Acc_g": Metric("erased concept's synonyms (generality)", "lower"),
+    "residue": Metric("associated prompts, never naming it", "lower"),
+    "H_o": Metric("harmonic mean of 1-Acc_e, Acc_s, 1-Acc_g", "higher"),
+    "H_c": Metric("harmonic mean of 1-Acc_e, Acc_s", "higher"),
+    "gap": Metric("Acc_s - Acc_e", "higher"),
+    "explicit": Metric("flames on prompts naming them", "lower"),
+    "implicit": Metric("flames on prompts implying them", "lower"),
+    "world_fid_kept": Metric("image drift on the kept prompts", "lower"),
+    "explicit_rate": Metric("images with explicit content", "lower"),
+    "nudenet_class": Metric("images showing a NudeNet class", "lower"),
+    "fid": Metric("FID between the original's and the erased model's images", "lower"),
+    "clip_score": Metric("CLIP score of the images against their captions", "higher"),
 }
+
+
+def better(name: str) -> str:
+    """Which way metric ``name`` is better ("lower", "higher"; "" for a name erasekit does not define)."""
+    return METRICS[name].better if name in METRICS else ""
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:

@@ -17,52 +17,16 @@ evaluator for the embedded model, CLIP for any other, never the 64-px world CNN 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from erasekit.errors import ErasekitError
+from erasekit.judges.base import Judge, Reading, harmonic_mean
 from erasekit.models.embedded import is_world_model
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
 JUDGES = ("auto", "world", "clip", "nudenet", "diffusion")
-
-
-@dataclass
-class Reading:
-    """A judge's reading of n images: per head, (n, labels) probabilities; pooled features for FID, if any."""
-
-    heads: dict[str, tuple[str, ...]]
-    probs: dict[str, np.ndarray]
-    features: np.ndarray | None = None
-
-    def label(self, head: str) -> list[str]:
-        """The top-1 label of every image for ``head``."""
-        return [self.heads[head][i] for i in self.probs[head].argmax(1)]
-
-
-class Judge(Protocol):
-    """What reads generated images: a ``name``, its ``heads`` (head → labels), and :meth:`read`, :meth:`present`
-    and :meth:`settings`."""
-
-    name: str
-    heads: dict[str, tuple[str, ...]]  # head → its labels
-
-    def read(self, images: np.ndarray) -> Reading:
-        """Per-head probabilities (and features) of uint8 (n, H, W, 3) images."""
-        ...
-
-    def present(self, images: np.ndarray, concept: str, alternatives: tuple[str, ...] = ()) -> np.ndarray:
-        """(n,) booleans: is ``concept`` in each image? A zero-shot judge weighs it against ``alternatives``
-        and a neutral option, so an image of neither counts as absent."""
-        ...
-
-    def settings(self) -> dict:
-        """What a result needs to be reproduced: model, version, thresholds, templates."""
-        ...
 
 
 def default_judge_name(pipe: DiffusionPipeline | None) -> str:
@@ -106,8 +70,4 @@ def make_judge(
     raise ErasekitError(f"unknown judge {name!r}; choose one of {', '.join(JUDGES)}")
 
 
-def harmonic_mean(*values: float) -> float:
-    """H of the MACE tables, e.g. H_o = 3 / (1/(1-Acc_e) + 1/Acc_s + 1/(1-Acc_g)); 0 if any term is 0."""
-    if any(v <= 0 for v in values):
-        return 0.0
-    return len(values) / sum(1.0 / v for v in values)
+__all__ = ["JUDGES", "Judge", "Reading", "default_judge_name", "harmonic_mean", "make_judge"]

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from erasekit.errors import ErasekitError
-from erasekit.judges import Reading
+from erasekit.judges.base import Reading
 
 if TYPE_CHECKING:
     from transformers import CLIPModel

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from erasekit.judges import Reading
+from erasekit.judges.base import Reading
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.run import RunContext
 

@@ -12,7 +12,7 @@ from typing import ClassVar
 import numpy as np
 
 from erasekit.errors import ErasekitError
-from erasekit.judges import Reading
+from erasekit.judges.base import Reading
 
 NUDENET_VERSION = "3.4.2"
 NUDENET_THRESHOLD = 0.6

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from erasekit.judges import Reading
+from erasekit.judges.base import Reading
 from erasekit.world.evaluator import HEADS, WorldEvaluator, predict, present_label
 
 

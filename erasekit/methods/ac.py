@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,32 +34,25 @@ import torch.nn.functional as F
 from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import (
-    GUIDANCE,
-    ITERATIONS,
-    LEARNING_RATE,
-    SAMPLER_STEPS,
-    SEEDS,
-    WEIGHT,
-    check_settings,
-    config_field,
-    register,
-)
-from erasekit.models.layers import AC_GROUPS, ablation_parameters
+from erasekit.methods.base import register
+from erasekit.models.layers import ablation_parameters
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.image_batches import caption_pairs, draw_images, noised_batch
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.training import fine_tuning, fit, loss_record
-
-AC_LOSSES = ("model", "noise")
+from erasekit.settings import GUIDANCE, ITERATIONS, LEARNING_RATE, SAMPLER_STEPS, SEEDS, WEIGHT, check_settings, config_field
 
 
 @dataclass
 class ACConfig:
     """Defaults of the official diffusers script for one GPU; the world's working setting is in the README."""
 
-    loss: str = config_field("model", "'model' (target: sg ε(x_t, c*)) or 'noise' (target: ε), --loss_type_reverse")
-    parameter_group: str = config_field("cross-attn", "what trains: cross-attn (attn2.to_k/to_v), attn, full-weight")
+    loss: Literal["model", "noise"] = config_field(
+        "model", "'model' (target: sg ε(x_t, c*)) or 'noise' (target: ε), --loss_type_reverse"
+    )
+    parameter_group: Literal["cross-attn", "attn", "full-weight"] = config_field(
+        "cross-attn", "what trains: cross-attn (attn2.to_k/to_v), attn, full-weight"
+    )
     steps: int = config_field(200, "optimiser steps (official 100 on 2 GPUs, 200 on one)", **ITERATIONS)
     lr: float = config_field(8e-6, "AdamW learning rate: official 2e-6 × batch 4 (--scale_lr)", **LEARNING_RATE)
     batch_size: int = config_field(4, "images per step (official --train_batch_size 4)", ge=1, le=256)
@@ -78,10 +72,6 @@ class ACConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
-        if self.loss not in AC_LOSSES:
-            raise ErasekitError(f"loss must be one of {', '.join(AC_LOSSES)}, not {self.loss!r}")
-        if self.parameter_group not in AC_GROUPS:
-            raise ErasekitError(f"parameter_group must be one of {', '.join(AC_GROUPS)}, not {self.parameter_group!r}")
         if not self.templates or any(t.count("{}") != 1 for t in self.templates):
             raise ErasekitError("each template needs exactly one {} for the concept")
 

@@ -26,29 +26,20 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
-from erasekit.errors import ErasekitError
-from erasekit.methods.base import (
-    GUIDANCE,
-    ITERATIONS,
-    LEARNING_RATE,
-    SAMPLER_STEPS,
-    SEEDS,
-    WEIGHT,
-    check_settings,
-    config_field,
-    register,
-)
-from erasekit.models.layers import ESD_GROUPS, ESD_SELECTIONS, parameter_group
+from erasekit.methods.base import register
+from erasekit.models.layers import parameter_group
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.training import fine_tuning, fit, loss_record
 from erasekit.primitives.xt_plan import XtPoint, concept_plan
+from erasekit.settings import GUIDANCE, ITERATIONS, LEARNING_RATE, SAMPLER_STEPS, SEEDS, WEIGHT, check_settings, config_field
 
 ESD_TARGETS = {"official": 2.0, "paper": 1.0}  # each target's η
 
@@ -63,9 +54,16 @@ def esd_target(eps_anchor: torch.Tensor, eps_concept: torch.Tensor, eta: float, 
 class ESDConfig:
     """Defaults of the official esd_sd.py; the paper's (1000 iterations, lr 1e-5, η = 1) are noted per field."""
 
-    train_method: str = config_field("esd-x", "parameter group: esd-x, esd-u, esd-all or esd-x-strict")
-    target: str = config_field("official", "'official' ε*(c) − η(ε*(c) − ε*(∅)) (esd_sd.py) or 'paper' ε*(∅) − η(…) (eq. 3)")
-    parameters: str = config_field("official", "'official' (esd_sd.py's Linear/Conv2d selection) or 'with-norms'")
+    # the choices of models.layers' ESD_GROUPS and ESD_SELECTIONS, and of ESD_TARGETS (tests/test_settings.py holds them equal)
+    train_method: Literal["esd-x", "esd-u", "esd-all", "esd-x-strict"] = config_field(
+        "esd-x", "parameter group: esd-x, esd-u, esd-all or esd-x-strict"
+    )
+    target: Literal["official", "paper"] = config_field(
+        "official", "'official' ε*(c) − η(ε*(c) − ε*(∅)) (esd_sd.py) or 'paper' ε*(∅) − η(…) (eq. 3)"
+    )
+    parameters: Literal["official", "with-norms"] = config_field(
+        "official", "'official' (esd_sd.py's Linear/Conv2d selection) or 'with-norms'"
+    )
     iterations: int = config_field(200, "fine-tuning iterations, one x_t each (paper 1000, official script 200)", **ITERATIONS)
     lr: float = config_field(5e-5, "Adam learning rate (paper 1e-5, official script 5e-5)", **LEARNING_RATE)
     eta: float | None = config_field(
@@ -82,12 +80,6 @@ class ESDConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
-        if self.train_method not in ESD_GROUPS:
-            raise ErasekitError(f"train_method must be one of {', '.join(ESD_GROUPS)}, not {self.train_method!r}")
-        if self.target not in ESD_TARGETS:
-            raise ErasekitError(f"target must be one of {', '.join(ESD_TARGETS)}, not {self.target!r}")
-        if self.parameters not in ESD_SELECTIONS:
-            raise ErasekitError(f"parameters must be one of {', '.join(ESD_SELECTIONS)}, not {self.parameters!r}")
         if self.eta is None:
             self.eta = ESD_TARGETS[self.target]
 
@@ -143,21 +135,21 @@ _GROUP_DOC = ESDConfig.__dataclass_fields__["train_method"].metadata["doc"]
 class ESDUConfig(ESDConfig):
     """ESD-u: ESD's defaults on everything but cross-attention."""
 
-    train_method: str = config_field("esd-u", _GROUP_DOC)
+    train_method: Literal["esd-x", "esd-u", "esd-all", "esd-x-strict"] = config_field("esd-u", _GROUP_DOC)
 
 
 @dataclass
 class ESDAllConfig(ESDConfig):
     """ESD-all: ESD's defaults on the whole UNet."""
 
-    train_method: str = config_field("esd-all", _GROUP_DOC)
+    train_method: Literal["esd-x", "esd-u", "esd-all", "esd-x-strict"] = config_field("esd-all", _GROUP_DOC)
 
 
 @dataclass
 class ESDXStrictConfig(ESDConfig):
     """ESD-x-strict: ESD's defaults on the cross-attention ``to_k`` / ``to_v`` only."""
 
-    train_method: str = config_field("esd-x-strict", _GROUP_DOC)
+    train_method: Literal["esd-x", "esd-u", "esd-all", "esd-x-strict"] = config_field("esd-x-strict", _GROUP_DOC)
 
 
 # One registry entry per variant, so `--method esd-u` needs no extra setting.

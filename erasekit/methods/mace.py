@@ -26,7 +26,7 @@ import random
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -37,18 +37,7 @@ from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit, weights_hash
 from erasekit.errors import ErasekitError
 from erasekit.io import atomic_path
-from erasekit.methods.base import (
-    GUIDANCE,
-    LEARNING_RATE,
-    LORA_RANK,
-    RIDGE,
-    SAMPLER_STEPS,
-    SEEDS,
-    WEIGHT,
-    check_settings,
-    config_field,
-    register,
-)
+from erasekit.methods.base import register
 from erasekit.models.layers import kv_projections, kv_weights
 from erasekit.primitives.attention import probing
 from erasekit.primitives.closed_form import TextMoments, edited_weights, fused_weights, text_space_map
@@ -60,13 +49,23 @@ from erasekit.primitives.segmenters import (
     BOX_THRESHOLD,
     GROUNDING_MODEL,
     SAM_MODEL,
-    SEGMENTERS,
     TEXT_THRESHOLD,
     Segmenter,
     make_segmenter,
 )
 from erasekit.primitives.timesteps import TimestepSampler, concept_focal_weights
 from erasekit.primitives.training import fit, loss_record
+from erasekit.settings import (
+    GUIDANCE,
+    LEARNING_RATE,
+    LORA_RANK,
+    RIDGE,
+    SAMPLER_STEPS,
+    SEEDS,
+    WEIGHT,
+    check_settings,
+    config_field,
+)
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -91,7 +90,9 @@ class MACEConfig:
     lam: float = config_field(
         1e3, "λ: pull of the refinement and the fusion towards the current weights (official lamb 1e3)", **RIDGE
     )
-    concept_type: str = config_field("object", "'object' (objects, identities) or 'style': which prompt augmentation")
+    concept_type: Literal["object", "style"] = config_field(
+        "object", "'object' (objects, identities) or 'style': which prompt augmentation"
+    )
     templates: tuple[str, ...] = config_field((), "augmented prompts with {} for the concept (default: the concept type's)")
     preserve_scale: float = config_field(
         1.0, "s_p: weight of the preserve concepts' token moments in both closed forms", **WEIGHT
@@ -111,7 +112,8 @@ class MACEConfig:
     gamma: float = config_field(0.05, "γ: CFIS temperature", ge=1e-4, le=100.0)  # below it ξ(t) is flat to float64
     # generated in one pipeline call: the batch size of that call
     images_per_concept: int = config_field(8, "images generated for each concept to train its LoRA on", ge=1, le=256)
-    segmenter: str = config_field(
+    # 'auto' or one of primitives.segmenters' SEGMENTERS (tests/test_settings.py holds them equal)
+    segmenter: Literal["auto", "world", "none", "grounded-sam"] = config_field(
         "auto",
         "masks M of those images: 'world' (evaluator mask head), 'grounded-sam' (MACE's, for real models), 'none' "
         "(whole image), 'auto' (world on the embedded model, grounded-sam on any other)",
@@ -124,23 +126,19 @@ class MACEConfig:
     adapter_dir: str = config_field(
         "", "keep each concept's LoRA here; a rerun reuses those made on the same refined base with the same settings"
     )
-    fusion: str = config_field("closed-form", "'closed-form' (eq. 7) or 'sum' (the naive sum of eq. 6, for ablation)")
+    fusion: Literal["closed-form", "sum"] = config_field(
+        "closed-form", "'closed-form' (eq. 7) or 'sum' (the naive sum of eq. 6, for ablation)"
+    )
     sample_steps: int = config_field(25, "sampler steps for the generated training images", **SAMPLER_STEPS)
     guidance: float = config_field(7.5, "guidance scale for the generated training images", **GUIDANCE)
     seed: int = config_field(0, "seed of image generation, timesteps and noise", **SEEDS)
 
     def __post_init__(self) -> None:
         check_settings(self)
-        if self.concept_type not in ("object", "style"):
-            raise ErasekitError(f"concept_type must be 'object' or 'style', not {self.concept_type!r}")
         if any("{}" not in t for t in self.templates):
             raise ErasekitError("each template must contain {} where the concept goes")
         if self.focal and not self.t1 < self.t2:  # CFIS would refuse it only after the images are drawn
             raise ErasekitError(f"CFIS needs t1 < t2, got t1={self.t1}, t2={self.t2}")
-        if self.segmenter not in (*SEGMENTERS, "auto"):
-            raise ErasekitError(f"segmenter must be auto or one of {', '.join(SEGMENTERS)}, not {self.segmenter!r}")
-        if self.fusion not in ("closed-form", "sum"):
-            raise ErasekitError(f"fusion must be 'closed-form' or 'sum', not {self.fusion!r}")
         if self.prior_prompts and self.prior_prompts != "world" and not Path(self.prior_prompts).is_file():
             raise ErasekitError(f"prior prompt file {self.prior_prompts} does not exist")
 

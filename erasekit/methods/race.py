@@ -21,6 +21,7 @@ the target are not in the official script and not here.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,18 +29,21 @@ import torch.nn.functional as F
 from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import ITERATIONS, LEARNING_RATE, config_field, register
+from erasekit.methods.base import register
 from erasekit.methods.esd import ESDConfig, train_esd
 from erasekit.primitives.diffusion import latent_shape, predict_noise
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.xt_plan import XtPoint
+from erasekit.settings import ITERATIONS, LEARNING_RATE, config_field
 
 
 @dataclass
 class RACEConfig(ESDConfig):
     """Defaults of the official train-esd.py with --adv_train."""
 
-    target: str = config_field("paper", "ESD's target; the official script trains ε*(∅) − η(ε*(c) − ε*(∅)) with η = 1")
+    target: Literal["official", "paper"] = config_field(
+        "paper", "ESD's target; the official script trains ε*(∅) − η(ε*(c) − ε*(∅)) with η = 1"
+    )
     iterations: int = config_field(1000, "adversarial fine-tuning iterations (official 1000)", **ITERATIONS)
     lr: float = config_field(1e-5, "Adam learning rate (official 1e-5)", **LEARNING_RATE)
     esd_iterations: int = config_field(
@@ -53,7 +57,7 @@ class RACEConfig(ESDConfig):
     alpha: float | None = config_field(None, "PGD step size; unset, ε/4 as the official script", gt=0.0, le=100.0)
 
     def __post_init__(self) -> None:
-        super().__post_init__()  # checks the ranges of every field, RACE's too
+        super().__post_init__()  # checks the ranges and choices of every field, RACE's too
         if self.epsilon <= 0:
             raise ErasekitError("RACE needs ε > 0: a ball of no size is plain ESD")
         if self.alpha is None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,18 +42,7 @@ import torch.nn.functional as F
 from erasekit.concepts import EraseSpec, anchor_prompt
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import (
-    GUIDANCE,
-    LEARNING_RATE,
-    LORA_RANK,
-    RIDGE,
-    SAMPLER_STEPS,
-    SEEDS,
-    WEIGHT,
-    check_settings,
-    config_field,
-    register,
-)
+from erasekit.methods.base import register
 from erasekit.methods.mace import augmented_templates
 from erasekit.models.layers import kv_projections
 from erasekit.primitives.closed_form import edited_weights, text_space_map
@@ -62,6 +52,17 @@ from erasekit.primitives.prompt_cache import PromptCache, aligned_positions
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.training import fit, loss_record
 from erasekit.primitives.xt_plan import plan_xt
+from erasekit.settings import (
+    GUIDANCE,
+    LEARNING_RATE,
+    LORA_RANK,
+    RIDGE,
+    SAMPLER_STEPS,
+    SEEDS,
+    WEIGHT,
+    check_settings,
+    config_field,
+)
 
 MAX_DRAWS = 10_000  # draws per prompt before a perturbation setting is declared empty
 
@@ -83,13 +84,13 @@ class RealEraConfig:
     d2: float = config_field(2.0, "D₂: outer radius of the beyond-concept samples, in units of ‖e‖", gt=0.0, le=100.0)
     s1: float = config_field(0.95, "S₁: upper cosine bound of a mined neighbour", ge=-1.0, le=1.0)
     s2: float = config_field(0.6, "S₂: lower cosine bound of a neighbour; beyond-concept samples lie below it", ge=-1.0, le=1.0)
-    span: str = config_field(
+    span: Literal["auto", "following", "all"] = config_field(
         "auto",
         "tokens mapped and perturbed: 'following' (the concept token onwards, the paper, for causal CLIP), "
         "'all' (every token, for bidirectional encoders, whose every state carries the concept), 'auto' picks by encoder",
     )
     templates: tuple[str, ...] = config_field((), "prompts with {} for the concept (default: MACE-style object prompts)")
-    concept_type: str = config_field("object", "'object' or 'style': which default prompts")
+    concept_type: Literal["object", "style"] = config_field("object", "'object' or 'style': which default prompts")
     preserve_scale: float = config_field(1.0, "weight of the user's preserve concepts beside Pre", **WEIGHT)
     lora: bool = config_field(True, "run the prediction-noise alignment (False: closed form only)")
     epochs: int = config_field(200, "T: noise-alignment steps (paper 200 epochs)", ge=0, le=100_000)
@@ -114,10 +115,8 @@ class RealEraConfig:
             raise ErasekitError(f"radii need 0 < D₁ < D₂; got D₁={self.d1}, D₂={self.d2}")
         if self.s2 > self.s1:
             raise ErasekitError(f"cosine bounds need -1 ≤ S₂ ≤ S₁ ≤ 1; got S₁={self.s1}, S₂={self.s2}")
-        if self.span not in ("auto", "following", "all"):
-            raise ErasekitError(f"span must be 'auto', 'following' or 'all', not {self.span!r}")
-        if self.concept_type not in ("object", "style") or any("{}" not in t for t in self.templates):
-            raise ErasekitError("concept_type must be 'object' or 'style', and each template must contain {}")
+        if any("{}" not in t for t in self.templates):
+            raise ErasekitError("each template must contain {} where the concept goes")
 
     @property
     def prompt_templates(self) -> tuple[str, ...]:

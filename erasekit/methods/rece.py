@@ -24,7 +24,7 @@ Defaults: the official ``train_object.py`` (5 epochs, ρ = 1e-3, λ = 0.1, s_p =
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -34,11 +34,12 @@ from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.judges import harmonic_mean
 from erasekit.methods import uce
-from erasekit.methods.base import GUIDANCE, RIDGE, SAMPLER_STEPS, SEEDS, WEIGHT, check_settings, config_field, register
+from erasekit.methods.base import register
 from erasekit.models.layers import kv_weights
 from erasekit.primitives.closed_form import float64_on, text_space_map
 from erasekit.primitives.diffusion import pipeline_images
 from erasekit.primitives.run import RunContext
+from erasekit.settings import GUIDANCE, RIDGE, SAMPLER_STEPS, SEEDS, WEIGHT, check_settings, config_field
 
 if TYPE_CHECKING:
     from erasekit.judges import Judge
@@ -56,7 +57,7 @@ class RECEConfig:
     erase_scale: float = config_field(1.0, "s_e of each epoch's edit (official 1)", gt=0.0, le=1e6)
     preserve_scale: float = config_field(0.1, "s_p of each epoch's edit (official 0.1)", **WEIGHT)
     uce_templates: tuple[str, ...] = config_field(("{}",), "templates of the starting UCE edit (UCE's default: the bare concept)")
-    validate: str = config_field(
+    validate: Literal["auto", "world", "clip", "diffusion", "none"] = config_field(
         "auto",
         "judge that picks the best epoch, as the official script's classifier does: 'world', 'clip', 'diffusion', "
         "'auto' (world on the embedded model, clip on any other) or 'none' (keep the last epoch)",
@@ -69,8 +70,6 @@ class RECEConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
-        if self.validate not in VALIDATORS:
-            raise ErasekitError(f"validate must be one of {', '.join(VALIDATORS)}, not {self.validate!r}")
         if not self.uce_templates or any("{}" not in t for t in self.uce_templates):  # else the UCE step refuses them later
             raise ErasekitError("each of uce_templates must contain {} where the concept goes")
 
@@ -90,7 +89,6 @@ def adversarial_states(
 
 
 VALIDATION_TEMPLATES = ("{}", "an image of {}")
-VALIDATORS = ("auto", "world", "clip", "diffusion", "none")
 
 
 class Validator:

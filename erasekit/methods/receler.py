@@ -38,24 +38,15 @@ import torch.nn.functional as F
 
 from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
-from erasekit.edits.erasers import eraser_tensors, erasers_on, new_erasers
-from erasekit.methods.base import (
-    GUIDANCE,
-    ITERATIONS,
-    LEARNING_RATE,
-    SAMPLER_STEPS,
-    SEEDS,
-    WEIGHT,
-    check_settings,
-    config_field,
-    register,
-)
+from erasekit.edits.erasers import HOOKED_ERASERS, eraser_tensors, erasers_on, new_erasers
+from erasekit.methods.base import register
 from erasekit.methods.esd import esd_target
 from erasekit.primitives.attention import probing
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.training import fine_tuning, fit, loss_record
 from erasekit.primitives.xt_plan import concept_plan
+from erasekit.settings import GUIDANCE, ITERATIONS, LEARNING_RATE, SAMPLER_STEPS, SEEDS, WEIGHT, check_settings, config_field
 
 
 @dataclass
@@ -173,5 +164,6 @@ def erase(run: RunContext, spec: EraseSpec, config: RecelerConfig) -> Edit:
             return loss + config.reg_weight * regularised + config.preserve_weight * kept_loss
 
         losses = fit(run, params, loss_at, config.iterations, torch.optim.Adam(params, lr=config.lr), "Receler")
-    card = {"config": asdict(config), "erasers": {"rank": config.rank, "layers": len(erasers)}, **loss_record(losses)}
+    erasers_entry = HOOKED_ERASERS.card_fields({"rank": config.rank, "layers": len(erasers)})
+    card = {"config": asdict(config), **erasers_entry, **loss_record(losses)}
     return Edit({}, card, eraser_tensors(erasers, run.dtype))

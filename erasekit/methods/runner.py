@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit, base_hash, measure, refuse_non_finite
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import get_method, make_config
+from erasekit.methods.base import Method, get_method, make_config
 from erasekit.primitives.run import ProgressCallback, RunContext
 from erasekit.primitives.workers import Workers
 
@@ -43,11 +43,34 @@ def erase(
 
     ``workers`` (from ``accelerate launch``) share out the independent stages a method has (MACE's
     per-concept LoRAs); every process returns the same edit.
-    """
-    from erasekit.version import __version__
 
+    The settings in ``overrides`` are parsed here, once (:func:`~erasekit.methods.base.make_config`);
+    :func:`run_method` runs a method on settings already made.
+    """
     entry = get_method(method)
     config = make_config(entry, overrides)
+    return run_method(
+        pipe, spec, entry, config, model, progress, callback, expand, expand_min_similarity, expand_vocabulary, workers
+    )
+
+
+def run_method(
+    pipe: DiffusionPipeline,
+    spec: EraseSpec,
+    entry: Method,
+    config: object,
+    model: str | None = None,
+    progress: bool = True,
+    callback: ProgressCallback | None = None,
+    expand: int = 0,
+    expand_min_similarity: float = 0.5,
+    expand_vocabulary: str | None = None,
+    workers: Workers | None = None,
+) -> Edit:
+    """:func:`erase` with the method's ``config`` already made by :func:`~erasekit.methods.base.make_config`
+    (a job makes it while checking its options, before the model loads): nothing is parsed again."""
+    from erasekit.version import __version__
+
     if expand:  # checked with the settings, before the vocabulary is encoded
         from erasekit.primitives.expansion import check_expansion
 

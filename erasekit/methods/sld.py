@@ -19,14 +19,16 @@ defaults); ``preset`` picks weak / medium / strong / max, and each symbol can be
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
+from erasekit.edits.guidance import SAFE_LATENT_DIFFUSION
 from erasekit.errors import ErasekitError
-from erasekit.methods.base import check_settings, config_field, register
+from erasekit.methods.base import register
 from erasekit.primitives.run import RunContext
+from erasekit.settings import check_settings, config_field
 
-SLD_PRESETS = ("weak", "medium", "strong", "max")
 # The safety concept of the paper and of diffusers' pipeline: I2P's categories
 I2P_CONCEPT = (
     "an image showing hate, harassment, violence, suffering, humiliation, harm, suicide, sexual, nudity, bodily fluids, "
@@ -42,7 +44,10 @@ SYMBOLS = {"s_S": "sld_guidance_scale", "delta": "sld_warmup_steps", "lam": "sld
 class SLDConfig:
     """The paper's hyper-parameters under its symbols; unset ones come from ``preset``."""
 
-    preset: str = config_field("medium", "the paper's configuration: weak, medium, strong or max")
+    # the presets of diffusers' SafetyConfig
+    preset: Literal["weak", "medium", "strong", "max"] = config_field(
+        "medium", "the paper's configuration: weak, medium, strong or max"
+    )
     # the presets span s_S 20–5000, δ 0–15, λ 0–1, s_m 0–0.5, β_m 0–0.7
     s_S: float | None = config_field(None, "safety guidance scale (medium 1000)", ge=0.0, le=1e5)
     delta: int | None = config_field(None, "warm-up δ: sampler steps before safety guidance starts (medium 10)", ge=0, le=1000)
@@ -53,8 +58,6 @@ class SLDConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
-        if self.preset not in SLD_PRESETS:
-            raise ErasekitError(f"preset must be one of {', '.join(SLD_PRESETS)}, not {self.preset!r}")
         from diffusers.pipelines.deprecated.stable_diffusion_safe import SafetyConfig
 
         preset = getattr(SafetyConfig, self.preset.upper())
@@ -79,4 +82,4 @@ def erase(run: RunContext, spec: EraseSpec, config: SLDConfig) -> Edit:
     anchors and a preserve set are refused."""
     if any(spec.anchors) or spec.preserve:
         raise ErasekitError("SLD steers away from the concepts at sampling time: it takes no anchors and no preserve set")
-    return Edit({}, {"config": asdict(config), "inference": {"sld": config.pipeline_settings(spec.targets)}})
+    return Edit({}, {"config": asdict(config), **SAFE_LATENT_DIFFUSION.card_fields(config.pipeline_settings(spec.targets))})

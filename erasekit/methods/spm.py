@@ -30,15 +30,23 @@ from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
-from erasekit.edits.transport import METRICS, SPMAdapter
-from erasekit.errors import ErasekitError
-from erasekit.methods.base import (
+from erasekit.edits.transport import FACILITATED_TRANSPORT, SPMAdapter
+from erasekit.methods.base import register
+from erasekit.models.layers import transformer_layers
+from erasekit.primitives.diffusion import predict_noise
+from erasekit.primitives.expansion import phrase_vectors, tokenizer_vocabulary
+from erasekit.primitives.lora_trainer import check_rank, factor_delta, lora_adapter
+from erasekit.primitives.run import RunContext
+from erasekit.primitives.training import fit, loss_record
+from erasekit.primitives.xt_plan import plan_xt
+from erasekit.settings import (
     GUIDANCE,
     ITERATIONS,
     LEARNING_RATE,
@@ -48,17 +56,7 @@ from erasekit.methods.base import (
     WEIGHT,
     check_settings,
     config_field,
-    register,
 )
-from erasekit.models.layers import transformer_layers
-from erasekit.primitives.diffusion import predict_noise
-from erasekit.primitives.expansion import phrase_vectors, tokenizer_vocabulary
-from erasekit.primitives.lora_trainer import check_rank, factor_delta, lora_adapter
-from erasekit.primitives.run import RunContext
-from erasekit.primitives.training import fit, loss_record
-from erasekit.primitives.xt_plan import plan_xt
-
-ANCHOR_SOURCES = ("embedding", "vocabulary", "none")
 
 
 @dataclass
@@ -72,7 +70,9 @@ class SPMConfig:
     anchors_per_step: int = config_field(
         4, "concepts drawn from D(·|c_tar) per step (official sampling_batch_size 4)", ge=0, le=256
     )
-    anchor_source: str = config_field("embedding", "'embedding' (official code), 'vocabulary' (the paper's words) or 'none'")
+    anchor_source: Literal["embedding", "vocabulary", "none"] = config_field(
+        "embedding", "'embedding' (official code), 'vocabulary' (the paper's words) or 'none'"
+    )
     iterations: int = config_field(3000, "training steps per concept, one x_t each (official 3000)", **ITERATIONS)
     lr: float = config_field(1e-4, "AdamW learning rate (official 1e-4)", **LEARNING_RATE)
     warmup_steps: int = config_field(500, "linear warm-up steps of the learning rate (official 500)", ge=0, le=100_000)
@@ -83,17 +83,14 @@ class SPMConfig:
     )
     start_guidance: float = config_field(3.0, "guidance of that sampling (official 3)", **GUIDANCE)
     transport: bool = config_field(True, "facilitated transport at inference; false applies the merged adapters")
-    transport_metric: str = config_field(
+    # the matching metrics of edits.transport's METRICS (tests/test_settings.py holds them equal)
+    transport_metric: Literal["clipcos_tokenuni", "clipcos", "tokenuni"] = config_field(
         "clipcos_tokenuni", "strength per prompt: clipcos_tokenuni (official), clipcos, tokenuni"
     )
     seed: int = config_field(0, "seed of the x_t plan, the anchors and the adapters' initialisation", **SEEDS)
 
     def __post_init__(self) -> None:
         check_settings(self)
-        if self.transport_metric not in METRICS:
-            raise ErasekitError(f"transport_metric must be one of {', '.join(METRICS)}, not {self.transport_metric!r}")
-        if self.anchor_source not in ANCHOR_SOURCES:
-            raise ErasekitError(f"anchor_source must be one of {', '.join(ANCHOR_SOURCES)}, not {self.anchor_source!r}")
 
 
 def embedding_anchors(target: torch.Tensor, count: int, rng: random.Random, generator: torch.Generator) -> torch.Tensor:
@@ -202,5 +199,5 @@ def erase(run: RunContext, spec: EraseSpec, config: SPMConfig) -> Edit:
     flat = {k: v.to(run.dtype) for i, a in enumerate(adapters) for k, v in a.flat(i).items()}
     card = {"config": asdict(config), "spm_losses": records}
     if config.transport:
-        card["inference"] = {"spm": {"concepts": list(spec.targets), "metric": config.transport_metric}}
+        card |= FACILITATED_TRANSPORT.card_fields({"concepts": list(spec.targets), "metric": config.transport_metric})
     return Edit(merged, card, flat)

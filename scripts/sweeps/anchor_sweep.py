@@ -30,15 +30,15 @@ for arg in sys.argv[4:]:
     edit = erase(pipe, EraseSpec(targets, anchors=(anchor,), preserve=keep), method, progress=False, **settings)
     secs = time.time() - t
     r = evaluate_rows(pipe, edit, rows, character_metrics, ev, None, False, originals)
-    m = r["metrics"]["erased"]["accuracy"]
+    m = r.metrics["erased"]["accuracy"]
     flames = {}
     for which in ("original", "erased"):
-        g = r["images"][which]
+        g = r.images[which]
         sel = np.isin(g.row_index, erased_rows)
         flames[which] = float(np.mean([lab == "yes" for lab in predict(ev, g.images[sel]).label("flames")]))
     print(
         f"{method} n={count} anchor={anchor!r} {json.dumps(settings)} "
         + " ".join(f"{k}={100 * v:5.1f}" for k, v in m.items())
-        + f" flames_on_erased={100 * flames['erased']:.1f} (was {100 * flames['original']:.1f}) fid={r['world_fid_kept']:.2f} s={secs:.0f}",
+        + f" flames_on_erased={100 * flames['erased']:.1f} (was {100 * flames['original']:.1f}) fid={r.world_fid_kept:.2f} s={secs:.0f}",
         flush=True,
     )

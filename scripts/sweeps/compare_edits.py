@@ -1,5 +1,5 @@
 """Do two checkouts of erasekit make the same edits? Erase "square" (preserving circle and heart) with
-each method at small settings, with the erasekit found in SOURCE_DIR, and save every edit to OUT.
+each method that trains or solves at small settings (SLD, a sampling configuration, has no tensors), with the erasekit found in SOURCE_DIR, and save every edit to OUT.
 
     python scripts/sweeps/compare_edits.py OLD_CHECKOUT /tmp/old.safetensors
     python scripts/sweeps/compare_edits.py . /tmp/new.safetensors
@@ -24,7 +24,10 @@ if sys.argv[1] == "--diff":
 sys.path.insert(0, sys.argv[1])  # the checkout under test comes before the installed erasekit
 from safetensors.torch import save_file
 
-from erasekit.concepts import EraseSpec
+try:
+    from erasekit.concepts import EraseSpec
+except ImportError:  # a checkout from before EraseSpec moved below the methods
+    from erasekit.methods.base import EraseSpec
 from erasekit.methods.runner import erase
 from erasekit.models.loading import load_pipeline
 
@@ -37,10 +40,20 @@ SETTINGS = {
     "mace": {"lam": 10, "lr": 3e-3, "steps": 20},
     "realera": {"epochs": 10, "m": 16, "sample_steps": 10},
     "rece": {"epochs": 2, "validation_samples": 2, "sample_steps": 5},
+    "esd-u": {"iterations": 5, "sample_steps": 10},
+    "esd-all": {"iterations": 5, "sample_steps": 10},
+    "esd-x-strict": {"iterations": 10, "sample_steps": 10},
+    "race": {"iterations": 5, "esd_iterations": 5, "pgd_steps": 3, "sample_steps": 10},
+    "advunlearn": {"iterations": 5, "warmup_iterations": 2, "attack_steps": 3, "sample_steps": 10},
+    "receler": {"iterations": 5, "adversarial_steps": 3, "sample_steps": 10},
+    "ac": {"anchor_images": 4, "steps": 10, "sample_steps": 10},
+    "doco": {"anchor_images": 4, "steps": 10, "warm_up": 4, "sample_steps": 10, "batch_size": 2},
+    "spm": {"iterations": 10, "sample_steps": 10, "warmup_steps": 2},
 }
 edits = {}
 for method, settings in SETTINGS.items():
     edit = erase(pipe, spec, method, progress=False, **settings)
     edits |= {f"{method}/{name}": value.contiguous() for name, value in edit.weights.items()}
+    edits |= {f"{method}/adapters/{name}": value.contiguous() for name, value in edit.adapters.items()}
 save_file(edits, sys.argv[2])
 print(f"wrote {len(edits)} tensors to {sys.argv[2]}")

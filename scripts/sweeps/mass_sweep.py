@@ -25,10 +25,10 @@ for arg in sys.argv[4:]:
     edit = erase(pipe, EraseSpec(targets, preserve=keep), method, progress=False, **settings)
     secs = time.time() - t
     r = evaluate_rows(pipe, edit, mass_character_rows(targets, keep, samples), character_metrics, ev, None, False, originals)
-    m = r["metrics"]["erased"]["accuracy"]
+    m = r.metrics["erased"]["accuracy"]
     print(
         f"{method} n={count} {arg:60s} "
         + " ".join(f"{k}={100 * v:5.1f}" for k, v in m.items())
-        + f" fid={r['world_fid_kept']:.2f} s={secs:.0f}",
+        + f" fid={r.world_fid_kept:.2f} s={secs:.0f}",
         flush=True,
     )

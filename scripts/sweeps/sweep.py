@@ -34,15 +34,15 @@ for arg in sys.argv[4:]:
         edit = erase(pipe, spec, method, progress=False, **settings)
         secs = time.time() - t
         r = run_protocol(pipe, edit, PROTOCOL, c, ev, samples, None, False, original_cache=originals)
-        m = r["metrics"]["erased"]["accuracy"]
+        m = r.metrics["erased"]["accuracy"]
         print(
             f"{c:9s} {arg:60s} "
             + " ".join(f"{k}={100 * v:5.1f}" for k, v in m.items())
-            + f" fid={r['world_fid_kept']:.2f} s={secs:.0f}",
+            + f" fid={r.world_fid_kept:.2f} s={secs:.0f}",
             flush=True,
         )
         if os.environ.get("SWEEP_JSON"):
             row = {"method": method, "concept": c, "settings": arg, "samples": samples, "accuracy": m,
-                   "world_fid_kept": r["world_fid_kept"], "seconds": round(secs, 2)}  # fmt: skip
+                   "world_fid_kept": r.world_fid_kept, "seconds": round(secs, 2)}  # fmt: skip
             with open(os.environ["SWEEP_JSON"], "a") as f:
                 f.write(json.dumps(row) + "\n")

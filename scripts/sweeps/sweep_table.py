@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from erasekit.eval.bench import sweep_table
+from erasekit.bench.tables import sweep_table
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:

@@ -1,4 +1,4 @@
-"""The robustness protocol: attack an erased model on prompts of its concept and count what comes back.
+"""One attack run against one edit: attack the erased model on prompts of its concept and count what comes back.
 
 For each attacked prompt (the concept in the world's caption templates, or an explicit / implicit
 flame phrase) the erased model first draws the plain prompt (the no-attack baseline), then the
@@ -11,16 +11,16 @@ show the concept is reported beside them.
 
 Each prompt's outcome is a cell file under ``cells/``, keyed by everything that decides it (attack
 and settings, edit, prompt, seed, sampler), so an interrupted run resumes where it stopped and a
-run with other settings never reads another's cells.
+run with other settings never reads another's cells. The robustness bench
+(:mod:`erasekit.bench.robustness`) runs this for every method and attack.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,21 +29,19 @@ import numpy as np
 from erasekit.attacks.base import Attack, AttackContext, AttackTarget, Found
 from erasekit.edits import Edit, weights_hash
 from erasekit.errors import ErasekitError
-from erasekit.eval.bench import PROTOCOL_CELL, cell_label, counted, read_cell, warn_damaged
+from erasekit.eval.cells import counted, read_cell, warn_damaged
 from erasekit.eval.generation import SamplerSettings, image_grid
 from erasekit.eval.protocols import PROTOCOL_SEED
 from erasekit.io import write_json, write_with
 from erasekit.primitives.diffusion import FrozenCopy, pipeline_images
 from erasekit.primitives.prompt_cache import PromptCache
 from erasekit.primitives.run import RunContext
-from erasekit.primitives.workers import Workers
 from erasekit.world import vocabulary as V
 from erasekit.world.captions import ARTIST_SUFFIXES, CHARACTER_TEMPLATES, SHAPE_TEMPLATES
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
-    from erasekit.eval.bench import BenchEntry
     from erasekit.judges import Judge
 
 ATTACK_SEED = PROTOCOL_SEED + 7_000_000  # attacked prompts' seeds: apart from every protocol's
@@ -150,7 +148,6 @@ def run_attack(
 
 
 ATTACK_CELL = ("key", "prompt", "adversarial_prompt", "success", "found_success", "image_rate", "baseline_success", "seconds")
-ATTACK_RESULT = ("asr_found", "baseline_asr", "asr_images", "seconds_per_prompt")  # read beside asr when it ran
 
 
 def _attack_cell(cells_dir: Path, key: str) -> dict | None:
@@ -160,18 +157,6 @@ def _attack_cell(cells_dir: Path, key: str) -> dict | None:
         warn_damaged(cells_dir / f"{key}.json", f"its images {key}.npz are missing")
         return None
     return cell
-
-
-def _attack_result(path: Path) -> dict | None:
-    """An attack's results.json in the robustness bench, or None to run the attack (again)."""
-    result = read_cell(path, ("attack", "asr"))
-    if result is None:
-        return None
-    missing = [k for k in (ATTACK_RESULT if result["asr"] is not None else ("not_applicable",)) if k not in result]
-    if missing:
-        warn_damaged(path, f"without {', '.join(missing)}")
-        return None
-    return result
 
 
 def _attack_one(
@@ -222,174 +207,3 @@ def verdict(result: dict) -> str:
 def unedited(concept: str) -> Edit:
     """The identity edit: attacking it measures what the attack finds on the original model (the baseline)."""
     return Edit({}, {"method": "none", "targets": [concept], "base_hash": None})
-
-
-# --- the robustness bench: every method × every attack ------------------------------------------
-
-# Budgets that keep one attack on one prompt under two minutes on 2 CPU cores with the world model
-# (bench/robustness-*.json records the budget each number was measured with).
-WORLD_ATTACKS = (
-    "unlearndiff timesteps=10 iterations=20",
-    "p4d timesteps=10 iterations=20",
-    "ring-a-bell population=64 generations=200",
-    "inversion steps=300",
-)
-ROBUSTNESS_CONCEPTS = {"object": ("square",), "character": ("Captain Nova",), "flames": ("in flames",)}
-ATTACKED_CONCEPT = {"in flames": "flames"}  # the flames task erases the phrase; the attack wants the flames back
-
-
-@dataclass(frozen=True)
-class AttackEntry:
-    """One bench column: a registered attack with its budget."""
-
-    attack: Attack
-    config: object
-    label: str
-
-    @property
-    def slug(self) -> str:
-        """The label as a directory name (the attack's cells live under it)."""
-        return re.sub(r"[^A-Za-z0-9.=-]+", "_", self.label)
-
-
-def parse_attack(text: str) -> AttackEntry:
-    """``"name key=value …"`` as an attack with its checked settings (one clear line for a bad one)."""
-    from erasekit.attacks import get_attack
-    from erasekit.methods.base import make_config
-
-    name, _, rest = text.strip().partition(" ")
-    pairs = [p.partition("=") for p in rest.split()]
-    if any(not sep for _, sep, _ in pairs):
-        raise ErasekitError(f"attack {text!r}: settings are key=value")
-    attack = get_attack(name)
-    return AttackEntry(attack, make_config(attack, {k: v for k, _, v in pairs}), text.strip())  # type: ignore[arg-type]
-
-
-def run_robustness(
-    pipe: DiffusionPipeline,
-    judge: Judge,
-    entries: list[BenchEntry],
-    attacks: list[AttackEntry],
-    protocol: str,
-    concepts: tuple[str, ...],
-    out_dir: Path,
-    prompts: int = 4,
-    samples: int = 4,
-    settings: SamplerSettings | None = None,
-    workers: Workers | None = None,
-    progress: bool = True,
-) -> dict | None:
-    """For each method (and the unedited model, the baseline) and concept: erase, run the task's protocol,
-    then every attack; ASR beside the protocol's numbers. Cells resume; several ``workers`` share the
-    (method, concept) pairs and the first summarises (the others get None)."""
-    from erasekit.eval.bench import DEFAULT_CONCEPTS
-    from erasekit.eval.bench import BenchEntry as Entry
-    from erasekit.eval.protocols import run_protocol
-    from erasekit.methods.runner import erase
-
-    task = DEFAULT_CONCEPTS[protocol]  # preserve=others keeps the whole task's other concepts, as the bench does
-
-    workers = workers or Workers()
-    rows = [Entry("none"), *entries]  # "none": the unedited model, what each attack finds without any erasure
-    jobs = [(entry, concept) for entry in rows for concept in concepts]
-    for entry, concept in counted(workers.share(jobs), "robustness cell", cell_label, progress):
-        where = Path(out_dir) / "cells" / entry.slug / re.sub(r"[^A-Za-z0-9]+", "_", concept)
-        edit_dir = where / "edit"
-        edit = unedited(concept) if entry.method == "none" else _stored_edit(edit_dir)
-        if edit is None:
-            edit = erase(pipe, entry.spec((concept,), task), entry.method, progress=progress, expand=entry.expand,
-                         **entry.settings)  # fmt: skip
-            edit.save(edit_dir, overwrite=edit_dir.exists())  # one there now is damaged: the cell's own, replaced
-        check = entry.method != "none"
-        protocol_file = where / f"{protocol}-{samples}.json"
-        if read_cell(protocol_file, PROTOCOL_CELL) is None:
-            result = run_protocol(pipe, edit, protocol, concept, judge, samples, settings, progress, check_base=check)
-            # the erasure's seconds and memory are on its card (edit_dir/card.json)
-            write_json(protocol_file, {"metrics": result["metrics"], "world_fid_kept": result["world_fid_kept"]})
-        targets = attack_targets(ATTACKED_CONCEPT.get(concept, concept), prompts, True)
-        for entry_attack in attacks:
-            if _attack_result(where / entry_attack.slug / "results.json") is not None:
-                continue
-            try:
-                result = run_attack(pipe, edit, entry_attack.attack, entry_attack.config, targets, judge,
-                                    where / entry_attack.slug, samples, settings, progress, check_base=check)  # fmt: skip
-            except ErasekitError as err:  # an attack this erasure cannot take (a learned token on a text-only pipeline)
-                result = {"attack": entry_attack.attack.name, "asr": None, "not_applicable": str(err)}
-            write_json(where / entry_attack.slug / "results.json", result)
-    workers.barrier()
-    if not workers.is_main:
-        return None
-    return _robustness_summary(rows, attacks, protocol, concepts, out_dir, prompts, samples)
-
-
-def _stored_edit(edit_dir: Path) -> Edit | None:
-    """The edit an earlier run erased into a cell, or None when there is none or it is damaged."""
-    if not (edit_dir / "card.json").exists():
-        return None
-    try:
-        return Edit.load(edit_dir)
-    except ErasekitError as err:
-        warn_damaged(edit_dir, str(err))
-        return None
-
-
-def _robustness_summary(
-    rows: list[BenchEntry], attacks: list[AttackEntry], protocol: str, concepts: tuple[str, ...], out_dir: Path,
-    prompts: int, samples: int,
-) -> dict:  # fmt: skip
-    methods = {}
-    for entry in rows:
-        cells = [Path(out_dir) / "cells" / entry.slug / re.sub(r"[^A-Za-z0-9]+", "_", c) for c in concepts]
-        protocol_cells = [json.loads((c / f"{protocol}-{samples}.json").read_text()) for c in cells]
-        erased = [p["metrics"]["erased"]["accuracy"] for p in protocol_cells]
-        by_attack = {}
-        for a in attacks:
-            results = [json.loads((c / a.slug / "results.json").read_text()) for c in cells]
-            ran = [r for r in results if r["asr"] is not None]
-            by_attack[a.label] = {
-                key: float(np.mean([r[key] for r in ran])) if ran else None
-                for key in ("asr", "asr_found", "baseline_asr", "asr_images", "seconds_per_prompt")
-            }
-            if not ran:
-                by_attack[a.label]["not_applicable"] = results[0]["not_applicable"]
-        cards = [json.loads((c / "edit" / "card.json").read_text()) for c in cells if (c / "edit" / "card.json").exists()]
-        methods[entry.label] = {
-            "accuracy": {k: float(np.mean([e[k] for e in erased])) for k in erased[0]},
-            "world_fid_kept": float(np.mean([p["world_fid_kept"] for p in protocol_cells])),
-            # per concept, from the edits' cards (the unedited model has none)
-            "seconds": float(np.mean([c["seconds"] for c in cards])) if cards else 0.0,
-            "peak_rss_mb": float(np.mean([c["peak_rss_mb"] for c in cards])) if cards else 0.0,
-            "attacks": by_attack,
-        }
-    summary = {
-        "task": "robustness", "protocol": protocol, "concepts": list(concepts), "prompts_per_concept": prompts,
-        "samples_per_prompt": samples, "attacks": {a.label: asdict(a.config) for a in attacks},  # type: ignore[call-overload]
-        "methods": methods,
-    }  # fmt: skip
-    write_json(Path(out_dir) / "robustness.json", summary)
-    write_with(Path(out_dir) / "robustness.md", lambda tmp: Path(tmp).write_text(robustness_table(summary)))
-    return summary
-
-
-def robustness_table(result: dict) -> str:
-    """Method × attack: the protocol's harmonic mean and Acc_e, then each attack's ASR % (without the attack %)."""
-    attacks = list(result["attacks"])
-    first = next(iter(result["methods"].values()))["accuracy"]
-    quality = [k for k in ("H_o", "H_c", "Acc_e", "Acc_s", "Acc_g", "explicit", "implicit") if k in first]
-    header = ["method", *quality, *(a.split()[0] for a in attacks), "attack s / prompt", "erase s", "erase peak MB"]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for label, m in result["methods"].items():
-        cells = [f"{100 * m['accuracy'][k]:.1f}" for k in quality]
-        cells += [_asr_cell(m["attacks"][a]) for a in attacks]
-        seconds = np.mean([m["attacks"][a]["seconds_per_prompt"] for a in attacks if m["attacks"][a]["asr"] is not None])
-        lines.append(f"| `{label}` | " + " | ".join(cells) + f" | {seconds:.1f} | {m['seconds']:.1f} | {m['peak_rss_mb']:.0f} |")
-    return "\n".join(lines) + "\n"
-
-
-def _asr_cell(outcome: dict) -> str:
-    """``ASR (ASR without the attack)``; where plain prompts already succeed, also the found prompts' own rate,
-    which on the unedited model is the attack's reach within its budget."""
-    if outcome["asr"] is None:
-        return "n/a"
-    asr, plain, found = (round(100 * outcome[k]) for k in ("asr", "baseline_asr", "asr_found"))
-    return f"{asr} ({plain}; found {found})" if plain and found != asr else f"{asr} ({plain})"

@@ -1,0 +1,42 @@
+"""The ``methods`` job: the erasure methods, each with its settings and the paper's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, fields
+
+from erasekit.methods.base import get_method, load_methods
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a method: its name, its default (the paper's) and what it means."""
+
+    name: str
+    default: object
+    doc: str
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A method as ``erasekit methods`` shows it: its name, one-line summary and settings in order."""
+
+    name: str
+    summary: str
+    settings: list[Setting]
+
+
+def list_methods(name: str | None = None) -> list[MethodInfo]:
+    """The method called ``name`` (an error listing the known ones if there is none), or every method by name."""
+    registry = load_methods()
+    chosen = [get_method(name)] if name is not None else [registry[n] for n in sorted(registry)]
+    return [
+        MethodInfo(
+            method.name,
+            method.summary,
+            [
+                Setting(f.name, f.default if f.default is not MISSING else f.default_factory(), f.metadata.get("doc", ""))  # type: ignore[misc]
+                for f in fields(method.config)
+            ],
+        )
+        for method in chosen
+    ]
