@@ -252,6 +252,8 @@ def methods(
         for setting in method.settings:
             table.add_row(setting.name, repr(setting.default), setting.doc)
         console.print(Padding(table, (0, 0, 0, 4)), soft_wrap=False)
+    if name is None:  # the family × method matrix under the list
+        console.print("\nwhich model family each method runs on:\n" + methods_job.support_table())
 
 
 @app.command()

@@ -79,11 +79,16 @@ class EraseResult:
 
 
 def check_erase(options: EraseOptions) -> CheckedErase:
-    """Refuse, before any model loads, an unknown method, a bad setting, an export that cannot be written,
-    and an export of a method that changes no weights; the method with its config, made once."""
+    """Refuse, before any model loads, an unknown method, a model family it does not run on (where the
+    model's directory says), a bad setting, an export that cannot be written, and an export of a method
+    that changes no weights; the method with its config, made once."""
     from erasekit.exports import check_export_request
+    from erasekit.models.families import check_family, family_of_model
 
     method = get_method(options.method)
+    family = family_of_model(options.model)  # from the model's directory, nothing loaded
+    if family is not None:
+        check_family(family, method.name, method.families)
     config = make_config(method, dict(options.settings))
     if options.save_single_file is not None:
         check_export_request("single-file", options.save_single_file)

@@ -1,10 +1,12 @@
-"""The ``methods`` job: the erasure methods, each with its settings and the paper's defaults."""
+"""The ``methods`` job: the erasure methods, each with its settings and the paper's defaults, and which
+model family each runs on."""
 
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, fields
 
 from erasekit.methods.base import get_method, load_methods
+from erasekit.models.families import FAMILIES
 
 
 @dataclass(frozen=True)
@@ -40,3 +42,13 @@ def list_methods(name: str | None = None) -> list[MethodInfo]:
         )
         for method in chosen
     ]
+
+
+def support_table() -> str:
+    """Which method runs on which model family, as a markdown table (the CLI's and the README's)."""
+    methods = load_methods()
+    lines = ["| method | " + " | ".join(f.title for f in FAMILIES.values()) + " |", "| --- |" + " :---: |" * len(FAMILIES)]
+    for name in sorted(methods):
+        marks = ("yes" if family in methods[name].families else "–" for family in FAMILIES)
+        lines.append(f"| {name} | " + " | ".join(marks) + " |")
+    return "\n".join(lines)

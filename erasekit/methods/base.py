@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from erasekit.concepts import EraseSpec  # noqa: F401 - kept for `from erasekit.methods import EraseSpec`
 from erasekit.errors import ErasekitError
+from erasekit.models.families import ALL_FAMILIES
 from erasekit.settings import Registered, name_settings, typed_settings
 
 
@@ -18,26 +19,34 @@ from erasekit.settings import Registered, name_settings, typed_settings
 class Method:
     """A registered erasure method: its ``name``, one-line ``summary`` and ``config`` dataclass, the
     ``erase(run, spec, config)`` function that returns an :class:`~erasekit.edits.Edit`, and whether it
-    ``changes_weights`` (False for SLD's sampling configuration and Receler's added erasers)."""
+    ``changes_weights`` (False for SLD's sampling configuration and Receler's added erasers), and the model
+    ``families`` it runs on (:mod:`erasekit.models.families`)."""
 
     name: str
     summary: str
     config: type
     erase: Callable  # (run: RunContext, spec, config) -> Edit
     changes_weights: bool = True  # False: an inference-time method, whose edit is a sampling configuration
+    families: tuple[str, ...] = ("sd",)
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, summary: str, config: type, changes_weights: bool = True) -> Callable:
+def register(
+    name: str, summary: str, config: type, changes_weights: bool = True, families: tuple[str, ...] = ("sd",)
+) -> Callable:
     """Decorator adding an ``erase(run, spec, config)`` function to the registry; ``run`` is the
-    :class:`~erasekit.primitives.run.RunContext` (pipeline, device, dtype, prompt cache, progress)."""
+    :class:`~erasekit.primitives.run.RunContext` (pipeline, device, dtype, prompt cache, progress).
+    ``families`` are the model families it runs on (every method runs on SD 1.x/2.x today)."""
 
     def wrap(fn: Callable) -> Callable:
         if name in METHODS:
             raise ValueError(f"method {name!r} registered twice")
-        METHODS[name] = Method(name, summary, config, fn, changes_weights)
+        unknown = set(families) - set(ALL_FAMILIES)
+        if unknown:
+            raise ValueError(f"method {name!r} names unknown families {sorted(unknown)}")
+        METHODS[name] = Method(name, summary, config, fn, changes_weights, tuple(families))
         name_settings(config, name)
         return fn
 

@@ -1,0 +1,87 @@
+"""Model families: which kind of text-to-image model a pipeline is, read from the pipeline itself.
+
+A family says how a prompt becomes conditioning (how many text encoders), what the denoiser is (a
+UNet or a transformer), what it is trained to predict, and which of its layers read the text: what
+a method needs to know before it can edit a model. The families are those people run: SD 1.x/2.x,
+SDXL, SD3 and FLUX. A method registers the families it runs on; a pair it does not support is
+refused in one line, before the model loads where the model's directory says its family
+(:func:`family_of_model`), else as soon as it has loaded (:func:`family_of`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from erasekit.errors import ErasekitError
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family: its ``name`` (``sd``, ``sdxl``, ``sd3``, ``flux``), how it is called in a message,
+    the diffusers pipeline classes that belong to it, its denoiser, its text encoders, what it
+    predicts, and the layers that read the text (the layers the closed forms and ESD-x edit)."""
+
+    name: str
+    title: str
+    pipelines: tuple[str, ...]
+    denoiser: str  # the pipeline's component: "unet" or "transformer"
+    text_encoders: int
+    prediction: str
+    text_layers: str
+
+
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family("sd", "SD 1.x/2.x", ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionPipelineSafe"),
+               "unet", 1, "ε or v", "attn2.to_k / attn2.to_v of the UNet's cross-attention"),
+        Family("sdxl", "SDXL", ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"), "unet", 2, "ε or v",
+               "attn2.to_k / attn2.to_v, reading both encoders' states concatenated (768 + 1280)"),
+        Family("sd3", "SD3", ("StableDiffusion3Pipeline",), "transformer", 3, "flow-matching velocity",
+               "the text stream of the joint blocks: attn.add_k_proj / add_v_proj / add_q_proj, context_embedder"),
+        Family("flux", "FLUX", ("FluxPipeline",), "transformer", 2, "flow-matching velocity",
+               "the text stream of the double blocks (attn.add_k_proj / add_v_proj / add_q_proj), context_embedder, "
+               "time_text_embed.text_embedder"),
+    )
+}  # fmt: skip
+ALL_FAMILIES = tuple(FAMILIES)
+
+
+def family_named(class_name: str) -> Family | None:
+    """The family a diffusers pipeline class belongs to, or None for a class erasekit does not know."""
+    return next((f for f in FAMILIES.values() if class_name in f.pipelines), None)
+
+
+def family_of(pipe: object) -> Family:
+    """The family of a loaded pipeline, from its class; a pipeline of no known family is one line."""
+    family = family_named(type(pipe).__name__)
+    if family is None:
+        known = ", ".join(f"{f.title} ({', '.join(f.pipelines[:1])})" for f in FAMILIES.values())
+        raise ErasekitError(f"{type(pipe).__name__} is not a pipeline erasekit knows; it runs on {known}")
+    return family
+
+
+def family_of_model(model: str | Path | None) -> Family | None:
+    """The family a model directory declares in its ``model_index.json`` (None: the embedded model, an
+    SD family pipeline), read without loading anything; None where that cannot be told before loading
+    (a hub id, a single file, a directory without the file: the loader says what is wrong)."""
+    if model is None or str(model) == "erasekit-tiny":
+        return FAMILIES["sd"]
+    index = Path(model) / "model_index.json"
+    try:
+        class_name = json.loads(index.read_text()).get("_class_name", "")
+    except (OSError, ValueError, AttributeError):  # not a directory, no such file, not JSON, not an object
+        return None
+    return family_named(str(class_name))
+
+
+def check_family(family: Family, what: str, supported: tuple[str, ...]) -> None:
+    """Refuse ``what`` (a method or attack, by name) on a family outside ``supported``, in one line."""
+    if family.name not in supported:
+        runs_on = ", ".join(FAMILIES[name].title for name in supported)
+        raise ErasekitError(
+            f"{what} does not run on {family.title} models yet (it runs on {runs_on}); "
+            "`erasekit methods` shows which method runs on which family"
+        )
