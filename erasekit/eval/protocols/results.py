@@ -32,27 +32,21 @@ class Measurement:
     fid: dict | None = None
 
 
-@dataclass
-class ProtocolResult:
-    """One protocol run on one edit: which protocol and erased concept, samples per prompt, the prompts
-    in order, and what was measured (see :class:`Measurement`; ``images`` are not part of ``results.json``)."""
+@dataclass(kw_only=True)
+class ProtocolResult(Measurement):
+    """One protocol run on one edit: what was measured (see :class:`Measurement`; ``images`` are not part
+    of ``results.json``), and which protocol and erased concept, samples per prompt and prompts in order."""
 
     protocol: str
     target: str
     samples_per_prompt: int | None
     prompts: list[str]
-    judge: dict | None
-    metrics: dict[str, dict]
-    rows: dict[str, list[dict]]
-    images: dict[str, Generated] = field(default_factory=dict, repr=False)
-    world_fid_kept: float | None = None
-    measures_drift: bool = True
-    fid: dict | None = None
 
     @classmethod
     def of(cls, protocol: str, target: str, samples: int, prompts: list[str], measured: Measurement) -> ProtocolResult:
         """The result of ``protocol`` on ``target`` from its measurement."""
-        return cls(protocol, target, samples, prompts, **{f.name: getattr(measured, f.name) for f in fields(measured)})
+        measurement = {f.name: getattr(measured, f.name) for f in fields(Measurement)}
+        return cls(**measurement, protocol=protocol, target=target, samples_per_prompt=samples, prompts=prompts)
 
     def to_json(self) -> dict:
         """The result as ``results.json`` holds it (keys in the order erasekit has always written them)."""
