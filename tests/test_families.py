@@ -60,23 +60,23 @@ def test_the_family_is_read_from_a_directory_without_loading_it(tmp_path):
 
 def test_a_method_on_an_unsupported_family_is_one_line_before_loading(tmp_path):
     model, out = flux_directory(tmp_path), tmp_path / "edit"
-    options = erase_job.EraseOptions(EraseSpec(("square",)), out, "uce", model=str(model))
-    with pytest.raises(ErasekitError, match=r"^uce does not run on FLUX models yet \(it runs on SD 1.x/2.x\)"):
+    options = erase_job.EraseOptions(EraseSpec(("square",)), out, "mace", model=str(model))
+    with pytest.raises(ErasekitError, match=r"^mace does not run on FLUX models yet \(it runs on SD 1.x/2.x\)"):
         erase_job.check_erase(options)
     # the command line: the same line, exit 2, nothing written (the directory has no weights to load)
     result = subprocess.run(
-        [sys.executable, "-m", "erasekit", "erase", "square", "--model", str(model), "--out", str(out)],
+        [sys.executable, "-m", "erasekit", "erase", "square", "--method", "esd-u", "--model", str(model), "--out", str(out)],
         capture_output=True, text=True, env=ENV,
     )  # fmt: skip
     assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert "uce does not run on FLUX models yet" in result.stderr
+    assert "esd-u does not run on FLUX models yet" in result.stderr
     assert not out.exists()
 
 
 def test_a_loaded_pipeline_of_an_unsupported_family_is_refused_before_the_method_runs():
     for class_name, title in (("StableDiffusionXLPipeline", "SDXL"), ("FluxPipeline", "FLUX")):
-        with pytest.raises(ErasekitError, match=f"esd-x does not run on {title} models yet"):
-            erase(a_pipeline_of_class(class_name), EraseSpec(("cat",)), "esd-x", progress=False)
+        with pytest.raises(ErasekitError, match=f"mace does not run on {title} models yet"):
+            erase(a_pipeline_of_class(class_name), EraseSpec(("cat",)), "mace", progress=False)
 
 
 def test_the_support_matrix_lists_every_method_on_every_family():
@@ -93,7 +93,7 @@ def test_a_method_registered_for_an_unknown_family_fails_at_once():
 
 
 @pytest.mark.parametrize("builder, size, family", [("random_sdxl_pipeline", 64, "sdxl"), ("random_flux_pipeline", 32, "flux")])
-def test_tiny_sdxl_and_flux_layouts_draw_and_every_method_refuses_them_in_one_line(builder, size, family):
+def test_tiny_sdxl_and_flux_layouts_draw_and_every_other_method_refuses_them_in_one_line(builder, size, family):
     import torch
 
     from erasekit.models import reference_configs
@@ -104,8 +104,20 @@ def test_tiny_sdxl_and_flux_layouts_draw_and_every_method_refuses_them_in_one_li
     image = pipe("a cat", num_inference_steps=2, height=size, width=size, output_type="np", **extra).images
     assert image.shape == (1, size, size, 3) and torch.isfinite(torch.from_numpy(image)).all()
     before = {name: p.clone() for name, p in pipe.components[FAMILIES[family].denoiser].named_parameters()}
-    for method in load_methods():
+    for method in [name for name, entry in load_methods().items() if family not in entry.families]:
         with pytest.raises(ErasekitError, match=f"^{method} does not run on {FAMILIES[family].title} models yet"):
             erase(pipe, EraseSpec(("cat",), preserve=("dog",)), method, progress=False)
     after = dict(pipe.components[FAMILIES[family].denoiser].named_parameters())
     assert all(torch.equal(before[name], after[name]) for name in before)  # refused before anything ran
+
+
+def test_a_flux_directory_without_its_second_encoder_is_one_line_before_loading(tmp_path):
+    model = tmp_path / "flux"
+    model.mkdir()
+    index = {"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
+             "text_encoder": ["transformers", "CLIPTextModel"], "text_encoder_2": [None, None]}  # fmt: skip
+    (model / "model_index.json").write_text(json.dumps(index))
+    options = erase_job.EraseOptions(EraseSpec(("square",)), tmp_path / "edit", "uce", model=str(model))
+    with pytest.raises(ErasekitError, match=r"is a FLUX pipeline without its text_encoder_2; erasekit needs the whole pipeline$"):
+        erase_job.check_erase(options)
+    assert not (tmp_path / "edit").exists()

@@ -157,7 +157,27 @@ def any_table(paths: list[Path]) -> str:
         return scale_table(single)
     if len(paths) == 1 and single.get("task") == "startup":
         return startup_table(single)
-    return summary_table(merged([json.loads(p.read_text()) for p in paths], [str(p) for p in paths]))
+    results = [json.loads(p.read_text()) for p in paths]
+    if len({r.get("model", "erasekit-tiny") for r in results if "protocol" in r}) > 1:
+        return models_table(results)
+    return summary_table(merged(results, [str(p) for p in paths]))
+
+
+def models_table(results: list[dict]) -> str:
+    """Object-style bench results of several models side by side: per model its original and every
+    method, top-1 %, world-FID on the kept classes and seconds per concept (the cost on that model)."""
+    names = list(next(iter(results[0]["methods"].values()))["accuracy"]["erased"])
+    header = ["model", "method", *names, "world-FID", "s / concept"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for result in results:
+        model = result.get("model", "erasekit-tiny")
+        first = next(iter(result["methods"].values()))
+        lines.append(f"| {model} | original | " + " | ".join(f"{100 * first['accuracy']['original'][n]:.1f}" for n in names)
+                     + " | | |")  # fmt: skip
+        for label, m in result["methods"].items():
+            values = " | ".join(f"{100 * m['accuracy']['erased'][n]:.1f}" for n in names)
+            lines.append(f"| {model} | `{label}` | {values} | {m['world_fid_kept']:.2f} | {m['seconds']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def summary_table(result: dict) -> str:

@@ -54,9 +54,11 @@ def run_bench(
     settings: SamplerSettings | None = None,
     progress: bool = True,
     workers: Workers | None = None,
+    model: str | None = None,
 ) -> dict | None:
-    """Measure every entry on every concept (resuming from ``out_dir``) and summarise; writes ``bench.json``.
-    Under several ``workers`` each measures its share; the first summarises, the others return None."""
+    """Measure every entry on every concept (resuming from ``out_dir``) and summarise; writes ``bench.json``
+    (naming ``model`` when it is not the embedded erasekit-tiny, so that tables of two models tell their rows
+    apart). Under several ``workers`` each measures its share; the first summarises, the others return None."""
     if protocol not in DEFAULT_CONCEPTS:
         raise ErasekitError(f"the bench runs the {', '.join(DEFAULT_CONCEPTS)} protocols, not {protocol!r}")
     concepts = concepts or DEFAULT_CONCEPTS[protocol]
@@ -85,6 +87,7 @@ def run_bench(
         "sampler": vars(settings or SamplerSettings()),
         "torch_threads": torch.get_num_threads(),
         "methods": summary,
+        **({"model": model} if model not in (None, "erasekit-tiny") else {}),
     }
     write_json(out_dir / "bench.json", result)
     write_with(out_dir / "bench.md", lambda tmp: tmp.write_text(markdown_table(result)))

@@ -35,6 +35,7 @@ from erasekit.edits.kind import INFERENCE, KINDS, EditKind, is_number, is_string
 from erasekit.edits.lora import LORA_FILE, LoraExport, save_lora
 from erasekit.errors import ErasekitError
 from erasekit.io import atomic_dir, claim_output
+from erasekit.models.families import denoiser
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -65,9 +66,9 @@ def refuse_non_finite(weights: dict[str, torch.Tensor], what: str) -> None:
 
 
 def pipeline_parameters(pipe: DiffusionPipeline) -> dict[str, torch.nn.Parameter]:
-    """The parameters an edit can change, by the edit's names: the UNet's as they are, the text
-    encoder's behind :data:`TEXT_ENCODER`."""
-    params = dict(pipe.unet.named_parameters())
+    """The parameters an edit can change, by the edit's names: the denoiser's (UNet or FLUX transformer)
+    as they are, the text encoder's behind :data:`TEXT_ENCODER`."""
+    params = dict(denoiser(pipe).named_parameters())
     encoder = getattr(pipe, "text_encoder", None)  # a bare UNet holder (tests, scripts) has none
     if encoder is not None:
         params.update({TEXT_ENCODER + name: p for name, p in encoder.named_parameters()})

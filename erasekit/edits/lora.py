@@ -5,7 +5,8 @@ edits are exactly low-rank (UCE's Δ = W₀(M − I) has the rank of E* − E, t
 states), so their LoRA reproduces the edit to float precision at a small rank; fine-tuned deltas
 (ESD) are full-rank and are truncated, with the relative error recorded. Bias changes travel as
 ``lora_B.bias`` (peft's ``lora_bias``). Keys follow diffusers' peft layout:
-``unet.<module>.lora_A.weight`` / ``lora_B.weight``; α equals the rank, so the scale is 1.
+``unet.<module>.lora_A.weight`` / ``lora_B.weight`` (FLUX: ``transformer.<module>…``); α equals the rank,
+so the scale is 1.
 """
 
 from __future__ import annotations
@@ -39,10 +40,14 @@ class LoraExport:
     tensors: dict[str, torch.Tensor]
     ranks: dict[str, int]  # module → rank kept
     relative_error: float  # ‖Δ − BA‖ / ‖Δ‖ over every factored weight (Frobenius)
+    component: str = "unet"  # the pipeline's denoiser the modules belong to: "unet", or FLUX's "transformer"
 
 
-def lora_factors(edit: Edit, unet: nn.Module, max_rank: int | None = None, tolerance: float = 1e-5) -> LoraExport:
-    """B, A (and bias deltas) of every module ``edit`` changes, against ``unet``'s current weights.
+def lora_factors(
+    edit: Edit, unet: nn.Module, max_rank: int | None = None, tolerance: float = 1e-5, component: str = "unet"
+) -> LoraExport:
+    """B, A (and bias deltas) of every module ``edit`` changes, against ``unet``'s current weights (or, with
+    ``component="transformer"``, a FLUX transformer's: keys ``transformer.<module>...``).
 
     The rank of each module is the number of singular values above ``tolerance`` × the largest,
     at most ``max_rank``.
@@ -52,7 +57,8 @@ def lora_factors(edit: Edit, unet: nn.Module, max_rank: int | None = None, toler
     by_module: dict[str, dict[str, torch.Tensor]] = {}
     if edit.text_encoder_names:
         raise NotLoraable(
-            "this edit changes the text encoder, which a UNet LoRA does not carry; export it as a single file "
+            f"this edit changes the text encoder, which a {'UNet' if component == 'unet' else component} LoRA does not carry; "
+            "export it as a single file "
             "(erasekit export --format single-file) or use its edit directory"
         )
     for name, value in edit.weights.items():
@@ -78,16 +84,16 @@ def lora_factors(edit: Edit, unet: nn.Module, max_rank: int | None = None, toler
         if isinstance(module, nn.Conv2d):
             a = a.reshape(keep, *weight.shape[1:])
             b = b.reshape(*b.shape, 1, 1)
-        prefix = f"unet.{module_name}"
+        prefix = f"{component}.{module_name}"
         tensors[f"{prefix}.lora_A.weight"], tensors[f"{prefix}.lora_B.weight"] = a.contiguous(), b.contiguous()
         if "bias" in deltas:
             tensors[f"{prefix}.lora_B.bias"] = deltas["bias"].contiguous()
         ranks[module_name] = keep
     if any(k.endswith("lora_B.bias") for k in tensors):  # peft's lora_bias is all or nothing: zeros elsewhere
         for module_name in by_module:
-            lora_b = tensors[f"unet.{module_name}.lora_B.weight"]
-            tensors.setdefault(f"unet.{module_name}.lora_B.bias", torch.zeros(lora_b.shape[0], device=lora_b.device))
-    return LoraExport(tensors, ranks, (err2 / total2) ** 0.5 if total2 > 0 else 0.0)
+            lora_b = tensors[f"{component}.{module_name}.lora_B.weight"]
+            tensors.setdefault(f"{component}.{module_name}.lora_B.bias", torch.zeros(lora_b.shape[0], device=lora_b.device))
+    return LoraExport(tensors, ranks, (err2 / total2) ** 0.5 if total2 > 0 else 0.0, component)
 
 
 def save_lora(export: LoraExport, directory: Path) -> Path:

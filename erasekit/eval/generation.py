@@ -77,14 +77,17 @@ class Generated:
 
 def check_prompts(pipe: DiffusionPipeline, prompts: list[str]) -> None:
     """Reject prompts the tokenizer cannot take whole (the pipeline would silently truncate them)."""
-    tokenizer = pipe.tokenizer
-    limit = tokenizer.model_max_length
+    tokenizers = [pipe.tokenizer, *([pipe.tokenizer_2] if getattr(pipe, "tokenizer_2", None) is not None else [])]
     for prompt in dict.fromkeys(prompts):
         if not prompt.strip():
             raise ErasekitError("empty prompt; give the text to generate")
-        n = len(tokenizer(prompt).input_ids)
-        if n > limit:
-            raise ErasekitError(f"prompt {prompt!r} has {n} tokens but this model's tokenizer takes at most {limit}; shorten it")
+        for tokenizer in tokenizers:
+            limit = min(tokenizer.model_max_length, 512)  # (FLUX pads its T5 path to at most 512)
+            n = len(tokenizer(prompt).input_ids)
+            if n > limit:
+                raise ErasekitError(
+                    f"prompt {prompt!r} has {n} tokens but this model's tokenizer takes at most {limit}; shorten it"
+                )
 
 
 def expand(rows: list[PromptRow]) -> list[tuple[int, str, int]]:
@@ -115,18 +118,22 @@ def _joined(outputs: list[Any], n: int) -> Any:
     return first
 
 
+POSITION_IDS = ("txt_ids", "img_ids")  # FLUX's rotary position ids: (tokens, 3), shared by every row
+
+
 @contextmanager
 def fixed_shape_calls(module: torch.nn.Module, method: str, rows: int) -> Iterator[None]:
     """Run ``module.<method>`` in calls of exactly ``rows`` rows, the last padded, so that each row's
-    arithmetic does not depend on how many rows came with it."""
+    arithmetic does not depend on how many rows came with it. A call by keywords alone (FLUX's
+    transformer) counts its rows in ``hidden_states``; its position ids are per token, not per row."""
     own = module.__dict__.get(method)  # an accelerate hook may have set one already
     call: Callable[..., Any] = getattr(module, method)
 
-    def chunked(sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        n = sample.shape[0]
+    def chunked(*args: Any, **kwargs: Any) -> Any:
+        n = (args[0] if args else kwargs["hidden_states"]).shape[0]
+        per_token = {key: kwargs.pop(key) for key in POSITION_IDS if key in kwargs}
         outputs = [
-            call(_rows_of(sample, s, rows, n), *(_rows_of(a, s, rows, n) for a in args), **_rows_of(kwargs, s, rows, n))
-            for s in range(0, n, rows)
+            call(*(_rows_of(a, s, rows, n) for a in args), **_rows_of(kwargs, s, rows, n), **per_token) for s in range(0, n, rows)
         ]
         return _joined(outputs, n)
 
@@ -160,7 +167,8 @@ def generate(
     drawn = []
     bar = tqdm(total=len(mine), desc="generating", unit="img", disable=not progress or not workers.is_main)
     with ExitStack() as fixed:
-        for name, method in (("text_encoder", "forward"), ("text_encoder_2", "forward"), ("unet", "forward"), ("vae", "decode")):
+        for name, method in (("text_encoder", "forward"), ("text_encoder_2", "forward"), ("unet", "forward"),
+                             ("transformer", "forward"), ("vae", "decode")):  # fmt: skip
             if getattr(pipe, name, None) is not None:
                 fixed.enter_context(fixed_shape_calls(getattr(pipe, name), method, settings.chunk))
         for start in range(0, len(mine), settings.batch_size):

@@ -140,7 +140,7 @@ def bench(options: BenchOptions) -> BenchResult | None:
                                    workers=workers)  # fmt: skip
             else:
                 summary = run_bench(pipe, load_world_evaluator(), entries, options.protocol, out, options.concepts,
-                                    options.samples, sampler, workers=workers)  # fmt: skip
+                                    options.samples, sampler, workers=workers, model=options.model)  # fmt: skip
         if summary is None:  # not the first process: its share is on disk
             return None
         summary_file = out / SUMMARY_FILES.get(options.protocol, "bench.json")

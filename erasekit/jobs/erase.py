@@ -82,13 +82,16 @@ def check_erase(options: EraseOptions) -> CheckedErase:
     """Refuse, before any model loads, an unknown method, a model family it does not run on (where the
     model's directory says), a bad setting, an export that cannot be written, and an export of a method
     that changes no weights; the method with its config, made once."""
-    from erasekit.exports import check_export_request
-    from erasekit.models.families import check_family, family_of_model
+    from erasekit.exports import check_export_request, refuse_single_file
+    from erasekit.models.families import check_components, check_family, family_of_model
 
     method = get_method(options.method)
     family = family_of_model(options.model)  # from the model's directory, nothing loaded
     if family is not None:
         check_family(family, method.name, method.families)
+        check_components(options.model, family)
+        if options.save_single_file is not None:
+            refuse_single_file(family, "single-file")
     config = make_config(method, dict(options.settings))
     if options.save_single_file is not None:
         check_export_request("single-file", options.save_single_file)
@@ -128,9 +131,10 @@ def _erase_and_write(
     options: EraseOptions, checked: CheckedErase, workers: Workers, on_warning: Callable[[str], None]
 ) -> EraseResult | None:
     from erasekit.edits.lora import lora_factors
-    from erasekit.exports import export_loaded
+    from erasekit.exports import export_loaded, refuse_single_file
     from erasekit.methods.runner import run_method
     from erasekit.models.embedded import is_world_model
+    from erasekit.models.families import denoiser, pipeline_family
     from erasekit.models.ldm_checkpoint import refuse_lost_text_encoder
     from erasekit.models.loading import load_pipeline
     from erasekit.world.vocabulary import unknown_concept_warning
@@ -145,11 +149,13 @@ def _erase_and_write(
                       expand_vocabulary=vocabulary, workers=workers)  # fmt: skip
     if not workers.is_main:  # its share of the work is done; the first process writes
         return None
+    family = pipeline_family(pipe)
     if options.save_single_file is not None:  # refused before anything is written
+        refuse_single_file(family, "single-file")
         refuse_lost_text_encoder(pipe, bool(edit.text_encoder_names))
     lora = None
     if options.lora or options.lora_rank is not None:
-        lora = lora_factors(edit, pipe.unet, max_rank=options.lora_rank)
+        lora = lora_factors(edit, denoiser(pipe), max_rank=options.lora_rank, component=family.denoiser)
     edit.save(options.out, lora=lora)
     # the same code as the export job: the edit's weights merged into the loaded base model
     exported: dict[str, Exported] = {}

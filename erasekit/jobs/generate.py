@@ -75,6 +75,7 @@ def generate_run(
     from erasekit.eval.generation import generate as run_generation
     from erasekit.eval.generation import save_grid
     from erasekit.eval.prompts import write_prompt_file
+    from erasekit.models.families import denoiser
 
     start = time.time()
     generated = run_generation(pipe, rows, sampler)
@@ -88,7 +89,7 @@ def generate_run(
             {
                 "model": str(model or "erasekit-tiny"),
                 "device": str(pipe.device),
-                "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+                "dtype": str(denoiser(pipe).dtype).removeprefix("torch."),
                 "prompts": source,
                 "sampler": sampler.__dict__,
                 "images": len(generated.images),

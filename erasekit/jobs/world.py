@@ -22,16 +22,25 @@ class WorldTrainOptions:
 
     work_dir: Path = Path(".cache/train")
     minutes: float | None = None  # None: each stage runs to its end
-    unet_steps: int = 3400
+    unet_steps: int | None = None  # the denoiser's steps; None: 3400 for the UNet, 6000 for FLUX's transformer
     seed: int = 0
     command: str = "erasekit world train"
+    family: str = "sd"  # "flux": erasekit-tiny-flux (its work directory defaults to .cache/train-flux)
 
 
 def train_world(options: WorldTrainOptions) -> Path:
-    """Train the evaluator, VAE and UNet of the embedded model on the world; the exported pipeline's path."""
+    """Train an embedded model on the world (sd: evaluator, VAE and UNet of erasekit-tiny; flux: the
+    transformer of erasekit-tiny-flux on erasekit-tiny's VAE and evaluator); the exported pipeline's path."""
+    if options.family == "flux":
+        from erasekit.world.flux_training import FluxTrainConfig, train_flux
+
+        work_dir = Path(".cache/train-flux") if options.work_dir == Path(".cache/train") else options.work_dir
+        steps = {"steps": options.unet_steps} if options.unet_steps is not None else {}
+        return train_flux(FluxTrainConfig(seed=options.seed, work_dir=work_dir, minutes=options.minutes,
+                                          command=options.command, **steps))  # fmt: skip
     from erasekit.world.training import TrainConfig, train_all
 
-    return train_all(TrainConfig(seed=options.seed, work_dir=options.work_dir, unet_steps=options.unet_steps,
+    return train_all(TrainConfig(seed=options.seed, work_dir=options.work_dir, unet_steps=options.unet_steps or 3400,
                                  unet_minutes=options.minutes, command=options.command))  # fmt: skip
 
 

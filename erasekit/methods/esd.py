@@ -17,8 +17,14 @@ and ESD-x-strict (only attn2.to_k/to_v), each the Linear/Conv2d parameters that 
 Other defaults are also ``esd_sd.py``'s: 200 iterations, Adam lr 5e-5, x_t sampled with guidance 3
 over 50 steps. The ICCV paper trained 1000 iterations at lr 1e-5; both are one ``--set`` away.
 
-erasekit additions, both off unless asked for: an anchor replaces the unconditional prediction as
-the point guided towards; preserve concepts add ‖ε_θ(x_t, p) − ε_θ*(x_t, p)‖² (weight ``preserve_weight``).
+erasekit additions, off unless asked for: an anchor replaces the unconditional prediction as the
+point guided towards; preserve concepts add ‖ε_θ(x_t, p) − ε_θ*(x_t, p)‖² (weight ``preserve_weight``);
+``lora_rank`` trains a LoRA on the group's layers instead of the layers themselves.
+
+On SDXL (``esd_sdxl.py``) the UNet also reads the pooled vector and the added time ids; on FLUX
+(``esd_flux.py``) the same target is taken in velocity space on x_σ of the transformer's Euler
+sampling, and the groups are FLUX's attention Linears (:func:`~erasekit.models.layers.flux_esd_layers`).
+The family's conditioning, prediction and sampler come from :mod:`erasekit.primitives.denoising`.
 """
 
 from __future__ import annotations
@@ -34,11 +40,12 @@ import torch.nn.functional as F
 from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
 from erasekit.methods.base import register
-from erasekit.models.layers import parameter_group
-from erasekit.primitives.diffusion import predict_noise
+from erasekit.models.layers import flux_esd_layers, parameter_group
+from erasekit.primitives.denoising import denoising
+from erasekit.primitives.lora_trainer import check_rank, lora_adapter
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.training import fine_tuning, fit, loss_record
-from erasekit.primitives.xt_plan import XtPoint, concept_plan
+from erasekit.primitives.xt_plan import XtPoint
 from erasekit.settings import GUIDANCE, ITERATIONS, LEARNING_RATE, SAMPLER_STEPS, SEEDS, WEIGHT, check_settings, config_field
 
 ESD_TARGETS = {"official": 2.0, "paper": 1.0}  # each target's η
@@ -77,6 +84,13 @@ class ESDConfig:
         1.0, "weight of the preserve loss, used only when preserve concepts are given", **WEIGHT
     )
     seed: int = config_field(0, "seed of the step choices and of the sampling noise", **SEEDS)
+    lora_rank: int = config_field(
+        0,
+        "0: train the group's parameters themselves (official); r: a rank-r LoRA on its layers instead "
+        "(weights only; the original model is the adapter switched off, so FLUX.1 needs no second copy)",
+        ge=0,
+        le=100_000,
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -91,40 +105,68 @@ def erase(run: RunContext, spec: EraseSpec, config: ESDConfig) -> Edit:
 
 # (states, x_t, t, point) -> the concept's states to train at: RACE's adversarial perturbation of them
 Adversary = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, XtPoint], torch.Tensor]
+# (x_t, t, conditioning) -> the original model's prediction
+Predictor = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
 
 
 def train_esd(
     run: RunContext, spec: EraseSpec, config: ESDConfig, adversary: Adversary | None = None, plain_steps: int = 0
 ) -> Edit:
     """ESD's fine-tuning; with an ``adversary``, steps after the first ``plain_steps`` train at the concept
-    states it returns instead of the concept's own (RACE)."""
-    unet = run.unet
-    names = [name for name, _ in parameter_group(unet, config.train_method, config.parameters)]
+    states it returns instead of the concept's own (RACE). On FLUX the same target in velocity space, on
+    x_σ of the transformer's own Euler sampling (the official esd_flux.py)."""
+    model = run.denoiser
+    flux = run.family.name == "flux"
+    if flux:
+        layers = flux_esd_layers(model, config.train_method)
+        names = [f"{layer}.{n}" for layer in layers for n, _ in model.get_submodule(layer).named_parameters()]
+    else:
+        names = [name for name, _ in parameter_group(model, config.train_method, config.parameters)]
+        layers = sorted({name.rpartition(".")[0] for name in names})
+    if config.lora_rank:
+        check_rank(model, layers, config.lora_rank)  # before the x_t plan, which can take long
     rng = random.Random(config.seed)
     steps = plain_steps + config.iterations
-    states, points = concept_plan(run, spec, config.start_guidance, config.sample_steps, steps, rng)
+    den = denoising(run)
+    states, points = den.plan(spec, config.start_guidance, config.sample_steps, steps, rng)
 
-    with fine_tuning(run, names) as tuning:  # trained in float32; the frozen copy answers in the model's dtype
-        original = tuning.original
-
+    def train(teacher: Predictor, params: list[torch.nn.Parameter]) -> list[float]:
         def loss_at(step: int) -> torch.Tensor:
             point = points[step]
             concept, anchor = states[spec.targets[point.prompt]], states[spec.anchors[point.prompt]]
             x_t, t = point.x_t, point.t
-            eps_anchor, eps_concept = original(torch.cat([x_t, x_t]), t, torch.cat([anchor, concept])).chunk(2)
+            eps_anchor, eps_concept = teacher(torch.cat([x_t, x_t]), t, den.cat([anchor, concept])).chunk(2)
             target = esd_target(eps_anchor.float(), eps_concept.float(), config.eta, config.target)
             trained_at = adversary(concept, x_t, t, point) if adversary is not None and step >= plain_steps else concept
-            loss = F.mse_loss(predict_noise(unet, x_t, t, trained_at).float(), target)
+            loss = F.mse_loss(den.predict(model, x_t, t, trained_at).float(), target)
             if spec.preserve and config.preserve_weight > 0:
                 kept = states[rng.choice(spec.preserve)]
-                kept_loss = F.mse_loss(predict_noise(unet, x_t, t, kept).float(), original(x_t, t, kept).float())
+                kept_loss = F.mse_loss(den.predict(model, x_t, t, kept).float(), teacher(x_t, t, kept).float())
                 loss = loss + config.preserve_weight * kept_loss
             return loss
 
-        params = list(tuning.params.values())
-        name = f"{'RACE' if adversary else 'ESD'} ({config.train_method})"
-        losses = fit(run, params, loss_at, steps, torch.optim.Adam(params, lr=config.lr), name)
-        new_values = tuning.values()
+        name = (
+            f"{'RACE' if adversary else 'ESD'} ({config.train_method}{f', LoRA r{config.lora_rank}' if config.lora_rank else ''})"
+        )
+        return fit(run, params, loss_at, steps, torch.optim.Adam(params, lr=config.lr), name)
+
+    if config.lora_rank:  # the adapter switched off is the original model: no copy of the trained weights
+        with fine_tuning(run, []), lora_adapter(model, layers, config.lora_rank, seed=config.seed) as adapter:
+
+            def original(x: torch.Tensor, t: torch.Tensor, cond: object) -> torch.Tensor:
+                with adapter.disabled(), torch.no_grad():
+                    return den.predict(model, x, t, cond)
+
+            losses = train(original, adapter.parameters())
+            deltas = adapter.deltas()
+        weights = dict(model.named_parameters())
+        new_values = {
+            name: (weights[name].float() + delta.to(weights[name].device)).to(run.dtype) for name, delta in deltas.items()
+        }
+    else:
+        with fine_tuning(run, names) as tuning:  # trained in float32; the frozen copy answers in the model's dtype
+            losses = train(lambda x, t, cond: den.predict(tuning.original, x, t, cond), list(tuning.params.values()))
+            new_values = tuning.values()
     return Edit(new_values, {"config": asdict(config), **loss_record(losses)})
 
 
@@ -157,7 +199,10 @@ register(
     "esd-x",
     "ESD-x (Gandikota et al. 2023): fine-tune cross-attention with negative guidance; erases the named concept",
     ESDConfig,
+    families=("sd", "sdxl", "flux"),
 )(erase)
-register("esd-u", "ESD-u: fine-tune everything but cross-attention; erases the concept globally (nudity)", ESDUConfig)(erase)
-register("esd-all", "ESD-all: fine-tune the whole UNet with negative guidance", ESDAllConfig)(erase)
-register("esd-x-strict", "ESD-x-strict: fine-tune only cross-attention to_k/to_v with negative guidance", ESDXStrictConfig)(erase)
+register("esd-u", "ESD-u: fine-tune everything but cross-attention; erases the concept globally (nudity)", ESDUConfig,
+         families=("sd", "sdxl"))(erase)  # fmt: skip
+register("esd-all", "ESD-all: fine-tune the whole UNet with negative guidance", ESDAllConfig, families=("sd", "sdxl"))(erase)
+register("esd-x-strict", "ESD-x-strict: fine-tune only cross-attention to_k/to_v with negative guidance", ESDXStrictConfig,
+         families=("sd", "sdxl", "flux"))(erase)  # fmt: skip

@@ -115,10 +115,10 @@ def run_method(
 def model_name(run: RunContext) -> str | None:
     """What the card calls the base model when the caller did not say: the embedded model's name, or
     the directory or hub id the pipeline was loaded from."""
-    from erasekit.models.loading import EMBEDDED_NAME
+    from erasekit.models.loading import EMBEDDED_FLUX_NAME, EMBEDDED_NAME
 
     if run.is_world_model:
-        return EMBEDDED_NAME
+        return EMBEDDED_FLUX_NAME if run.family.name == "flux" else EMBEDDED_NAME
     name = getattr(run.pipe, "name_or_path", None)
     return str(name) if name else None
 

@@ -19,6 +19,10 @@ Which token states enter E, E* and P (``token_span``), after the two official re
 
 λ = 0.5, s_e = 1 and s_p = 1 are ``uce_sd_erase.py``'s command-line defaults (``train_erase.py`` had
 s_p = 0.1).
+
+SDXL: the same edit of ``attn2.to_k/to_v`` on both encoders' states side by side. FLUX
+(``uce_flux_edit.py``): the same closed form on the two Linears that read the text, ``context_embedder``
+(token states) and the pooled text embedder (pooled vectors), :func:`flux_erase`.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from erasekit.concepts import EraseSpec, anchor_prompt
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import register
-from erasekit.models.layers import kv_projections
+from erasekit.models.layers import FLUX_POOLED_INPUT, FLUX_TOKEN_INPUT, flux_text_inputs, kv_projections
 from erasekit.primitives.closed_form import TextMoments, edited_weights, text_space_map
 from erasekit.primitives.prompt_cache import PromptCache
 from erasekit.primitives.run import RunContext
@@ -86,15 +90,20 @@ def aligned_states(
     return source[start : start + n], target[guide_start : guide_start + n]
 
 
-def uce_moments(run: RunContext, spec: EraseSpec, config: UCEConfig) -> tuple[TextMoments, TextMoments | None]:
-    """E, E* over the erase pairs and P over the preserve prompts' states, chosen by the same span."""
-    cache = run.cache
+def uce_prompts(spec: EraseSpec, config: UCEConfig) -> tuple[list[tuple[str, str, str, str]], list[str]]:
+    """(prompt, concept, guide prompt, guide) of every erase pair, and the preserve prompts, per template."""
     pairs = [
         (t.format(target), target, anchor_prompt(t, anchor), anchor)
         for target, anchor in zip(spec.targets, spec.anchors, strict=True)
         for t in config.templates
     ]
-    prompts = [t.format(p) for p in spec.preserve for t in config.templates]
+    return pairs, [t.format(p) for p in spec.preserve for t in config.templates]
+
+
+def uce_moments(run: RunContext, spec: EraseSpec, config: UCEConfig) -> tuple[TextMoments, TextMoments | None]:
+    """E, E* over the erase pairs and P over the preserve prompts' states, chosen by the same span."""
+    cache = run.cache
+    pairs, prompts = uce_prompts(spec, config)
     cache.states([p for prompt, _, guide, _ in pairs for p in (prompt, guide)] + prompts)  # one batched encoding
     erase = run.moments()
     for prompt, target, guide_prompt, anchor in pairs:
@@ -109,11 +118,38 @@ def uce_moments(run: RunContext, spec: EraseSpec, config: UCEConfig) -> tuple[Te
     return erase, preserve
 
 
-@register("uce", "UCE (Gandikota et al. 2024): closed-form edit of cross-attention to_k/to_v; many concepts at once", UCEConfig)
+def pooled_moments(run: RunContext, spec: EraseSpec, config: UCEConfig) -> tuple[TextMoments, TextMoments | None]:
+    """FLUX's pooled path: E, E* over the erase pairs' pooled vectors and P over the preserve prompts'."""
+    pairs, prompts = uce_prompts(spec, config)
+    vectors = run.pooled([p for prompt, _, guide, _ in pairs for p in (prompt, guide)] + prompts)
+    dim = vectors.shape[-1]
+    erase = run.moments(dim).add(vectors[0 : 2 * len(pairs) : 2], vectors[1 : 2 * len(pairs) : 2])
+    return erase, run.moments(dim).add(vectors[2 * len(pairs) :]) if prompts else None
+
+
+@register("uce", "UCE (Gandikota et al. 2024): closed-form edit of cross-attention to_k/to_v; many concepts at once", UCEConfig,
+          families=("sd", "sdxl", "flux"))  # fmt: skip
 def erase(run: RunContext, spec: EraseSpec, config: UCEConfig) -> Edit:
-    """UCE's closed-form edit of every to_k/to_v (to_v alone if ``edit_keys`` is off) for ``spec`` (equation above)."""
+    """UCE's closed-form edit of every to_k/to_v (to_v alone if ``edit_keys`` is off) for ``spec`` (equation above);
+    on FLUX, of the two Linears that read the text (:func:`flux_erase`)."""
     erase_m, preserve_m = uce_moments(run, spec, config)
     text_map = text_space_map(erase_m, preserve_m, config.lam, config.erase_scale, config.preserve_scale)
+    if run.family.name == "flux":
+        return flux_erase(run, spec, config, text_map)
     projections = {name: lin for name, lin in kv_projections(run.unet).items() if config.edit_keys or name.endswith("to_v")}
     weights = edited_weights(projections, text_map)
+    return Edit({f"{name}.weight": w for name, w in weights.items()}, {"config": asdict(config)})
+
+
+def flux_erase(run: RunContext, spec: EraseSpec, config: UCEConfig, token_map: torch.Tensor) -> Edit:
+    """UCE on FLUX, as the official ``uce_flux_edit.py``: the same closed form on ``context_embedder`` (token
+    states, here mapped by ``token_map``) and on the pooled text embedder's first Linear (pooled vectors).
+    Both Linears have a bias; the solve is on W alone, so an erased input meets W₀c* + b, where the
+    official script's targets, taken with the bias, give W₀c* + 2b."""
+    tokens_in, pooled_in = flux_text_inputs(run.denoiser)
+    pooled_map = text_space_map(*pooled_moments(run, spec, config), config.lam, config.erase_scale, config.preserve_scale)
+    weights = {
+        **edited_weights({FLUX_TOKEN_INPUT: tokens_in}, token_map),
+        **edited_weights({FLUX_POOLED_INPUT: pooled_in}, pooled_map),
+    }
     return Edit({f"{name}.weight": w for name, w in weights.items()}, {"config": asdict(config)})

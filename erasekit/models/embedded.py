@@ -10,6 +10,7 @@ directory by :func:`ensure_text_encoder` (``erasekit setup``), after which a pla
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -117,18 +118,20 @@ def load_tokenizer() -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_text_encoder() -> PreTrainedModel:
-    """The all-MiniLM-L6-v2 text encoder in eval mode, set to receive the attention mask as in training."""
+def load_text_encoder(attention_mask: bool = True) -> PreTrainedModel:
+    """The all-MiniLM-L6-v2 text encoder in eval mode. ``attention_mask`` sets the flag that makes
+    StableDiffusionPipeline pass the mask, as erasekit-tiny was trained; FluxPipeline never passes one,
+    and erasekit-tiny-flux's encoders say so (erasekit's prompt cache reads the flag)."""
     from transformers import AutoModel
 
     encoder = AutoModel.from_pretrained(str(minilm_path()))
-    # StableDiffusionPipeline passes the attention mask only when this flag is set; training used it.
-    encoder.config.use_attention_mask = True
+    encoder.config.use_attention_mask = attention_mask
     return encoder.eval()
 
 
 def ensure_text_encoder(model_dir: Path = EMBEDDED_DIR) -> Path:
-    """Write the pretrained text encoder and tokenizer into ``model_dir`` if they are missing.
+    """Write the pretrained text encoders and tokenizers the pipeline names into ``model_dir`` if they are
+    missing (erasekit-tiny has one of each, erasekit-tiny-flux two: MiniLM serves both of FLUX's paths).
 
     Idempotent and atomic: each component is written into a temporary folder and renamed into place.
     """
@@ -138,9 +141,13 @@ def ensure_text_encoder(model_dir: Path = EMBEDDED_DIR) -> Path:
             f"{model_dir} is not a diffusers pipeline directory (no model_index.json); "
             "reinstall erasekit or retrain with `erasekit world train`"
         )
-    for name, build in (("text_encoder", load_text_encoder), ("tokenizer", load_tokenizer)):
+    index = json.loads((model_dir / "model_index.json").read_text())
+    masked = index.get("_class_name") != "FluxPipeline"
+    builders = {"text_encoder": lambda: load_text_encoder(masked), "tokenizer": load_tokenizer,
+                "text_encoder_2": lambda: load_text_encoder(masked), "tokenizer_2": load_tokenizer}  # fmt: skip
+    for name, build in builders.items():
         target = model_dir / name
-        if target.exists() and any(target.iterdir()):
+        if name not in index or (target.exists() and any(target.iterdir())):
             continue
         tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=model_dir))
         try:
@@ -154,14 +161,83 @@ def ensure_text_encoder(model_dir: Path = EMBEDDED_DIR) -> Path:
 
 
 def is_world_model(pipe: object) -> bool:
-    """Whether ``pipe`` is the embedded world's model (original, erased or re-saved): its UNet has the
-    embedded layout and reads the world's 384-d text states. Its evaluator and segmenter apply to it."""
+    """Whether ``pipe`` is one of the embedded world's models (original, erased or re-saved): its UNet or
+    FLUX transformer has the embedded layout and reads the world's 384-d text states. The world's
+    evaluator and segmenter apply to it."""
     unet = getattr(pipe, "unet", None)
     if unet is None:
-        return False
+        transformer = getattr(pipe, "transformer", None)
+        if transformer is None or type(transformer).__name__ != "FluxTransformer2DModel":
+            return False
+        world_flux = flux_transformer_config()
+        return all(transformer.config.get(key) == world_flux[key] for key in ("in_channels", "joint_attention_dim",
+                                                                             "num_layers", "num_single_layers"))  # fmt: skip
     config, world = unet.config, unet_config()
     return (
         config.get("sample_size") == world["sample_size"]
         and tuple(config.get("block_out_channels") or ()) == world["block_out_channels"]
         and config.get("cross_attention_dim") == world["cross_attention_dim"]
+    )
+
+
+# --- erasekit-tiny-flux: the same world on FLUX's layout ---------------------------------------------
+EMBEDDED_FLUX_DIR = EMBEDDED_DIR.with_name("erasekit-tiny-flux")
+FLUX_IMAGE_SIZE = 64  # pixels: FluxPipeline's default (128 × the VAE's factor) would be 512
+
+
+def flux_transformer_config() -> dict:
+    """Arguments of erasekit-tiny-flux's transformer: FLUX.1's FluxTransformer2DModel cut to 2 double and
+    4 single blocks of 4 heads of 32, reading MiniLM's 384-d states on both text paths; its input is
+    the VAE's 4 latent channels packed 2×2 (FLUX's packing), 16 per token. No guidance embedding: the
+    model is sampled with true classifier-free guidance, as undistilled flow models are."""
+    return dict(
+        patch_size=1,
+        in_channels=16,
+        num_layers=2,
+        num_single_layers=4,
+        attention_head_dim=32,
+        num_attention_heads=4,
+        joint_attention_dim=TEXT_DIM,
+        pooled_projection_dim=TEXT_DIM,
+        guidance_embeds=False,
+        axes_dims_rope=(8, 12, 12),
+    )
+
+
+def new_flux_transformer() -> object:
+    """A freshly initialised transformer of :func:`flux_transformer_config`."""
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel(**flux_transformer_config())
+
+
+def flux_scheduler() -> object:
+    """The flow-matching Euler sampler of erasekit-tiny-flux (σ from 1 to 0, no resolution shift: one size)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False)
+
+
+def load_flux_vae() -> AutoencoderKL:
+    """erasekit-tiny's VAE, configured for FluxPipeline (which adds ``shift_factor`` when it decodes)."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(EMBEDDED_DIR / "vae"))
+    vae.register_to_config(shift_factor=0.0)
+    return vae
+
+
+def flux_pipeline(transformer: object, vae: AutoencoderKL | None = None) -> object:
+    """A FluxPipeline of erasekit-tiny-flux's layout around ``transformer``: MiniLM as both the pooled
+    (``text_encoder``) and the token (``text_encoder_2``) path, erasekit-tiny's VAE, the Euler sampler."""
+    from diffusers import FluxPipeline
+
+    return FluxPipeline(
+        scheduler=flux_scheduler(),
+        vae=vae or load_flux_vae(),
+        text_encoder=load_text_encoder(attention_mask=False),
+        tokenizer=load_tokenizer(),
+        text_encoder_2=load_text_encoder(attention_mask=False),
+        tokenizer_2=load_tokenizer(),
+        transformer=transformer,
     )

@@ -13,8 +13,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from erasekit.errors import ErasekitError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ def family_of_model(model: str | Path | None) -> Family | None:
     (a hub id, a single file, a directory without the file: the loader says what is wrong)."""
     if model is None or str(model) == "erasekit-tiny":
         return FAMILIES["sd"]
+    if str(model) == "erasekit-tiny-flux":
+        return FAMILIES["flux"]
     index = Path(model) / "model_index.json"
     try:
         class_name = json.loads(index.read_text()).get("_class_name", "")
@@ -85,3 +91,36 @@ def check_family(family: Family, what: str, supported: tuple[str, ...]) -> None:
             f"{what} does not run on {family.title} models yet (it runs on {runs_on}); "
             "`erasekit methods` shows which method runs on which family"
         )
+
+
+def pipeline_family(pipe: object) -> Family:
+    """The family of ``pipe``; a pipeline-like object of no known class (a bare UNet holder in tests and
+    scripts) is taken as SD's, whose components it has."""
+    return family_named(type(pipe).__name__) or FAMILIES["sd"]
+
+
+def denoiser(pipe: object) -> torch.nn.Module:
+    """The pipeline's denoiser: its UNet (SD, SDXL) or its transformer (SD3, FLUX)."""
+    return getattr(pipe, pipeline_family(pipe).denoiser)
+
+
+def sequence_length(pipe: object) -> int:
+    """How many tokens a FLUX pipeline's token path (``tokenizer_2``) is padded to: its tokenizer's own
+    length where that is within the pipeline's limit of 512 (erasekit-tiny-flux: 32), else 512."""
+    return min(int(pipe.tokenizer_2.model_max_length), 512)
+
+
+def check_components(model: str | Path | None, family: Family) -> None:
+    """Refuse, before loading, a model directory whose ``model_index.json`` lacks a component its family
+    needs (a FLUX or SDXL pipeline saved without its second text encoder); other sources pass."""
+    if model is None or str(model) in ("erasekit-tiny", "erasekit-tiny-flux"):
+        return
+    try:
+        index = json.loads((Path(model) / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return
+    encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")[: family.text_encoders]
+    for name in (family.denoiser, *encoders):
+        entry = index.get(name)
+        if not isinstance(entry, list) or None in entry:
+            raise ErasekitError(f"{model} is a {family.title} pipeline without its {name}; erasekit needs the whole pipeline")

@@ -141,3 +141,43 @@ def transformer_layers(unet: nn.Module) -> dict[str, nn.Linear | nn.Conv2d]:
             "UNet2DConditionModel's transformer blocks"
         )
     return found
+
+
+# FLUX's text inputs (FluxTransformer2DModel): the token states (T5) enter the joint blocks' text stream
+# through ``context_embedder``, the pooled vector (CLIP) the timestep embedding through the text
+# embedder's first Linear. The official uce_flux_edit.py edits exactly these two (by name; its
+# width test would confuse them on erasekit-tiny-flux, where both read 384-d states).
+FLUX_TOKEN_INPUT = "context_embedder"
+FLUX_POOLED_INPUT = "time_text_embed.text_embedder.linear_1"
+
+
+def flux_text_inputs(transformer: nn.Module) -> tuple[nn.Linear, nn.Linear]:
+    """The Linear that reads FLUX's token states and the one that reads its pooled text vector."""
+    try:
+        return transformer.get_submodule(FLUX_TOKEN_INPUT), transformer.get_submodule(FLUX_POOLED_INPUT)
+    except AttributeError:
+        raise ErasekitError(
+            f"{type(transformer).__name__} has no {FLUX_TOKEN_INPUT} / {FLUX_POOLED_INPUT}: not a FLUX transformer"
+        ) from None
+
+
+# ESD's groups on FLUX, as the official esd_flux.py selects them (Linear modules by name, weights and
+# biases): esd-x every attention Linear (the double blocks' image and text streams, to_out and
+# to_add_out, the single blocks' to_q/k/v); esd-x-strict those with to_k or to_v in the name, which
+# leaves the text stream's add_k_proj/add_v_proj out, as the official substring test does.
+FLUX_ESD_GROUPS = ("esd-x", "esd-x-strict")
+
+
+def flux_esd_layers(transformer: nn.Module, group: str) -> list[str]:
+    """The Linear layers of a FLUX transformer that ESD variant ``group`` trains, in module order."""
+    if group not in FLUX_ESD_GROUPS:
+        raise ErasekitError(f"ESD group {group!r} has no FLUX form; on FLUX choose {' or '.join(FLUX_ESD_GROUPS)}")
+    strict = group == "esd-x-strict"
+    found = [
+        name
+        for name, module in transformer.named_modules()
+        if isinstance(module, nn.Linear) and "attn" in name and (not strict or "to_k" in name or "to_v" in name)
+    ]
+    if not found:
+        raise ErasekitError(f"{type(transformer).__name__} has no attention Linear layers for ESD's {group}")
+    return found

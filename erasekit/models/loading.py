@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
 EMBEDDED_NAME = "erasekit-tiny"
+EMBEDDED_FLUX_NAME = "erasekit-tiny-flux"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
@@ -55,9 +56,16 @@ def resolve_dtype(dtype: str | torch.dtype | None = None) -> torch.dtype:
 
 
 def resolve_model(model: str | Path | None) -> str | Path:
-    """The embedded directory for ``None`` / ``"erasekit-tiny"``, else ``model`` unchanged."""
+    """The embedded directory for ``None`` / ``"erasekit-tiny"`` (and ``"erasekit-tiny-flux"``), else
+    ``model`` unchanged."""
     if model is None or str(model) == EMBEDDED_NAME:
         return embedded.ensure_text_encoder(embedded.EMBEDDED_DIR)
+    if str(model) == EMBEDDED_FLUX_NAME:
+        if not (embedded.EMBEDDED_FLUX_DIR / "model_index.json").exists():
+            raise ErasekitError(
+                f"{EMBEDDED_FLUX_NAME} is not in this installation; train it with `erasekit world train --family flux`"
+            )
+        return embedded.ensure_text_encoder(embedded.EMBEDDED_FLUX_DIR)
     return model
 
 
@@ -88,9 +96,8 @@ def load_pipeline(
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
     verbosity = diffusers_logging.get_verbosity()
-    if (
-        Path(source).resolve() == Path(embedded.EMBEDDED_DIR).resolve()
-    ):  # its BERT text encoder, where CLIP is "expected", is by design
+    embedded_dirs = (Path(embedded.EMBEDDED_DIR).resolve(), Path(embedded.EMBEDDED_FLUX_DIR).resolve())
+    if Path(source).resolve() in embedded_dirs:  # their BERT text encoder, where CLIP (and T5) is "expected", is by design
         diffusers_logging.set_verbosity_error()
     path = Path(source)
     try:

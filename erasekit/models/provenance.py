@@ -9,8 +9,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from erasekit.models.embedded import EMBEDDED_DIR
-from erasekit.models.loading import EMBEDDED_NAME
+from erasekit.models.embedded import EMBEDDED_DIR, EMBEDDED_FLUX_DIR
+from erasekit.models.loading import EMBEDDED_FLUX_NAME, EMBEDDED_NAME
 
 README = "README.md"
 EMBEDDED_LICENSE = "apache-2.0"  # erasekit-tiny is trained by erasekit and shipped under erasekit's license
@@ -49,11 +49,11 @@ def md(value: object) -> str:
 
 
 def is_embedded(model: str | None) -> bool:
-    """Whether a card's ``model`` is the embedded model: ``None`` (the Python API's default), its name or its directory."""
-    if model is None or model == EMBEDDED_NAME:
+    """Whether a card's ``model`` is an embedded model: ``None`` (the Python API's default), its name or its directory."""
+    if model is None or model in (EMBEDDED_NAME, EMBEDDED_FLUX_NAME):
         return True
     try:
-        return Path(model).resolve() == Path(EMBEDDED_DIR).resolve()
+        return Path(model).resolve() in (Path(EMBEDDED_DIR).resolve(), Path(EMBEDDED_FLUX_DIR).resolve())
     except (OSError, ValueError):  # a name no file system can hold (a NUL in card.json) is no path of ours
         return False
 
@@ -93,7 +93,8 @@ def base_model(model: str | None) -> Base:
     """The base model a card's ``model`` names, with its license where erasekit can tell it offline: the
     embedded model's own, a well-known hub model's, or the ``license`` of a local directory's README.md."""
     if is_embedded(model):
-        return Base(EMBEDDED_NAME, None, EMBEDDED_LICENSE, True)
+        flux = model is not None and (model == EMBEDDED_FLUX_NAME or Path(model).name == Path(EMBEDDED_FLUX_DIR).name)
+        return Base(EMBEDDED_FLUX_NAME if flux else EMBEDDED_NAME, None, EMBEDDED_LICENSE, True)
     assert model is not None
     repo = hub_id(model)
     license_ = BASE_LICENSES.get(repo.lower()) if repo else None

@@ -18,6 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from erasekit.models.embedded import FLUX_IMAGE_SIZE, is_world_model
+from erasekit.models.families import pipeline_family, sequence_length
+from erasekit.primitives.prompt_cache import PooledText
+
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
@@ -42,6 +46,16 @@ class FrozenCopy:
         return torch.func.functional_call(
             self.unet, self.originals, (latents, t), {"encoder_hidden_states": _batched(states, latents), "return_dict": False}
         )[0]
+
+    @property
+    def config(self) -> object:
+        """The module's config (FLUX's ``guidance_embeds`` is read from it)."""
+        return self.unet.config
+
+    @torch.no_grad()
+    def call(self, *args: object, **kwargs: object) -> object:
+        """The module's forward with the original values, for any signature (FLUX's transformer is called by keywords)."""
+        return torch.func.functional_call(self.unet, self.originals, args, kwargs)
 
     def restore(self) -> None:
         """Put the original values back into the UNet (after reading out the trained ones)."""
@@ -74,10 +88,12 @@ def partial_samples(
     batch_size: int = 64,
     on_captured: Callable[[int], None] | None = None,
     on_step: Callable[[], None] | None = None,
+    predict_fn: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x_t of classifier-free-guided sampling stopped after ``stop_indices[i]`` of ``steps`` steps, and t;
     ``on_captured(n)`` is told each time n more of them are reached, ``on_step()`` after every denoising
-    step of a batch (for progress bars).
+    step of a batch (for progress bars). ``cond`` and ``uncond`` are token states, or for SDXL a
+    :class:`~erasekit.primitives.prompt_cache.PooledText` that ``predict_fn(model_in, t, cond)`` reads.
 
     Trajectory i starts from noise seeded by ``seeds[i]``; index 0 is pure noise at the first
     timestep and index ``steps`` the finished sample x_0 (its t is reported as 0). Trajectories run
@@ -103,7 +119,10 @@ def partial_samples(
         ]
         latents = (torch.stack(noise) * scheduler.init_noise_sigma).to(device, dtype)
         captured = torch.empty_like(latents)
-        states = torch.cat([uncond.expand(len(latents), -1, -1), cond.expand(len(latents), -1, -1)])
+        if isinstance(cond, PooledText):
+            states = PooledText.cat([uncond.rows(len(latents)), cond.rows(len(latents))])
+        else:
+            states = torch.cat([uncond.expand(len(latents), -1, -1), cond.expand(len(latents), -1, -1)])
         last = int(chunk_stops.max())
         for k in range(last + 1):
             captured[chunk_stops == k] = latents[chunk_stops == k]
@@ -113,7 +132,8 @@ def partial_samples(
                 break
             t = scheduler.timesteps[k]
             model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-            eps_uncond, eps_cond = predict(denoise, model_in, t, states).chunk(2)
+            eps = predict(denoise, model_in, t, states) if predict_fn is None else predict_fn(model_in, t, states)
+            eps_uncond, eps_cond = eps.chunk(2)
             latents = scheduler.step(eps_uncond + guidance * (eps_cond - eps_uncond), t, latents).prev_sample
             if on_step is not None:
                 on_step()
@@ -162,7 +182,31 @@ def pipeline_images(
 ) -> Any:
     """One image per seed from the pipeline's own ``__call__`` with ``inputs`` (``prompt``, or
     ``prompt_embeds`` and ``negative_prompt_embeds``, sizes…): uint8 (B, H, W, 3) for "np", latents for "latent"."""
-    images = pipe(
-        **inputs, num_inference_steps=steps, guidance_scale=guidance, generator=seeded_generators(seeds), output_type=output_type
-    ).images
+    inputs = {**inputs, **guidance_inputs(pipe, guidance, inputs)}
+    images = pipe(**inputs, num_inference_steps=steps, generator=seeded_generators(seeds), output_type=output_type).images
     return to_uint8(images) if output_type == "np" else images
+
+
+def guidance_inputs(pipe: DiffusionPipeline, guidance: float, inputs: dict[str, Any]) -> dict[str, Any]:
+    """How the pipeline is asked for classifier-free ``guidance`` (and, for FLUX, its text length and size).
+
+    SD and SDXL take ``guidance_scale``. FLUX.1-dev's transformer embeds a distilled guidance
+    (``guidance_scale``); an undistilled FLUX transformer (erasekit-tiny-flux, FLUX.1-schnell's
+    layout without the embedding) is guided for real: ``true_cfg_scale`` with the empty negative prompt.
+    FLUX's token path is padded to :func:`~erasekit.models.families.sequence_length`, and the world's
+    flow model draws at its own 64 pixels where no size is asked for."""
+    if pipeline_family(pipe).name != "flux":
+        return {"guidance_scale": guidance}
+    out: dict[str, Any] = {"max_sequence_length": sequence_length(pipe)}
+    if pipe.transformer.config.guidance_embeds:
+        out["guidance_scale"] = guidance
+    elif "prompt" in inputs:
+        prompts = [inputs["prompt"]] if isinstance(inputs["prompt"], str) else inputs["prompt"]
+        out.update(true_cfg_scale=guidance, negative_prompt=[""] * len(prompts))
+    else:  # embeds given: the caller passes negative_prompt_embeds with them
+        out["true_cfg_scale"] = guidance
+    if is_world_model(pipe):
+        for side in ("height", "width"):
+            if inputs.get(side) is None:
+                out[side] = FLUX_IMAGE_SIZE
+    return out

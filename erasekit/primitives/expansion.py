@@ -83,8 +83,7 @@ def phrase_vectors(cache: PromptCache, phrases: list[str], batch_size: int = 512
     for start in tqdm(batches, desc="encoding phrases", unit="batch", disable=not progress or len(batches) < 2):
         chunk = phrases[start : start + batch_size]
         tok = cache.tokenizer(chunk, padding=True, truncation=True, max_length=cache.max_length, return_tensors="pt").to(device)
-        use_mask = getattr(cache.text_encoder.config, "use_attention_mask", False)
-        mask = tok.attention_mask if use_mask else None
+        mask = tok.attention_mask if cache.masked else None
         states = cache.text_encoder(tok.input_ids, attention_mask=mask)[0].float()
         keep = tok.attention_mask.bool()
         for i, ids in enumerate(tok.input_ids.tolist()):

@@ -7,6 +7,7 @@ encoders and ``<bos> w1 ... wn <eos> <pad> ...`` for CLIP; both pad to a fixed l
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -18,23 +19,62 @@ if TYPE_CHECKING:
     from transformers import BatchEncoding
 
 
+@dataclass(frozen=True)
+class PooledText:
+    """The conditioning of a model that reads a pooled text vector beside the token states: FLUX
+    (T5 tokens, CLIP pooled) and SDXL (both CLIPs' tokens, the second's pooled): (n, L, d) and (n, p)."""
+
+    tokens: torch.Tensor
+    pooled: torch.Tensor
+
+    def __getitem__(self, rows: slice) -> PooledText:
+        return PooledText(self.tokens[rows], self.pooled[rows])
+
+    def rows(self, n: int) -> PooledText:
+        """The conditioning of one prompt repeated for ``n`` rows."""
+        return PooledText(self.tokens.expand(n, -1, -1), self.pooled.expand(n, -1))
+
+    @staticmethod
+    def cat(items: list[PooledText]) -> PooledText:
+        """Several prompts' conditionings as one batch."""
+        return PooledText(torch.cat([t.tokens for t in items]), torch.cat([t.pooled for t in items]))
+
+
 class PromptCache:
     """Text-encoder states of prompts, padded as the pipeline pads them, cached by prompt.
 
     States stay where the text encoder is (the model's device), in float32: the closed forms
     accumulate them in float64 and the UNet reads them in its own dtype. ``parameters`` (name →
     value) encode with those values in place of the encoder's own: the original text encoder of a
-    pipeline whose encoder an edit changed (AdvUnlearn), kept aside before the edit went in.
+    pipeline whose encoder an edit changed (AdvUnlearn), kept aside before the edit went in. ``path``,
+    ``max_length`` and ``masked`` choose another of the pipeline's encoders, its padding and whether the
+    attention mask goes in (FLUX's token path: T5 padded to its sequence length, no mask).
     """
 
-    def __init__(self, pipe: DiffusionPipeline, batch_size: int = 256, parameters: dict[str, torch.Tensor] | None = None) -> None:
-        self.tokenizer = pipe.tokenizer
-        self.text_encoder = pipe.text_encoder
-        self.max_length = self.tokenizer.model_max_length
+    def __init__(
+        self,
+        pipe: DiffusionPipeline,
+        batch_size: int = 256,
+        parameters: dict[str, torch.Tensor] | None = None,
+        path: str = "",
+        max_length: int | None = None,
+        masked: bool | None = None,
+    ) -> None:
+        # path "_2": the pipeline's second encoder, FLUX's token path (T5; MiniLM in erasekit-tiny-flux)
+        self.tokenizer = getattr(pipe, "tokenizer" + path)
+        self.text_encoder = getattr(pipe, "text_encoder" + path)
+        self.max_length = max_length or self.tokenizer.model_max_length
+        # StableDiffusionPipeline passes the attention mask when the encoder's config asks; FluxPipeline never
+        self.masked = getattr(self.text_encoder.config, "use_attention_mask", False) if masked is None else masked
         self.batch_size = batch_size
         self.parameters = parameters or {}
         self._states: dict[str, torch.Tensor] = {}
         self._lengths: dict[str, int] = {}
+
+    @property
+    def width(self) -> int:
+        """The width d of the token states (the text encoder's hidden size)."""
+        return self.text_encoder.config.hidden_size
 
     def _tokenize(self, prompts: list[str]) -> BatchEncoding:
         return self.tokenizer(prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt")
@@ -46,13 +86,16 @@ class PromptCache:
         for start in range(0, len(missing), self.batch_size):
             chunk = missing[start : start + self.batch_size]
             tok = self._tokenize(chunk)
-            use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
-            mask = tok.attention_mask.to(self.text_encoder.device) if use_mask else None
-            out = self.encode(tok.input_ids.to(self.text_encoder.device), mask).float()
+            mask = tok.attention_mask.to(self.text_encoder.device) if self.masked else None
+            out = self.encode_chunk(chunk, tok, mask).float()
             for prompt, state, length in zip(chunk, out, tok.attention_mask.sum(1).tolist(), strict=True):
                 self._states[prompt] = state
                 self._lengths[prompt] = int(length)
         return torch.stack([self._states[p] for p in prompts])
+
+    def encode_chunk(self, prompts: list[str], tok: BatchEncoding, mask: torch.Tensor | None) -> torch.Tensor:
+        """(n, L, d) states of ``prompts`` (tokenized as ``tok``); SDXL's cache overrides it."""
+        return self.encode(tok.input_ids.to(self.text_encoder.device), mask)
 
     def encode(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(n, L, d) token states of token ids, with this cache's ``parameters`` in place (no caching)."""
@@ -78,6 +121,26 @@ class PromptCache:
             if ids[start : start + len(sub)] == sub:
                 return range(start, start + len(sub))
         raise ErasekitError(f"{phrase!r} does not occur in the prompt {prompt!r}")
+
+
+class SDXLPromptCache(PromptCache):
+    """SDXL's token states: both CLIP encoders' penultimate states side by side (768 + 1280 = 2048 on
+    SDXL), as ``StableDiffusionXLPipeline.encode_prompt`` builds them and the UNet's ``attn2.to_k/to_v``
+    read them. Positions and lengths are the first tokenizer's (the official UCE script's ``idx``)."""
+
+    def __init__(self, pipe: DiffusionPipeline, batch_size: int = 256) -> None:
+        super().__init__(pipe, batch_size, masked=False)
+        self.pipe = pipe
+
+    @property
+    def width(self) -> int:
+        """The concatenated width both encoders give (the UNet's cross-attention width)."""
+        return self.text_encoder.config.hidden_size + self.pipe.text_encoder_2.config.hidden_size
+
+    def encode_chunk(self, prompts: list[str], tok: BatchEncoding, mask: torch.Tensor | None) -> torch.Tensor:
+        """The pipeline's own encoding of ``prompts`` (no classifier-free guidance, no LoRA scale)."""
+        device = self.text_encoder.device
+        return self.pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)[0]
 
 
 def aligned_positions(ids: list[int], other_ids: list[int], length: int, middle: bool = True) -> tuple[list[int], list[int]]:

@@ -20,8 +20,9 @@ from tqdm.auto import tqdm
 
 from erasekit.errors import ErasekitError
 from erasekit.models.embedded import is_world_model
+from erasekit.models.families import Family, denoiser, pipeline_family, sequence_length
 from erasekit.primitives.closed_form import TextMoments
-from erasekit.primitives.prompt_cache import PromptCache
+from erasekit.primitives.prompt_cache import PromptCache, SDXLPromptCache
 from erasekit.primitives.workers import Workers
 
 if TYPE_CHECKING:
@@ -65,26 +66,41 @@ class RunContext:
     progress: bool = True
     callback: ProgressCallback | None = None
     workers: Workers = field(default_factory=Workers)  # the processes sharing the run (MACE's LoRAs)
-    cache: PromptCache = field(init=False)
+    cache: PromptCache = field(init=False)  # the text states the text-reading layers see (FLUX: the token path)
+    family: Family = field(init=False)
     device: torch.device = field(init=False)
     dtype: torch.dtype = field(init=False)
 
     def __post_init__(self) -> None:
-        text_dim = self.pipe.text_encoder.config.hidden_size
-        cross_dim = self.pipe.unet.config.cross_attention_dim
-        if text_dim != cross_dim:  # SDXL: two text encoders whose states are concatenated
+        self.family = pipeline_family(self.pipe)
+        if self.family.name == "flux":  # the token path (T5) is what the transformer's text stream reads
+            self.cache = PromptCache(self.pipe, path="_2", max_length=sequence_length(self.pipe), masked=False)
+            text_dim = self.cache.text_encoder.config.hidden_size  # (T5's d_model goes by this name too)
+            reads, where = self.pipe.transformer.config.joint_attention_dim, "transformer's context_embedder"
+        else:  # SDXL: both encoders' states side by side, as its pipeline concatenates them
+            sdxl = self.family.name == "sdxl"
+            text_dim = self.pipe.text_encoder.config.hidden_size + (self.pipe.text_encoder_2.config.hidden_size if sdxl else 0)
+            reads, where = self.pipe.unet.config.cross_attention_dim, "UNet's cross-attention"
+        if text_dim != reads:
             raise ErasekitError(
-                f"this pipeline's text encoder gives {text_dim}-d states but its UNet's cross-attention reads "
-                f"{cross_dim}-d ones: pipelines with two text encoders (SDXL) are not supported by the methods yet"
+                f"this pipeline's text encoder gives {text_dim}-d states but its {where} reads {reads}-d ones: "
+                "its text encoder does not belong to its denoiser"
             )
-        self.cache = PromptCache(self.pipe)
-        # fixed at the start: training upcasts some parameters, which would change what the UNet reports
-        self.device, self.dtype = self.pipe.unet.device, self.pipe.unet.dtype
+        if self.family.name != "flux":
+            self.cache = SDXLPromptCache(self.pipe) if sdxl else PromptCache(self.pipe)
+        # fixed at the start: training upcasts some parameters, which would change what the denoiser reports
+        model = denoiser(self.pipe)
+        self.device, self.dtype = model.device, model.dtype
 
     @property
     def unet(self) -> torch.nn.Module:
         """The pipeline's UNet."""
         return self.pipe.unet
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The pipeline's denoiser: its UNet, or its transformer (FLUX)."""
+        return denoiser(self.pipe)
 
     @property
     def solve_device(self) -> torch.device:
@@ -121,9 +137,15 @@ class RunContext:
         """A bar advanced by hand (``.update(n)``, then ``.close()``), for work that is not one loop."""
         return ProgressBar(None, desc=desc, disable=not self.progress, callback=self.callback, total=total)
 
-    def moments(self) -> TextMoments:
-        """Empty text-space moments (d×d, float64) where this run's closed forms are solved."""
-        return TextMoments.zeros(self.cache.text_encoder.config.hidden_size, self.solve_device)
+    def moments(self, dim: int | None = None) -> TextMoments:
+        """Empty text-space moments (d×d, float64) where this run's closed forms are solved; d is the token
+        states' width unless ``dim`` says otherwise (FLUX's pooled path)."""
+        return TextMoments.zeros(dim or self.cache.width, self.solve_device)
+
+    @torch.no_grad()
+    def pooled(self, prompts: list[str]) -> torch.Tensor:
+        """(n, p) pooled text vectors of ``prompts`` (FLUX's CLIP path, as its pipeline encodes them), float32."""
+        return self.pipe._get_clip_prompt_embeds(prompt=list(prompts), device=self.device).float()
 
     def states(self, prompts: list[str]) -> torch.Tensor:
         """(n, L, d) text states of ``prompts`` on the run's device in the model's dtype."""

@@ -103,7 +103,7 @@ def fine_tuning(run: RunContext, names: Iterable[str], module: nn.Module | None 
     of ``module`` is frozen and the UNet is in train mode (a text encoder stays in eval mode: the
     world's BERT has dropout, CLIP has none); on leaving (also on Ctrl-C) both get their original
     values, dtypes, flags and modes back, so nothing but the edit carries the training."""
-    unet = run.unet
+    unet = run.denoiser  # the UNet, or FLUX's transformer
     module = unet if module is None else module
     named = dict(module.named_parameters())
     params = {name: named[name] for name in names}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -22,9 +22,14 @@ if TYPE_CHECKING:
     from erasekit.primitives.run import RunContext
 
 
+# (cond, stop indices, seeds, on_captured) -> (x_t, t): one prompt's trajectories, stopped where asked
+Sampler = Callable[[Any, list[int], list[int], Callable[[int], None]], tuple[torch.Tensor, torch.Tensor]]
+
+
 @dataclass(frozen=True)
 class XtPoint:
-    """One training step's input: the prompt it is about and an x_t (1, C, H, W) at timestep t."""
+    """One training step's input: the prompt it is about and an x_t (1, C, H, W; FLUX: 1, tokens, channels)
+    at timestep t (FLUX: σ)."""
 
     prompt: int
     x_t: torch.Tensor
@@ -35,16 +40,20 @@ class XtPoint:
 def plan_xt(
     run: RunContext,
     denoise: nn.Module | FrozenCopy,
-    conds: Sequence[torch.Tensor],
-    uncond: torch.Tensor,
+    conds: Sequence[Any],
+    uncond: Any,
     guidance: float,
     sample_steps: int,
     count: int,
     choose: Callable[[int], int],
     rng: random.Random,
+    sampler: Sampler | None = None,
 ) -> list[XtPoint]:
     """``count`` points: step k is about prompt ``choose(k)`` (an index into ``conds``), stopped at a
-    step drawn from ``rng`` of a trajectory whose noise seed is drawn from ``rng`` too.
+    step drawn from ``rng`` of a trajectory whose noise seed is drawn from ``rng`` too. ``sampler``
+    draws the trajectories of a family whose sampler is not the pipeline's UNet loop (FLUX's Euler
+    flow, :func:`~erasekit.primitives.flow.flow_partial_samples`); ``denoise``, ``uncond``,
+    ``guidance`` and ``sample_steps`` are then its business.
 
     The draws are made in step order (prompt, stop, seed), so a method that also draws from ``rng``
     later sees the same stream whatever the batching.
@@ -56,8 +65,11 @@ def plan_xt(
         mine = [k for k, (p, _, _) in enumerate(plan) if p == prompt]
         if not mine:
             continue
-        x, t = partial_samples(run.pipe, denoise, cond, uncond, guidance, sample_steps, [plan[k][1] for k in mine],
-                               [plan[k][2] for k in mine], on_captured=bar.update)  # fmt: skip
+        stops, seeds = [plan[k][1] for k in mine], [plan[k][2] for k in mine]
+        if sampler is not None:
+            x, t = sampler(cond, stops, seeds, bar.update)
+        else:
+            x, t = partial_samples(run.pipe, denoise, cond, uncond, guidance, sample_steps, stops, seeds, on_captured=bar.update)
         for j, k in enumerate(mine):
             points[k] = XtPoint(prompt, x[j : j + 1], t[j], plan[k][2])
     bar.close()

@@ -481,10 +481,7 @@ def train_unet(cfg: TrainConfig, train: WorldData, vae: AutoencoderKL) -> tuple[
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
         step += 1
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), unet.parameters(), strict=True):
-                pe.lerp_(p, 1 - decay)
+        ema_update(ema, unet, step, cfg.ema_decay)
         running.append(loss.item())
         bar.update()
         if step % 50 == 0:
@@ -518,6 +515,14 @@ def train_unet(cfg: TrainConfig, train: WorldData, vae: AutoencoderKL) -> tuple[
     return ema.eval(), step, elapsed, losses
 
 
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, decay: float) -> None:
+    """Move the EMA copy towards ``model`` after optimiser step ``step``, the decay warming up to ``decay``."""
+    decay = min(decay, (1 + step) / (10 + step))
+    for pe, p in zip(ema.parameters(), model.parameters(), strict=True):
+        pe.lerp_(p, 1 - decay)
+
+
 # --- assembling the pipeline ------------------------------------------------------------------
 def export_pipeline(cfg: TrainConfig, unet: UNet2DConditionModel, vae: AutoencoderKL, provenance: dict) -> Path:
     """Write a standard StableDiffusionPipeline directory, replacing ``cfg.model_dir`` atomically."""
@@ -541,13 +546,18 @@ def export_pipeline(cfg: TrainConfig, unet: UNet2DConditionModel, vae: Autoencod
     if (target / E.EVALUATOR_SUBDIR).exists():
         shutil.copytree(target / E.EVALUATOR_SUBDIR, tmp / E.EVALUATOR_SUBDIR)
     (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
+    replace_dir(tmp, target)
+    return target
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Put the finished directory ``tmp`` in place of ``target``, the old one out of the way first."""
     old = target.with_name(target.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
-    return target
 
 
 def train_all(cfg: TrainConfig) -> Path:

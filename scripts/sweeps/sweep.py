@@ -2,7 +2,8 @@
 
     python scripts/sweeps/sweep.py METHOD CONCEPTS SAMPLES '{"setting": value, "_preserve": [...], "_anchor": "..."}' ...
 
-With SWEEP_JSON=FILE each row is also appended to FILE as a JSON line (the README's sweep tables).
+With SWEEP_JSON=FILE each row is also appended to FILE as a JSON line (the README's sweep tables);
+MODEL=erasekit-tiny-flux (or any model erasekit loads) sweeps on that model instead of erasekit-tiny.
 """
 
 import json
@@ -16,7 +17,8 @@ from erasekit.methods.runner import erase
 from erasekit.models.loading import load_pipeline
 from erasekit.world.evaluator import load_world_evaluator
 
-pipe = load_pipeline()
+MODEL = os.environ.get("MODEL")
+pipe = load_pipeline(MODEL)
 ev = load_world_evaluator()
 originals = {}
 
@@ -43,6 +45,6 @@ for arg in sys.argv[4:]:
         )
         if os.environ.get("SWEEP_JSON"):
             row = {"method": method, "concept": c, "settings": arg, "samples": samples, "accuracy": m,
-                   "world_fid_kept": r.world_fid_kept, "seconds": round(secs, 2)}  # fmt: skip
+                   "world_fid_kept": r.world_fid_kept, "seconds": round(secs, 2), **({"model": MODEL} if MODEL else {})}  # fmt: skip
             with open(os.environ["SWEEP_JSON"], "a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -1,0 +1,157 @@
+"""FLUX: conditioning, sampling, UCE and ESD-x on the layout of erasekit-tiny-flux (random weights, so
+these run without the trained model), FLUX.1-dev's layout shrunk (T5, CLIP, guidance embedding) in
+half precision, and the LoRA exports in plain diffusers."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from erasekit.concepts import EraseSpec
+from erasekit.edits import Edit
+from erasekit.errors import ErasekitError
+from erasekit.exports import export_loaded
+from erasekit.methods.runner import erase
+from erasekit.models import embedded as E
+from erasekit.models.layers import FLUX_POOLED_INPUT, FLUX_TOKEN_INPUT, flux_esd_layers
+from erasekit.primitives.diffusion import pipeline_images
+from erasekit.primitives.flow import flow_partial_samples, flow_text, latent_grid
+from erasekit.primitives.run import RunContext
+
+SPEC = EraseSpec(("square",), ("",), ("circle", "triangle"))
+
+
+@pytest.fixture(scope="module")
+def flux():
+    """erasekit-tiny-flux's layout (MiniLM on both text paths, erasekit-tiny's VAE), random transformer."""
+    torch.manual_seed(0)
+    pipe = E.flux_pipeline(E.new_flux_transformer())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_the_run_reads_the_token_and_pooled_paths_as_the_pipeline_encodes_them(flux):
+    run = RunContext(flux, progress=False)
+    assert run.family.name == "flux" and run.denoiser is flux.transformer
+    prompts = ["a photo of a square", "a circle"]
+    tokens, pooled, _ = flux.encode_prompt(prompts, max_sequence_length=E.TOKENIZER_MAX_LENGTH)
+    text = flow_text(run, prompts)
+    assert torch.allclose(text.tokens, tokens, atol=1e-5) and torch.allclose(text.pooled, pooled, atol=1e-5)
+
+
+def test_the_x_t_sampler_ends_where_the_pipeline_does(flux):
+    run = RunContext(flux, progress=False)
+    grid = latent_grid(flux)
+    assert (grid.height, grid.width, grid.channels) == (8, 8, 16)  # 64 px, the VAE's factor 4, 2×2 patches
+    text = flow_text(run, ["a photo of a square", ""])
+    x, sigma = flow_partial_samples(run, flux.transformer, text[0:1], text[1:2], 4.0, 3, [0, 3], [5, 5], grid)
+    ours = pipeline_images(flux, [5], 3, 4.0, output_type="latent", prompt=["a photo of a square"])
+    assert sigma.tolist() == [1.0, 0.0]
+    assert torch.allclose(x[1:], ours, atol=1e-4)  # the finished sample is the pipeline's
+    assert not torch.allclose(x[0], x[1])  # and index 0 is the noise it started from
+
+
+def test_uce_edits_the_two_text_inputs_sending_the_concept_to_its_guide(flux):
+    # λ small: MiniLM's pooled vectors have a norm near 1, so at the official λ = 0.5 the ridge holds that
+    # path about halfway (λ / (λ + ‖c‖²)); the token states are longer and go nearly all the way
+    edit = erase(flux, SPEC, "uce", lam=0.01, progress=False)
+    assert set(edit.weights) == {f"{FLUX_TOKEN_INPUT}.weight", f"{FLUX_POOLED_INPUT}.weight"}
+    run = RunContext(flux, progress=False)
+    cache = run.cache
+
+    def last_word(prompt: str) -> torch.Tensor:
+        return cache.states([prompt])[0, cache.length(prompt) - 2]
+
+    w0, w = flux.transformer.context_embedder.weight.detach(), edit.weights[f"{FLUX_TOKEN_INPUT}.weight"]
+    concept, guide, kept = last_word("square"), last_word(""), last_word("circle")
+    assert (w @ concept - w0 @ guide).norm() < 0.05 * (w0 @ concept - w0 @ guide).norm()
+    assert (w @ kept - w0 @ kept).norm() < 0.05 * (w0 @ kept).norm()
+    p0, p = flux.transformer.time_text_embed.text_embedder.linear_1.weight.detach(), edit.weights[f"{FLUX_POOLED_INPUT}.weight"]
+    pooled = run.pooled(["square", "", "circle"])
+    assert (p @ pooled[0] - p0 @ pooled[1]).norm() < 0.05 * (p0 @ pooled[0] - p0 @ pooled[1]).norm()
+    assert (p @ pooled[2] - p0 @ pooled[2]).norm() < 0.05 * (p0 @ pooled[2]).norm()
+
+
+@pytest.mark.parametrize("group", ["esd-x", "esd-x-strict"])
+def test_esd_trains_the_official_flux_layers_and_leaves_the_pipeline_as_it_was(flux, group):
+    before = {name: p.detach().clone() for name, p in flux.transformer.named_parameters()}
+    edit = erase(flux, SPEC, group, iterations=2, sample_steps=3, lr=1e-3, progress=False)
+    layers = flux_esd_layers(flux.transformer, group)
+    assert {name.rpartition(".")[0] for name in edit.weights} == set(layers)  # weights and biases, as esd_flux.py
+    assert all("add_k_proj" not in layer and "add_v_proj" not in layer for layer in layers) == (group == "esd-x-strict")
+    assert any(not torch.equal(value, before[name]) for name, value in edit.weights.items())
+    assert all(torch.equal(p, before[name]) for name, p in flux.transformer.named_parameters())
+    assert all(p.requires_grad for p in flux.transformer.parameters())
+
+
+def test_esd_as_a_lora_changes_weights_by_at_most_its_rank(flux):
+    edit = erase(flux, SPEC, "esd-x", iterations=3, sample_steps=3, lr=1e-2, lora_rank=2, progress=False)
+    params = dict(flux.transformer.named_parameters())
+    assert all(name.endswith(".weight") for name in edit.weights)
+    ranks = [int(torch.linalg.matrix_rank((value - params[name]).double(), rtol=1e-6)) for name, value in edit.weights.items()]
+    assert max(ranks) == 2
+
+
+def test_a_lora_rank_above_a_layer_is_refused_before_the_plan(flux):
+    with pytest.raises(ErasekitError, match=re.escape("LoRA rank 1000 does not fit transformer_blocks.0.attn.to_q (128×128)")):
+        erase(flux, SPEC, "esd-x", lora_rank=1000, progress=False)
+
+
+def test_generation_does_not_depend_on_the_batch(flux):
+    from erasekit.eval.generation import SamplerSettings, generate
+    from erasekit.eval.prompts import PromptRow
+
+    rows = [PromptRow(prompt="a photo of a square", seed=0, role="target", samples=3)]
+    one = generate(flux, rows, SamplerSettings(steps=3, batch_size=1, chunk=2), progress=False)
+    three = generate(flux, rows, SamplerSettings(steps=3, batch_size=3, chunk=2), progress=False)
+    assert one.images.shape == (3, 64, 64, 3) and np.array_equal(one.images, three.images)
+
+
+@pytest.mark.parametrize("fmt", ["diffusers-lora", "kohya"])
+def test_flux_lora_exports_load_in_plain_diffusers_and_draw_the_erased_model(flux, tmp_path, fmt):
+    edit = erase(flux, SPEC, "uce", progress=False)
+    out = tmp_path / ("lora" if fmt == "diffusers-lora" else "lora.safetensors")
+    export_loaded(edit, flux, fmt, out)
+    if fmt == "kohya":
+        from safetensors import safe_open
+
+        with safe_open(str(out), "pt") as f:
+            assert sorted(f.keys())[0] == "lora_transformer_context_embedder.alpha"
+            assert f.metadata()["ss_base_model_version"] == "flux1"
+    prompt = ["a photo of a square"]
+    with edit.applied(flux, check_base=False) as erased:
+        expected = pipeline_images(erased, [1], 3, 4.0, prompt=prompt)
+    original = pipeline_images(flux, [1], 3, 4.0, prompt=prompt)
+    flux.load_lora_weights(str(out))
+    try:
+        loaded = pipeline_images(flux, [1], 3, 4.0, prompt=prompt)
+    finally:
+        flux.unload_lora_weights()
+
+    def gap(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+    # the loaded LoRA draws the erased model's image, not the original's (a random transformer's is a small change)
+    assert gap(loaded, expected) < 0.2 * gap(original, expected) and gap(original, expected) > 0.5
+
+
+def test_a_flux_single_file_export_is_refused_in_one_line(flux, tmp_path):
+    edit = Edit({f"{FLUX_TOKEN_INPUT}.weight": flux.transformer.context_embedder.weight.detach().clone()}, {"method": "uce"})
+    with pytest.raises(
+        ErasekitError, match="^" + re.escape("a single-file export holds an SD 1.x/2.x checkpoint; export a FLUX model as")
+    ):
+        export_loaded(edit, flux, "single-file", tmp_path / "x.safetensors")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_flux_1_layout_in_half_precision_gives_finite_uce_and_esd_edits(dtype):
+    """FLUX.1-dev's layout shrunk (CLIP pooled path, T5 token path, the guidance embedding) in fp16 / bf16."""
+    from erasekit.models.reference_configs import random_flux_pipeline
+
+    pipe = random_flux_pipeline(dtype=dtype)
+    for method, settings in (("uce", {}), ("esd-x", {"iterations": 2, "sample_steps": 2, "lora_rank": 2})):
+        edit = erase(pipe, EraseSpec(("cat",), preserve=("dog",)), method, progress=False, **settings)
+        assert all(v.dtype == dtype and torch.isfinite(v).all() for v in edit.weights.values())
+        assert edit.card["dtype"] == str(dtype).removeprefix("torch.")

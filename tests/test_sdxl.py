@@ -1,0 +1,82 @@
+"""SDXL on its layout with random weights (two CLIP encoders, the pooled vector and added time ids):
+UCE on both encoders' states, ESD as esd_sdxl.py trains it, half precision, and LoRA exports that a
+plain StableDiffusionXLPipeline loads and draws the erased model's images with."""
+
+import numpy as np
+import pytest
+import torch
+
+from erasekit.concepts import EraseSpec
+from erasekit.exports import export_loaded
+from erasekit.methods.runner import erase
+from erasekit.models.layers import kv_projections, parameter_group
+from erasekit.models.reference_configs import random_sdxl_pipeline
+from erasekit.primitives.diffusion import pipeline_images
+from erasekit.primitives.run import RunContext
+
+SPEC = EraseSpec(("cat",), ("",), ("dog",))
+
+
+@pytest.fixture(scope="module")
+def sdxl():
+    return random_sdxl_pipeline()
+
+
+def test_the_run_reads_both_encoders_states_side_by_side(sdxl):
+    run = RunContext(sdxl, progress=False)
+    tokens = sdxl.encode_prompt(["a cat"], device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)[0]
+    assert run.cache.width == sdxl.unet.config.cross_attention_dim == tokens.shape[-1]
+    assert torch.allclose(run.states(["a cat"]), tokens)
+
+
+def test_uce_sends_the_concept_to_its_guide_in_every_cross_attention(sdxl):
+    edit = erase(sdxl, SPEC, "uce", progress=False)
+    projections = kv_projections(sdxl.unet)
+    assert set(edit.weights) == {f"{name}.weight" for name in projections}
+    cache = RunContext(sdxl, progress=False).cache
+
+    def last_word(prompt: str) -> torch.Tensor:
+        return cache.states([prompt])[0, cache.length(prompt) - 2]
+
+    concept, guide, kept = last_word("cat"), last_word(""), last_word("dog")
+    for name, layer in projections.items():
+        w0, w = layer.weight.detach(), edit.weights[f"{name}.weight"]
+        assert (w @ concept - w0 @ guide).norm() < 0.1 * (w0 @ concept - w0 @ guide).norm()
+        assert (w @ kept - w0 @ kept).norm() < 0.1 * (w0 @ kept).norm()
+
+
+def test_esd_x_trains_cross_attention_as_esd_sdxl_py_and_leaves_the_unet_as_it_was(sdxl):
+    before = {name: p.detach().clone() for name, p in sdxl.unet.named_parameters()}
+    edit = erase(sdxl, SPEC, "esd-x", iterations=2, sample_steps=3, lr=1e-2, progress=False)
+    assert set(edit.weights) == {name for name, _ in parameter_group(sdxl.unet, "esd-x")}
+    assert any(not torch.equal(value, before[name]) for name, value in edit.weights.items())
+    assert all(torch.equal(p, before[name]) for name, p in sdxl.unet.named_parameters())
+
+
+@pytest.mark.parametrize("fmt", ["diffusers-lora", "kohya"])
+def test_sdxl_lora_exports_load_in_plain_diffusers_and_draw_the_erased_model(sdxl, tmp_path, fmt):
+    edit = erase(sdxl, SPEC, "uce", progress=False)
+    out = tmp_path / ("lora" if fmt == "diffusers-lora" else "lora.safetensors")
+    export_loaded(edit, sdxl, fmt, out)
+    prompt = ["a photo of a cat"]
+    with edit.applied(sdxl, check_base=False) as erased:
+        expected = pipeline_images(erased, [1], 3, 5.0, prompt=prompt, height=64, width=64)
+    original = pipeline_images(sdxl, [1], 3, 5.0, prompt=prompt, height=64, width=64)
+    sdxl.load_lora_weights(str(out))
+    try:
+        loaded = pipeline_images(sdxl, [1], 3, 5.0, prompt=prompt, height=64, width=64)
+    finally:
+        sdxl.unload_lora_weights()
+
+    def gap(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.abs(a.astype(int) - b.astype(int)).mean())
+
+    assert gap(loaded, expected) < 0.2 * gap(original, expected) and gap(original, expected) > 0.1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sdxl_layout_in_half_precision_gives_finite_uce_and_esd_edits(dtype):
+    pipe = random_sdxl_pipeline(dtype=dtype)
+    for method, settings in (("uce", {}), ("esd-x", {"iterations": 2, "sample_steps": 2})):
+        edit = erase(pipe, SPEC, method, progress=False, **settings)
+        assert all(v.dtype == dtype and torch.isfinite(v).all() for v in edit.weights.values())
