@@ -231,7 +231,8 @@ def refuse_single_file(family: Family, fmt: str) -> None:
     """One line for a single-file export of a model other than SD 1.x/2.x (its original layout is SD's)."""
     if fmt == "single-file" and family.name != "sd":
         raise ErasekitError(
-            f"a single-file export holds an SD 1.x/2.x checkpoint; export a {family.title} model as --format pipeline"
+            f"a single-file export holds an SD 1.x/2.x checkpoint; export a {family.title} model as a diffusers pipeline "
+            "(--format pipeline, or erase --save-pipeline)"
         )
 
 

@@ -94,3 +94,30 @@ def test_cost_measures_each_count_in_a_fresh_process_and_resumes(tmp_path):
     assert run_cost(None, [entry], tmp_path, counts=(2,))["methods"][entry.label][2]["resumed"] is True
     with pytest.raises(ErasekitError, match="erases 1 to 100 characters at once"):
         run_cost(None, [entry], tmp_path, counts=(0,))
+
+
+def test_a_table_of_two_models_gives_each_its_original_and_its_rows(tmp_path):
+    from erasekit.bench.tables import any_table
+
+    def result(model: str | None, acc_e: float) -> dict:
+        metrics = {"Acc_e": acc_e, "Acc_s": 1.0}
+        method = {
+            "accuracy": {"original": {"Acc_e": 1.0, "Acc_s": 1.0}, "erased": metrics},
+            "world_fid_kept": 0.5,
+            "seconds": 2.0,
+        }
+        return {"protocol": "object", "concepts": ["square"], "samples_per_prompt": 8, "methods": {"uce": method},
+                **({"model": model} if model else {})}  # fmt: skip
+
+    paths = []
+    for name, model, acc_e in (("tiny", None, 0.1), ("flux", "erasekit-tiny-flux", 0.2)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(result(model, acc_e)))
+    rows = any_table(paths).splitlines()
+    assert rows[0] == "| model | method | Acc_e | Acc_s | world-FID | s / concept |"
+    assert rows[2:] == [
+        "| erasekit-tiny | original | 100.0 | 100.0 | | |",
+        "| erasekit-tiny | `uce` | 10.0 | 100.0 | 0.50 | 2.00 |",
+        "| erasekit-tiny-flux | original | 100.0 | 100.0 | | |",
+        "| erasekit-tiny-flux | `uce` | 20.0 | 100.0 | 0.50 | 2.00 |",
+    ]
