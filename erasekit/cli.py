@@ -25,6 +25,7 @@ from erasekit.cli_options import (
     NoCheckBaseOption,
     OverwriteOption,
     StepsOption,
+    TrainMinutesOption,
     finite_in,
 )
 from erasekit.concepts import EraseSpec
@@ -508,13 +509,7 @@ def bench(
 @world_app.command("train")
 def world_train(
     work_dir: Annotated[Path, typer.Option(help="Checkpoints and caches (resumed from if present).")] = Path(".cache/train"),
-    minutes: Annotated[
-        float | None,
-        typer.Option(
-            help="Stop each training stage after this many minutes (up to 10000); a rerun resumes.",
-            callback=finite_in(0.01, 10_000),
-        ),
-    ] = None,
+    minutes: TrainMinutesOption = None,
     unet_steps: Annotated[
         int | None, typer.Option(help="Denoiser steps (batch 64), 1 to 1000000: UNet 3400, FLUX 6000.", min=1, max=1_000_000)
     ] = None,
@@ -522,8 +517,7 @@ def world_train(
     family: Annotated[Literal["sd", "flux"], typer.Option(help="sd: erasekit-tiny; flux: erasekit-tiny-flux.")] = "sd",
 ) -> None:
     """Train the embedded model on the world (sd: evaluator, VAE, UNet; flux: the transformer) and export it."""
-    command = " ".join(["erasekit", *sys.argv[1:]])
-    options = world_job.WorldTrainOptions(work_dir, minutes, unet_steps, seed, command, family)
+    options = world_job.WorldTrainOptions(work_dir, minutes, unet_steps, seed, " ".join(["erasekit", *sys.argv[1:]]), family)
     console.print(f"exported {world_job.train_world(options)}")
 
 

@@ -58,3 +58,9 @@ OverwriteOption = Annotated[
     bool,
     typer.Option("--overwrite", help="Replace an output path that holds something other than an earlier output of this command."),
 ]
+TrainMinutesOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Stop each training stage after this many minutes (up to 10000); a rerun resumes.", callback=finite_in(0.01, 10_000)
+    ),
+]
