@@ -155,3 +155,17 @@ def test_flux_1_layout_in_half_precision_gives_finite_uce_and_esd_edits(dtype):
         edit = erase(pipe, EraseSpec(("cat",), preserve=("dog",)), method, progress=False, **settings)
         assert all(v.dtype == dtype and torch.isfinite(v).all() for v in edit.weights.values())
         assert edit.card["dtype"] == str(dtype).removeprefix("torch.")
+
+
+def test_attacks_and_unsupported_bench_columns_on_the_flow_model_are_one_line_before_loading(tmp_path):
+    from erasekit.jobs import attack as attack_job
+    from erasekit.jobs import bench as bench_job
+
+    with pytest.raises(ErasekitError, match=r"^the unlearndiff attack does not run on FLUX models yet"):
+        attack_job.check_attack(attack_job.AttackOptions("unlearndiff", concept="square", model="erasekit-tiny-flux"))
+    with pytest.raises(ErasekitError, match=r"^mace does not run on FLUX models yet"):
+        bench_job.check_bench(bench_job.BenchOptions(methods=("uce", "mace"), model="erasekit-tiny-flux", out=tmp_path / "b"))
+    with pytest.raises(ErasekitError, match=r"^the attacks do not run on FLUX models yet"):
+        bench_job.check_bench(bench_job.BenchOptions(methods=("uce",), protocol="robustness", model="erasekit-tiny-flux",
+                                                     out=tmp_path / "b"))  # fmt: skip
+    assert not (tmp_path / "b").exists()
