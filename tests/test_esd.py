@@ -105,7 +105,7 @@ def test_race_attack_stays_in_its_ball_and_brings_the_prediction_nearer_the_nois
     generator = torch.Generator().manual_seed(0)
     x_t, noise = torch.randn(1, 4, 16, 16, generator=generator), torch.randn(1, 4, 16, 16, generator=generator)
     t = torch.tensor([500])
-    adversarial = pgd_states(pipe.unet, x_t, t, states, noise, config, generator)
+    adversarial = pgd_states(lambda x, t, c: predict_noise(pipe.unet, x, t, c), x_t, t, states, noise, config, generator)
     assert (adversarial - states).abs().max() <= 0.2 + 1e-6
     assert adversarial.min() >= states.min() and adversarial.max() <= states.max()
     with torch.no_grad():

@@ -8,6 +8,7 @@ import torch
 
 from erasekit.concepts import EraseSpec
 from erasekit.exports import export_loaded
+from erasekit.methods.base import get_method, make_config
 from erasekit.methods.runner import erase
 from erasekit.models.layers import kv_projections, parameter_group
 from erasekit.models.reference_configs import random_sdxl_pipeline
@@ -80,3 +81,22 @@ def test_sdxl_layout_in_half_precision_gives_finite_uce_and_esd_edits(dtype):
     for method, settings in (("uce", {}), ("esd-x", {"iterations": 2, "sample_steps": 2})):
         edit = erase(pipe, SPEC, method, progress=False, **settings)
         assert all(v.dtype == dtype and torch.isfinite(v).all() for v in edit.weights.values())
+
+
+def test_race_on_sdxl_attacks_the_token_states_and_keeps_the_pooled_vector(sdxl):
+    from erasekit.methods.race import pgd_states
+    from erasekit.primitives.denoising import denoising
+
+    run = RunContext(sdxl, progress=False)
+    den = denoising(run)
+    states = den.conditioning(["a photo of a cat"])
+    generator = torch.Generator().manual_seed(0)
+    x_t, noise = torch.randn(1, 4, 8, 8, generator=generator), torch.randn(1, 4, 8, 8, generator=generator)
+    config = make_config(get_method("race"), {"epsilon": 0.2, "pgd_steps": 3})
+    adversarial = pgd_states(
+        lambda x, t, c: den.predict(sdxl.unet, x, t, c), x_t, torch.tensor(500), states, noise, config, generator
+    )
+    assert torch.equal(adversarial.pooled, states.pooled)
+    assert 0 < (adversarial.tokens - states.tokens).abs().max() <= 0.2 + 1e-6
+    edit = erase(sdxl, SPEC, "race", iterations=2, esd_iterations=1, pgd_steps=2, sample_steps=3, progress=False)
+    assert edit.weights and all(torch.isfinite(v).all() for v in edit.weights.values())

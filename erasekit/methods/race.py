@@ -20,6 +20,7 @@ the target are not in the official script and not here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,7 +32,9 @@ from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import register
 from erasekit.methods.esd import ESDConfig, train_esd
-from erasekit.primitives.diffusion import latent_shape, predict_noise
+from erasekit.primitives.denoising import denoising
+from erasekit.primitives.diffusion import latent_shape
+from erasekit.primitives.prompt_cache import PooledText
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.xt_plan import XtPoint
 from erasekit.settings import ITERATIONS, LEARNING_RATE, config_field
@@ -65,33 +68,44 @@ class RACEConfig(ESDConfig):
 
 
 def pgd_states(
-    unet: torch.nn.Module, x_t: torch.Tensor, t: torch.Tensor, states: torch.Tensor, noise: torch.Tensor,
-    config: RACEConfig, generator: torch.Generator,
-) -> torch.Tensor:  # fmt: skip
-    """c + δ*: the states within ε of ``states`` under which the model's prediction comes nearest ``noise``."""
-    low, high = states.min(), states.max()
+    predict: Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor], x_t: torch.Tensor, t: torch.Tensor,
+    states: torch.Tensor | PooledText, noise: torch.Tensor, config: RACEConfig, generator: torch.Generator,
+) -> torch.Tensor | PooledText:  # fmt: skip
+    """c + δ*: the states within ε of ``states`` under which ``predict(x_t, t, ·)`` comes nearest ``noise``.
+    SDXL's conditioning keeps its pooled vector; its token states are what the attack moves."""
+    pooled = states.pooled if isinstance(states, PooledText) else None
+    tokens = states.tokens if pooled is not None else states
+
+    def conditioning(value: torch.Tensor) -> torch.Tensor | PooledText:
+        return value if pooled is None else PooledText(value, pooled)
+
+    low, high = tokens.min(), tokens.max()
     # drawn on the CPU from the run's generator (the same start on every device), then moved
-    start = torch.empty(states.shape, dtype=torch.float32, device="cpu").uniform_(-config.epsilon, config.epsilon,
+    start = torch.empty(tokens.shape, dtype=torch.float32, device="cpu").uniform_(-config.epsilon, config.epsilon,
                                                                                   generator=generator)  # fmt: skip
-    adversarial = (states + start.to(states.device, states.dtype)).clamp(low, high).detach()
+    adversarial = (tokens + start.to(tokens.device, tokens.dtype)).clamp(low, high).detach()
     for _ in range(config.pgd_steps):
         adversarial.requires_grad_(True)
-        loss = F.mse_loss(predict_noise(unet, x_t, t, adversarial).float(), noise.float())
+        loss = F.mse_loss(predict(x_t, t, conditioning(adversarial)).float(), noise.float())
         (grad,) = torch.autograd.grad(loss, [adversarial])
         stepped = adversarial.detach() - config.alpha * grad.sign()  # descend the error: towards the concept
-        adversarial = (states + (stepped - states).clamp(-config.epsilon, config.epsilon)).clamp(low, high).detach()
-    return adversarial
+        adversarial = (tokens + (stepped - tokens).clamp(-config.epsilon, config.epsilon)).clamp(low, high).detach()
+    return conditioning(adversarial)
 
 
-@register("race", "RACE (Kim et al. 2024): ESD trained at PGD-perturbed concept embeddings, robust to attacks", RACEConfig)
+@register("race", "RACE (Kim et al. 2024): ESD trained at PGD-perturbed concept embeddings, robust to attacks", RACEConfig,
+          families=("sd", "sdxl"))  # fmt: skip
 def erase(run: RunContext, spec: EraseSpec, config: RACEConfig) -> Edit:
-    """RACE on ``spec``: ``esd_iterations`` plain ESD steps, then ESD's loss at the PGD-perturbed states c + δ* (above)."""
+    """RACE on ``spec``: ``esd_iterations`` plain ESD steps, then ESD's loss at the PGD-perturbed states c + δ* (above).
+    On SDXL the attack moves both encoders' token states; FLUX predicts a velocity, not the noise RACE aims at."""
     generator = run.generator(config.seed + 1)
+    den = denoising(run)
 
     def adversary(states: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, point: XtPoint) -> torch.Tensor:
-        # the trajectory's own starting noise x_T, drawn again from its seed as partial_samples drew it
+        # the trajectory's own starting noise, drawn again from its seed as partial_samples drew it: unscaled, the
+        # ε an ε-prediction aims at (DDIM starts at that scale; SDXL's Euler sampler at init_noise_sigma times it)
         start = torch.randn(latent_shape(run.pipe)[1:], generator=torch.Generator("cpu").manual_seed(point.seed), device="cpu")
-        noise = (start * run.pipe.scheduler.init_noise_sigma)[None].to(run.device, x_t.dtype)
-        return pgd_states(run.unet, x_t, t, states, noise, config, generator)
+        noise = start[None].to(run.device, x_t.dtype)
+        return pgd_states(lambda x, t, c: den.predict(run.denoiser, x, t, c), x_t, t, states, noise, config, generator)
 
     return train_esd(run, spec, config, adversary, plain_steps=config.esd_iterations)  # its card holds the RACE config
