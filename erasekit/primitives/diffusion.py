@@ -107,22 +107,54 @@ def partial_samples(
     if min(stop_indices) < 0 or max(stop_indices) > steps:
         raise ValueError(f"stop indices must lie in [0, {steps}]")
     stops = torch.tensor(stop_indices, device=device)
-    out = torch.empty((len(seeds), *latent_shape(pipe)[1:]), device=device, dtype=dtype)
-    order = torch.argsort(stops, stable=True)  # batch mates with similar stops: no batch runs far past its items
+    batched: dict[int, Any] = {}  # the unconditional and conditional text of a batch of n, made once per size
+
+    def step(latents: torch.Tensor, k: int) -> torch.Tensor:
+        n = len(latents)
+        if n not in batched:
+            if isinstance(cond, PooledText):
+                batched[n] = PooledText.cat([uncond.rows(n), cond.rows(n)])
+            else:
+                batched[n] = torch.cat([uncond.expand(n, -1, -1), cond.expand(n, -1, -1)])
+        states = batched[n]
+        t = scheduler.timesteps[k]
+        model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+        eps = predict(denoise, model_in, t, states) if predict_fn is None else predict_fn(model_in, t, states)
+        eps_uncond, eps_cond = eps.chunk(2)
+        return scheduler.step(eps_uncond + guidance * (eps_cond - eps_uncond), t, latents).prev_sample
+
+    out = stopped_trajectories(seeds, stops, batch_size, latent_shape(pipe)[1:],
+                               lambda noise: (noise * scheduler.init_noise_sigma).to(device, dtype), step,
+                               on_captured, on_step)  # fmt: skip
+    return out, torch.cat([scheduler.timesteps, scheduler.timesteps.new_zeros(1)])[stops]
+
+
+def stopped_trajectories(
+    seeds: list[int],
+    stops: torch.Tensor,
+    batch_size: int,
+    noise_shape: tuple[int, ...],
+    begin: Callable[[torch.Tensor], torch.Tensor],
+    step: Callable[[torch.Tensor, int], torch.Tensor],
+    on_captured: Callable[[int], None] | None = None,
+    on_step: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """Trajectory i, from the noise of ``seeds[i]``, taken after ``stops[i]`` sampler steps: the loop every
+    family's x_t plan runs. Each noise is drawn on the CPU from its own generator (the same x_t on every
+    device) and made the sampler's start by ``begin``; ``step(latents, k)`` is sampler step k. Trajectories
+    run side by side in batches sorted by their stop, so that no batch runs far past its items (an
+    image never depends on its batch mates: the sampler is deterministic after the initial noise)."""
+    out = None
+    order = torch.argsort(stops, stable=True)
     for start in range(0, len(seeds), batch_size):
         items = order[start : start + batch_size]
         chunk_stops = stops[items]
-        # each trajectory's noise from its own CPU generator: the same x_t on every device
-        noise = [
-            torch.randn(latent_shape(pipe)[1:], generator=torch.Generator("cpu").manual_seed(seeds[i]), device="cpu")
-            for i in items.tolist()
-        ]
-        latents = (torch.stack(noise) * scheduler.init_noise_sigma).to(device, dtype)
+        noise = [torch.randn(noise_shape, generator=torch.Generator("cpu").manual_seed(seeds[i]), device="cpu")
+                 for i in items.tolist()]  # fmt: skip
+        latents = begin(torch.stack(noise))
+        if out is None:
+            out = latents.new_empty((len(seeds), *latents.shape[1:]))
         captured = torch.empty_like(latents)
-        if isinstance(cond, PooledText):
-            states = PooledText.cat([uncond.rows(len(latents)), cond.rows(len(latents))])
-        else:
-            states = torch.cat([uncond.expand(len(latents), -1, -1), cond.expand(len(latents), -1, -1)])
         last = int(chunk_stops.max())
         for k in range(last + 1):
             captured[chunk_stops == k] = latents[chunk_stops == k]
@@ -130,15 +162,11 @@ def partial_samples(
                 on_captured(int((chunk_stops == k).sum()))
             if k == last:
                 break
-            t = scheduler.timesteps[k]
-            model_in = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-            eps = predict(denoise, model_in, t, states) if predict_fn is None else predict_fn(model_in, t, states)
-            eps_uncond, eps_cond = eps.chunk(2)
-            latents = scheduler.step(eps_uncond + guidance * (eps_cond - eps_uncond), t, latents).prev_sample
+            latents = step(latents, k)
             if on_step is not None:
                 on_step()
         out[items] = captured
-    return out, torch.cat([scheduler.timesteps, scheduler.timesteps.new_zeros(1)])[stops]
+    return out
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from erasekit.models.embedded import FLUX_IMAGE_SIZE, is_world_model
-from erasekit.primitives.diffusion import FrozenCopy
+from erasekit.primitives.diffusion import FrozenCopy, stopped_trajectories
 from erasekit.primitives.prompt_cache import PooledText
 
 if TYPE_CHECKING:
@@ -143,32 +143,20 @@ def flow_partial_samples(
         raise ValueError(f"stop indices must lie in [0, {steps}]")
     sigmas = flow_sigmas(run.pipe, steps, grid, run.device)
     distilled = bool(getattr(getattr(model, "config", None), "guidance_embeds", False))
-    stops = torch.tensor(stop_indices)
-    out = torch.empty((len(seeds), grid.tokens, grid.channels), device=run.device, dtype=run.dtype)
-    order = torch.argsort(stops, stable=True)
-    for start in range(0, len(seeds), batch_size):
-        items = order[start : start + batch_size]
-        chunk_stops = stops[items]
-        # each trajectory's noise as FluxPipeline draws it (latent channels × 2h × 2w from its own CPU generator), packed
-        noise = torch.stack([run.randn(grid.latent_shape, run.generator(seeds[i])) for i in items.tolist()])
-        latents = grid.pack(noise)
-        captured = torch.empty_like(latents)
-        n = len(latents)
-        last = int(chunk_stops.max())
-        for k in range(last + 1):
-            captured[chunk_stops == k] = latents[chunk_stops == k]
-            if on_captured is not None:
-                on_captured(int((chunk_stops == k).sum()))
-            if k == last:
-                break
-            sigma = sigmas[k : k + 1]
-            if distilled:  # FLUX.1-dev: the guidance is an input, one call
-                velocity = predict_velocity(model, latents, sigma, cond.rows(n), grid, guidance).float()
-            else:  # true classifier-free guidance
-                both = predict_velocity(model, torch.cat([latents, latents]), sigma, PooledText.cat([uncond.rows(n), cond.rows(n)]),
-                                        grid).float()  # fmt: skip
-                v_uncond, v_cond = both.chunk(2)
-                velocity = v_uncond + guidance * (v_cond - v_uncond)
-            latents = (latents.float() + (sigmas[k + 1] - sigmas[k]) * velocity).to(run.dtype)
-        out[items] = captured
+
+    def step(latents: torch.Tensor, k: int) -> torch.Tensor:
+        n, sigma = len(latents), sigmas[k : k + 1]
+        if distilled:  # FLUX.1-dev: the guidance is an input, one call
+            velocity = predict_velocity(model, latents, sigma, cond.rows(n), grid, guidance).float()
+        else:  # true classifier-free guidance
+            both = predict_velocity(model, torch.cat([latents, latents]), sigma, PooledText.cat([uncond.rows(n), cond.rows(n)]),
+                                    grid).float()  # fmt: skip
+            v_uncond, v_cond = both.chunk(2)
+            velocity = v_uncond + guidance * (v_cond - v_uncond)
+        return (latents.float() + (sigmas[k + 1] - sigmas[k]) * velocity).to(run.dtype)
+
+    # each trajectory's noise as FluxPipeline draws it (latent channels × 2h × 2w), packed into tokens
+    stops = torch.tensor(stop_indices, device=run.device)
+    out = stopped_trajectories(seeds, stops, batch_size, grid.latent_shape,
+                               lambda noise: grid.pack(noise.to(run.device, run.dtype)), step, on_captured)  # fmt: skip
     return out, sigmas[stops]

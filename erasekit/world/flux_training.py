@@ -28,7 +28,7 @@ from erasekit.errors import ErasekitError
 from erasekit.models import embedded as E
 from erasekit.world import vocabulary as V
 from erasekit.world.dataset import WorldData, cached_dataset
-from erasekit.world.training import _log, _save_torch, _to_float, ema_update, replace_dir
+from erasekit.world.training import DenoiserRun, _log, _save_torch, _to_float, replace_dir, train_denoiser
 
 
 @dataclass
@@ -107,45 +107,17 @@ def _inputs(cfg: FluxTrainConfig, train: WorldData, pipe: object) -> dict:
 
 
 def train_transformer(cfg: FluxTrainConfig, train: WorldData, pipe: object) -> tuple[torch.nn.Module, int, float, list]:
-    """Train the transformer (rectified flow, logit-normal σ, caption dropout, EMA), resuming from its
-    checkpoint: the EMA transformer, the steps done, the seconds spent and the loss curve."""
+    """Train the transformer (rectified flow, logit-normal σ, caption dropout, EMA) in the embedded models'
+    shared loop, resuming from its checkpoint: the EMA transformer, the steps done, the seconds spent and
+    the loss curve."""
     from diffusers import FluxPipeline
 
     data = _inputs(cfg, train, pipe)
-    model = E.new_flux_transformer()
-    ema = E.new_flux_transformer()
-    ema.load_state_dict(model.state_dict())
-    ema.requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.01)
-    ckpt = cfg.work_dir / "transformer.pt"
-    step, elapsed, losses = 0, 0.0, []
-    if ckpt.exists():
-        state = torch.load(ckpt)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step, elapsed, losses = state["step"], state["elapsed"], state["losses"]
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + step)
-    rng = np.random.default_rng([cfg.seed, 3, step])
     tokens_per_side = math.isqrt(data["latents"].shape[1])
     img_ids = FluxPipeline._prepare_latent_image_ids(1, tokens_per_side, tokens_per_side, "cpu", torch.float32)
     txt_ids = torch.zeros(data["tokens"].shape[1], 3)
-    model.train()
-    t0 = time.time() - elapsed
 
-    def save() -> None:
-        _save_torch({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                     "elapsed": time.time() - t0, "losses": losses}, ckpt)  # fmt: skip
-
-    bar = tqdm(total=cfg.steps, initial=step, desc="transformer", mininterval=15)
-    running: list[float] = []
-    while step < cfg.steps:
-        if cfg.minutes is not None and time.time() - t0 > cfg.minutes * 60:
-            break
-        warm = min(1.0, (step + 1) / cfg.warmup)
-        cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * warm * cosine
+    def loss_of(model: torch.nn.Module, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
         idx = torch.from_numpy(rng.choice(len(train), cfg.batch, replace=False))
         x0 = data["latents"][idx].float()
         cap = data["caption_idx"][idx].clone()
@@ -155,26 +127,11 @@ def train_transformer(cfg: FluxTrainConfig, train: WorldData, pipe: object) -> t
         xt = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
         pred = model(hidden_states=xt, encoder_hidden_states=data["tokens"][cap].float(),
                      pooled_projections=data["pooled"][cap].float(), timestep=sigma, img_ids=img_ids, txt_ids=txt_ids).sample  # fmt: skip
-        loss = F.mse_loss(pred, noise - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        ema_update(ema, model, step, cfg.ema_decay)
-        running.append(loss.item())
-        bar.update()
-        if step % 50 == 0:
-            losses.append((step, float(np.mean(running))))
-            bar.set_postfix(loss=f"{np.mean(running):.4f}")
-            running = []
-        if step % cfg.checkpoint_every == 0:
-            save()
-    bar.close()
-    save()
-    elapsed = time.time() - t0
-    _log(cfg, stage="transformer", steps=step, seconds=round(elapsed), final_loss=losses[-1][1] if losses else None)
-    return ema.eval(), step, elapsed, losses
+        return F.mse_loss(pred, noise - x0)
+
+    run = DenoiserRun("transformer", cfg.steps, cfg.lr, cfg.warmup, cfg.ema_decay, cfg.checkpoint_every, cfg.minutes,
+                      cfg.seed, stream=3)  # fmt: skip
+    return train_denoiser(cfg, run, E.new_flux_transformer, loss_of)
 
 
 def export_flux_pipeline(cfg: FluxTrainConfig, pipe: object, provenance: dict) -> Path:

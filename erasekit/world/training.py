@@ -13,9 +13,10 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -115,7 +116,15 @@ def _out_of_time(cfg: TrainConfig, start: float) -> bool:
     return cfg.unet_minutes is not None and time.time() - start > cfg.unet_minutes * 60
 
 
-def _log(cfg: TrainConfig, **record: object) -> None:
+class WorkDir(Protocol):
+    """What a training stage logs and checkpoints into: either embedded model's settings (its work
+    directory and the log the run keeps)."""
+
+    work_dir: Path
+    log: list
+
+
+def _log(cfg: WorkDir, **record: object) -> None:
     """Print a stage record and append it to the work directory's log, which survives resumed runs."""
     record["time"] = time.strftime("%Y-%m-%d %H:%M:%S")
     cfg.log.append(record)
@@ -431,39 +440,95 @@ def _unet_inputs(cfg: TrainConfig, train: WorldData, vae: AutoencoderKL) -> tupl
     return z["latents"], z["states"], z["caption_idx"], z["empty_idx"]
 
 
+@dataclass(frozen=True)
+class DenoiserRun:
+    """How an embedded model's denoiser trains: its name (the progress bar, the checkpoint and the log
+    stage), steps, learning rate with its warm-up, EMA decay, checkpoint interval, minutes (summed over
+    resumed runs), and the seed with the random stream of its batch draws."""
+
+    name: str
+    steps: int
+    lr: float
+    warmup: int
+    ema_decay: float
+    checkpoint_every: int
+    minutes: float | None
+    seed: int
+    stream: int
+
+
+# (model, batch-index generator, torch generator) -> one batch's loss; its draws come in that order
+DenoiserLoss = Callable[[torch.nn.Module, np.random.Generator, torch.Generator], torch.Tensor]
+
+
+def train_denoiser(
+    cfg: WorkDir, run: DenoiserRun, new_model: Callable[[], torch.nn.Module], loss_of: DenoiserLoss
+) -> tuple[torch.nn.Module, int, float, list]:
+    """The training loop both embedded models share: AdamW with warm-up and a cosine to 10 %, gradient
+    clipping, an EMA copy, the loss curve every 50 steps, a checkpoint every ``run.checkpoint_every``
+    steps in ``cfg.work_dir`` that a rerun resumes from (the random streams restarted at its step).
+    Returns the EMA model, the steps done, the seconds spent over every run and the loss curve."""
+    model, ema = new_model(), new_model()
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=run.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    ckpt = cfg.work_dir / f"{run.name}.pt"
+    step, elapsed, losses = 0, 0.0, []
+    if ckpt.exists():
+        state = torch.load(ckpt)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed, losses = state["step"], state["elapsed"], state["losses"]
+    gen = torch.Generator().manual_seed(run.seed * 1000 + step)
+    rng = np.random.default_rng([run.seed, run.stream, step])
+    model.train()
+    t0 = time.time() - elapsed  # the time of earlier runs counts against the minutes too
+
+    def save(seconds: float) -> None:
+        _save_torch({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+                     "elapsed": seconds, "losses": losses}, ckpt)  # fmt: skip
+
+    bar = tqdm(total=run.steps, initial=step, desc=run.name, mininterval=15)
+    running = []
+    while step < run.steps:
+        if run.minutes is not None and time.time() - t0 > run.minutes * 60:
+            break
+        warm = min(1.0, (step + 1) / run.warmup)
+        cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / run.steps))
+        for g in opt.param_groups:
+            g["lr"] = run.lr * warm * cosine
+        loss = loss_of(model, rng, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        ema_update(ema, model, step, run.ema_decay)
+        running.append(loss.item())
+        bar.update()
+        if step % 50 == 0:
+            losses.append((step, float(np.mean(running))))
+            bar.set_postfix(loss=f"{np.mean(running):.4f}")
+            running = []
+        if step % run.checkpoint_every == 0:
+            save(time.time() - t0)
+    bar.close()
+    elapsed = time.time() - t0
+    save(elapsed)
+    _log(cfg, stage=run.name, steps=step, seconds=round(elapsed), final_loss=losses[-1][1] if losses else None)
+    return ema.eval(), step, elapsed, losses
+
+
 def train_unet(cfg: TrainConfig, train: WorldData, vae: AutoencoderKL) -> tuple[UNet2DConditionModel, int, float, list]:
     """Train the text-conditioned UNet (min-SNR-weighted ε loss, caption dropout, EMA), resuming from its
     checkpoint: the EMA UNet, the steps done, the seconds spent and the loss curve."""
     latents, states, caption_idx, empty_idx = _unet_inputs(cfg, train, vae)
-    unet = E.new_unet()
-    ema = E.new_unet()
-    ema.load_state_dict(unet.state_dict())
-    ema.requires_grad_(False)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.unet_lr, betas=(0.9, 0.99), weight_decay=0.01)
     noise_sched = E.train_scheduler()
     alphas_cumprod = noise_sched.alphas_cumprod
     snr = alphas_cumprod / (1 - alphas_cumprod)
-    ckpt = cfg.work_dir / "unet.pt"
-    step, elapsed, losses = 0, 0.0, []
-    if ckpt.exists():
-        state = torch.load(ckpt)
-        unet.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step, elapsed, losses = state["step"], state["elapsed"], state["losses"]
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + step)
-    rng = np.random.default_rng([cfg.seed, 2, step])
-    unet.train()
-    t0 = time.time() - elapsed
-    bar = tqdm(total=cfg.unet_steps, initial=step, desc="unet", mininterval=15)
-    running = []
-    while step < cfg.unet_steps:
-        if _out_of_time(cfg, t0):  # t0 counts the time of earlier runs too (the checkpoint's elapsed)
-            break
-        warm = min(1.0, (step + 1) / cfg.unet_warmup)
-        cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, cfg.unet_steps) / cfg.unet_steps))
-        for g in opt.param_groups:
-            g["lr"] = cfg.unet_lr * warm * cosine
+
+    def loss_of(unet: torch.nn.Module, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
         idx = torch.from_numpy(rng.choice(len(train), cfg.unet_batch, replace=False))
         x0 = latents[idx].float()
         cap = caption_idx[idx].clone()
@@ -475,44 +540,11 @@ def train_unet(cfg: TrainConfig, train: WorldData, vae: AutoencoderKL) -> tuple[
         pred = unet(xt, t, encoder_hidden_states=cond).sample  # fp32: bf16 is 15x slower without avx512_bf16
         # min-SNR-γ weighting for ε-prediction (Hang et al. 2023): w = min(SNR, γ) / SNR
         weight = torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]
-        loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        step += 1
-        ema_update(ema, unet, step, cfg.ema_decay)
-        running.append(loss.item())
-        bar.update()
-        if step % 50 == 0:
-            losses.append((step, float(np.mean(running))))
-            bar.set_postfix(loss=f"{np.mean(running):.4f}")
-            running = []
-        if step % cfg.checkpoint_every == 0:
-            state = {
-                "model": unet.state_dict(),
-                "ema": ema.state_dict(),
-                "opt": opt.state_dict(),
-                "step": step,
-                "elapsed": time.time() - t0,
-                "losses": losses,
-            }
-            _save_torch(state, ckpt)
-    bar.close()
-    elapsed = time.time() - t0
-    _save_torch(
-        {
-            "model": unet.state_dict(),
-            "ema": ema.state_dict(),
-            "opt": opt.state_dict(),
-            "step": step,
-            "elapsed": elapsed,
-            "losses": losses,
-        },
-        ckpt,
-    )
-    _log(cfg, stage="unet", steps=step, seconds=round(elapsed), final_loss=losses[-1][1] if losses else None)
-    return ema.eval(), step, elapsed, losses
+        return (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+
+    run = DenoiserRun("unet", cfg.unet_steps, cfg.unet_lr, cfg.unet_warmup, cfg.ema_decay, cfg.checkpoint_every,
+                      cfg.unet_minutes, cfg.seed, stream=2)  # fmt: skip
+    return train_denoiser(cfg, run, E.new_unet, loss_of)
 
 
 @torch.no_grad()
