@@ -192,7 +192,7 @@ def export_loaded(
     factors in float32 and cast them to ``dtype``."""
     check_export_request(fmt, out, max_rank, dtype)
     note = refuse_unexportable(edit, fmt, "this edit")
-    refuse_single_file(pipeline_family(pipe), fmt)
+    refuse_format(pipeline_family(pipe), fmt)
     if fmt in WHOLE_MODEL:
         merge_weights(edit, pipe)
         if fmt == "pipeline":
@@ -227,13 +227,17 @@ def _save_sorted(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
         Path(path).write_bytes(data[:8] + header.ljust(length) + data[8 + length :])
 
 
-def refuse_single_file(family: Family, fmt: str) -> None:
-    """One line for a single-file export of a model other than SD 1.x/2.x (its original layout is SD's)."""
+def refuse_format(family: Family, fmt: str) -> None:
+    """One line for an export whose format cannot carry the family's edit: a single file of a model other
+    than SD 1.x/2.x (its original layout is SD's), a kohya LoRA of SD3 (kohya's SD3 keys follow SD3's
+    original checkpoint, not diffusers' layer names)."""
     if fmt == "single-file" and family.name != "sd":
         raise ErasekitError(
             f"a single-file export holds an SD 1.x/2.x checkpoint; export a {family.title} model as a diffusers pipeline "
             "(--format pipeline, or erase --save-pipeline)"
         )
+    if fmt == "kohya" and family.name == "sd3":
+        raise ErasekitError("a kohya LoRA of an SD3 model is not written yet; export it as --format diffusers-lora or pipeline")
 
 
 def check_export_request(fmt: str, out: Path, max_rank: int | None = None, dtype: str = "fp32") -> None:
@@ -265,7 +269,7 @@ def export_edit(
     refuse_unexportable(edit, fmt, edit_dir)
     family = family_of_model(model or edit.card.get("model"))
     if family is not None:  # known from the model's name or directory: refused before it loads
-        refuse_single_file(family, fmt)
+        refuse_format(family, fmt)
     # whole models are written in the asked precision; LoRA factors are taken in float32 and cast after
     pipe = load_pipeline(model or edit.card.get("model"), dtype if fmt in WHOLE_MODEL else "fp32", "cpu", progress=False)
     if check_base:

@@ -2,10 +2,10 @@
 
 For each dtype (fp16, bf16, fp32) every method erases one concept with small settings, its edit is
 checked for finite values, applied, and an image is generated; then, in bf16, the methods that run on
-SDXL and FLUX do the same on random SDXL and FLUX.1 layouts (ESD-x on FLUX as a rank-16 LoRA, the
-way it fits far under the official 80 GB); then, in fp16 (the precision users load SD in), UCE
-erases 100 concepts with 1,000 preserved and five methods run with their paper defaults. (SD3: no
-method runs on it yet, so it has no row.) Per run: ok, finite, seconds, peak GPU memory. Writes ``$OUT/gpu_check.json`` (or
+SDXL, SD3 and FLUX do the same on random SDXL, SD3-medium and FLUX.1 layouts (ESD-x and RACE on FLUX as
+a rank-16 LoRA, the way they fit far under the official 80 GB; AC on FLUX trains its full text-reading
+group); then, in fp16 (the precision users load SD in), UCE erases 100 concepts with 1,000 preserved
+and five methods run with their paper defaults. Per run: ok, finite, seconds, peak GPU memory. Writes ``$OUT/gpu_check.json`` (or
 ``runs/gpu_check/``) after every run, so a run cut short still reports what it did, and prints a
 markdown table at the end. Random weights say nothing about erasure quality, only that the code
 runs on the device, in the dtype, in the time and memory it takes.
@@ -16,7 +16,7 @@ Usage (from the project root; diffusers importable)::
     python scripts/gpu_check.py --tiny           # shrunken widths: tries the script itself on a CPU
     python scripts/gpu_check.py --budget 420     # seconds; later runs are skipped past it
     python scripts/gpu_check.py --dtypes fp16,bf16,fp32   # the order of the small runs
-    python scripts/gpu_check.py --families sdxl,flux      # the newer families' runs (bf16)
+    python scripts/gpu_check.py --families sdxl,sd3,flux  # the newer families' runs (bf16)
 
 On a lent device whose image has torch, transformers and accelerate but neither diffusers nor the
 embedded text encoder's package (83 MB, over the 64 MiB that travels): carry the wheels of
@@ -46,7 +46,12 @@ from erasekit.concepts import EraseSpec
 from erasekit.methods import get_method
 from erasekit.methods.runner import erase
 from erasekit.models.families import denoiser
-from erasekit.models.reference_configs import random_flux_pipeline, random_sd15_pipeline, random_sdxl_pipeline
+from erasekit.models.reference_configs import (
+    random_flux_pipeline,
+    random_sd3_pipeline,
+    random_sd15_pipeline,
+    random_sdxl_pipeline,
+)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TARGET, PRESERVE = ("cat",), ("dog", "house", "tree")
@@ -69,13 +74,19 @@ SMALL = {
     "doco": {"anchor_images": 4, "steps": 10, "warm_up": 4, "sample_steps": 10, "batch_size": 2},
 }
 # the methods of each newer family, small settings (label: method, settings)
+AC_SMALL = {"anchor_images": 4, "steps": 5, "sample_steps": 10, "batch_size": 2}
+MACE_SMALL = {"steps": 5, "images_per_concept": 2, "sample_steps": 10, "segmenter": "none"}
+RACE_SMALL = {"iterations": 3, "esd_iterations": 3, "pgd_steps": 3, "sample_steps": 10}
 FAMILY_RUNS = {
     "sdxl": {"uce": ("uce", {}), "esd-x": ("esd-x", {"iterations": 10, "sample_steps": 10}),
-             "esd-u": ("esd-u", {"iterations": 3, "sample_steps": 10})},
+             "esd-u": ("esd-u", {"iterations": 3, "sample_steps": 10}), "ac": ("ac", AC_SMALL), "mace": ("mace", MACE_SMALL),
+             "race": ("race", RACE_SMALL)},
+    "sd3": {"uce": ("uce", {}), "esd-x": ("esd-x", {"iterations": 10, "sample_steps": 10})},
     "flux": {"uce": ("uce", {}), "esd-x lora r16": ("esd-x", {"iterations": 10, "sample_steps": 10, "lora_rank": 16}),
-             "esd-x-strict": ("esd-x-strict", {"iterations": 10, "sample_steps": 10})},
+             "esd-x-strict": ("esd-x-strict", {"iterations": 10, "sample_steps": 10}), "ac": ("ac", AC_SMALL),
+             "mace": ("mace", MACE_SMALL), "race lora r16": ("race", {**RACE_SMALL, "lora_rank": 16})},
 }  # fmt: skip
-FAMILY_BUILDERS = {"sdxl": random_sdxl_pipeline, "flux": random_flux_pipeline}
+FAMILY_BUILDERS = {"sdxl": random_sdxl_pipeline, "sd3": random_sd3_pipeline, "flux": random_flux_pipeline}
 # paper defaults, except what needs weights this machine cannot fetch (Grounded-SAM, CLIP validator)
 DEFAULTS = {"uce": {}, "mace": {"segmenter": "none"}, "rece": {"validate": "none"}, "realera": {}, "esd-x": {}}
 
@@ -154,7 +165,9 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="shrunken widths, for trying the script on a CPU")
     parser.add_argument("--budget", type=float, default=420.0, help="seconds after which the remaining runs are skipped")
     parser.add_argument("--dtypes", default="fp16,bf16,fp32", help="comma-separated dtypes of the small runs")
-    parser.add_argument("--families", default="sdxl,flux", help="newer families to run in bf16 (sdxl, flux; empty: none)")
+    parser.add_argument(
+        "--families", default="sdxl,sd3,flux", help="newer families to run in bf16 (sdxl, sd3, flux; empty: none)"
+    )
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = Path(os.environ.get("OUT", "runs/gpu_check"))

@@ -85,6 +85,100 @@ def test_esd_trains_the_official_flux_layers_and_leaves_the_pipeline_as_it_was(f
     assert all(p.requires_grad for p in flux.transformer.parameters())
 
 
+def test_ac_noises_on_the_flow_path_and_trains_what_reads_the_text(flux):
+    from erasekit.models.layers import ablation_parameters
+    from erasekit.primitives.denoising import denoising
+    from erasekit.primitives.image_batches import draw_images, noised_batch
+
+    run = RunContext(flux, progress=False)
+    den = denoising(run)
+    images = draw_images(run, ["a photo of a circle"], 2, 4.0, 3, seed=5, den=den)
+    finished = pipeline_images(flux, [5], 3, 4.0, output_type="latent", prompt=["a photo of a circle"])
+    assert torch.allclose(images.latents[:1], finished, atol=1e-4)  # the anchor images are the pipeline's own
+    batch = noised_batch(run, images, 3, __import__("random").Random(0), run.generator(0), den)
+    sigma = batch.t.reshape(-1, 1, 1)
+    assert ((0 < batch.t) & (batch.t <= 1)).all()
+    assert torch.allclose(batch.x_t - sigma * batch.target, batch.x_0, atol=1e-5)  # an exact Euler step to σ = 0
+    names = ablation_parameters(flux.transformer, "cross-attn", "flux")
+    assert {n.rpartition(".")[0] for n in names} == {FLUX_TOKEN_INPUT, FLUX_POOLED_INPUT} | {
+        f"transformer_blocks.{i}.attn.{p}"
+        for i in range(len(flux.transformer.transformer_blocks))
+        for p in ("add_k_proj", "add_v_proj")
+    }
+    before = {name: p.detach().clone() for name, p in flux.transformer.named_parameters()}
+    edit = erase(flux, EraseSpec(("square",), ("circle",), ("triangle",)), "ac", anchor_images=4, steps=3, sample_steps=3,
+                 batch_size=2, preserve_images=2, lr=1e-3, progress=False)  # fmt: skip
+    assert set(edit.weights) == set(names) and any(not torch.equal(v, before[n]) for n, v in edit.weights.items())
+    assert all(torch.equal(p, before[name]) for name, p in flux.transformer.named_parameters())
+
+
+def test_the_joint_attention_probe_computes_what_flux_computes_and_reads_image_to_text_maps(flux):
+    from erasekit.primitives.attention import probing
+    from erasekit.primitives.flow import predict_velocity
+
+    run = RunContext(flux, progress=False)
+    grid = latent_grid(flux)
+    x = torch.randn(2, grid.tokens, grid.channels, generator=torch.Generator().manual_seed(0))
+    text, sigma = flow_text(run, ["a photo of a square", "a circle"]), torch.tensor([0.5, 0.3])
+    expected = predict_velocity(flux.transformer, x, sigma, text, grid)
+    with probing(flux.transformer, "flux") as probe:
+        probe.token_mask = torch.zeros(2, run.cache.max_length, dtype=torch.bool)
+        probe.token_mask[:, 4] = True
+        probe.pixel_mask = torch.zeros(2, 1, 64, 64)
+        probe.pixel_mask[..., :32, :] = 1.0  # the top half of the image
+        got = predict_velocity(flux.transformer, x, sigma, text, grid)
+    blocks = len(flux.transformer.transformer_blocks) + len(flux.transformer.single_transformer_blocks)
+    assert torch.allclose(got, expected, atol=1e-5) and len(probe.maps) == blocks
+    heads = flux.transformer.config.num_attention_heads
+    assert probe.maps[0].shape == (2, heads, grid.tokens, run.cache.max_length)
+    kept = probe.maps[0].detach().abs().sum(dim=(0, 1))  # per image token and text token
+    assert kept[: grid.tokens // 2, 4].min() > 0 and kept[grid.tokens // 2 :].max() == 0 and kept[:, :4].max() == 0
+    assert type(flux.transformer.transformer_blocks[0].attn.processor).__name__ == "FluxAttnProcessor"  # given back
+
+
+def test_mace_edits_the_token_and_pooled_inputs_and_its_lora_lowers_the_joint_attention_loss(flux):
+    spec = EraseSpec(("square",), ("",), ("triangle",))
+    edit = erase(flux, spec, "mace", steps=12, images_per_concept=2, sample_steps=3, segmenter="none", lr=3e-2, lam=1.0,
+                 progress=False)  # fmt: skip
+    assert set(edit.weights) == {f"{FLUX_TOKEN_INPUT}.weight", f"{FLUX_POOLED_INPUT}.weight"}
+    curve = edit.card["lora_losses"]["square"]
+    assert curve["loss_last_10pct"] < 0.9 * curve["loss_first_10pct"]
+    refined = erase(flux, spec, "mace", lora=False, lam=1.0, progress=False)
+    run = RunContext(flux, progress=False)
+    pooled = run.pooled(["a photo of square", "a photo of", "a photo of triangle"])
+    p0, p = (
+        flux.transformer.time_text_embed.text_embedder.linear_1.weight.detach(),
+        refined.weights[f"{FLUX_POOLED_INPUT}.weight"],
+    )
+    # the refinement sends the prompt's pooled vector (CLIP's [EOS]) towards its anchor prompt's, and keeps the preserved
+    assert (p @ pooled[0] - p0 @ pooled[1]).norm() < 0.5 * (p0 @ pooled[0] - p0 @ pooled[1]).norm()
+    assert (p @ pooled[2] - p0 @ pooled[2]).norm() < 0.5 * (p0 @ pooled[2]).norm()
+
+
+def test_race_on_flux_aims_the_velocitys_implied_noise_at_the_trajectorys_start(flux):
+    from erasekit.methods.base import get_method, make_config
+    from erasekit.methods.race import pgd_states
+    from erasekit.primitives.denoising import denoising
+
+    run = RunContext(flux, progress=False)
+    den = denoising(run)
+    start = den.start_noise(7)
+    text = flow_text(run, ["a square", ""])
+    x, _ = flow_partial_samples(run, flux.transformer, text[0:1], text[1:2], 4.0, 3, [0], [7], den.grid)
+    assert torch.equal(x, start)  # the plan's trajectory of seed 7 starts from this noise
+    x_0 = torch.randn_like(start)
+    on_path = 0.6 * x_0 + 0.4 * start  # x_σ at σ = 0.4 of the straight path from start to x_0
+    assert torch.allclose(den.implied_noise(on_path, torch.tensor(0.4), start - x_0), start, atol=1e-5)
+    config = make_config(get_method("race"), {"epsilon": 0.2, "pgd_steps": 3})
+    states = den.conditioning(["a photo of a square"])
+    adversarial = pgd_states(lambda x, t, c: den.implied_noise(x, t, den.predict(flux.transformer, x, t, c)), on_path,
+                             torch.tensor(0.4), states, start, config, torch.Generator().manual_seed(0))  # fmt: skip
+    assert torch.equal(adversarial.pooled, states.pooled)
+    assert 0 < (adversarial.tokens - states.tokens).abs().max() <= 0.2 + 1e-6
+    edit = erase(flux, SPEC, "race", iterations=2, esd_iterations=1, pgd_steps=2, sample_steps=3, progress=False)
+    assert set(edit.weights) == {f"{n}.{p}" for n in flux_esd_layers(flux.transformer, "esd-x") for p in ("weight", "bias")}
+
+
 def test_esd_as_a_lora_changes_weights_by_at_most_its_rank(flux):
     edit = erase(flux, SPEC, "esd-x", iterations=3, sample_steps=3, lr=1e-2, lora_rank=2, progress=False)
     params = dict(flux.transformer.named_parameters())
@@ -163,8 +257,8 @@ def test_attacks_and_unsupported_bench_columns_on_the_flow_model_are_one_line_be
 
     with pytest.raises(ErasekitError, match=r"^the unlearndiff attack does not run on FLUX models yet"):
         attack_job.check_attack(attack_job.AttackOptions("unlearndiff", concept="square", model="erasekit-tiny-flux"))
-    with pytest.raises(ErasekitError, match=r"^mace does not run on FLUX models yet"):
-        bench_job.check_bench(bench_job.BenchOptions(methods=("uce", "mace"), model="erasekit-tiny-flux", out=tmp_path / "b"))
+    with pytest.raises(ErasekitError, match=r"^rece does not run on FLUX models yet"):
+        bench_job.check_bench(bench_job.BenchOptions(methods=("uce", "rece"), model="erasekit-tiny-flux", out=tmp_path / "b"))
     with pytest.raises(ErasekitError, match=r"^the attacks do not run on FLUX models yet"):
         bench_job.check_bench(bench_job.BenchOptions(methods=("uce",), protocol="robustness", model="erasekit-tiny-flux",
                                                      out=tmp_path / "b"))  # fmt: skip

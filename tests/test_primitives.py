@@ -110,7 +110,8 @@ def test_aligned_positions_pair_prefix_middle_suffix_and_padding():
 def test_xt_plan_draws_in_step_order_and_samples_each_prompt_in_one_batch(pipe):
     import random
 
-    from erasekit.primitives.diffusion import partial_samples, sample_latents
+    from erasekit.primitives.diffusion import partial_samples
+    from erasekit.primitives.image_batches import draw_images
     from erasekit.primitives.run import RunContext
     from erasekit.primitives.xt_plan import plan_xt
 
@@ -126,7 +127,7 @@ def test_xt_plan_draws_in_step_order_and_samples_each_prompt_in_one_batch(pipe):
         assert point.prompt == prompt and torch.allclose(point.x_t, x, atol=1e-5) and point.t == t[0]
     with pytest.raises(ValueError, match="outside the 2 prompts"):
         plan_xt(run, pipe.unet, conds, uncond, 3.0, 4, 2, lambda k: 2, random.Random(0))
-    finished = sample_latents(pipe, conds[0], uncond, 3.0, 4, [7])
+    finished = draw_images(run, ["a square"], 1, 3.0, 4, 7).latents  # the training images: seed 7 for the first
     x, t = partial_samples(pipe, pipe.unet, conds[0], uncond, 3.0, 4, [4], [7])
     assert torch.equal(finished, x) and t[0] == 0  # index `steps` is the finished sample
 

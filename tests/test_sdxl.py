@@ -83,6 +83,35 @@ def test_sdxl_layout_in_half_precision_gives_finite_uce_and_esd_edits(dtype):
         assert all(v.dtype == dtype and torch.isfinite(v).all() for v in edit.weights.values())
 
 
+def test_ac_on_sdxl_noises_as_its_euler_sampler_and_trains_cross_attention(sdxl):
+    import random
+
+    from erasekit.primitives.denoising import denoising
+    from erasekit.primitives.image_batches import Images, noised_batch
+
+    run = RunContext(sdxl, progress=False)
+    den = denoising(run)
+    x_0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    batch = noised_batch(run, Images(x_0, [0, 0]), 2, random.Random(0), run.generator(0), den)
+    alpha_bar = sdxl.scheduler.alphas_cumprod[batch.t.long()].reshape(-1, 1, 1, 1)
+    # held as the Euler sampler holds x_t (x₀ + σ_t ε), so that √ᾱ_t times it is the DDPM x_t the UNet was trained on
+    assert torch.allclose(batch.x_t * alpha_bar.sqrt(), alpha_bar.sqrt() * batch.x_0 + (1 - alpha_bar).sqrt() * batch.target,
+                          atol=1e-5)  # fmt: skip
+    edit = erase(sdxl, EraseSpec(("cat",), ("dog",), ("bird",)), "ac", anchor_images=2, steps=2, sample_steps=3, batch_size=2,
+                 preserve_images=1, lr=1e-3, progress=False)  # fmt: skip
+    assert set(edit.weights) == {name for name, _ in parameter_group(sdxl.unet, "esd-x-strict")}
+    assert all(torch.isfinite(v).all() for v in edit.weights.values())
+
+
+def test_mace_on_sdxl_trains_its_lora_on_both_encoders_states_and_fuses_it(sdxl):
+    edit = erase(sdxl, EraseSpec(("cat",), ("",), ("bird",)), "mace", steps=6, images_per_concept=2, sample_steps=3,
+                 segmenter="none", lr=3e-2, lam=1.0, progress=False)  # fmt: skip
+    assert set(edit.weights) == {f"{name}.weight" for name in kv_projections(sdxl.unet)}
+    curve = edit.card["lora_losses"]["cat"]
+    assert all(torch.isfinite(v).all() for v in edit.weights.values())
+    assert curve["loss_last_10pct"] < curve["loss_first_10pct"]
+
+
 def test_race_on_sdxl_attacks_the_token_states_and_keeps_the_pooled_vector(sdxl):
     from erasekit.methods.race import pgd_states
     from erasekit.primitives.denoising import denoising

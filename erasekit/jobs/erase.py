@@ -82,7 +82,7 @@ def check_erase(options: EraseOptions) -> CheckedErase:
     """Refuse, before any model loads, an unknown method, a model family it does not run on (where the
     model's directory says), a bad setting, an export that cannot be written, and an export of a method
     that changes no weights; the method with its config, made once."""
-    from erasekit.exports import check_export_request, refuse_single_file
+    from erasekit.exports import check_export_request, refuse_format
     from erasekit.models.families import check_components, check_family, family_of_model
 
     method = get_method(options.method)
@@ -91,7 +91,7 @@ def check_erase(options: EraseOptions) -> CheckedErase:
         check_family(family, method.name, method.families)
         check_components(options.model, family)
         if options.save_single_file is not None:
-            refuse_single_file(family, "single-file")
+            refuse_format(family, "single-file")
     config = make_config(method, dict(options.settings))
     if options.save_single_file is not None:
         check_export_request("single-file", options.save_single_file)
@@ -131,7 +131,7 @@ def _erase_and_write(
     options: EraseOptions, checked: CheckedErase, workers: Workers, on_warning: Callable[[str], None]
 ) -> EraseResult | None:
     from erasekit.edits.lora import lora_factors
-    from erasekit.exports import export_loaded, refuse_single_file
+    from erasekit.exports import export_loaded, refuse_format
     from erasekit.methods.runner import run_method
     from erasekit.models.embedded import is_world_model
     from erasekit.models.families import denoiser, pipeline_family
@@ -151,7 +151,7 @@ def _erase_and_write(
         return None
     family = pipeline_family(pipe)
     if options.save_single_file is not None:  # refused before anything is written
-        refuse_single_file(family, "single-file")
+        refuse_format(family, "single-file")
         refuse_lost_text_encoder(pipe, bool(edit.text_encoder_names))
     lora = None
     if options.lora or options.lora_rank is not None:

@@ -20,6 +20,14 @@ weight decay 1e-2, gradient norm clipped at 1, batch 4, 200 steps (the README's 
 GPU), anchor images sampled with 25 steps at guidance 6. Differences: the anchor images are kept as
 latents (no decode/encode round trip, no flips), and are sampled with deterministic DDIM (η = 0)
 where the script used η = 1.
+
+On SDXL and FLUX the idea carries over unchanged: the anchor images are drawn by the family's own
+sampler, the target prompt's prediction is pulled to the anchor prompt's (model-based) or to the
+noising's target (noise-based: the flow velocity ε − x₀ on FLUX), with the pooled vector and SDXL's
+added time ids in the conditioning (:mod:`erasekit.primitives.denoising`). The parameter groups are
+the family's: ``cross-attn`` is every layer that reads the text (SDXL's ``attn2.to_k/to_v``; FLUX's
+``context_embedder``, the pooled text embedder and the double blocks' ``add_k_proj/add_v_proj``),
+``attn`` all attention, ``full-weight`` the whole denoiser.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import register
 from erasekit.models.layers import ablation_parameters
-from erasekit.primitives.diffusion import predict_noise
+from erasekit.primitives.denoising import denoising
 from erasekit.primitives.image_batches import caption_pairs, draw_images, noised_batch
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.training import fine_tuning, fit, loss_record
@@ -80,38 +88,39 @@ class ACConfig:
     "ac",
     "AC, Ablating Concepts (Kumari et al. 2023): fine-tune so the target's prompt draws the anchor's images",
     ACConfig,
+    families=("sd", "sdxl", "flux"),
 )
 def erase(run: RunContext, spec: EraseSpec, config: ACConfig) -> Edit:
     """AC on ``spec``: the parameter group fine-tuned on the anchor's images under the target's captions,
     with the model- or noise-based loss above (and the prior loss for a preserve set)."""
-    unet = run.unet
+    model, den = run.denoiser, denoising(run)
     pairs = caption_pairs(spec.targets, spec.anchors, config.templates)
-    target_states, anchor_states = run.states([c for c, _ in pairs]), run.states([a for _, a in pairs])
+    target_states, anchor_states = den.conditioning([c for c, _ in pairs]), den.conditioning([a for _, a in pairs])
     anchor_images = draw_images(run, [a for _, a in pairs], config.anchor_images, config.guidance, config.sample_steps,
-                                config.seed)  # fmt: skip
+                                config.seed, den)  # fmt: skip
     kept_prompts = [t.format(p) for p in spec.preserve for t in config.templates]
     use_prior = bool(kept_prompts) and config.prior_loss_weight > 0
     if use_prior:
         kept_images = draw_images(run, kept_prompts, config.preserve_images * len(spec.preserve), config.guidance,
-                                  config.sample_steps, config.seed + 10**6)  # fmt: skip
-        kept_states = run.states(kept_prompts)
+                                  config.sample_steps, config.seed + 10**6, den)  # fmt: skip
+        kept_states = den.conditioning(kept_prompts)
     rng, generator = random.Random(config.seed), run.generator(config.seed)
 
-    with fine_tuning(run, ablation_parameters(unet, config.parameter_group)) as tuning:
+    with fine_tuning(run, ablation_parameters(model, config.parameter_group, run.family.name)) as tuning:
 
         def loss_at(_: int) -> torch.Tensor:
-            batch = noised_batch(run, anchor_images, config.batch_size, rng, generator)
+            batch = noised_batch(run, anchor_images, config.batch_size, rng, generator, den)
             x_t, t = batch.x_t, batch.t
             if config.loss == "model":
                 with torch.no_grad():
-                    target = predict_noise(unet, x_t, t, anchor_states[batch.caption]).float()
+                    target = den.predict(model, x_t, t, anchor_states[batch.caption]).float()
             else:
-                target = batch.noise.float()
-            loss = F.mse_loss(predict_noise(unet, x_t, t, target_states[batch.caption]).float(), target)
+                target = batch.target.float()
+            loss = F.mse_loss(den.predict(model, x_t, t, target_states[batch.caption]).float(), target)
             if use_prior:
-                kept = noised_batch(run, kept_images, config.batch_size, rng, generator)
-                prior = F.mse_loss(predict_noise(unet, kept.x_t, kept.t, kept_states[kept.caption]).float(), kept.noise.float())
-                loss = loss + config.prior_loss_weight * prior
+                kept = noised_batch(run, kept_images, config.batch_size, rng, generator, den)
+                kept_prediction = den.predict(model, kept.x_t, kept.t, kept_states[kept.caption])
+                loss = loss + config.prior_loss_weight * F.mse_loss(kept_prediction.float(), kept.target.float())
             return loss
 
         params = list(tuning.params.values())

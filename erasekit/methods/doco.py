@@ -191,7 +191,7 @@ def erase(run: RunContext, spec: EraseSpec, config: DoCoConfig) -> Edit:
                         logits.float(), torch.zeros_like(logits, dtype=torch.float32)
                     )
                     kept_eps = predict_noise(unet, kept.x_t, kept.t, kept_states[kept.caption])
-                    retain = F.mse_loss(kept_eps.float(), kept.noise.float())
+                    retain = F.mse_loss(kept_eps.float(), kept.target.float())
                 check_finite(float(adversarial.detach()) + float(retain.detach()), step)
                 scale = scaler.get_scale() if scaler.is_enabled() else 1.0
                 if config.gradient_surgery:

@@ -24,6 +24,8 @@ point guided towards; preserve concepts add ‖ε_θ(x_t, p) − ε_θ*(x_t, p)�
 On SDXL (``esd_sdxl.py``) the UNet also reads the pooled vector and the added time ids; on FLUX
 (``esd_flux.py``) the same target is taken in velocity space on x_σ of the transformer's Euler
 sampling, and the groups are FLUX's attention Linears (:func:`~erasekit.models.layers.flux_esd_layers`).
+SD3's MMDiT is trained the same way (no official script; its joint blocks' attention Linears, selected
+as on FLUX).
 The family's conditioning, prediction and sampler come from :mod:`erasekit.primitives.denoising`.
 """
 
@@ -116,8 +118,7 @@ def train_esd(
     states it returns instead of the concept's own (RACE). On FLUX the same target in velocity space, on
     x_σ of the transformer's own Euler sampling (the official esd_flux.py)."""
     model = run.denoiser
-    flux = run.family.name == "flux"
-    if flux:
+    if run.family.denoiser == "transformer":  # FLUX, SD3
         layers = flux_esd_layers(model, config.train_method)
         names = [f"{layer}.{n}" for layer in layers for n, _ in model.get_submodule(layer).named_parameters()]
     else:
@@ -199,10 +200,10 @@ register(
     "esd-x",
     "ESD-x (Gandikota et al. 2023): fine-tune cross-attention with negative guidance; erases the named concept",
     ESDConfig,
-    families=("sd", "sdxl", "flux"),
+    families=("sd", "sdxl", "sd3", "flux"),
 )(erase)
 register("esd-u", "ESD-u: fine-tune everything but cross-attention; erases the concept globally (nudity)", ESDUConfig,
          families=("sd", "sdxl"))(erase)  # fmt: skip
 register("esd-all", "ESD-all: fine-tune the whole UNet with negative guidance", ESDAllConfig, families=("sd", "sdxl"))(erase)
 register("esd-x-strict", "ESD-x-strict: fine-tune only cross-attention to_k/to_v with negative guidance", ESDXStrictConfig,
-         families=("sd", "sdxl", "flux"))(erase)  # fmt: skip
+         families=("sd", "sdxl", "sd3", "flux"))(erase)  # fmt: skip

@@ -17,6 +17,15 @@ Three stages, each on a shared primitive:
 
 Defaults follow the official object configs (``configs/object/*.yaml``): λ=1e3, rank 1,
 lr 1e-5, 50 steps, batch 1, CFIS with t₁=200, t₂=400, γ=0.05, no prior cache (scale 0).
+
+SDXL: the same three stages on ``attn2.to_k/to_v``, which read both encoders' states side by side.
+FLUX has no cross-attention; the one Linear whose input is the token states is ``context_embedder``,
+so all three stages edit it (the closed forms in the same token space, the LoRA on it), and the
+attention loss reads the joint attention of every block, image queries against the concept's text
+keys (:class:`~erasekit.primitives.attention.FluxAttentionProbe`); CFIS's window is read as
+σ = t/1000. The refinement also maps the pooled vector of every augmented prompt onto its anchor
+prompt's (the pooled text embedder): CLIP's pooled vector is its [EOS] state, one of the co-existing
+tokens the refinement maps on SD.
 """
 
 from __future__ import annotations
@@ -38,10 +47,11 @@ from erasekit.edits import Edit, weights_hash
 from erasekit.errors import ErasekitError
 from erasekit.io import atomic_path
 from erasekit.methods.base import register
-from erasekit.models.layers import kv_projections, kv_weights
+from erasekit.models.layers import FLUX_POOLED_INPUT, FLUX_TOKEN_INPUT, flux_text_inputs, kv_projections
 from erasekit.primitives.attention import probing
 from erasekit.primitives.closed_form import TextMoments, edited_weights, fused_weights, text_space_map
-from erasekit.primitives.diffusion import pipeline_images, predict_noise
+from erasekit.primitives.denoising import UNetDenoising, denoising
+from erasekit.primitives.diffusion import pipeline_images
 from erasekit.primitives.lora_trainer import check_rank, lora_adapter
 from erasekit.primitives.prompt_cache import PromptCache, aligned_positions
 from erasekit.primitives.run import RunContext
@@ -68,7 +78,7 @@ from erasekit.settings import (
 )
 
 if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
+    from torch import nn
 
 # Prompt augmentation in the manner of MACE's (one phrasing per line, the concept where {} is).
 OBJECT_TEMPLATES = (
@@ -217,12 +227,39 @@ def prior_prompts(source: str, targets: tuple[str, ...], count: int = 500, seed:
     return kept[:count]
 
 
+def token_layers(run: RunContext) -> dict[str, nn.Linear]:
+    """The Linears MACE edits, those that read the token states: every to_k/to_v (SD, SDXL), FLUX's context_embedder."""
+    if run.family.name == "flux":
+        return {FLUX_TOKEN_INPUT: flux_text_inputs(run.denoiser)[0]}
+    return kv_projections(run.denoiser)
+
+
+def pooled_refinement(run: RunContext, spec: EraseSpec, config: MACEConfig) -> dict[str, torch.Tensor]:
+    """FLUX's pooled text embedder with every augmented prompt's pooled vector sent to its anchor prompt's
+    (the [EOS] state of SD's refinement), the preserve prompts' kept."""
+    templates = config.prompt_templates
+    pairs = [
+        (t.format(c), t.format(a).strip() or " ") for c, a in zip(spec.targets, spec.anchors, strict=True) for t in templates
+    ]
+    vectors = run.pooled([p for pair in pairs for p in pair])
+    erase = run.moments(vectors.shape[-1]).add(vectors[0::2], vectors[1::2])
+    preserve = None
+    if spec.preserve and config.preserve_scale > 0:
+        kept = run.pooled([t.format(p) for p in spec.preserve for t in templates])
+        preserve = run.moments(vectors.shape[-1]).add(kept, weight=config.preserve_scale)
+    layer = flux_text_inputs(run.denoiser)[1]
+    weights = edited_weights({FLUX_POOLED_INPUT: layer}, text_space_map(erase, preserve, config.lam))
+    return {f"{name}.weight": w for name, w in weights.items()}
+
+
 @torch.no_grad()
-def concept_images(pipe: DiffusionPipeline, prompts: list[str], config: MACEConfig, seed: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Latents x₀ and uint8 images the (original) model generates for ``prompts``, one per prompt."""
+def concept_images(
+    run: RunContext, den: UNetDenoising, prompts: list[str], config: MACEConfig, seed: int
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Latents x₀ (packed on FLUX) and uint8 images the (original) model generates for ``prompts``, one per prompt."""
     seeds = range(seed, seed + len(prompts))
-    latents = pipeline_images(pipe, seeds, config.sample_steps, config.guidance, "latent", prompt=prompts)
-    decoded = pipe.vae.decode(latents.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    latents = pipeline_images(run.pipe, seeds, config.sample_steps, config.guidance, "latent", prompt=prompts, **den.image_size())
+    decoded = den.decode(latents)
     images = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return latents, images
 
@@ -243,7 +280,7 @@ def concept_data(run: RunContext, concept: str, index: int, config: MACEConfig, 
     cache = run.cache
     templates = config.prompt_templates
     prompts = [templates[k % len(templates)].format(concept) for k in range(config.images_per_concept)]
-    latents, images = concept_images(run.pipe, prompts, config, seed=config.seed + 1000 * index)
+    latents, images = concept_images(run, denoising(run), prompts, config, seed=config.seed + 1000 * index)
     masks = segmenter(images, concept).to(run.device)
     usable = [i for i in range(len(prompts)) if masks[i].sum() > 0]
     if not usable:
@@ -262,23 +299,24 @@ def train_concept_lora(
 ) -> tuple[dict[str, torch.Tensor], list[float]]:
     """ΔW of one concept's LoRA on the pipeline's current (refined) weights: min Σ_l ‖A_{t,l} ⊙ M‖ (eq. 3),
     and the loss of every step."""
-    unet, scheduler = run.unet, run.pipe.scheduler
+    model, den = run.denoiser, denoising(run)
     rng = random.Random(config.seed + index)
-    states = run.states(data.prompts)
-    sampler = TimestepSampler(scheduler.config.num_train_timesteps, config.focal, config.t1, config.t2, config.gamma,
+    states = den.conditioning(data.prompts)
+    sampler = TimestepSampler(run.pipe.scheduler.config.num_train_timesteps, config.focal, config.t1, config.t2, config.gamma,
                               config.seed + index)  # fmt: skip
     generator = run.generator(config.seed + index)
-    with lora_adapter(unet, list(kv_projections(unet)), config.rank, seed=config.seed + index) as adapter, probing(unet) as probe:
+    layers = list(token_layers(run))
+    with lora_adapter(model, layers, config.rank, seed=config.seed + index) as adapter, probing(model, run.family.name) as probe:
         params = adapter.parameters()
 
         def attention_loss(_: int) -> torch.Tensor:
             batch = [rng.choice(data.usable) for _ in range(config.batch_size)]
             x0 = data.latents[batch]
-            t = sampler(len(batch)).to(run.device)
+            t = den.training_time(sampler(len(batch)).to(run.device))
             noise = run.randn(tuple(x0.shape), generator, x0.dtype)
             probe.reset()
             probe.token_mask, probe.pixel_mask = data.token_masks[batch], data.masks[batch]
-            predict_noise(unet, scheduler.add_noise(x0, noise, t), t, states[batch])
+            den.predict(model, den.noised(x0, noise, t), t, states[batch])
             return probe.loss()
 
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
@@ -335,40 +373,43 @@ class AdapterStore:
             save_file({n: d.contiguous() for n, d in deltas.items()}, str(tmp), metadata=meta)
 
 
-@register("mace", "MACE (Lu et al. 2024): closed-form refinement, one LoRA per concept, closed-form fusion", MACEConfig)
+@register("mace", "MACE (Lu et al. 2024): closed-form refinement, one LoRA per concept, closed-form fusion", MACEConfig,
+          families=("sd", "sdxl", "flux"))  # fmt: skip
 def erase(run: RunContext, spec: EraseSpec, config: MACEConfig) -> Edit:
     """MACE's three stages for ``spec`` (above): closed-form refinement, one LoRA per concept (reused from
     ``adapter_dir`` where saved) and their closed-form fusion; refinement alone when ``lora`` is off."""
     config = replace(config, segmenter=resolved_segmenter(run, config))  # the card records what 'auto' chose
     cache, pipe = run.cache, run.pipe
-    projections = kv_projections(pipe.unet)
+    projections = token_layers(run)
     if config.lora:  # what stage 2 would refuse only after its images are drawn, refused now
         if run.workers.count > 1 and not config.adapter_dir:
             raise ErasekitError("MACE in several processes shares its LoRAs through a directory: set adapter_dir=DIR")
-        check_rank(pipe.unet, list(projections), config.rank)
+        check_rank(run.denoiser, list(projections), config.rank)
         if config.focal:
             concept_focal_weights(pipe.scheduler.config.num_train_timesteps, config.t1, config.t2, config.gamma)
-    originals = kv_weights(pipe.unet)
+    originals = {f"{name}.weight": layer.weight.detach().clone() for name, layer in projections.items()}
     templates = config.prompt_templates
     preserve = preserve_moments(run, spec, config)
 
     # Stage 1: closed-form refinement of the co-existing words (eq. 2): one text-space map serves all layers.
     text_map = text_space_map(refinement_moments(run, spec, templates), preserve, config.lam)
     refined = {f"{name}.weight": w for name, w in edited_weights(projections, text_map).items()}
+    pooled = pooled_refinement(run, spec, config) if run.family.name == "flux" else {}
     if not config.lora:
-        return Edit(refined, {"config": asdict(config)})
+        return Edit({**refined, **pooled}, {"config": asdict(config)})
 
     # Stage 2: one LoRA per concept on the refined model, trained on images of the original model.
     # Under several processes each trains every n-th missing LoRA; they meet in the adapter directory.
-    store = AdapterStore(Path(config.adapter_dir), weights_hash(refined), config.lora_settings) if config.adapter_dir else None
+    base = weights_hash({**refined, **pooled})
+    store = AdapterStore(Path(config.adapter_dir), base, config.lora_settings) if config.adapter_dir else None
     deltas: list[dict[str, torch.Tensor] | None] = [store.load(c, k) if store else None for k, c in enumerate(spec.targets)]
     missing = [k for k, d in enumerate(deltas) if d is None]
     curves: dict[str, dict[str, object]] = {}  # the LoRAs trained in this run (a resumed one's is on its first card)
     if mine := run.workers.share(missing):
         segmenter = make_segmenter(config.segmenter, run.device, **config.segmenter_options)
         data = {k: concept_data(run, spec.targets[k], k, config, segmenter) for k in mine}
-        with Edit(refined).applied(pipe, check_base=False):  # the original weights come back, also on Ctrl-C
-            pipe.unet.requires_grad_(False)
+        with Edit({**refined, **pooled}).applied(pipe, check_base=False):  # the original weights come back, also on Ctrl-C
+            run.denoiser.requires_grad_(False)
             for k in mine:
                 deltas[k], losses = train_concept_lora(run, data[k], k, config)
                 curves[spec.targets[k]] = loss_record(losses)
@@ -385,7 +426,7 @@ def erase(run: RunContext, spec: EraseSpec, config: MACEConfig) -> Edit:
     else:
         moments = [run.moments().add(cache.states([t.format(c) for t in templates])).source for c in spec.targets]
         fused = fused_weights(refined, deltas, moments, config.lam, preserve.source if preserve else None, originals)
-    return Edit(fused, {"config": asdict(config), "lora_losses": curves})
+    return Edit({**fused, **pooled}, {"config": asdict(config), "lora_losses": curves})
 
 
 def resolved_segmenter(run: RunContext, config: MACEConfig) -> str:

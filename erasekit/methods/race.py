@@ -16,6 +16,11 @@ here, then ``iterations`` adversarial ones, on the same parameters. Defaults are
 (ε = 0.1, 10 PGD steps, α = ε/4, lr 1e-5, 1000 iterations, η = 1 on the paper's target, guidance 3);
 the pretrained ESD stage uses the same settings. The paper's top-k nearest concepts erased beside
 the target are not in the official script and not here.
+
+On SDXL the attack moves both encoders' token states and keeps the pooled vector. On FLUX (ESD's
+velocity target on x_σ, :mod:`erasekit.methods.esd`) a velocity v stands for the noise
+ε̂ = x_σ + (1 − σ)·v, and the attack brings that ε̂ nearest ε_T, the noise the Euler trajectory started
+from: the same aim as on SD, in the flow's terms. It moves the T5 token states; the pooled vector is kept.
 """
 
 from __future__ import annotations
@@ -33,7 +38,6 @@ from erasekit.errors import ErasekitError
 from erasekit.methods.base import register
 from erasekit.methods.esd import ESDConfig, train_esd
 from erasekit.primitives.denoising import denoising
-from erasekit.primitives.diffusion import latent_shape
 from erasekit.primitives.prompt_cache import PooledText
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.xt_plan import XtPoint
@@ -72,7 +76,7 @@ def pgd_states(
     states: torch.Tensor | PooledText, noise: torch.Tensor, config: RACEConfig, generator: torch.Generator,
 ) -> torch.Tensor | PooledText:  # fmt: skip
     """c + δ*: the states within ε of ``states`` under which ``predict(x_t, t, ·)`` comes nearest ``noise``.
-    SDXL's conditioning keeps its pooled vector; its token states are what the attack moves."""
+    SDXL's and FLUX's conditioning keep their pooled vector; the token states are what the attack moves."""
     pooled = states.pooled if isinstance(states, PooledText) else None
     tokens = states.tokens if pooled is not None else states
 
@@ -94,18 +98,20 @@ def pgd_states(
 
 
 @register("race", "RACE (Kim et al. 2024): ESD trained at PGD-perturbed concept embeddings, robust to attacks", RACEConfig,
-          families=("sd", "sdxl"))  # fmt: skip
+          families=("sd", "sdxl", "flux"))  # fmt: skip
 def erase(run: RunContext, spec: EraseSpec, config: RACEConfig) -> Edit:
     """RACE on ``spec``: ``esd_iterations`` plain ESD steps, then ESD's loss at the PGD-perturbed states c + δ* (above).
-    On SDXL the attack moves both encoders' token states; FLUX predicts a velocity, not the noise RACE aims at."""
+    On SDXL and FLUX the attack moves the token states; on FLUX it aims the velocity's implied noise."""
     generator = run.generator(config.seed + 1)
     den = denoising(run)
 
+    def predicted_noise(x: torch.Tensor, t: torch.Tensor, cond: object) -> torch.Tensor:
+        return den.implied_noise(x, t, den.predict(run.denoiser, x, t, cond))
+
     def adversary(states: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, point: XtPoint) -> torch.Tensor:
-        # the trajectory's own starting noise, drawn again from its seed as partial_samples drew it: unscaled, the
-        # ε an ε-prediction aims at (DDIM starts at that scale; SDXL's Euler sampler at init_noise_sigma times it)
-        start = torch.randn(latent_shape(run.pipe)[1:], generator=torch.Generator("cpu").manual_seed(point.seed), device="cpu")
-        noise = start[None].to(run.device, x_t.dtype)
-        return pgd_states(lambda x, t, c: den.predict(run.denoiser, x, t, c), x_t, t, states, noise, config, generator)
+        # the trajectory's own starting noise, drawn again from its seed as the plan drew it: unscaled, the ε an
+        # ε-prediction aims at (DDIM starts at that scale; SDXL's Euler sampler at init_noise_sigma times it)
+        noise = den.start_noise(point.seed).to(x_t.dtype)
+        return pgd_states(predicted_noise, x_t, t, states, noise, config, generator)
 
     return train_esd(run, spec, config, adversary, plain_steps=config.esd_iterations)  # its card holds the RACE config

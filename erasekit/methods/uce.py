@@ -22,7 +22,9 @@ s_p = 0.1).
 
 SDXL: the same edit of ``attn2.to_k/to_v`` on both encoders' states side by side. FLUX
 (``uce_flux_edit.py``): the same closed form on the two Linears that read the text, ``context_embedder``
-(token states) and the pooled text embedder (pooled vectors), :func:`flux_erase`.
+(token states) and the pooled text embedder (pooled vectors), :func:`flux_erase`. SD3 (no official
+script) the same way on its MMDiT's two Linears of those names, with the last word's state in both
+segments of its joint CLIP + T5 sequence.
 """
 
 from __future__ import annotations
@@ -67,9 +69,9 @@ class UCEConfig:
 
 
 def last_word_state(cache: PromptCache, prompt: str) -> torch.Tensor:
-    """The state at ``attention_mask.sum() - 2``: the prompt's last word token ([BOS] for an empty prompt)."""
-    index = cache.length(prompt) - 2
-    return cache.states([prompt])[0, index : index + 1]
+    """The state at ``attention_mask.sum() - 2``: the prompt's last word token ([BOS] for an empty prompt);
+    on SD3 one in the CLIP segment and one in the T5 segment."""
+    return cache.states([prompt])[0, cache.last_word_positions(prompt)]
 
 
 def aligned_states(
@@ -128,13 +130,15 @@ def pooled_moments(run: RunContext, spec: EraseSpec, config: UCEConfig) -> tuple
 
 
 @register("uce", "UCE (Gandikota et al. 2024): closed-form edit of cross-attention to_k/to_v; many concepts at once", UCEConfig,
-          families=("sd", "sdxl", "flux"))  # fmt: skip
+          families=("sd", "sdxl", "sd3", "flux"))  # fmt: skip
 def erase(run: RunContext, spec: EraseSpec, config: UCEConfig) -> Edit:
     """UCE's closed-form edit of every to_k/to_v (to_v alone if ``edit_keys`` is off) for ``spec`` (equation above);
     on FLUX, of the two Linears that read the text (:func:`flux_erase`)."""
+    if run.family.name == "sd3" and config.token_span != "official":
+        raise ErasekitError("on SD3, UCE reads one token per prompt in each encoder's segment: use token_span=official")
     erase_m, preserve_m = uce_moments(run, spec, config)
     text_map = text_space_map(erase_m, preserve_m, config.lam, config.erase_scale, config.preserve_scale)
-    if run.family.name == "flux":
+    if run.family.denoiser == "transformer":  # FLUX, SD3
         return flux_erase(run, spec, config, text_map)
     projections = {name: lin for name, lin in kv_projections(run.unet).items() if config.edit_keys or name.endswith("to_v")}
     weights = edited_weights(projections, text_map)

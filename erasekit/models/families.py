@@ -105,8 +105,10 @@ def denoiser(pipe: object) -> torch.nn.Module:
 
 
 def sequence_length(pipe: object) -> int:
-    """How many tokens a FLUX pipeline's token path (``tokenizer_2``) is padded to: its tokenizer's own
-    length where that is within the pipeline's limit of 512 (erasekit-tiny-flux: 32), else 512."""
+    """How many tokens the T5 token path of a FLUX or SD3 pipeline is padded to: its tokenizer's own length
+    where that is within the pipeline's default (FLUX 512, SD3 256; erasekit-tiny-flux: 32)."""
+    if pipeline_family(pipe).name == "sd3":
+        return min(int(pipe.tokenizer_3.model_max_length), 256)
     return min(int(pipe.tokenizer_2.model_max_length), 512)
 
 

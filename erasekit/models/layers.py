@@ -110,13 +110,21 @@ def parameter_group(unet: nn.Module, group: str, selection: str = "official") ->
 AC_GROUPS = ("cross-attn", "attn", "full-weight")
 
 
-def ablation_parameters(unet: nn.Module, group: str) -> list[str]:
-    """Names of the UNet parameters Ablating Concepts fine-tunes in ``group``."""
+def ablation_parameters(model: nn.Module, group: str, family: str = "sd") -> list[str]:
+    """Names of the denoiser parameters Ablating Concepts fine-tunes in ``group``. On FLUX, ``cross-attn`` is
+    what reads the text: ``context_embedder``, the pooled text embedder and the double blocks' text-stream
+    ``add_k_proj`` / ``add_v_proj`` (the single blocks' projections read image and text alike); ``attn``
+    every attention Linear."""
     if group not in AC_GROUPS:
         raise ErasekitError(f"unknown AC parameter group {group!r}; choose one of {', '.join(AC_GROUPS)}")
-    cross_attentions(unet)  # a UNet without cross-attention is refused before training starts
-    keys = {"cross-attn": ("attn2.to_k", "attn2.to_v"), "attn": ("to_q", "to_k", "to_v", "to_out")}.get(group)
-    return [name for name, _ in unet.named_parameters() if keys is None or any(k in name for k in keys)]
+    if family == "flux":
+        flux_text_inputs(model)  # a transformer that is not FLUX's is refused before training starts
+        keys = {"cross-attn": (f"{FLUX_TOKEN_INPUT}.", f"{FLUX_POOLED_INPUT}.", "attn.add_k_proj", "attn.add_v_proj"),
+                "attn": ("attn.",)}.get(group)  # fmt: skip
+    else:
+        cross_attentions(model)  # a UNet without cross-attention is refused before training starts
+        keys = {"cross-attn": ("attn2.to_k", "attn2.to_v"), "attn": ("to_q", "to_k", "to_v", "to_out")}.get(group)
+    return [name for name, _ in model.named_parameters() if keys is None or any(k in name for k in keys)]
 
 
 def kv_weights(unet: nn.Module) -> dict[str, torch.Tensor]:
@@ -159,6 +167,14 @@ def flux_text_inputs(transformer: nn.Module) -> tuple[nn.Linear, nn.Linear]:
         raise ErasekitError(
             f"{type(transformer).__name__} has no {FLUX_TOKEN_INPUT} / {FLUX_POOLED_INPUT}: not a FLUX transformer"
         ) from None
+
+
+def flux_attentions(transformer: nn.Module) -> list[nn.Module]:
+    """Every joint attention of a FLUX transformer (the double blocks', then the single blocks'), in module order."""
+    found = [module for name, module in transformer.named_modules() if name.endswith(".attn") and hasattr(module, "to_q")]
+    if not found:
+        raise ErasekitError(f"{type(transformer).__name__} has no joint attention layers: not a FLUX transformer")
+    return found
 
 
 # ESD's groups on FLUX, as the official esd_flux.py selects them (Linear modules by name, weights and

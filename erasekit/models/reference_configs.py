@@ -129,7 +129,9 @@ def random_flux_pipeline(tiny: bool = True, device: str = "cpu", dtype: object =
         clip_dims, t5 = (32, 2, 2), dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
         transformer = dict(num_layers=1, num_single_layers=1, attention_head_dim=8, num_attention_heads=2,
                            joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(2, 2, 4))  # fmt: skip
-        vae = dict(block_out_channels=(8, 8), norm_num_groups=8, latent_channels=4)
+        vae = dict(
+            block_out_channels=(8, 8, 8, 8), norm_num_groups=8, latent_channels=4
+        )  # FLUX.1's factor 8: 512 px is 32² tokens
     else:
         clip_dims, t5 = (768, 12, 12), dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64)
         transformer = dict(num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
@@ -147,4 +149,48 @@ def random_flux_pipeline(tiny: bool = True, device: str = "cpu", dtype: object =
                                                **transformer),
         )  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
+    pipe.text_encoder_2.eval()  # built in training mode: T5's dropout would make every encoding differ
+    return pipe.to(device, dtype or torch.float32)
+
+
+def random_sd3_pipeline(tiny: bool = True, device: str = "cpu", dtype: object = None, seed: int = 0) -> object:
+    """A StableDiffusion3Pipeline of SD3-medium's layout with random weights: two CLIP encoders whose
+    penultimate states are concatenated (768 + 1280) and padded to T5's width, then followed by T5's
+    token states in one sequence; both CLIPs' pooled projections side by side (2048); the MMDiT
+    (24 joint blocks of 24 heads of 64) on a 16-channel VAE; ``tiny`` keeps every layer name with two
+    blocks and shrunken widths."""
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import T5Config, T5EncoderModel
+
+    from erasekit.models.embedded import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    tokenizer.model_max_length = 77
+    torch.manual_seed(seed)
+    if tiny:
+        first, second, t5 = (32, 2, 2), (32, 2, 2), dict(d_model=64, d_kv=8, d_ff=128, num_layers=2, num_heads=4)
+        transformer = dict(sample_size=8, num_layers=2, attention_head_dim=8, num_attention_heads=2, joint_attention_dim=64,
+                           caption_projection_dim=16, pooled_projection_dim=64, in_channels=4, out_channels=4,
+                           pos_embed_max_size=16)  # fmt: skip
+        vae = dict(block_out_channels=(8, 8), norm_num_groups=8, latent_channels=4)
+    else:
+        first, second, t5 = (768, 12, 12), (1280, 32, 20), dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64)
+        transformer = dict(sample_size=128, num_layers=24, attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
+                           caption_projection_dim=1536, pooled_projection_dim=2048, in_channels=16, out_channels=16,
+                           pos_embed_max_size=192)  # fmt: skip
+        vae = dict(block_out_channels=(128, 256, 512, 512), latent_channels=16)
+    with torch.device(device):
+        blocks = len(vae["block_out_channels"])
+        vae_model = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks,
+                                  shift_factor=0.0 if tiny else 0.0609, scaling_factor=1.0 if tiny else 1.5305, **vae)  # fmt: skip
+        pipe = StableDiffusion3Pipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae_model,
+            text_encoder=_clip_text(tokenizer, *first, projection=True), tokenizer=tokenizer,
+            text_encoder_2=_clip_text(tokenizer, *second, projection=True), tokenizer_2=tokenizer,
+            text_encoder_3=T5EncoderModel(T5Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **t5)),
+            tokenizer_3=tokenizer, transformer=SD3Transformer2DModel(patch_size=2, **transformer),
+        )  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    pipe.text_encoder_3.eval()  # built in training mode: T5's dropout would make every encoding differ
     return pipe.to(device, dtype or torch.float32)

@@ -1,8 +1,11 @@
-"""Reading cross-attention maps while the UNet runs, with gradients (MACE's attention loss).
+"""Reading text-attention maps while the denoiser runs, with gradients (MACE's attention loss).
 
-:class:`AttentionProbe` is a diffusers attention processor for the ``attn2`` layers: it computes
+:class:`AttentionProbe` is a diffusers attention processor for a UNet's ``attn2`` layers: it computes
 attention exactly as the default processor does, and also keeps, for every layer it serves, the
 attention probabilities that image positions inside a mask give to chosen text tokens.
+:class:`FluxAttentionProbe` does the same for FLUX's joint attention (the double blocks' and the
+single blocks'), where text and image tokens attend to each other in one softmax: the map is what
+the image tokens' queries give to the chosen text tokens' keys.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from erasekit.models.layers import cross_attentions
+from erasekit.models.layers import cross_attentions, flux_attentions
 
 
 class AttentionProbe:
@@ -45,8 +48,12 @@ class AttentionProbe:
     def _masked(self, probs: torch.Tensor, batch: int) -> torch.Tensor:
         """A ⊙ M restricted to the concept's tokens: (B, heads, N, L) zeroed outside mask and tokens."""
         heads, pixels = probs.shape[0] // batch, probs.shape[1]
+        return self._kept(probs.reshape(batch, heads, pixels, -1))
+
+    def _kept(self, probs: torch.Tensor) -> torch.Tensor:
+        """(B, heads, N, L) image-to-text probabilities of a square image, zeroed outside mask and tokens."""
+        batch, pixels = probs.shape[0], probs.shape[2]
         side = round(pixels**0.5)
-        probs = probs.reshape(batch, heads, pixels, -1)
         keep = self.token_mask[:, None, None, :].to(probs.dtype)
         if self.pixel_mask is not None:
             inside = (F.interpolate(self.pixel_mask, size=(side, side), mode="nearest") > 0.5).reshape(batch, 1, pixels, 1)
@@ -62,16 +69,56 @@ class AttentionProbe:
         self.maps = []
 
 
+class FluxAttentionProbe(AttentionProbe):
+    """FLUX's joint attention (``FluxAttnProcessor``'s arithmetic, the softmax written out) that also records
+    A ⊙ M: the probabilities the image tokens give to the selected text tokens. A double block gets its
+    text stream as ``encoder_hidden_states``; a single block gets text and image concatenated, the text
+    first, as long as ``token_mask``."""
+
+    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, image_rotary_emb: object = None, **_: object) -> torch.Tensor:  # fmt: skip
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.unflatten(-1, (-1, attn.head_dim))
+
+        query, key, value = (heads(f(hidden_states)) for f in (attn.to_q, attn.to_k, attn.to_v))
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        if encoder_hidden_states is not None and attn.added_kv_proj_dim is not None:
+            text_q, text_k, text_v = (
+                heads(f(encoder_hidden_states)) for f in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
+            )
+            query = torch.cat([attn.norm_added_q(text_q), query], dim=1)
+            key = torch.cat([attn.norm_added_k(text_k), key], dim=1)
+            value = torch.cat([text_v, value], dim=1)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        scores = torch.einsum("bnhd,bmhd->bhnm", query, key) * attn.head_dim**-0.5
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        probs = scores.softmax(dim=-1)
+        if self.token_mask is not None:
+            text = self.token_mask.shape[1]
+            self.maps.append(self._kept(probs[:, :, text:, :text]))
+        out = torch.einsum("bhnm,bmhd->bnhd", probs, value).flatten(2, 3).to(query.dtype)
+        if encoder_hidden_states is None:
+            return out
+        text_out, image_out = out.split_with_sizes([encoder_hidden_states.shape[1], hidden_states.shape[1]], dim=1)
+        return attn.to_out[1](attn.to_out[0](image_out.contiguous())), attn.to_add_out(text_out.contiguous())
+
+
 @contextmanager
-def probing(unet: nn.Module) -> Iterator[AttentionProbe]:
-    """Serve every cross-attention layer with one probe; the original processors come back on exit."""
-    probe = AttentionProbe()
-    layers = cross_attentions(unet)
-    saved = [layer.module.processor for layer in layers]
-    for layer in layers:
-        layer.module.set_processor(probe)
+def probing(model: nn.Module, family: str = "sd") -> Iterator[AttentionProbe]:
+    """Serve every layer where the image attends to the text (a UNet's cross-attention, FLUX's joint
+    attention) with one probe; the original processors come back on exit."""
+    probe = FluxAttentionProbe() if family == "flux" else AttentionProbe()
+    modules = flux_attentions(model) if family == "flux" else [layer.module for layer in cross_attentions(model)]
+    saved = [module.processor for module in modules]
+    for module in modules:
+        module.set_processor(probe)
     try:
         yield probe
     finally:
-        for layer, processor in zip(layers, saved, strict=True):
-            layer.module.set_processor(processor)
+        for module, processor in zip(modules, saved, strict=True):
+            module.set_processor(processor)

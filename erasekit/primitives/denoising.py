@@ -1,12 +1,14 @@
 """How a family's denoiser is conditioned, called and fed x_t: one interface for UNets and flow transformers.
 
-A fine-tuning method (ESD and the methods trained on its target) needs four things of the model:
-the conditioning of a prompt, the denoiser's prediction at (x_t, t, conditioning), several
-conditionings as one batch, and a plan of x_t drawn from the original model's own guided sampling.
+A fine-tuning method needs these things of the model: the conditioning of a prompt, the
+denoiser's prediction at (x_t, t, conditioning), several conditionings as one batch, a plan of x_t
+drawn from the original model's own guided sampling (ESD and the methods trained on its target),
+and for the methods that train on the original model's finished images (AC, MACE) those images,
+their noising at a random t and what the denoiser should predict there.
 :class:`UNetDenoising` answers them for SD's UNets (token states, ε or v prediction, the pipeline's
 scheduler), :class:`SDXLDenoising` for SDXL's (a pooled vector and the added time ids beside the
-token states), :class:`FlowDenoising` for FLUX's transformer (token states and a pooled vector, the
-flow velocity on packed latents, the Euler σ grid). :func:`denoising` picks the one of the run's family.
+token states), :class:`FlowDenoising` for FLUX's and SD3's transformers (token states and a pooled
+vector, the flow velocity, the Euler σ grid). :func:`denoising` picks the one of the run's family.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from erasekit.primitives.diffusion import FrozenCopy, partial_samples, predict
+from erasekit.primitives.diffusion import FrozenCopy, latent_shape, partial_samples, predict
 from erasekit.primitives.flow import flow_partial_samples, flow_text, latent_grid, predict_velocity
 from erasekit.primitives.prompt_cache import PooledText
 from erasekit.primitives.xt_plan import XtPoint, concept_plan, plan_xt
@@ -32,6 +34,67 @@ class UNetDenoising:
 
     def __init__(self, run: RunContext) -> None:
         self.run = run
+
+    def conditioning(self, prompts: list[str]) -> Any:
+        """The conditioning of ``prompts`` in the run's device and dtype."""
+        return self.run.states(prompts)
+
+    def sample(
+        self,
+        cond: Any,
+        uncond: Any,
+        guidance: float,
+        steps: int,
+        stops: list[int],
+        seeds: list[int],
+        on_captured: Any = None,
+        on_step: Any = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One prompt's guided trajectories from the model as it is, stopped where asked: (x_t, t)."""
+        return partial_samples(self.run.pipe, self.run.denoiser, cond, uncond, guidance, steps, stops, seeds,
+                               on_captured=on_captured, on_step=on_step)  # fmt: skip
+
+    def timesteps(self, size: int, generator: torch.Generator) -> torch.Tensor:
+        """``size`` training timesteps, uniform over the scheduler's (drawn on the CPU: one seed, every device)."""
+        count = self.run.pipe.scheduler.config.num_train_timesteps
+        return self.training_time(torch.randint(0, count, (size,), generator=generator, device="cpu").to(self.run.device))
+
+    def training_time(self, k: torch.Tensor) -> torch.Tensor:
+        """What :meth:`predict` takes for training timestep k = 0…N−1: the timestep itself."""
+        return k
+
+    def noised(self, x_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t of clean latents ``x_0`` at timesteps ``t``, in the form :meth:`predict` reads."""
+        return self.run.pipe.scheduler.add_noise(x_0, noise, t)
+
+    def noise_target(self, x_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the denoiser should predict at :meth:`noised`'s x_t: the noise, or v = √ᾱ·ε − √(1−ᾱ)·x₀ for a
+        v-prediction model (SD 2.x at 768 px)."""
+        if self.run.pipe.scheduler.config.get("prediction_type", "epsilon") != "v_prediction":
+            return noise
+        alpha_bar = self.run.pipe.scheduler.alphas_cumprod.to(x_0.device)[t].float().reshape(-1, *[1] * (x_0.dim() - 1))
+        return (alpha_bar.sqrt() * noise.float() - (1 - alpha_bar).sqrt() * x_0.float()).to(noise.dtype)
+
+    def image_size(self) -> dict[str, int]:
+        """The ``height`` and ``width`` to ask the pipeline for, so that its latents are those this interface
+        trains on (none: a UNet's pipeline draws at its native size, as its x_t plan does)."""
+        return {}
+
+    def start_noise(self, seed: int) -> torch.Tensor:
+        """The noise the sampler's trajectory of ``seed`` started from, unscaled (1, …), as the plan drew it on the CPU."""
+        start = torch.randn(latent_shape(self.run.pipe)[1:], generator=torch.Generator("cpu").manual_seed(seed), device="cpu")
+        return start[None].to(self.run.device, self.run.dtype)
+
+    def implied_noise(self, x_t: torch.Tensor, t: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        """The noise a prediction at (x_t, t) stands for: an ε-prediction is that noise already."""
+        return prediction
+
+    @torch.no_grad()
+    def decode(self, x_0: torch.Tensor) -> torch.Tensor:
+        """Clean latents as images in [-1, 1] (B, 3, H, W)."""
+        vae = self.run.pipe.vae
+        latents = x_0.to(vae.dtype) / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)
+        return vae.decode(latents, return_dict=False)[0]
 
     def plan(
         self, spec: EraseSpec, guidance: float, steps: int, count: int, rng: random.Random
@@ -52,23 +115,6 @@ class UNetDenoising:
 class PooledDenoising(UNetDenoising):
     """The families whose conditioning carries a pooled vector beside the token states
     (:class:`~erasekit.primitives.prompt_cache.PooledText`): one plan, their own encoding and sampler."""
-
-    def conditioning(self, prompts: list[str]) -> PooledText:
-        """The conditioning of ``prompts`` in the run's device and dtype."""
-        raise NotImplementedError
-
-    def sample(
-        self,
-        cond: PooledText,
-        uncond: PooledText,
-        guidance: float,
-        steps: int,
-        stops: list[int],
-        seeds: list[int],
-        on_captured: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One prompt's guided trajectories from the original model, stopped where asked: (x_t, t)."""
-        raise NotImplementedError
 
     def plan(
         self, spec: EraseSpec, guidance: float, steps: int, count: int, rng: random.Random
@@ -93,7 +139,8 @@ class PooledDenoising(UNetDenoising):
 class FlowDenoising(PooledDenoising):
     """FLUX's transformer: token states (T5) and the pooled vector (CLIP), the velocity on packed latents
     at σ, x_t from the Euler sampler (guided for real, or by the guidance embedding of a distilled
-    transformer)."""
+    transformer). SD3's MMDiT the same way on its unpacked latents (its joint CLIP + T5 sequence and
+    both CLIPs' pooled vectors; :mod:`erasekit.primitives.flow`)."""
 
     def __init__(self, run: RunContext) -> None:
         super().__init__(run)
@@ -111,15 +158,48 @@ class FlowDenoising(PooledDenoising):
         steps: int,
         stops: list[int],
         seeds: list[int],
-        on_captured: Any,
+        on_captured: Any = None,
+        on_step: Any = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The Euler flow sampler (:func:`~erasekit.primitives.flow.flow_partial_samples`): (x_σ, σ)."""
+        """The Euler flow sampler (:func:`~erasekit.primitives.flow.flow_partial_samples`): packed (x_σ, σ)."""
         return flow_partial_samples(self.run, self.run.denoiser, cond, uncond, guidance, steps, stops, seeds, self.grid,
-                                    on_captured=on_captured)  # fmt: skip
+                                    on_captured=on_captured, on_step=on_step)  # fmt: skip
 
     def predict(self, model: nn.Module | FrozenCopy, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-        """The transformer's (or its frozen original's) velocity."""
-        return predict_velocity(model, x_t, t.reshape(1), cond, self.grid)
+        """The transformer's (or its frozen original's) velocity; ``t`` is σ, one for all rows or one per row."""
+        return predict_velocity(model, x_t, t.reshape(-1), cond, self.grid)
+
+    def image_size(self) -> dict[str, int]:
+        """The size of the latent grid in pixels (FLUX.1: 512, not the pipeline's default 1024)."""
+        side = self.grid.latent_shape[-1] * self.run.pipe.vae_scale_factor
+        return {"height": side, "width": side}
+
+    def start_noise(self, seed: int) -> torch.Tensor:
+        """The packed noise the Euler trajectory of ``seed`` started from at σ = 1."""
+        start = torch.randn(self.grid.latent_shape, generator=torch.Generator("cpu").manual_seed(seed), device="cpu")
+        return self.grid.pack(start[None].to(self.run.device, self.run.dtype))
+
+    def implied_noise(self, x_t: torch.Tensor, t: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        """ε̂ = x_σ + (1 − σ)·v: where the velocity ``prediction`` at (x_σ, σ) says the path started."""
+        return x_t + (1 - t.reshape(-1, *[1] * (x_t.dim() - 1)).to(x_t.dtype)) * prediction
+
+    def training_time(self, k: torch.Tensor) -> torch.Tensor:
+        """σ = (k + 1) / N for training timestep k = 0…N−1: the flow's noise level, never 0."""
+        return (k + 1).float() / self.run.pipe.scheduler.config.num_train_timesteps
+
+    def noised(self, x_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_σ = (1 − σ)·x₀ + σ·ε on packed latents."""
+        sigma = t.float().reshape(-1, *[1] * (x_0.dim() - 1))
+        return ((1 - sigma) * x_0.float() + sigma * noise.float()).to(x_0.dtype)
+
+    def noise_target(self, x_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The velocity v = ε − x₀ of the straight path."""
+        return (noise.float() - x_0.float()).to(noise.dtype)
+
+    @torch.no_grad()
+    def decode(self, x_0: torch.Tensor) -> torch.Tensor:
+        """Packed clean latents as images in [-1, 1]."""
+        return super().decode(self.grid.unpack(x_0))
 
 
 class SDXLDenoising(PooledDenoising):
@@ -166,20 +246,29 @@ class SDXLDenoising(PooledDenoising):
         steps: int,
         stops: list[int],
         seeds: list[int],
-        on_captured: Any,
+        on_captured: Any = None,
+        on_step: Any = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The pipeline's scheduler (:func:`~erasekit.primitives.diffusion.partial_samples`): (x_t, t)."""
         model = self.run.denoiser
         return partial_samples(self.run.pipe, model, cond, uncond, guidance, steps, stops, seeds, on_captured=on_captured,
-                               predict_fn=lambda x, t, c: self.unet_call(model, x, t, c))  # fmt: skip
+                               on_step=on_step, predict_fn=lambda x, t, c: self.unet_call(model, x, t, c))  # fmt: skip
+
+    def noised(self, x_0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t as the sampler holds it: x₀ + σ_t·ε for an Euler-type sampler (:meth:`predict` scales it by √ᾱ_t),
+        the DDPM form otherwise."""
+        if self.input_scale is None:
+            return super().noised(x_0, noise, t)
+        alpha_bar = self.input_scale[t.long()].float().square().reshape(-1, *[1] * (x_0.dim() - 1))
+        return (x_0.float() + ((1 - alpha_bar) / alpha_bar).sqrt() * noise.float()).to(x_0.dtype)
 
     def predict(self, model: nn.Module | FrozenCopy, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         """The UNet's (or its frozen original's) prediction at x_t, scaled as the sampler scales it."""
         if self.input_scale is not None:
-            x_t = x_t * self.input_scale[t.round().long()].to(x_t.dtype)
+            x_t = x_t * self.input_scale[t.round().long()].reshape(-1, 1, 1, 1).to(x_t.dtype)  # one t, or one per row
         return self.unet_call(model, x_t, t, cond)
 
 
 def denoising(run: RunContext) -> UNetDenoising:
     """The denoising interface of the run's model family."""
-    return {"flux": FlowDenoising, "sdxl": SDXLDenoising}.get(run.family.name, UNetDenoising)(run)
+    return {"flux": FlowDenoising, "sd3": FlowDenoising, "sdxl": SDXLDenoising}.get(run.family.name, UNetDenoising)(run)

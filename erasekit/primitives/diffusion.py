@@ -169,24 +169,6 @@ def stopped_trajectories(
     return out
 
 
-@torch.no_grad()
-def sample_latents(
-    pipe: DiffusionPipeline,
-    cond: torch.Tensor,
-    uncond: torch.Tensor,
-    guidance: float,
-    steps: int,
-    seeds: list[int],
-    batch_size: int = 64,
-    on_step: Callable[[], None] | None = None,
-) -> torch.Tensor:
-    """Finished samples x_0 (latents) of the pipeline's UNet for one prompt, one per seed: the training
-    images of methods that learn from the original model's own pictures (AC's anchor images);
-    ``on_step()`` after every denoising step of a batch."""
-    stops = [steps] * len(seeds)
-    return partial_samples(pipe, pipe.unet, cond, uncond, guidance, steps, stops, seeds, batch_size, on_step=on_step)[0]
-
-
 def predict(denoise: nn.Module | FrozenCopy, latents: torch.Tensor, t: torch.Tensor | int, states: torch.Tensor) -> torch.Tensor:
     """The ε prediction of a UNet or a frozen copy of one at ``latents``, timestep ``t`` and text ``states``."""
     if isinstance(denoise, FrozenCopy):
@@ -222,8 +204,12 @@ def guidance_inputs(pipe: DiffusionPipeline, guidance: float, inputs: dict[str, 
     (``guidance_scale``); an undistilled FLUX transformer (erasekit-tiny-flux, FLUX.1-schnell's
     layout without the embedding) is guided for real: ``true_cfg_scale`` with the empty negative prompt.
     FLUX's token path is padded to :func:`~erasekit.models.families.sequence_length`, and the world's
-    flow model draws at its own 64 pixels where no size is asked for."""
-    if pipeline_family(pipe).name != "flux":
+    flow model draws at its own 64 pixels where no size is asked for. SD3 takes ``guidance_scale`` and
+    pads its T5 states to the same length as the prompt cache does."""
+    family = pipeline_family(pipe).name
+    if family == "sd3":
+        return {"guidance_scale": guidance, "max_sequence_length": sequence_length(pipe)}
+    if family != "flux":
         return {"guidance_scale": guidance}
     out: dict[str, Any] = {"max_sequence_length": sequence_length(pipe)}
     if pipe.transformer.config.guidance_embeds:

@@ -1,4 +1,4 @@
-"""Flow-matching transformers (FLUX): text conditioning, the velocity call and the x_t of partial sampling.
+"""Flow-matching transformers (FLUX, SD3): text conditioning, the velocity call and the x_t of partial sampling.
 
 What :mod:`erasekit.primitives.diffusion` is for SD's UNets, for ``FluxTransformer2DModel``:
 
@@ -11,6 +11,11 @@ What :mod:`erasekit.primitives.diffusion` is for SD's UNets, for ``FluxTransform
   FLUX's σ grid (``linspace(1, 1/N, N)``, shifted by the image's token count where the scheduler
   asks for it), guided for real (two calls) on an undistilled transformer, by its guidance
   embedding on a distilled one.
+
+SD3's MMDiT is the same kind of model called another way: its latents are not packed (the
+transformer patches them itself), its timestep is σ·1000, it has no position ids or guidance
+embedding, and its σ grid is the scheduler's own (shifted by 3). A :class:`LatentGrid` with
+``packed=False`` stands for those latents.
 """
 
 from __future__ import annotations
@@ -45,25 +50,38 @@ def flow_text(run: RunContext, prompts: list[str]) -> PooledText:
 class LatentGrid:
     """The packed latents of one image size: ``tokens`` = h·w patches of ``channels`` values each."""
 
-    height: int  # patches
+    height: int  # patches (SD3, not packed: latent pixels)
     width: int
     channels: int
+    packed: bool = True  # False: SD3's latents, as they are
 
     @property
     def tokens(self) -> int:
         """How many image tokens (patches) one image has."""
-        return self.height * self.width
+        return self.height * self.width if self.packed else self.height * self.width // 4
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         """The unpacked latent of one image: (channels / 4, 2h, 2w)."""
+        if not self.packed:
+            return (self.channels, self.height, self.width)
         return (self.channels // 4, 2 * self.height, 2 * self.width)
 
     def pack(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, 2h, 2w) latents as (B, h·w, 4C) tokens, FluxPipeline's ``_pack_latents``."""
+        if not self.packed:
+            return latents
         b, c = latents.shape[:2]
         patches = latents.reshape(b, c, self.height, 2, self.width, 2).permute(0, 2, 4, 1, 3, 5)
         return patches.reshape(b, self.tokens, 4 * c)
+
+    def unpack(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, h·w, 4C) tokens as (B, C, 2h, 2w) latents, FluxPipeline's ``_unpack_latents``."""
+        if not self.packed:
+            return tokens
+        b, c = tokens.shape[0], self.channels // 4
+        patches = tokens.reshape(b, self.height, self.width, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
+        return patches.reshape(b, c, 2 * self.height, 2 * self.width)
 
     def image_ids(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """FLUX's position ids of the image tokens (tokens, 3): 0, row, column."""
@@ -74,7 +92,12 @@ class LatentGrid:
 
 
 def latent_grid(pipe: DiffusionPipeline, resolution: int | None = None) -> LatentGrid:
-    """The packed latent grid at ``resolution`` pixels (erasekit-tiny-flux: its 64; other FLUX models: 512)."""
+    """The packed latent grid at ``resolution`` pixels (erasekit-tiny-flux: its 64; other FLUX models: 512);
+    SD3's latents at the transformer's native size (1024 px on SD3-medium)."""
+    config = pipe.transformer.config
+    if type(pipe).__name__ == "StableDiffusion3Pipeline":
+        side = (resolution // pipe.vae_scale_factor) if resolution else config.sample_size
+        return LatentGrid(side, side, config.in_channels, packed=False)
     size = resolution or (FLUX_IMAGE_SIZE if is_world_model(pipe) else DEFAULT_RESOLUTION)
     side = size // (pipe.vae_scale_factor * 2)
     return LatentGrid(side, side, pipe.transformer.config.in_channels)
@@ -92,8 +115,11 @@ def predict_velocity(
     ``guidance`` feeds the guidance embedding of a distilled transformer and is ignored by others."""
     n = latents.shape[0]
     text = text.rows(n) if text.tokens.shape[0] == 1 and n > 1 else text
-    embeds_guidance = getattr(getattr(model, "config", None), "guidance_embeds", False)
     forward = model.call if isinstance(model, FrozenCopy) else model
+    if not grid.packed:  # SD3: its latents as they are, the timestep in [0, 1000]
+        return forward(hidden_states=latents, encoder_hidden_states=text.tokens, pooled_projections=text.pooled,
+                       timestep=(sigma * 1000).expand(n).to(latents.dtype), return_dict=False)[0]  # fmt: skip
+    embeds_guidance = getattr(getattr(model, "config", None), "guidance_embeds", False)
     return forward(
         hidden_states=latents,
         encoder_hidden_states=text.tokens,
@@ -110,8 +136,12 @@ def predict_velocity(
 
 def flow_sigmas(pipe: DiffusionPipeline, steps: int, grid: LatentGrid, device: torch.device) -> torch.Tensor:
     """The σ of FluxPipeline's ``steps``-step sampling (steps + 1 values, the last 0): ``linspace(1, 1/N, N)``,
-    shifted by the scheduler for the image's token count where it uses dynamic shifting (FLUX.1)."""
+    shifted by the scheduler for the image's token count where it uses dynamic shifting (FLUX.1); SD3's
+    pipeline takes the scheduler's own grid."""
     scheduler = copy.deepcopy(pipe.scheduler)
+    if not grid.packed:
+        scheduler.set_timesteps(steps, device=device)
+        return scheduler.sigmas.to(device, torch.float32)
     config = scheduler.config
     extra = {}
     if config.get("use_dynamic_shifting", False):
@@ -134,6 +164,7 @@ def flow_partial_samples(
     grid: LatentGrid,
     batch_size: int = 64,
     on_captured: Callable[[int], None] | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Packed x_σ (n, tokens, channels) of ``guidance``-guided Euler sampling stopped after ``stop_indices[i]``
     of ``steps`` steps, and σ. Trajectory i starts from noise seeded by ``seeds[i]`` (drawn on the CPU,
@@ -158,5 +189,5 @@ def flow_partial_samples(
     # each trajectory's noise as FluxPipeline draws it (latent channels × 2h × 2w), packed into tokens
     stops = torch.tensor(stop_indices, device=run.device)
     out = stopped_trajectories(seeds, stops, batch_size, grid.latent_shape,
-                               lambda noise: grid.pack(noise.to(run.device, run.dtype)), step, on_captured)  # fmt: skip
+                               lambda noise: grid.pack(noise.to(run.device, run.dtype)), step, on_captured, on_step)  # fmt: skip
     return out, sigmas[stops]

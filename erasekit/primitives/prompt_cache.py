@@ -27,7 +27,7 @@ class PooledText:
     tokens: torch.Tensor
     pooled: torch.Tensor
 
-    def __getitem__(self, rows: slice) -> PooledText:
+    def __getitem__(self, rows: slice | list[int]) -> PooledText:
         return PooledText(self.tokens[rows], self.pooled[rows])
 
     def rows(self, n: int) -> PooledText:
@@ -111,6 +111,11 @@ class PromptCache:
         """Token ids of ``prompt`` with special tokens, truncated as encoded, without padding."""
         return self.tokenizer(prompt, truncation=True, max_length=self.max_length).input_ids
 
+    def last_word_positions(self, prompt: str) -> list[int]:
+        """Where the official UCE scripts read a prompt: ``attention_mask.sum() - 2``, its last word token
+        ([BOS] for an empty prompt)."""
+        return [self.length(prompt) - 2]
+
     def word_span(self, prompt: str, phrase: str) -> range:
         """Token positions of ``phrase`` inside ``prompt`` (the last occurrence); an error if absent."""
         ids = self.token_ids(prompt)
@@ -141,6 +146,35 @@ class SDXLPromptCache(PromptCache):
         """The pipeline's own encoding of ``prompts`` (no classifier-free guidance, no LoRA scale)."""
         device = self.text_encoder.device
         return self.pipe.encode_prompt(prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False)[0]
+
+
+class SD3PromptCache(SDXLPromptCache):
+    """SD3's token states: both CLIP encoders' penultimate states side by side, padded to T5's width, then T5's
+    states, in one sequence of 77 + L tokens, as ``StableDiffusion3Pipeline.encode_prompt`` builds it and the
+    transformer's ``context_embedder`` reads it. Positions and lengths are the first tokenizer's, in the CLIP
+    segment; :meth:`last_word_positions` also gives the last word in the T5 segment."""
+
+    def __init__(self, pipe: DiffusionPipeline, batch_size: int = 256) -> None:
+        from erasekit.models.families import sequence_length
+
+        super().__init__(pipe, batch_size)
+        self.t5_length = sequence_length(pipe)
+
+    @property
+    def width(self) -> int:
+        """T5's width, to which the CLIP states are padded (the transformer's ``joint_attention_dim``)."""
+        return self.pipe.text_encoder_3.config.d_model
+
+    def encode_chunk(self, prompts: list[str], tok: BatchEncoding, mask: torch.Tensor | None) -> torch.Tensor:
+        """The pipeline's own joint sequence of ``prompts`` (no classifier-free guidance)."""
+        device = self.text_encoder.device
+        return self.pipe.encode_prompt(prompts, None, None, device=device, num_images_per_prompt=1,
+                                       do_classifier_free_guidance=False, max_sequence_length=self.t5_length)[0]  # fmt: skip
+
+    def last_word_positions(self, prompt: str) -> list[int]:
+        """The last word token in the CLIP segment and in the T5 segment (``mask.sum() - 2`` in each)."""
+        t5 = self.pipe.tokenizer_3(prompt, padding="max_length", max_length=self.t5_length, truncation=True)
+        return [self.length(prompt) - 2, self.max_length + sum(t5.attention_mask) - 2]
 
 
 def aligned_positions(ids: list[int], other_ids: list[int], length: int, middle: bool = True) -> tuple[list[int], list[int]]:

@@ -22,7 +22,7 @@ from erasekit.errors import ErasekitError
 from erasekit.models.embedded import is_world_model
 from erasekit.models.families import Family, denoiser, pipeline_family, sequence_length
 from erasekit.primitives.closed_form import TextMoments
-from erasekit.primitives.prompt_cache import PromptCache, SDXLPromptCache
+from erasekit.primitives.prompt_cache import PromptCache, SD3PromptCache, SDXLPromptCache
 from erasekit.primitives.workers import Workers
 
 if TYPE_CHECKING:
@@ -73,21 +73,25 @@ class RunContext:
 
     def __post_init__(self) -> None:
         self.family = pipeline_family(self.pipe)
-        if self.family.name == "flux":  # the token path (T5) is what the transformer's text stream reads
+        name = self.family.name
+        if name == "flux":  # the token path (T5) is what the transformer's text stream reads
             self.cache = PromptCache(self.pipe, path="_2", max_length=sequence_length(self.pipe), masked=False)
             text_dim = self.cache.text_encoder.config.hidden_size  # (T5's d_model goes by this name too)
-            reads, where = self.pipe.transformer.config.joint_attention_dim, "transformer's context_embedder"
+        elif name == "sd3":  # both CLIPs padded to T5's width, then T5, in one sequence
+            self.cache = SD3PromptCache(self.pipe)
+            text_dim = self.cache.width
         else:  # SDXL: both encoders' states side by side, as its pipeline concatenates them
-            sdxl = self.family.name == "sdxl"
-            text_dim = self.pipe.text_encoder.config.hidden_size + (self.pipe.text_encoder_2.config.hidden_size if sdxl else 0)
+            self.cache = SDXLPromptCache(self.pipe) if name == "sdxl" else PromptCache(self.pipe)
+            text_dim = self.cache.width
+        if self.family.denoiser == "transformer":
+            reads, where = self.pipe.transformer.config.joint_attention_dim, "transformer's context_embedder"
+        else:
             reads, where = self.pipe.unet.config.cross_attention_dim, "UNet's cross-attention"
         if text_dim != reads:
             raise ErasekitError(
                 f"this pipeline's text encoder gives {text_dim}-d states but its {where} reads {reads}-d ones: "
                 "its text encoder does not belong to its denoiser"
             )
-        if self.family.name != "flux":
-            self.cache = SDXLPromptCache(self.pipe) if sdxl else PromptCache(self.pipe)
         # fixed at the start: training upcasts some parameters, which would change what the denoiser reports
         model = denoiser(self.pipe)
         self.device, self.dtype = model.device, model.dtype
@@ -144,7 +148,11 @@ class RunContext:
 
     @torch.no_grad()
     def pooled(self, prompts: list[str]) -> torch.Tensor:
-        """(n, p) pooled text vectors of ``prompts`` (FLUX's CLIP path, as its pipeline encodes them), float32."""
+        """(n, p) pooled text vectors of ``prompts`` as the pipeline encodes them (FLUX's CLIP path; SD3's two
+        CLIPs side by side), float32."""
+        if self.family.name == "sd3":
+            return self.pipe.encode_prompt(list(prompts), None, None, device=self.device, do_classifier_free_guidance=False,
+                                           max_sequence_length=sequence_length(self.pipe))[2].float()  # fmt: skip
         return self.pipe._get_clip_prompt_embeds(prompt=list(prompts), device=self.device).float()
 
     def states(self, prompts: list[str]) -> torch.Tensor:

@@ -51,7 +51,7 @@ class WholeImage:
     """Masks of the whole image (MACE's choice for styles, which have no region)."""
 
     def __call__(self, images: np.ndarray, concept: str) -> torch.Tensor:
-        return torch.ones(len(images), 1, images.shape[1], images.shape[2])
+        return torch.ones(len(images), 1, images.shape[1], images.shape[2], device="cpu")  # moved by the caller, as every mask
 
 
 class GroundedSam:

@@ -1,0 +1,55 @@
+"""Every method on every family it runs on, on that family's layout with random weights (SDXL, SD3,
+FLUX.1): no tensor created without a device (the device guard, the CPU stand-in for CUDA), and fp16 /
+bf16 runs that give finite edits in the pipeline's precision and leave the pipeline as it was."""
+
+import pytest
+import torch
+from device_guard import DeviceGuard
+
+from erasekit.concepts import EraseSpec
+from erasekit.methods import load_methods
+from erasekit.methods.runner import erase
+from erasekit.models import reference_configs
+from erasekit.models.families import FAMILIES
+
+LAYOUTS = {"sdxl": "random_sdxl_pipeline", "sd3": "random_sd3_pipeline", "flux": "random_flux_pipeline"}
+# the smallest run of each method that still goes through every stage
+QUICK = {
+    "uce": {},
+    "esd-x": {"iterations": 2, "sample_steps": 2},
+    "esd-x-strict": {"iterations": 2, "sample_steps": 2},
+    "esd-u": {"iterations": 2, "sample_steps": 2},
+    "esd-all": {"iterations": 2, "sample_steps": 2},
+    "race": {"iterations": 1, "esd_iterations": 1, "pgd_steps": 1, "sample_steps": 2},
+    "ac": {"anchor_images": 2, "steps": 2, "sample_steps": 2, "batch_size": 2, "preserve_images": 1},
+    "mace": {"steps": 2, "images_per_concept": 2, "sample_steps": 2, "segmenter": "none"},
+}
+PAIRS = [(family, name) for family in LAYOUTS for name, method in sorted(load_methods().items()) if family in method.families]
+SPEC = EraseSpec(("cat",), ("",), ("dog",))
+
+
+def test_every_method_that_runs_beyond_sd_has_a_quick_setting_here():
+    assert {name for _, name in PAIRS} == set(QUICK)
+
+
+@pytest.mark.parametrize("family, method", PAIRS)
+def test_methods_on_other_families_create_no_tensor_without_a_device(family, method):
+    pipe = getattr(reference_configs, LAYOUTS[family])()
+    with DeviceGuard() as guard:
+        edit = erase(pipe, SPEC, method, progress=False, **QUICK[method])
+    assert edit.weights and not guard.hidden, (
+        f"{method} on {family} creates tensors on the default device at {sorted(guard.hidden)}"
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("family, method", PAIRS)
+def test_methods_on_other_families_in_half_precision_give_finite_edits(family, method, dtype):
+    pipe = getattr(reference_configs, LAYOUTS[family])(dtype=dtype)
+    model = pipe.components[FAMILIES[family].denoiser]
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    edit = erase(pipe, SPEC, method, progress=False, **QUICK[method])
+    assert edit.card["dtype"] == str(dtype).removeprefix("torch.")
+    for name, value in edit.weights.items():
+        assert value.dtype == dtype and torch.isfinite(value).all(), name
+    assert all(p.dtype == dtype and torch.equal(p, before[name]) for name, p in model.named_parameters())
