@@ -5,6 +5,7 @@ from erasekit.concepts import EraseSpec
 # Small settings of every registered method: a method added without an entry here fails the first test.
 QUICK = {
     "uce": {},
+    "speed": {},
     "rece": {"epochs": 2, "validation_samples": 1, "sample_steps": 2},
     "mace": {"steps": 3, "images_per_concept": 2, "sample_steps": 3},
     "realera": {"epochs": 3, "m": 4, "sample_steps": 3, "outside_preserve": 0.01},
@@ -24,4 +25,11 @@ SPEC = EraseSpec(("square",), preserve=("circle",))
 # One method per algorithm: the ESD variants share one erase() and differ only in which parameters
 # train; esd-u stands for them, with the convolutions and time embedding the others leave alone
 # (RACE is ESD's training with an attack inside: its own erase()).
-ALGORITHMS = ["esd-u", "race", "mace", "realera", "rece", "uce", "ac", "sld", "spm", "doco", "advunlearn", "receler"]
+ALGORITHMS = ["esd-u", "race", "mace", "realera", "rece", "uce", "speed", "ac", "sld", "spm", "doco", "advunlearn", "receler"]
+
+
+def sd_methods() -> set[str]:
+    """The registered methods that run on SD 1.x/2.x, the embedded model's family (EraseAnything is FLUX's only)."""
+    from erasekit.methods import load_methods
+
+    return {name for name, method in load_methods().items() if "sd" in method.families}

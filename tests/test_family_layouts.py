@@ -16,6 +16,7 @@ LAYOUTS = {"sdxl": "random_sdxl_pipeline", "sd3": "random_sd3_pipeline", "flux":
 # the smallest run of each method that still goes through every stage
 QUICK = {
     "uce": {},
+    "speed": {},
     "esd-x": {"iterations": 2, "sample_steps": 2},
     "esd-x-strict": {"iterations": 2, "sample_steps": 2},
     "esd-u": {"iterations": 2, "sample_steps": 2},
@@ -23,9 +24,10 @@ QUICK = {
     "race": {"iterations": 1, "esd_iterations": 1, "pgd_steps": 1, "sample_steps": 2},
     "ac": {"anchor_images": 2, "steps": 2, "sample_steps": 2, "batch_size": 2, "preserve_images": 1},
     "mace": {"steps": 2, "images_per_concept": 2, "sample_steps": 2, "segmenter": "none"},
+    "eraseanything": {"steps": 4, "sample_steps": 2, "concept_images": 2, "rank": 2},
 }
 PAIRS = [(family, name) for family in LAYOUTS for name, method in sorted(load_methods().items()) if family in method.families]
-SPEC = EraseSpec(("cat",), ("",), ("dog",))
+SPEC = EraseSpec(("cat",), ("",), ("dog", "bird"))
 
 
 def test_every_method_that_runs_beyond_sd_has_a_quick_setting_here():

@@ -25,9 +25,9 @@ On SDXL and FLUX the idea carries over unchanged: the anchor images are drawn by
 sampler, the target prompt's prediction is pulled to the anchor prompt's (model-based) or to the
 noising's target (noise-based: the flow velocity ε − x₀ on FLUX), with the pooled vector and SDXL's
 added time ids in the conditioning (:mod:`erasekit.primitives.denoising`). The parameter groups are
-the family's: ``cross-attn`` is every layer that reads the text (SDXL's ``attn2.to_k/to_v``; FLUX's
-``context_embedder``, the pooled text embedder and the double blocks' ``add_k_proj/add_v_proj``),
-``attn`` all attention, ``full-weight`` the whole denoiser.
+the family's: ``cross-attn`` the projections of the text into keys and values (SDXL's
+``attn2.to_k/to_v``; FLUX's double blocks' ``add_k_proj/add_v_proj``), ``attn`` all attention,
+``full-weight`` the whole denoiser.
 """
 
 from __future__ import annotations

@@ -54,7 +54,22 @@ def register(
 
 
 # Every method's module: importing one registers its methods (see :func:`register`).
-METHOD_MODULES = ("ac", "advunlearn", "doco", "esd", "mace", "race", "realera", "rece", "receler", "sld", "spm", "uce")
+METHOD_MODULES = (
+    "ac",
+    "advunlearn",
+    "doco",
+    "eraseanything",
+    "esd",
+    "mace",
+    "race",
+    "realera",
+    "rece",
+    "receler",
+    "sld",
+    "speed",
+    "spm",
+    "uce",
+)
 
 
 def load_methods() -> dict[str, Method]:

@@ -112,15 +112,14 @@ AC_GROUPS = ("cross-attn", "attn", "full-weight")
 
 def ablation_parameters(model: nn.Module, group: str, family: str = "sd") -> list[str]:
     """Names of the denoiser parameters Ablating Concepts fine-tunes in ``group``. On FLUX, ``cross-attn`` is
-    what reads the text: ``context_embedder``, the pooled text embedder and the double blocks' text-stream
-    ``add_k_proj`` / ``add_v_proj`` (the single blocks' projections read image and text alike); ``attn``
-    every attention Linear."""
+    what SD's ``attn2.to_k/to_v`` are, the projections of the text into keys and values: the double blocks'
+    text-stream ``add_k_proj`` / ``add_v_proj`` (the single blocks' projections read image and text alike,
+    ``context_embedder`` every prompt whole); ``attn`` every attention Linear."""
     if group not in AC_GROUPS:
         raise ErasekitError(f"unknown AC parameter group {group!r}; choose one of {', '.join(AC_GROUPS)}")
     if family == "flux":
         flux_text_inputs(model)  # a transformer that is not FLUX's is refused before training starts
-        keys = {"cross-attn": (f"{FLUX_TOKEN_INPUT}.", f"{FLUX_POOLED_INPUT}.", "attn.add_k_proj", "attn.add_v_proj"),
-                "attn": ("attn.",)}.get(group)  # fmt: skip
+        keys = {"cross-attn": ("attn.add_k_proj", "attn.add_v_proj"), "attn": ("attn.",)}.get(group)
     else:
         cross_attentions(model)  # a UNet without cross-attention is refused before training starts
         keys = {"cross-attn": ("attn2.to_k", "attn2.to_v"), "attn": ("to_q", "to_k", "to_v", "to_out")}.get(group)

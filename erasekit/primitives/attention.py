@@ -73,7 +73,12 @@ class FluxAttentionProbe(AttentionProbe):
     """FLUX's joint attention (``FluxAttnProcessor``'s arithmetic, the softmax written out) that also records
     A ⊙ M: the probabilities the image tokens give to the selected text tokens. A double block gets its
     text stream as ``encoder_hidden_states``; a single block gets text and image concatenated, the text
-    first, as long as ``token_mask``."""
+    first, as long as ``token_mask``. With ``all_queries`` it records what every token, text and image,
+    gives to the selected text tokens (B, heads, L + N, L), no pixel mask (EraseAnything's map)."""
+
+    def __init__(self, all_queries: bool = False) -> None:
+        super().__init__()
+        self.all_queries = all_queries
 
     def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, image_rotary_emb: object = None, **_: object) -> torch.Tensor:  # fmt: skip
@@ -100,7 +105,10 @@ class FluxAttentionProbe(AttentionProbe):
         probs = scores.softmax(dim=-1)
         if self.token_mask is not None:
             text = self.token_mask.shape[1]
-            self.maps.append(self._kept(probs[:, :, text:, :text]))
+            if self.all_queries:
+                self.maps.append(probs[:, :, :, :text] * self.token_mask[:, None, None, :].to(probs.dtype))
+            else:
+                self.maps.append(self._kept(probs[:, :, text:, :text]))
         out = torch.einsum("bhnm,bmhd->bnhd", probs, value).flatten(2, 3).to(query.dtype)
         if encoder_hidden_states is None:
             return out
@@ -109,11 +117,17 @@ class FluxAttentionProbe(AttentionProbe):
 
 
 @contextmanager
-def probing(model: nn.Module, family: str = "sd") -> Iterator[AttentionProbe]:
+def probing(
+    model: nn.Module, family: str = "sd", probe: AttentionProbe | None = None, only: list[nn.Module] | None = None
+) -> Iterator[AttentionProbe]:
     """Serve every layer where the image attends to the text (a UNet's cross-attention, FLUX's joint
-    attention) with one probe; the original processors come back on exit."""
-    probe = FluxAttentionProbe() if family == "flux" else AttentionProbe()
-    modules = flux_attentions(model) if family == "flux" else [layer.module for layer in cross_attentions(model)]
+    attention; ``only`` those attention modules where given) with one probe (``probe``, else a new one of
+    the family's kind); the original processors come back on exit."""
+    probe = probe or (FluxAttentionProbe() if family == "flux" else AttentionProbe())
+    if only is not None:
+        modules = only
+    else:
+        modules = flux_attentions(model) if family == "flux" else [layer.module for layer in cross_attentions(model)]
     saved = [module.processor for module in modules]
     for module in modules:
         module.set_processor(probe)

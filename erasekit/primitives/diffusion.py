@@ -123,9 +123,13 @@ def partial_samples(
         eps_uncond, eps_cond = eps.chunk(2)
         return scheduler.step(eps_uncond + guidance * (eps_cond - eps_uncond), t, latents).prev_sample
 
-    out = stopped_trajectories(seeds, stops, batch_size, latent_shape(pipe)[1:],
-                               lambda noise: (noise * scheduler.init_noise_sigma).to(device, dtype), step,
-                               on_captured, on_step)  # fmt: skip
+    def begin(noise: torch.Tensor) -> torch.Tensor:
+        # each batch starts the schedule again: Euler-type schedulers count their steps (SDXL's would run
+        # past its last σ on a second batch); DDIM keeps no count, so this changes nothing there
+        scheduler.set_timesteps(steps, device=device)
+        return (noise * scheduler.init_noise_sigma).to(device, dtype)
+
+    out = stopped_trajectories(seeds, stops, batch_size, latent_shape(pipe)[1:], begin, step, on_captured, on_step)
     return out, torch.cat([scheduler.timesteps, scheduler.timesteps.new_zeros(1)])[stops]
 
 
