@@ -74,3 +74,17 @@ def test_a_preserve_set_that_fills_the_text_space_is_refused_in_one_line():
         null_space_edit(torch.randn(5, 12, dtype=torch.float64), (eye, eye), retain, eye[:, :1], config)
     with pytest.raises(ErasekitError, match="threshold"):
         make_config(get_method("speed"), {"threshold": -0.1})
+
+
+def test_the_full_span_erases_every_token_of_the_concept_and_keeps_every_token_of_the_preserved(pipe):
+    edit = erase(pipe, EraseSpec(("square",), preserve=("circle",)), "speed", token_span="full", aug_num=0, threshold=1e-6,
+                 retain_scale=1e-3, progress=False)  # fmt: skip
+    cache = RunContext(pipe, progress=False).cache
+    kept, erased = cache.states(["circle"])[0].double(), cache.states(["square"])[0].double()
+    span = cache.word_span("square", "square")
+    projections = kv_projections(pipe.unet)
+    for name, weight in edit.weights.items():
+        w0 = projections[name.removesuffix(".weight")].weight.detach().double()
+        delta = weight.double() - w0
+        assert (kept @ delta.T).norm() < 1e-6 * (kept @ w0.T).norm()  # every token of the kept prompt, [EOS] and padding too
+        assert (erased[span.start] @ delta.T).norm() > 0.1 * (erased[span.start] @ w0.T).norm()  # the concept's own token moves

@@ -20,8 +20,11 @@ the official code reaches out for: the concept's images are drawn by the origina
 script reads a folder of them); the irrelevant concepts are the preserve set's first K (the official
 script asks GPT-4o for three); a synonym replaces the concept in half the captions only where
 ``synonyms`` are given (the official script draws them from WordNet), else the steer anchor is the
-concept's own caption under the original model; ESD's x_σ is a stopped trajectory of the original
-model, as in ESD on FLUX (the official loop samples to the end before it predicts at σ).
+concept's own caption; the steer anchor's and the irrelevant concepts' columns come from the original
+model on the same x_σ (the official script samples them with the trained model); ESD's x_σ is a stopped
+trajectory of the original model, as in ESD on FLUX (the official loop samples to the end before it
+predicts at σ). ``teacher=original`` takes ESD's target from the original model (the official: the
+trained model itself). On erasekit-tiny-flux no setting erases (docs/methods/eraseanything.md).
 """
 
 from __future__ import annotations

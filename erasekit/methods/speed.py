@@ -33,6 +33,7 @@ from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import register
+from erasekit.methods.uce import aligned_states
 from erasekit.models.layers import kv_projections
 from erasekit.primitives.closed_form import float64_on
 from erasekit.primitives.run import RunContext
@@ -57,6 +58,10 @@ class SPEEDConfig:
         True, "IPF: keep the retain states of above-mean influence (official; off: --disable_filter)"
     )
     clusters: int = config_field(3, "k-means centroids of the empty prompt's states in K₂ (official 3)", ge=0, le=64)
+    token_span: Literal["official", "full"] = config_field(
+        "official", "'official': each prompt's last word (train_erase_null.py); 'full': the concept's tokens through [EOS] "
+        "and padding, aligned with the anchor prompt's (UCE's full span)"
+    )
     templates: tuple[str, ...] = config_field(
         ("{}",), "prompts each erased concept and its anchor are placed into (official: the bare concept)"
     )
@@ -144,16 +149,24 @@ def null_space_edit(
 def erase(run: RunContext, spec: EraseSpec, config: SPEEDConfig) -> Edit:
     """SPEED's null-space edit of every cross-attention to_v (and/or to_k) for ``spec`` (the equation above)."""
     generator = run.generator(config.seed)
-    pairs = [(t.format(c), t.format(a).strip() if a else "") for c, a in zip(spec.targets, spec.anchors, strict=True)
+    pairs = [(t.format(c), c, t.format(a).strip() if a else "", a) for c, a in zip(spec.targets, spec.anchors, strict=True)
              for t in config.templates]  # fmt: skip
-    targets = last_word_states(run, [c for c, _ in pairs])
-    anchors = last_word_states(run, [a for _, a in pairs])  # "" gives the [SOT] state, as the official script
-    count = len(pairs)
+    if config.token_span == "official":
+        targets = last_word_states(run, [p for p, *_ in pairs])
+        anchors = last_word_states(run, [g for _, _, g, _ in pairs])  # "" gives the [SOT] state, as the official script
+    else:
+        spans = [aligned_states(run.cache, *pair, "full") for pair in pairs]
+        targets = float64_on(torch.cat([source for source, _ in spans]), run.solve_device)
+        anchors = float64_on(torch.cat([target for _, target in spans]), run.solve_device)
+    count = len(targets)
     moments = (targets.T @ targets / count, anchors.T @ targets / count)  # T, A: means over the concepts
     naming = [re.compile(rf"\b{re.escape(t.lower())}\b") for t in spec.targets]  # a preserve concept naming a target
     kept = [p for p in dict.fromkeys(spec.preserve) if not any(w.search(p.lower()) for w in naming)]
-    if kept:
-        retain = last_word_states(run, kept)
+    prompts = [t.format(p) for p in kept for t in config.templates]  # the kept concepts in the same templates
+    if kept and config.token_span == "full":  # every token of the kept prompts, which the full span reaches too
+        retain = float64_on(run.cache.states(prompts).reshape(-1, run.cache.width), run.solve_device)
+    elif kept:
+        retain = last_word_states(run, prompts)
     else:  # no preserve set: the empty prompt's states after [SOT] (the official run without a retain list)
         retain = float64_on(run.cache.states([""])[0, 1:], run.solve_device)
     k2 = invariants(run, config.clusters, generator)

@@ -73,25 +73,26 @@ class RunContext:
 
     def __post_init__(self) -> None:
         self.family = pipeline_family(self.pipe)
-        name = self.family.name
+        name, pipe = self.family.name, self.pipe
         if name == "flux":  # the token path (T5) is what the transformer's text stream reads
-            self.cache = PromptCache(self.pipe, path="_2", max_length=sequence_length(self.pipe), masked=False)
-            text_dim = self.cache.text_encoder.config.hidden_size  # (T5's d_model goes by this name too)
+            text_dim = pipe.text_encoder_2.config.hidden_size  # (T5's d_model goes by this name too)
         elif name == "sd3":  # both CLIPs padded to T5's width, then T5, in one sequence
-            self.cache = SD3PromptCache(self.pipe)
-            text_dim = self.cache.width
+            text_dim = pipe.text_encoder_3.config.d_model
         else:  # SDXL: both encoders' states side by side, as its pipeline concatenates them
-            self.cache = SDXLPromptCache(self.pipe) if name == "sdxl" else PromptCache(self.pipe)
-            text_dim = self.cache.width
+            text_dim = pipe.text_encoder.config.hidden_size + (pipe.text_encoder_2.config.hidden_size if name == "sdxl" else 0)
         if self.family.denoiser == "transformer":
-            reads, where = self.pipe.transformer.config.joint_attention_dim, "transformer's context_embedder"
+            reads, where = pipe.transformer.config.joint_attention_dim, "transformer's context_embedder"
         else:
-            reads, where = self.pipe.unet.config.cross_attention_dim, "UNet's cross-attention"
+            reads, where = pipe.unet.config.cross_attention_dim, "UNet's cross-attention"
         if text_dim != reads:
             raise ErasekitError(
                 f"this pipeline's text encoder gives {text_dim}-d states but its {where} reads {reads}-d ones: "
                 "its text encoder does not belong to its denoiser"
             )
+        if name == "flux":
+            self.cache = PromptCache(pipe, path="_2", max_length=sequence_length(pipe), masked=False)
+        else:
+            self.cache = {"sd3": SD3PromptCache, "sdxl": SDXLPromptCache}.get(name, PromptCache)(pipe)
         # fixed at the start: training upcasts some parameters, which would change what the denoiser reports
         model = denoiser(self.pipe)
         self.device, self.dtype = model.device, model.dtype
