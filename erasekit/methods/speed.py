@@ -59,8 +59,9 @@ class SPEEDConfig:
     )
     clusters: int = config_field(3, "k-means centroids of the empty prompt's states in K₂ (official 3)", ge=0, le=64)
     token_span: Literal["official", "full"] = config_field(
-        "official", "'official': each prompt's last word (train_erase_null.py); 'full': the concept's tokens through [EOS] "
-        "and padding, aligned with the anchor prompt's (UCE's full span)"
+        "official",
+        "'official': each prompt's last word (train_erase_null.py); 'full': the concept's tokens through [EOS] "
+        "and padding, aligned with the anchor prompt's (UCE's full span)",
     )
     templates: tuple[str, ...] = config_field(
         ("{}",), "prompts each erased concept and its anchor are placed into (official: the bare concept)"
