@@ -48,6 +48,7 @@ from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import register
 from erasekit.models.layers import ablation_parameters
+from erasekit.primitives.denoising import denoising
 from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.image_batches import caption_pairs, draw_images, noised_batch
 from erasekit.primitives.run import RunContext
@@ -151,15 +152,15 @@ def clipped(grads: list[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
 def erase(run: RunContext, spec: EraseSpec, config: DoCoConfig) -> Edit:
     """DoCo on ``spec``: the adversarial domain correction above on the anchor's images, stepping along the
     concept-preserving gradient (or on L_adv + 0.1 · prior_loss_weight · L_ret when ``gradient_surgery`` is off)."""
-    unet, scheduler = run.unet, run.pipe.scheduler
+    unet, scheduler, den = run.unet, run.pipe.scheduler, denoising(run)
     pairs = caption_pairs(spec.targets, spec.anchors, config.templates)
     target_states, anchor_states = run.states([c for c, _ in pairs]), run.states([a for _, a in pairs])
     anchor_images = draw_images(run, [a for _, a in pairs], config.anchor_images, config.guidance, config.sample_steps,
-                                config.seed)  # fmt: skip
+                                config.seed, den)  # fmt: skip
     if spec.preserve:
         kept_prompts = [t.format(p) for p in spec.preserve for t in config.templates]
         kept_images = draw_images(run, kept_prompts, config.preserve_images * len(spec.preserve), config.guidance,
-                                  config.sample_steps, config.seed + 10**6)  # fmt: skip
+                                  config.sample_steps, config.seed + 10**6, den)  # fmt: skip
         kept_states = run.states(kept_prompts)
     else:  # the official prior: the anchor's own images under the anchor caption
         kept_images, kept_states = anchor_images, anchor_states
@@ -176,7 +177,7 @@ def erase(run: RunContext, spec: EraseSpec, config: DoCoConfig) -> Edit:
         params = list(tuning.params.values())
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         for step in run.bar(range(config.steps), f"DoCo ({'with' if config.gradient_surgery else 'without'} surgery)"):
-            batch = noised_batch(run, anchor_images, config.batch_size, rng, generator)
+            batch = noised_batch(run, anchor_images, config.batch_size, rng, generator, den)
             with run.autocast(), torch.set_grad_enabled(step >= config.warm_up):  # D's warm-up needs no model gradient
                 model_x0 = predicted_x0(
                     scheduler, batch.x_t, predict_noise(unet, batch.x_t, batch.t, target_states[batch.caption]), batch.t
@@ -184,7 +185,7 @@ def erase(run: RunContext, spec: EraseSpec, config: DoCoConfig) -> Edit:
                 anchor_eps = tuning.original(batch.x_t, batch.t, anchor_states[batch.caption])
                 anchor_x0 = predicted_x0(scheduler, batch.x_t, anchor_eps, batch.t)
             if step >= config.warm_up:
-                kept = noised_batch(run, kept_images, config.batch_size, rng, generator)
+                kept = noised_batch(run, kept_images, config.batch_size, rng, generator, den)
                 with run.autocast():
                     logits = discriminator(model_x0)
                     adversarial = F.binary_cross_entropy_with_logits(
