@@ -77,14 +77,16 @@ SMALL = {
 AC_SMALL = {"anchor_images": 4, "steps": 5, "sample_steps": 10, "batch_size": 2}
 MACE_SMALL = {"steps": 5, "images_per_concept": 2, "sample_steps": 10, "segmenter": "none"}
 RACE_SMALL = {"iterations": 3, "esd_iterations": 3, "pgd_steps": 3, "sample_steps": 10}
+CLOSED_FORMS = {"rece": ("rece", {"epochs": 2, "validate": "none"}),
+                "realera": ("realera", {"m": 8, "epochs": 10, "sample_steps": 10})}  # fmt: skip
 FAMILY_RUNS = {
     "sdxl": {"uce": ("uce", {}), "esd-x": ("esd-x", {"iterations": 10, "sample_steps": 10}),
              "esd-u": ("esd-u", {"iterations": 3, "sample_steps": 10}), "ac": ("ac", AC_SMALL), "mace": ("mace", MACE_SMALL),
-             "race": ("race", RACE_SMALL)},
+             "race": ("race", RACE_SMALL), **CLOSED_FORMS},
     "sd3": {"uce": ("uce", {}), "esd-x": ("esd-x", {"iterations": 10, "sample_steps": 10})},
     "flux": {"uce": ("uce", {}), "esd-x lora r16": ("esd-x", {"iterations": 10, "sample_steps": 10, "lora_rank": 16}),
              "esd-x-strict": ("esd-x-strict", {"iterations": 10, "sample_steps": 10}), "ac": ("ac", AC_SMALL),
-             "mace": ("mace", MACE_SMALL), "race lora r16": ("race", {**RACE_SMALL, "lora_rank": 16})},
+             "mace": ("mace", MACE_SMALL), "race lora r16": ("race", {**RACE_SMALL, "lora_rank": 16}), **CLOSED_FORMS},
 }  # fmt: skip
 FAMILY_BUILDERS = {"sdxl": random_sdxl_pipeline, "sd3": random_sd3_pipeline, "flux": random_flux_pipeline}
 # paper defaults, except what needs weights this machine cannot fetch (Grounded-SAM, CLIP validator)

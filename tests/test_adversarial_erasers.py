@@ -151,7 +151,7 @@ def test_attacks_read_the_original_text_encoder_beside_an_erased_one(pipe, advun
     def search(context: AttackContext, targets: list[AttackTarget], config: NoBudget) -> list[Found]:
         target = targets[0]
         latents = context.concept_latents(target.prompt, [target.seed])
-        seen.append(Recorded(latents, context.original_states([target.prompt]), context.run.states([target.prompt])))
+        seen.append(Recorded(latents, context.original_conditioning([target.prompt]), context.run.states([target.prompt])))
         prompt = context.tokenizer(target.prompt, padding="max_length", max_length=context.tokenizer.model_max_length,
                                    return_tensors="pt").input_ids  # fmt: skip
         return [Found(prompt, target.prompt, 0, length=len(context.tokenizer(target.prompt).input_ids))]

@@ -76,6 +76,8 @@ FLUX_FAMILIES = {
     "fine-tuning (ESD-x) on FLUX": ("esd-x", {"lr": 5e-4, "target": "paper", "eta": 2.0, "iterations": 200}, True),
     # MACE's three stages on context_embedder, its LoRA against the joint attention's maps
     "closed form + LoRAs (MACE) on FLUX": ("mace", {"lam": 10, "lr": 3e-3, "steps": 150}, True),
+    # neighbour mining and the closed form on context_embedder (its alignment LoRA changes nothing here: the sweep)
+    "closed form + mining (RealEra) on FLUX": ("realera", {"d1": 1.5, "m": 64, "s2": 0.4, "lora": False}, True),
 }
 # "square" is the one class MACE does not erase on the flow model (bench/families-object-flux.json): triangle
 FLUX_TARGETS = {"closed form + LoRAs (MACE) on FLUX": "triangle"}
@@ -86,6 +88,8 @@ FLUX_SLOW = {
         {"target": "official", "lr": 5e-4, "esd_iterations": 200, "iterations": 200},
         True,
     ),
+    # RECE's epochs in both of FLUX's text spaces, each epoch validated on images (about 3 minutes)
+    "closed form + adversarial embeddings (RECE) on FLUX": ("rece", {"validation_samples": 4}, True),
 }
 
 
@@ -108,5 +112,5 @@ def test_erasure_on_the_flow_model_lowers_the_concept_and_keeps_the_others(flux_
     assert before["Acc_e"] >= 0.75 and before["Acc_s"] >= 0.9
     assert after["Acc_e"] <= 0.25, after
     assert after["Acc_s"] >= 0.9, after
-    if method == "race":  # on the flow model RACE erases the meaning: the synonyms go too (docs/methods/race.md)
+    if method in ("race", "realera"):  # on the flow model they erase the meaning: the synonyms go too (their pages)
         assert after["Acc_g"] <= 0.25, after

@@ -17,6 +17,8 @@ LAYOUTS = {"sdxl": "random_sdxl_pipeline", "sd3": "random_sd3_pipeline", "flux":
 QUICK = {
     "uce": {},
     "speed": {},
+    "rece": {"epochs": 2, "validate": "none"},
+    "realera": {"m": 2, "n": 2, "epochs": 2, "sample_steps": 2},
     "esd-x": {"iterations": 2, "sample_steps": 2},
     "esd-x-strict": {"iterations": 2, "sample_steps": 2},
     "esd-u": {"iterations": 2, "sample_steps": 2},

@@ -14,16 +14,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import import_module
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from erasekit.errors import ErasekitError
-from erasekit.primitives.diffusion import FrozenCopy, partial_samples, pipeline_images
-from erasekit.primitives.prompt_cache import PromptCache
+from erasekit.primitives.denoising import UNetDenoising, denoising
+from erasekit.primitives.diffusion import FrozenCopy, pipeline_images
+from erasekit.primitives.prompt_cache import PooledText
 from erasekit.primitives.run import RunContext
-from erasekit.primitives.soft_prompt import SlottedPrompt, encode
+from erasekit.primitives.soft_prompt import SlottedPrompt, TextPath
 from erasekit.settings import name_settings
 
 if TYPE_CHECKING:
@@ -54,6 +55,12 @@ class Found:
     length: int = 0  # real tokens of ids, special ones included
 
     @property
+    def typed(self) -> str:
+        """The found prompt's words as typed, a learned vector's placeholder left out (what an encoder the
+        slots do not reach reads: FLUX.1's CLIP)."""
+        return " ".join(self.text.replace("<v*>", " ").split())
+
+    @property
     def prompt(self) -> SlottedPrompt:
         """The token layout of this prompt: its ids, the ``slots`` that hold ``vectors`` and its real length."""
         return SlottedPrompt(self.ids, self.slots, self.length)
@@ -63,22 +70,30 @@ class Found:
 class AttackContext:
     """The erased model under attack and what attacks need around it.
 
-    ``run`` is the erased pipeline's run context (device, dtype, prompt cache, CPU generators);
-    ``original`` answers with the original model's noise prediction (P4D's target, the concept images)
-    and ``original_text`` encodes prompts with the original text encoder (an edit may change it);
-    ``shows`` draws images of a found prompt with the erased pipeline and asks the judge, one bool per seed.
-    The runner calls an attack one target at a time (each prompt's outcome is kept as it comes).
+    ``run`` is the erased pipeline's run context (device, dtype, prompt cache, CPU generators) and
+    ``denoise`` its family's denoising interface (conditioning, prediction, noising and target: ε on SD's
+    UNets, the velocity on FLUX's transformer); ``path`` puts an attack's token slots into the family's
+    prompt (:class:`~erasekit.primitives.soft_prompt.TextPath`); ``original`` is the original denoiser
+    (P4D's target, the concept images) and ``original_path`` encodes prompts with the original text
+    encoder (an edit may change it); ``shows`` draws images of a found prompt with the erased pipeline and
+    asks the judge, one bool per seed. The runner calls an attack one target at a time (each prompt's
+    outcome is kept as it comes).
     """
 
     run: RunContext
     original: FrozenCopy
-    original_text: PromptCache
+    original_path: TextPath
     steps: int  # sampling steps of every image an attack draws or judges
     guidance: float
     shows: Callable[[Found, AttackTarget, list[int]], np.ndarray]
     targets: list[AttackTarget] = field(default_factory=list)  # every prompt of the run (concept inversion learns from all)
     memo: dict = field(default_factory=dict)  # what an attack learns once per run (concept inversion's v* per concept)
     text_prompts: bool = False  # the erased pipeline takes prompts as text only (SLD's, SPM's transport)
+    denoise: UNetDenoising = field(init=False)
+    path: TextPath = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.denoise, self.path = denoising(self.run), TextPath(self.run.pipe)
 
     @property
     def pipe(self) -> DiffusionPipeline:
@@ -86,45 +101,82 @@ class AttackContext:
         return self.run.pipe
 
     @property
-    def text_encoder(self) -> torch.nn.Module:
-        """The erased pipeline's text encoder."""
-        return self.run.pipe.text_encoder
+    def denoiser(self) -> torch.nn.Module:
+        """The erased pipeline's denoiser (UNet or transformer)."""
+        return self.run.denoiser
 
     @property
     def tokenizer(self):  # noqa: ANN201 - a transformers tokenizer
-        """The erased pipeline's tokenizer."""
-        return self.run.pipe.tokenizer
+        """The tokenizer of the prompt's token path (FLUX: T5's)."""
+        return self.path.tokenizer
 
-    def uncond(self) -> torch.Tensor:
-        """(1, L, d) text states of the empty prompt (the unconditional), in the model's dtype."""
-        return self.run.states([""])
+    @property
+    def num_train_timesteps(self) -> int:
+        """How many training timesteps the scheduler has (the attacks' timesteps k = 0…N−1)."""
+        return self.pipe.scheduler.config.num_train_timesteps
 
-    def original_states(self, prompts: list[str]) -> torch.Tensor:
-        """(n, L, d) states of ``prompts`` from the original text encoder, in the model's dtype."""
-        return self.original_text.states(prompts).to(self.run.dtype)
+    def slotted(self, prompt: str, slots: int, replace: str | None = None) -> SlottedPrompt:
+        """``prompt`` laid out for the token path with ``slots`` token slots (after [BOS], or where ``replace`` stands)."""
+        return self.path.slotted(prompt, slots, replace)
+
+    def conditioning(self, prompt: SlottedPrompt, vectors: torch.Tensor | None, text: str) -> Any:
+        """The erased pipeline's conditioning of ``prompt`` with ``vectors`` in its slots (gradients flow to them),
+        in the model's dtype; ``text`` is what an encoder the slots do not reach reads."""
+        return _to(self.path.conditioning(prompt, vectors, text), self.run.dtype)
+
+    def uncond(self) -> Any:
+        """The conditioning of the empty prompt (the unconditional), in the model's dtype."""
+        return self.denoise.conditioning([""])
+
+    def original_conditioning(self, prompts: list[str]) -> Any:
+        """The conditioning of ``prompts`` through the original text encoder, in the model's dtype."""
+        with torch.no_grad():
+            return _to(self.original_path.plain(prompts), self.run.dtype)
+
+    def original_token_states(self, prompts: list[str]) -> torch.Tensor:
+        """(n, L, d) float token states of ``prompts`` through the original text encoder (Ring-A-Bell's space)."""
+        cond = self.original_conditioning(prompts)
+        return (cond.tokens if isinstance(cond, PooledText) else cond).float()
+
+    def original_tokens(self, ids: torch.Tensor, length: int) -> torch.Tensor:
+        """(n, L, d) float token states of token ids (n, L) with ``length`` real tokens, through the original text encoder."""
+        with torch.no_grad():
+            return self.original_path.token_states(SlottedPrompt(ids, (), length)).float()
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        """The erased denoiser's prediction (ε, or the velocity) at (x_t, t) under ``cond``."""
+        return self.denoise.predict(self.denoiser, x_t, t, cond)
+
+    def predict_original(self, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        """The original denoiser's prediction at (x_t, t) under ``cond``."""
+        return self.denoise.predict(self.original, x_t, t, cond)
 
     @torch.no_grad()
     def concept_latents(self, prompt: str, seeds: list[int]) -> torch.Tensor:
         """x₀ latents the *original* model draws for ``prompt``, one per seed: the images of the concept
         that UnlearnDiffAtk and concept inversion fit the erased model to."""
-        states, uncond = self.original_states([prompt]), self.original_states([""])
+        cond, uncond = self.original_conditioning([prompt]), self.original_conditioning([""])
         steps = self.steps
-        return partial_samples(self.pipe, self.original, states, uncond, self.guidance, steps, [steps] * len(seeds), seeds)[0]
+        return self.denoise.sample(cond, uncond, self.guidance, steps, [steps] * len(seeds), seeds, model=self.original)[0]
 
-    def states(self, found: Found) -> torch.Tensor:
-        """(1, L, d) text states of a found prompt, in the model's dtype."""
-        with torch.no_grad():
-            return encode(self.text_encoder, found.prompt, found.vectors).to(self.run.dtype)
+    def timestep(self, k: torch.Tensor) -> torch.Tensor:
+        """What the denoiser takes for training timesteps k = 0…N−1 (a tensor on the run's device): k, or FLUX's σ."""
+        return self.denoise.training_time(k)
 
     def noised(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε at timestep ``t`` (a tensor on the run's device) with fresh ε from
-        ``generator``, and ε."""
+        """x_t of ``x0`` at ``t`` (:meth:`timestep`'s) with fresh ε from ``generator``, and what the denoiser
+        should predict there: ε (√ᾱ_t x₀ + √(1−ᾱ_t) ε on SD), the velocity ε − x₀ on a flow model."""
         noise = self.run.randn(tuple(x0.shape), generator)
-        return self.pipe.scheduler.add_noise(x0, noise, t), noise
+        return self.denoise.noised(x0, noise, t), self.denoise.noise_target(x0, noise, t)
+
+    def states(self, found: Found) -> Any:
+        """The conditioning of a found prompt, in the model's dtype."""
+        with torch.no_grad():
+            return self.conditioning(found.prompt, found.vectors, found.typed)
 
     def images(self, found: Found, seeds: list[int]) -> np.ndarray:
-        """uint8 images of a found prompt from the erased pipeline: through its token states where the
-        pipeline takes them, else (an inference-time erasure's pipeline) through its text."""
+        """uint8 images of a found prompt from the erased pipeline: through its conditioning where the
+        pipeline takes it, else (an inference-time erasure's pipeline) through its text."""
         if self.text_prompts:
             if found.vectors is not None:
                 raise ErasekitError(
@@ -132,9 +184,14 @@ class AttackContext:
                     "cannot be given to it; use a discrete attack (unlearndiff, p4d, ring-a-bell)"
                 )
             return pipeline_images(self.pipe, seeds, self.steps, self.guidance, prompt=[found.text] * len(seeds))
-        n = len(seeds)
-        return pipeline_images(self.pipe, seeds, self.steps, self.guidance, prompt_embeds=self.states(found).expand(n, -1, -1),
-                               negative_prompt_embeds=self.uncond().expand(n, -1, -1))  # fmt: skip
+        return self.denoise.images(self.states(found), self.uncond(), seeds, self.steps, self.guidance)
+
+
+def _to(cond: Any, dtype: torch.dtype) -> Any:
+    """A conditioning (token states, or a PooledText) in ``dtype``."""
+    if isinstance(cond, PooledText):
+        return PooledText(cond.tokens.to(dtype), cond.pooled.to(dtype))
+    return cond.to(dtype)
 
 
 @dataclass(frozen=True)
@@ -225,13 +282,13 @@ def search_in_blocks(
     stop_on_success: bool,
 ) -> Found:
     """The official UnlearnDiffAtk / P4D schedule: for each timestep in turn, ``iterations`` calls of
-    ``step(x_t, t, noise)`` on freshly noised x₀, then the prompt with real ``tokens()`` in its
+    ``step(x_t, t, target)`` on freshly noised x₀ (``target``: what the denoiser should predict there), then the prompt with real ``tokens()`` in its
     slots is judged on the target's seed; the search stops at the first success (``stop_on_success``)."""
     losses: list[float] = []
     spent, found = 0, None
     for t in context.run.bar(timesteps, f"attacking {target.prompt[:30]!r}"):
         block = 0.0
-        timestep = torch.tensor([t], device=context.run.device)
+        timestep = context.timestep(torch.tensor([t], device=context.run.device))
         for _ in range(iterations):
             x_t, noise = context.noised(x0, timestep, generator)
             block += step(x_t, timestep, noise)

@@ -21,8 +21,7 @@ import torch.nn.functional as F
 
 from erasekit.attacks.base import AttackContext, AttackTarget, Found, frozen, register
 from erasekit.errors import ErasekitError
-from erasekit.primitives.diffusion import predict_noise
-from erasekit.primitives.soft_prompt import encode, slotted_prompt
+from erasekit.primitives.soft_prompt import SlottedPrompt
 from erasekit.settings import LEARNING_RATE, SEEDS, check_settings, config_field
 
 
@@ -51,8 +50,8 @@ class InversionConfig:
             )
 
 
-def _slotted(context: AttackContext, target: AttackTarget):  # noqa: ANN202 - a SlottedPrompt
-    return slotted_prompt(context.tokenizer, target.prompt, 1, context.run.device, replace=target.word or None)
+def _slotted(context: AttackContext, target: AttackTarget) -> SlottedPrompt:
+    return context.slotted(target.prompt, 1, replace=target.word or None)
 
 
 @register("inversion", "concept inversion (CCE): a word embedding learned on the erased model from the concept's images",
@@ -73,7 +72,7 @@ def search(context: AttackContext, targets: list[AttackTarget], config: Inversio
 
 def _learn(context: AttackContext, concept: str, config: InversionConfig) -> tuple[torch.Tensor, list[float]]:
     """v* for ``concept``, fitted on the original model's images of every attacked prompt of it."""
-    run, unet = context.run, context.pipe.unet
+    run = context.run
     mine = [t for t in context.targets if t.concept == concept] or [t for t in context.targets]
     prompts = [_slotted(context, t) for t in mine]
     # the original model's images of the concept, round-robin over the attacked prompts
@@ -83,22 +82,24 @@ def _learn(context: AttackContext, concept: str, config: InversionConfig) -> tup
     seeds = [config.seed * 1_000_003 + 7919 * k for k in range(config.images)]
     drawn = run.bar(list(enumerate(seeds)), f"drawing {concept!r} with the original model")  # minutes for many images
     x0 = torch.cat([context.concept_latents(mine[k % len(mine)].prompt, [seed]) for k, seed in drawn])
-    table = context.text_encoder.get_input_embeddings().weight.detach()
-    vector = table[init].float().clone().requires_grad_(True)
+    vector = context.path.table[init].float().clone().requires_grad_(True)
     optimiser = torch.optim.AdamW([vector], lr=config.lr)
     generator = run.generator(config.seed)
-    num_train = context.pipe.scheduler.config.num_train_timesteps
+    # what an encoder the slot does not reach reads (FLUX.1's CLIP): each prompt without the concept's words
+    typed = [" ".join(t.prompt.replace(t.word, " ").split()) if t.word else t.prompt for t in mine]
     losses = []
-    with frozen(unet, context.text_encoder):
+    with frozen(context.denoiser, *context.path.text_encoders):
         for _ in run.bar(range(config.steps), f"inverting {concept!r}"):
             picks = torch.randint(len(x0), (config.batch_size,), generator=generator, device="cpu").tolist()
-            t = torch.randint(num_train, (config.batch_size,), generator=generator, device="cpu").to(run.device)
+            k = torch.randint(context.num_train_timesteps, (config.batch_size,), generator=generator, device="cpu")
+            t = context.timestep(k.to(run.device))
             noise = run.randn((config.batch_size, *x0.shape[1:]), generator)
-            x_t = context.pipe.scheduler.add_noise(x0[picks], noise, t)
+            x_t, wanted = context.denoise.noised(x0[picks], noise, t), context.denoise.noise_target(x0[picks], noise, t)
             # image k was drawn for prompt k mod n: each image is fitted under its own prompt
-            states = torch.cat([encode(context.text_encoder, prompts[k % len(prompts)], vector) for k in picks])
+            cond = context.denoise.cat([context.conditioning(prompts[j % len(prompts)], vector, typed[j % len(prompts)])
+                                        for j in picks])  # fmt: skip
             with run.autocast():
-                loss = F.mse_loss(predict_noise(unet, x_t, t, states.to(run.dtype)).float(), noise.float())
+                loss = F.mse_loss(context.predict(x_t, t, cond).float(), wanted.float())
             optimiser.zero_grad()
             (vector.grad,) = torch.autograd.grad(loss, [vector])
             optimiser.step()

@@ -23,8 +23,7 @@ import torch.nn.functional as F
 
 from erasekit.attacks.base import AttackContext, AttackTarget, Found, frozen, register, search_in_blocks, spread_timesteps
 from erasekit.errors import ErasekitError
-from erasekit.primitives.diffusion import predict_noise
-from erasekit.primitives.soft_prompt import encode, nearest_tokens, random_tokens, slotted_prompt, word_tokens
+from erasekit.primitives.soft_prompt import nearest_tokens, random_tokens, word_tokens
 from erasekit.settings import LEARNING_RATE, SEEDS, check_settings, config_field
 
 
@@ -55,29 +54,29 @@ def search(context: AttackContext, targets: list[AttackTarget], config: P4DConfi
 
 
 def _attack(context: AttackContext, target: AttackTarget, config: P4DConfig) -> Found:
-    run, unet = context.run, context.pipe.unet
+    run = context.run
     candidates = word_tokens(context.tokenizer, run.device)
-    table = context.text_encoder.get_input_embeddings().weight.detach()
-    timesteps = spread_timesteps(context.pipe.scheduler.config.num_train_timesteps, config.timesteps)
+    table = context.path.table
+    timesteps = spread_timesteps(context.num_train_timesteps, config.timesteps)
     generator = run.generator(config.seed * 1_000_003 + target.seed)
     x0 = context.concept_latents(target.prompt, [target.seed])
-    plain = context.original_states([target.prompt])
-    prompt = slotted_prompt(context.tokenizer, target.prompt, config.tokens, run.device)
+    plain = context.original_conditioning([target.prompt])
+    prompt = context.slotted(target.prompt, config.tokens)
     vectors = table[random_tokens(candidates, config.tokens, generator)].float().clone().requires_grad_(True)
     optimiser = torch.optim.Adam([vectors], lr=config.lr, weight_decay=config.weight_decay)
 
-    def step(x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> float:
+    def step(x_t: torch.Tensor, t: torch.Tensor, _target: torch.Tensor) -> float:
         projected = table[nearest_tokens(vectors.detach(), table, candidates)].float().requires_grad_(True)
-        states = encode(context.text_encoder, prompt, projected).to(run.dtype)
+        cond = context.conditioning(prompt, projected, target.prompt)
         with run.autocast():
-            wanted = context.original(x_t, t, plain).float()
-            loss = F.mse_loss(predict_noise(unet, x_t, t, states).float(), wanted)
+            wanted = context.predict_original(x_t, t, plain).float()
+            loss = F.mse_loss(context.predict(x_t, t, cond).float(), wanted)
         optimiser.zero_grad()
         (vectors.grad,) = torch.autograd.grad(loss, [projected])
         optimiser.step()
         return float(loss.detach())
 
-    with frozen(unet, context.text_encoder):
+    with frozen(context.denoiser, *context.path.text_encoders):
         return search_in_blocks(context, target, prompt, x0, timesteps, config.iterations, step,
                                 lambda: nearest_tokens(vectors.detach(), table, candidates), generator,
                                 config.stop_on_success)  # fmt: skip

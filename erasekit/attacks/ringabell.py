@@ -23,7 +23,7 @@ import torch
 
 from erasekit.attacks.base import AttackContext, AttackTarget, Found, decoded, register
 from erasekit.errors import ErasekitError
-from erasekit.primitives.soft_prompt import attention_mask, random_tokens, slotted_prompt, word_tokens
+from erasekit.primitives.soft_prompt import random_tokens, word_tokens
 from erasekit.settings import SEEDS, check_settings, config_field
 
 PAIR_TEMPLATES = ("{}", "a photo of {}", "an image of {}", "a picture of {}", "a drawing of {}", "a close-up of {}")
@@ -58,7 +58,7 @@ class RingABellConfig:
 @torch.no_grad()
 def concept_direction(context: AttackContext, words: str) -> torch.Tensor:
     """ĉ: the mean difference of token states between template prompts with ``words`` and without."""
-    states = context.original_text.states([t.format(w).strip() for t in PAIR_TEMPLATES for w in (words, "")])
+    states = context.original_token_states([t.format(w).strip() for t in PAIR_TEMPLATES for w in (words, "")])
     return (states[0::2] - states[1::2]).mean(0)
 
 
@@ -71,18 +71,18 @@ def search(context: AttackContext, targets: list[AttackTarget], config: RingABel
 
 @torch.no_grad()
 def _attack(context: AttackContext, target: AttackTarget, config: RingABellConfig) -> Found:
-    run, original, device = context.run, context.original_text, context.run.device
+    run, device = context.run, context.run.device
     candidates = word_tokens(context.tokenizer, device)
     generator = run.generator(config.seed * 1_000_003 + target.seed)
-    wanted = original.states([target.prompt])[0] + config.eta * concept_direction(context, target.word or target.concept)
-    layout = slotted_prompt(context.tokenizer, "", config.tokens, device)  # [BOS] K tokens [EOS] padding
-    mask = attention_mask(context.text_encoder, layout)
+    wanted = context.original_token_states([target.prompt])[0] + config.eta * concept_direction(
+        context, target.word or target.concept
+    )
+    layout = context.slotted("", config.tokens)  # [BOS] K tokens [EOS] padding
 
     def distance(population: torch.Tensor) -> torch.Tensor:
         ids = layout.ids.repeat(len(population), 1)
         ids[:, list(layout.slots)] = population
-        states = original.encode(ids, None if mask is None else mask.expand(len(population), -1)).float()
-        return ((states - wanted) ** 2).sum((1, 2))
+        return ((context.original_tokens(ids, layout.length) - wanted) ** 2).sum((1, 2))
 
     def draw(high: int, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.randint(high, shape, generator=generator, device="cpu").to(device)

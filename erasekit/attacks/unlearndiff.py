@@ -23,8 +23,7 @@ import torch.nn.functional as F
 
 from erasekit.attacks.base import AttackContext, AttackTarget, Found, frozen, register, search_in_blocks, spread_timesteps
 from erasekit.errors import ErasekitError
-from erasekit.primitives.diffusion import predict_noise
-from erasekit.primitives.soft_prompt import encode, simplex_projection, slotted_prompt, word_tokens
+from erasekit.primitives.soft_prompt import simplex_projection, word_tokens
 from erasekit.settings import LEARNING_RATE, SEEDS, check_settings, config_field
 
 
@@ -70,23 +69,23 @@ def search(context: AttackContext, targets: list[AttackTarget], config: UnlearnD
 
 
 def _attack(context: AttackContext, target: AttackTarget, config: UnlearnDiffConfig) -> Found:
-    run, unet = context.run, context.pipe.unet
+    run = context.run
     candidates = word_tokens(context.tokenizer, run.device)
-    table = context.text_encoder.get_input_embeddings().weight.detach()[candidates].float()
-    timesteps = spread_timesteps(context.pipe.scheduler.config.num_train_timesteps, config.timesteps)
+    table = context.path.table[candidates].float()
+    timesteps = spread_timesteps(context.num_train_timesteps, config.timesteps)
     generator = run.generator(config.seed * 1_000_003 + target.seed)
     x0 = context.concept_latents(target.prompt, [target.seed])
-    prompt = slotted_prompt(context.tokenizer, target.prompt, config.tokens, run.device)
+    prompt = context.slotted(target.prompt, config.tokens)
     weights = simplex_projection(torch.full((config.tokens, len(candidates)), 1.0 / len(candidates), device=run.device))
     weights.requires_grad_(True)
     optimiser = torch.optim.Adam([weights], lr=config.lr, weight_decay=config.weight_decay)
 
-    def step(x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> float:
+    def step(x_t: torch.Tensor, t: torch.Tensor, wanted: torch.Tensor) -> float:
         picks = torch.multinomial(weights.detach().float().cpu(), 1, generator=generator)[:, 0].to(run.device)
         vectors = _SampledOneHot.apply(weights, picks) @ table
-        states = encode(context.text_encoder, prompt, vectors).to(run.dtype)
+        cond = context.conditioning(prompt, vectors, target.prompt)
         with run.autocast():
-            loss = F.mse_loss(predict_noise(unet, x_t, t, states).float(), noise.float())
+            loss = F.mse_loss(context.predict(x_t, t, cond).float(), wanted.float())
         optimiser.zero_grad()
         (weights.grad,) = torch.autograd.grad(loss, [weights])
         optimiser.step()
@@ -94,6 +93,6 @@ def _attack(context: AttackContext, target: AttackTarget, config: UnlearnDiffCon
             weights.copy_(simplex_projection(weights))
         return float(loss.detach())
 
-    with frozen(unet, context.text_encoder):
+    with frozen(context.denoiser, *context.path.text_encoders):
         return search_in_blocks(context, target, prompt, x0, timesteps, config.iterations, step,
                                 lambda: candidates[weights.argmax(-1)], generator, config.stop_on_success)  # fmt: skip

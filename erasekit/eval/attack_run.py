@@ -33,9 +33,10 @@ from erasekit.eval.cells import counted, read_cell, warn_damaged
 from erasekit.eval.generation import SamplerSettings, image_grid
 from erasekit.eval.protocols import PROTOCOL_SEED
 from erasekit.io import write_json, write_with
+from erasekit.models.families import denoiser
 from erasekit.primitives.diffusion import FrozenCopy, pipeline_images
-from erasekit.primitives.prompt_cache import PromptCache
 from erasekit.primitives.run import RunContext
+from erasekit.primitives.soft_prompt import TextPath
 from erasekit.world import vocabulary as V
 from erasekit.world.captions import ARTIST_SUFFIXES, CHARACTER_TEMPLATES, SHAPE_TEMPLATES
 
@@ -105,10 +106,10 @@ def run_attack(
         edit.check_base(pipe)
     else:
         edit.check_architecture(pipe)
-    # made before the edit goes in: the original UNet, and the original text encoder's values where the edit changes it
-    original = FrozenCopy(pipe.unet, edit.unet_names)
+    # made before the edit goes in: the original denoiser, and the original text encoder's values where the edit changes it
+    original = FrozenCopy(denoiser(pipe), edit.unet_names)
     text_params = dict(pipe.text_encoder.named_parameters())
-    original_text = PromptCache(pipe, parameters={n: text_params[n].detach().clone() for n in edit.text_encoder_names})
+    original_path = TextPath(pipe, parameters={n: text_params[n].detach().clone() for n in edit.text_encoder_names})
     if edit.weights or edit.adapters:
         edit_id = weights_hash(edit.weights) if edit.weights else weights_hash(edit.adapters)
     else:
@@ -126,7 +127,7 @@ def run_attack(
                 return judge.present(context.images(found, seeds), target.concept)
 
             # an inference-time erasure's pipeline reads the prompt's text (SPM scores it, SLD's takes no states)
-            context = AttackContext(run, original, original_text, settings.steps, settings.guidance, shows, targets,
+            context = AttackContext(run, original, original_path, settings.steps, settings.guidance, shows, targets,
                                     text_prompts=edit.inference is not None)  # fmt: skip
             for k in counted(pending, f"{attack.name} prompt", lambda k: repr(targets[k].prompt), progress):
                 cells[k] = _attack_one(context, attack, config, targets[k], judge, samples, cells_dir, keys[k])
@@ -165,7 +166,9 @@ def _attack_one(
 ) -> dict:  # fmt: skip
     """One prompt: the plain prompt's images (the baseline), the search, the found prompt's images; the cell written."""
     seeds = [target.seed + j for j in range(samples)]
-    plain = pipeline_images(context.pipe, seeds, context.steps, context.guidance, prompt=[target.prompt] * samples)
+    plain = pipeline_images(
+        context.pipe, seeds, context.steps, context.guidance, prompt=[target.prompt] * samples, **context.denoise.image_size()
+    )  # FLUX.1: the size its attacks' images are drawn at
     plain_shown = judge.present(plain, target.concept)
     start = time.perf_counter()
     found = attack.search(context, [target], config)[0]

@@ -86,7 +86,7 @@ def check_attack(options: AttackOptions, on_baseline: Callable[[str], None] = _n
     from erasekit.eval.attack_run import attack_targets, unedited
     from erasekit.judges import JUDGES
     from erasekit.models.families import family_of_model
-    from erasekit.models.loading import EMBEDDED_NAME, resolve_device, resolve_dtype
+    from erasekit.models.loading import EMBEDDED_FLUX_NAME, EMBEDDED_NAME, resolve_device, resolve_dtype
 
     chosen = get_attack(options.attack)
     config = make_config(chosen, dict(options.settings))  # type: ignore[arg-type]
@@ -104,16 +104,21 @@ def check_attack(options: AttackOptions, on_baseline: Callable[[str], None] = _n
         run_dir = options.out or options.edit / f"attack-{options.attack}"
     concept = options.concept or edit.card["targets"][0]
     model = options.model or edit.card.get("model")
-    refuse_family(family_of_model(model), options.attack)
-    if model is None or str(model) == EMBEDDED_NAME:  # the embedded model: its prompts are known before it loads
+    refuse_family(family_of_model(model), f"the {options.attack} attack")
+    if model is None or str(model) in (EMBEDDED_NAME, EMBEDDED_FLUX_NAME):  # the embedded models' prompts are known now
         attack_targets(concept, options.prompts, world=True)
     return CheckedAttack(chosen, config, edit, concept, model, run_dir)
 
 
-def refuse_family(family: Family | None, attack: str) -> None:
-    """One line for an attack on a model family whose text path the attacks do not reach yet (SD 1.x/2.x only)."""
-    if family is not None and family.name != "sd":
-        raise ErasekitError(f"the {attack} attack does not run on {family.title} models yet (it reaches SD 1.x/2.x's text path)")
+def refuse_family(family: Family | None, what: str) -> None:
+    """One line for an attack on a model family whose text path the attacks do not reach yet (SD3's joint sequence)."""
+    from erasekit.primitives.soft_prompt import TextPath
+
+    if family is not None and family.name not in TextPath.FAMILIES:
+        raise ErasekitError(
+            f"{what} does not run on {family.title} models yet: the attacks put their tokens into SD 1.x/2.x, SDXL and "
+            f"FLUX prompts, and {family.title}'s prompt is three encoders' states in one sequence"
+        )
 
 
 def attack(options: AttackOptions, on_baseline: Callable[[str], None] = _no_notice) -> AttackResult:
@@ -132,7 +137,7 @@ def attack(options: AttackOptions, on_baseline: Callable[[str], None] = _no_noti
     run_dir = checked.run_dir
     with claim_outputs([(run_dir, "attack")], options.overwrite):
         pipe = load_pipeline(checked.model, options.dtype, options.device, progress=False)
-        refuse_family(pipeline_family(pipe), options.attack)  # a hub id's family is known once it has loaded
+        refuse_family(pipeline_family(pipe), f"the {options.attack} attack")  # a hub id's family is known once it has loaded
         targets = attack_targets(checked.concept, options.prompts, is_world_model(pipe))
         result = run_attack(pipe, checked.edit, checked.attack, checked.config, targets, make_judge(options.judge, pipe),
                             run_dir, options.samples, SamplerSettings(steps=options.steps, guidance=options.guidance),

@@ -88,6 +88,7 @@ def check_bench(options: BenchOptions) -> CheckedBench:
     bench under several processes; the entries and attacks, parsed once."""
     from erasekit.bench.robustness import ROBUSTNESS_CONCEPTS, WORLD_ATTACKS, parse_attack
     from erasekit.bench.tasks import DEFAULT_CONCEPTS
+    from erasekit.jobs.attack import refuse_family
     from erasekit.methods.base import get_method
     from erasekit.models.families import check_family, family_of_model
 
@@ -106,8 +107,8 @@ def check_bench(options: BenchOptions) -> CheckedBench:
     if family is not None:
         for entry in entries:
             check_family(family, entry.method, get_method(entry.method).families)
-        if options.protocol == "robustness" and family.name != "sd":
-            raise ErasekitError(f"the attacks do not run on {family.title} models yet (they reach SD 1.x/2.x's text path)")
+        if options.protocol == "robustness":
+            refuse_family(family, "the robustness bench")
     workers = launched_workers(options.device)
     if workers.count > 1 and options.protocol == "cost":
         raise ErasekitError("the cost bench times each erasure alone in a fresh process; run it without accelerate launch")

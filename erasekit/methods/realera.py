@@ -34,21 +34,23 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from erasekit.concepts import EraseSpec, anchor_prompt
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
+from erasekit.methods import uce
 from erasekit.methods.base import register
 from erasekit.methods.mace import augmented_templates
-from erasekit.models.layers import kv_projections
+from erasekit.models.layers import FLUX_POOLED_INPUT, FLUX_TOKEN_INPUT, flux_text_inputs, kv_projections
 from erasekit.primitives.closed_form import edited_weights, text_space_map
-from erasekit.primitives.diffusion import predict_noise
+from erasekit.primitives.denoising import denoising
 from erasekit.primitives.lora_trainer import check_rank, lora_adapter
-from erasekit.primitives.prompt_cache import PromptCache, aligned_positions
+from erasekit.primitives.prompt_cache import PooledText, PromptCache, aligned_positions
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.training import fit, loss_record
 from erasekit.primitives.xt_plan import plan_xt
@@ -252,23 +254,37 @@ def closed_form_map(run: RunContext, spec: EraseSpec, config: RealEraConfig, hoo
 
 
 def align_noise(
-    run: RunContext, spec: EraseSpec, config: RealEraConfig, projector: torch.Tensor | None = None
+    run: RunContext, spec: EraseSpec, config: RealEraConfig, names: list[str], projector: torch.Tensor | None = None
 ) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """§4.3: a LoRA on the closed-form model, aligning the concept's noise with the anchor's (eq. 8–9);
-    its dense deltas and the loss of every step."""
-    unet = run.unet
+    """§4.3: a LoRA on the closed-form model's layers ``names``, aligning the concept's noise with the
+    anchor's (eq. 8–9); its dense deltas and the loss of every step. On SDXL and FLUX the perturbed
+    token states keep their prompt's pooled vector, and FLUX aligns velocities (its denoising interface)."""
+    model, den = run.denoiser, denoising(run)
     rng = random.Random(config.seed)
     torch_rng = run.generator(config.seed + 1)
     anchors = list(dict.fromkeys(spec.anchors))
-    anchor_states = {a: run.states([a or ""]) for a in anchors}
-    uncond = run.states([""])
-    names = list(kv_projections(unet))
+    anchor_conds = {a: den.conditioning([a or ""]) for a in anchors}
+    uncond = den.conditioning([""])
+    pooled = run.family.name != "sd"
+
+    def cond(prompt: str, tokens: torch.Tensor | None = None) -> Any:
+        """The conditioning of ``prompt``, or of token states ``tokens`` (n, L, d) mined from it."""
+        if tokens is None:
+            return den.conditioning([prompt])
+        return PooledText(tokens, den.conditioning([prompt]).pooled.expand(len(tokens), -1)) if pooled else tokens
+
     # z_t from images of the anchor prompt (original model): target k's steps sample anchor k
-    conds = [anchor_states[a] for a in spec.anchors]
-    points = plan_xt(run, unet, conds, uncond, config.guidance, config.sample_steps, config.epochs,
-                     lambda _: rng.randrange(len(spec.targets)), rng)  # fmt: skip
+    conds = [anchor_conds[a] for a in spec.anchors]
+    sampler = None
+    if pooled:
+
+        def sampler(c: Any, stops: list[int], seeds: list[int], on_captured: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            return den.sample(c, uncond, config.guidance, config.sample_steps, stops, seeds, on_captured)
+
+    points = plan_xt(run, model, conds, uncond, config.guidance, config.sample_steps, config.epochs,
+                     lambda _: rng.randrange(len(spec.targets)), rng, sampler=sampler)  # fmt: skip
     one_each = _one_each(config)
-    with lora_adapter(unet, names, config.rank, seed=config.seed) as adapter:
+    with lora_adapter(model, names, config.rank, seed=config.seed) as adapter:
 
         def alignment_loss(step: int) -> torch.Tensor:
             k = points[step].prompt
@@ -276,18 +292,18 @@ def align_noise(
             template = rng.choice(config.prompt_templates)
             z_t, t = points[step].x_t, points[step].t
             with torch.no_grad(), adapter.disabled():
-                eps_anchor = predict_noise(unet, z_t, t, run.states([template.format(anchor) if anchor else ""])).float()
+                eps_anchor = den.predict(model, z_t, t, cond(template.format(anchor) if anchor else "")).float()
             if step % 2 == 0:  # odd step of the paper (1-based): eq. 8 on the plain prompt
-                prompt = run.states([template.format(target)])
-                return F.mse_loss(predict_noise(unet, z_t, t, prompt).float(), eps_anchor)
+                return F.mse_loss(den.predict(model, z_t, t, cond(template.format(target))).float(), eps_anchor)
             # even step: eq. 9 with perturbations resampled now
             hood = mine(run, template.format(target), target, anchor_prompt(template, anchor), anchor, one_each, torch_rng,
                         projector)  # fmt: skip
-            associated, beyond = hood.associated.to(run.device, run.dtype), hood.beyond.to(run.device, run.dtype)
+            associated = cond(template.format(target), hood.associated.to(run.device, run.dtype))
+            beyond = cond(template.format(target), hood.beyond.to(run.device, run.dtype))
             with torch.no_grad(), adapter.disabled():
-                eps_beyond = predict_noise(unet, z_t, t, beyond).float()
-            loss = config.gamma1 * F.mse_loss(predict_noise(unet, z_t, t, associated).float(), eps_anchor)
-            return loss + config.gamma2 * F.mse_loss(predict_noise(unet, z_t, t, beyond).float(), eps_beyond)
+                eps_beyond = den.predict(model, z_t, t, beyond).float()
+            loss = config.gamma1 * F.mse_loss(den.predict(model, z_t, t, associated).float(), eps_anchor)
+            return loss + config.gamma2 * F.mse_loss(den.predict(model, z_t, t, beyond).float(), eps_beyond)
 
         params = adapter.parameters()
         losses = fit(run, params, alignment_loss, config.epochs, torch.optim.AdamW(params, lr=config.lr), "RealEra alignment")
@@ -299,26 +315,47 @@ def _one_each(config: RealEraConfig) -> RealEraConfig:
     return RealEraConfig(**{**asdict(config), "m": 1, "n": 1})
 
 
+def text_layers(run: RunContext) -> dict[str, nn.Linear]:
+    """The Linears that read the token states: every ``attn2.to_k/to_v`` (SD, SDXL), FLUX's ``context_embedder``."""
+    if run.family.name == "flux":
+        return {FLUX_TOKEN_INPUT: flux_text_inputs(run.denoiser)[0]}
+    return kv_projections(run.unet)
+
+
+def pooled_weights(run: RunContext, spec: EraseSpec, config: RealEraConfig) -> dict[str, torch.Tensor]:
+    """FLUX's pooled text embedder, edited as UCE edits it (each prompt's pooled vector onto its anchor prompt's,
+    the preserve prompts' kept), in the method's templates: the pooled vector has no tokens to mine around."""
+    moments = uce.pooled_moments(run, spec, uce.UCEConfig(templates=config.prompt_templates))
+    pooled_map = text_space_map(*moments, config.ridge, 1.0, config.preserve_scale)
+    return {
+        f"{n}.weight": w for n, w in edited_weights({FLUX_POOLED_INPUT: flux_text_inputs(run.denoiser)[1]}, pooled_map).items()
+    }
+
+
 @register(
     "realera",
     "RealEra (Liu et al. 2024): neighbor-concept mining, beyond-concept regularisation, closed form + LoRA",
     RealEraConfig,
+    families=("sd", "sdxl", "flux"),
 )
 def erase(run: RunContext, spec: EraseSpec, config: RealEraConfig) -> Edit:
     """RealEra's Algorithm 1 for ``spec`` (above): neighbour mining, the closed form of eq. 7, then the
-    prediction-noise alignment LoRA unless ``lora`` is off or ``epochs`` is 0."""
+    prediction-noise alignment LoRA unless ``lora`` is off or ``epochs`` is 0. On SDXL the same on both
+    encoders' states; on FLUX on ``context_embedder`` (and the pooled embedder by UCE's closed form)."""
     rng = run.generator(config.seed)
-    projections = kv_projections(run.unet)
+    projections = text_layers(run)
     if config.lora and config.epochs:  # the alignment would refuse it only after mining and drawing z_t
-        check_rank(run.unet, list(projections), config.rank)
+        check_rank(run.denoiser, list(projections), config.rank)
     projector = preserve_complement(run, spec, config)
     hoods = neighbourhoods(run, spec, config, rng, projector)
     text_map = closed_form_map(run, spec, config, hoods)
     edited = {f"{name}.weight": w for name, w in edited_weights(projections, text_map).items()}
+    if run.family.name == "flux":
+        edited.update(pooled_weights(run, spec, config))
     if not config.lora or config.epochs == 0:
         return Edit(edited, {"config": asdict(config)})
     with Edit(edited).applied(run.pipe, check_base=False):  # the original weights come back, also on Ctrl-C
-        run.unet.requires_grad_(False)
-        deltas, losses = align_noise(run, spec, config, projector)
-    new_values = {n: (w + deltas[n].to(w.device, w.dtype)) for n, w in edited.items()}
+        run.denoiser.requires_grad_(False)
+        deltas, losses = align_noise(run, spec, config, list(projections), projector)
+    new_values = {n: (w + deltas[n].to(w.device, w.dtype)) if n in deltas else w for n, w in edited.items()}
     return Edit(new_values, {"config": asdict(config), **loss_record(losses)})

@@ -23,6 +23,7 @@ Defaults: the official ``train_object.py`` (5 epochs, ρ = 1e-3, λ = 0.1, s_p =
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -35,9 +36,9 @@ from erasekit.errors import ErasekitError
 from erasekit.judges import harmonic_mean
 from erasekit.methods import uce
 from erasekit.methods.base import register
-from erasekit.models.layers import kv_weights
-from erasekit.primitives.closed_form import float64_on, text_space_map
-from erasekit.primitives.diffusion import pipeline_images
+from erasekit.models.layers import FLUX_POOLED_INPUT, FLUX_TOKEN_INPUT, flux_text_inputs, kv_weights
+from erasekit.primitives.closed_form import TextMoments, float64_on, text_space_map
+from erasekit.primitives.denoising import denoising
 from erasekit.primitives.run import RunContext
 from erasekit.settings import GUIDANCE, RIDGE, SAMPLER_STEPS, SEEDS, WEIGHT, check_settings, config_field
 
@@ -96,6 +97,8 @@ class Validator:
 
     def __init__(self, run: RunContext, spec: EraseSpec, config: RECEConfig, judge: Judge) -> None:
         self.run, self.config, self.judge = run, config, judge
+        self.denoise = denoising(run)
+        self.uncond = self.denoise.conditioning([""])
         self.concepts = (*spec.targets, *spec.preserve)  # each is judged against the others
         if judge.name == "world":  # refuse a concept the evaluator cannot see before any epoch runs
             from erasekit.world.evaluator import present_label
@@ -105,25 +108,19 @@ class Validator:
                 raise ErasekitError(f"the world evaluator has no label {unknown[0]!r}; use validate=none for this concept")
 
     @torch.no_grad()
-    def _images(self, states: torch.Tensor) -> np.ndarray:
-        n, run = self.config.validation_samples, self.run
-        return pipeline_images(
-            run.pipe,
-            range(self.config.seed, self.config.seed + n),
-            self.config.sample_steps,
-            self.config.guidance,
-            prompt_embeds=states.to(run.dtype).expand(n, -1, -1),
-            negative_prompt_embeds=run.states([""]).expand(n, -1, -1),
-        )
+    def _images(self, cond: object) -> np.ndarray:
+        seeds = list(range(self.config.seed, self.config.seed + self.config.validation_samples))
+        return self.denoise.images(cond, self.uncond, seeds, self.config.sample_steps, self.config.guidance)
 
     def score(self, targets: tuple[str, ...], preserve: tuple[str, ...]) -> float:
         """H(1 − Acc on the erased concepts, Acc on the preserve concepts), both from prompts of the
         validation templates (the official script classifies images of its validation prompts)."""
 
         def accuracy(concept: str) -> float:
-            states = self.run.cache.states([t.format(concept) for t in VALIDATION_TEMPLATES])
+            conds = self.denoise.conditioning([t.format(concept) for t in VALIDATION_TEMPLATES])
             others = tuple(c for c in self.concepts if c != concept)
-            return float(np.mean([self.judge.present(self._images(st), concept, others).mean() for st in states]))
+            return float(np.mean([self.judge.present(self._images(conds[k : k + 1]), concept, others).mean()
+                                  for k in range(len(VALIDATION_TEMPLATES))]))  # fmt: skip
 
         erased = float(np.mean([accuracy(c) for c in targets]))
         kept = [accuracy(p) for p in preserve]
@@ -141,44 +138,79 @@ def make_validator(run: RunContext, spec: EraseSpec, config: RECEConfig) -> Vali
     return Validator(run, spec, config, make_judge(name, run.pipe, heads))
 
 
-@register("rece", "RECE (Gong et al. 2024): UCE, then erase the closed-form adversarial embedding each epoch", RECEConfig)
+@dataclass
+class TextSpace:
+    """One space of text inputs RECE works in: the weights that read it (float64), the concept's and each
+    guide's inputs there, and the preserve moments. SD's and SDXL's token states, read by every
+    ``attn2.to_k/to_v``; on FLUX also the pooled vector, read by the pooled text embedder."""
+
+    dim: int
+    originals: dict[str, torch.Tensor]
+    concepts: dict[str, torch.Tensor]
+    guides: dict[str, torch.Tensor]
+    keep: TextMoments  # of the empty prompt and the preserve concepts
+
+    def attack(self, current: dict[str, torch.Tensor], reg: float) -> dict[str, torch.Tensor]:
+        """Each concept's closed-form adversarial inputs under the ``current`` weights."""
+        names = list(self.originals)
+        w, w0 = [current[n] for n in names], [self.originals[n] for n in names]
+        return {c: adversarial_states(x, w, w0, reg) for c, x in self.concepts.items()}
+
+
+def text_spaces(run: RunContext, spec: EraseSpec) -> list[TextSpace]:
+    """The spaces of ``run``'s family: token states (SD's and SDXL's cross-attention keys and values, FLUX's
+    ``context_embedder``), and on FLUX the pooled vector (its pooled text embedder)."""
+
+    def space(weights: dict[str, torch.Tensor], encode: Callable[[list[str]], torch.Tensor], dim: int) -> TextSpace:
+        to = run.solve_device
+        return TextSpace(
+            dim,
+            {n: float64_on(w, to) for n, w in weights.items()},
+            {c: encode([c]).reshape(-1, dim).to(to) for c in spec.targets},
+            {a: encode([a or " "]).reshape(-1, dim).to(to) for a in set(spec.anchors)},
+            run.moments(dim).add(encode(["", *spec.preserve]).reshape(-1, dim)),
+        )
+
+    if run.family.name != "flux":
+        return [space(kv_weights(run.unet), run.cache.states, run.cache.width)]
+    tokens_in, pooled_in = flux_text_inputs(run.denoiser)
+    return [
+        space({f"{FLUX_TOKEN_INPUT}.weight": tokens_in.weight.detach()}, run.cache.states, run.cache.width),
+        space({f"{FLUX_POOLED_INPUT}.weight": pooled_in.weight.detach()}, run.pooled, pooled_in.in_features),
+    ]
+
+
+@register("rece", "RECE (Gong et al. 2024): UCE, then erase the closed-form adversarial embedding each epoch", RECEConfig,
+          families=("sd", "sdxl", "flux"))  # fmt: skip
 def erase(run: RunContext, spec: EraseSpec, config: RECEConfig) -> Edit:
     """RECE on ``spec`` (above): a UCE edit, then each epoch a UCE step erasing the closed-form adversarial
-    embedding; the epoch the validator scores best is kept (without one, the last)."""
-    originals = {n: float64_on(w, run.solve_device) for n, w in kv_weights(run.unet).items()}
-    names = list(originals)
+    embedding; the epoch the validator scores best is kept (without one, the last). On FLUX the same in
+    each of its two text spaces (token states, pooled vector)."""
     # RECE starts from a checkpoint of UCE's older train_erase.py (its README's `--target_ckpt
     # ...method_replace...pt`), so its start keeps that script's span and s_p, not UCE's new defaults.
     start = uce.erase(run, spec, uce.UCEConfig(templates=config.uce_templates, token_span="last", preserve_scale=0.1))
-    current = {n: float64_on(start.weights[n], run.solve_device) for n in names}
-    concepts = {c: run.cache.states([c])[0] for c in spec.targets}
-    guides = {a: run.cache.states([a or " "])[0] for a in set(spec.anchors)}
-    keep = run.moments().add(run.cache.states(["", *spec.preserve]))
+    spaces = text_spaces(run, spec)  # after UCE's batched encoding, whose states the prompt cache then keeps
+    current = {n: float64_on(start.weights[n], run.solve_device) for space in spaces for n in space.originals}
     validator = make_validator(run, spec, config)
     history: list[tuple[float, dict[str, torch.Tensor]]] = []
-
-    def next_attack() -> dict[str, torch.Tensor]:
-        w = [current[n] for n in names]
-        return {c: adversarial_states(s.to(run.solve_device), w, [originals[n] for n in names], config.reg_scale)
-                for c, s in concepts.items()}  # fmt: skip
-
     for epoch in run.bar(range(config.epochs + 1), "RECE epochs"):
         if validator is not None:
             with Edit(current).applied(run.pipe, check_base=False):
                 history.append((validator.score(spec.targets, spec.preserve), dict(current)))
         if epoch == config.epochs:
             break
-        attack = next_attack()
-        erase_m = run.moments()
-        for target, anchor in zip(spec.targets, spec.anchors, strict=True):
-            erase_m.add(attack[target], guides[anchor])
-        text_map = text_space_map(erase_m, keep, config.lam, config.erase_scale, config.preserve_scale)
-        current = {n: w @ text_map for n, w in current.items()}  # a UCE step on the current weights
+        for space in spaces:
+            attack = space.attack(current, config.reg_scale)
+            erase_m = run.moments(space.dim)
+            for target, anchor in zip(spec.targets, spec.anchors, strict=True):
+                erase_m.add(attack[target], space.guides[anchor])
+            text_map = text_space_map(erase_m, space.keep, config.lam, config.erase_scale, config.preserve_scale)
+            current.update({n: current[n] @ text_map for n in space.originals})  # a UCE step on the current weights
     scores = [s for s, _ in history]
     # ties go to the later epoch: it has erased more adversarial embeddings at the same validation score
     best = max(range(len(scores)), key=lambda k: (scores[k], k)) if history else config.epochs
     chosen = history[best][1] if history else current
     card = {"config": asdict(config), "best_epoch": best, "validation_scores": [round(s, 4) for s in scores],
             "validator": validator.judge.settings() if validator else None}  # fmt: skip
-    params = dict(run.unet.named_parameters())
+    params = dict(run.denoiser.named_parameters())
     return Edit({n: w.to(params[n].device, params[n].dtype) for n, w in chosen.items()}, card)

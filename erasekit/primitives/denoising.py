@@ -16,10 +16,11 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from erasekit.primitives.diffusion import FrozenCopy, latent_shape, partial_samples, predict
+from erasekit.primitives.diffusion import FrozenCopy, latent_shape, partial_samples, pipeline_images, predict
 from erasekit.primitives.flow import flow_partial_samples, flow_text, latent_grid, predict_velocity
 from erasekit.primitives.prompt_cache import PooledText
 from erasekit.primitives.xt_plan import XtPoint, concept_plan, plan_xt
@@ -49,9 +50,11 @@ class UNetDenoising:
         seeds: list[int],
         on_captured: Any = None,
         on_step: Any = None,
+        model: nn.Module | FrozenCopy | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One prompt's guided trajectories from the model as it is, stopped where asked: (x_t, t)."""
-        return partial_samples(self.run.pipe, self.run.denoiser, cond, uncond, guidance, steps, stops, seeds,
+        """One prompt's guided trajectories from the model as it is (or ``model``: its frozen original), stopped
+        where asked: (x_t, t)."""
+        return partial_samples(self.run.pipe, self.run.denoiser if model is None else model, cond, uncond, guidance, steps, stops, seeds,
                                on_captured=on_captured, on_step=on_step)  # fmt: skip
 
     def timesteps(self, size: int, generator: torch.Generator) -> torch.Tensor:
@@ -79,6 +82,19 @@ class UNetDenoising:
         """The ``height`` and ``width`` to ask the pipeline for, so that its latents are those this interface
         trains on (none: a UNet's pipeline draws at its native size, as its x_t plan does)."""
         return {}
+
+    @torch.no_grad()
+    def images(self, cond: Any, uncond: Any, seeds: list[int], steps: int, guidance: float) -> np.ndarray:
+        """uint8 images of one prompt's conditioning ``cond`` (one row), one per seed, from the pipeline's own
+        sampler guided against ``uncond``: token states, or a pooled vector beside them."""
+        n = len(seeds)
+        if not isinstance(cond, PooledText):
+            return pipeline_images(self.run.pipe, seeds, steps, guidance, prompt_embeds=cond.expand(n, -1, -1),
+                                   negative_prompt_embeds=uncond.expand(n, -1, -1))  # fmt: skip
+        cond, uncond = cond.rows(n), uncond.rows(n)
+        return pipeline_images(self.run.pipe, seeds, steps, guidance, prompt_embeds=cond.tokens, pooled_prompt_embeds=cond.pooled,
+                               negative_prompt_embeds=uncond.tokens, negative_pooled_prompt_embeds=uncond.pooled,
+                               **self.image_size())  # fmt: skip
 
     def start_noise(self, seed: int) -> torch.Tensor:
         """The noise the sampler's trajectory of ``seed`` started from, unscaled (1, …), as the plan drew it on the CPU."""
@@ -160,9 +176,10 @@ class FlowDenoising(PooledDenoising):
         seeds: list[int],
         on_captured: Any = None,
         on_step: Any = None,
+        model: nn.Module | FrozenCopy | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The Euler flow sampler (:func:`~erasekit.primitives.flow.flow_partial_samples`): packed (x_σ, σ)."""
-        return flow_partial_samples(self.run, self.run.denoiser, cond, uncond, guidance, steps, stops, seeds, self.grid,
+        return flow_partial_samples(self.run, self.run.denoiser if model is None else model, cond, uncond, guidance, steps, stops, seeds, self.grid,
                                     on_captured=on_captured, on_step=on_step)  # fmt: skip
 
     def predict(self, model: nn.Module | FrozenCopy, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
@@ -248,9 +265,10 @@ class SDXLDenoising(PooledDenoising):
         seeds: list[int],
         on_captured: Any = None,
         on_step: Any = None,
+        model: nn.Module | FrozenCopy | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The pipeline's scheduler (:func:`~erasekit.primitives.diffusion.partial_samples`): (x_t, t)."""
-        model = self.run.denoiser
+        model = self.run.denoiser if model is None else model
         return partial_samples(self.run.pipe, model, cond, uncond, guidance, steps, stops, seeds, on_captured=on_captured,
                                on_step=on_step, predict_fn=lambda x, t, c: self.unet_call(model, x, t, c))  # fmt: skip
 
