@@ -57,8 +57,10 @@ def test_a_pipeline_that_cannot_host_it_is_one_line():
 
     sld = Edit({}, {"inference": {"sld": {}}})
     assert sld.kind is SAFE_LATENT_DIFFUSION
-    with pytest.raises(ErasekitError, match="one text encoder"):
-        sld.kind.put_on(sld, SimpleNamespace(text_encoder_2=object()))
+    from erasekit.models.reference_configs import random_sd3_pipeline
+
+    with pytest.raises(ErasekitError, match=r"runs on SD 1\.x/2\.x, SDXL and FLUX pipelines, not StableDiffusion3Pipeline"):
+        sld.kind.put_on(sld, random_sd3_pipeline())
     with pytest.raises(
         ErasekitError, match="unknown inference-time guidance negative-prompt; this erasekit knows 'sld' and 'spm'"
     ):

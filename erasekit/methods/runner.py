@@ -10,7 +10,7 @@ from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit, base_hash, measure, refuse_non_finite
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import Method, get_method, make_config
-from erasekit.models.families import check_family, family_named
+from erasekit.models.families import check_family, class_family
 from erasekit.primitives.run import ProgressCallback, RunContext
 from erasekit.primitives.workers import Workers
 
@@ -76,7 +76,7 @@ def run_method(
         from erasekit.primitives.expansion import check_expansion
 
         check_expansion(expand, expand_min_similarity)
-    family = family_named(type(pipe).__name__)
+    family = class_family(type(pipe))
     if family is not None:  # a pipeline class of no known family meets the run context's own checks
         check_family(family, entry.name, entry.families)
     run = RunContext(pipe, progress, callback, workers or Workers())

@@ -7,7 +7,8 @@ pushes away from the safety concept S where the prompt's noise estimate leans to
     μ = clamp(s_S |ε(z, p) − ε(z, S)|, ≤ 1) where ε(z, p) − ε(z, S) < λ, else 0,
     ν ← β_m ν + (1 − β_m) γ   (momentum),
 
-as diffusers' ``StableDiffusionPipelineSafe`` computes it. The artifact is this configuration: an
+as diffusers' ``StableDiffusionPipelineSafe`` computes it (on SDXL and an undistilled FLUX transformer, the
+same term through the pipeline's wrapped denoiser: :mod:`erasekit.edits.guidance`). The artifact is this configuration: an
 edit with no weights whose card says how to sample (``erasekit.edits.guidance``), so it runs in
 every protocol and the bench like any edit, on any base model. S is the erased concepts joined by
 commas (the paper's safety concept is I2P's list of 20 categories: ``safety_concept=i2p``).
@@ -23,7 +24,7 @@ from typing import Literal
 
 from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
-from erasekit.edits.guidance import SAFE_LATENT_DIFFUSION
+from erasekit.edits.guidance import SAFE_LATENT_DIFFUSION, check_sld_family
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import register
 from erasekit.primitives.run import RunContext
@@ -76,10 +77,12 @@ class SLDConfig:
     "SLD, Safe Latent Diffusion (Schramowski et al. 2023): safety guidance at sampling time",
     SLDConfig,
     changes_weights=False,
+    families=("sd", "sdxl", "flux"),
 )
 def erase(run: RunContext, spec: EraseSpec, config: SLDConfig) -> Edit:
     """SLD's edit for ``spec``: no weights, a card whose ``inference`` holds the safety guidance above;
-    anchors and a preserve set are refused."""
+    anchors and a preserve set are refused, and so is a FLUX transformer with distilled guidance."""
+    check_sld_family(run.pipe)
     if any(spec.anchors) or spec.preserve:
         raise ErasekitError("SLD steers away from the concepts at sampling time: it takes no anchors and no preserve set")
     return Edit({}, {"config": asdict(config), **SAFE_LATENT_DIFFUSION.card_fields(config.pipeline_settings(spec.targets))})

@@ -58,9 +58,15 @@ def family_named(class_name: str) -> Family | None:
     return next((f for f in FAMILIES.values() if class_name in f.pipelines), None)
 
 
+def class_family(cls: type) -> Family | None:
+    """The family of a pipeline class or of the nearest class it derives from (a subclass of
+    ``FluxPipeline`` is a FLUX pipeline); None when none is known."""
+    return next((family for c in cls.__mro__ if (family := family_named(c.__name__)) is not None), None)
+
+
 def family_of(pipe: object) -> Family:
     """The family of a loaded pipeline, from its class; a pipeline of no known family is one line."""
-    family = family_named(type(pipe).__name__)
+    family = class_family(type(pipe))
     if family is None:
         known = ", ".join(f"{f.title} ({', '.join(f.pipelines[:1])})" for f in FAMILIES.values())
         raise ErasekitError(f"{type(pipe).__name__} is not a pipeline erasekit knows; it runs on {known}")
@@ -96,7 +102,7 @@ def check_family(family: Family, what: str, supported: tuple[str, ...]) -> None:
 def pipeline_family(pipe: object) -> Family:
     """The family of ``pipe``; a pipeline-like object of no known class (a bare UNet holder in tests and
     scripts) is taken as SD's, whose components it has."""
-    return family_named(type(pipe).__name__) or FAMILIES["sd"]
+    return class_family(type(pipe)) or FAMILIES["sd"]
 
 
 def denoiser(pipe: object) -> torch.nn.Module:
