@@ -43,7 +43,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from erasekit.concepts import EraseSpec
-from erasekit.methods import get_method
 from erasekit.methods.runner import erase
 from erasekit.models.families import denoiser
 from erasekit.models.reference_configs import (
@@ -72,17 +71,20 @@ SMALL = {
     "sld": {},
     "spm": {"iterations": 10, "sample_steps": 10, "warmup_steps": 2},
     "doco": {"anchor_images": 4, "steps": 10, "warm_up": 4, "sample_steps": 10, "batch_size": 2},
+    "fmn": {"concept_images": 2, "inversion_steps": 5, "steps": 5, "sample_steps": 10},
 }
+NO_PRESERVE = ("sld", "fmn")  # they take no preserve set
 # the methods of each newer family, small settings (label: method, settings)
 AC_SMALL = {"anchor_images": 4, "steps": 5, "sample_steps": 10, "batch_size": 2}
 MACE_SMALL = {"steps": 5, "images_per_concept": 2, "sample_steps": 10, "segmenter": "none"}
 RACE_SMALL = {"iterations": 3, "esd_iterations": 3, "pgd_steps": 3, "sample_steps": 10}
 CLOSED_FORMS = {"rece": ("rece", {"epochs": 2, "validate": "none"}),
-                "realera": ("realera", {"m": 8, "epochs": 10, "sample_steps": 10})}  # fmt: skip
+                "realera": ("realera", {"m": 8, "epochs": 10, "sample_steps": 10}),
+                "fmn": ("fmn", {"concept_images": 2, "inversion_steps": 5, "steps": 5, "sample_steps": 10})}  # fmt: skip
 FAMILY_RUNS = {
     "sdxl": {"uce": ("uce", {}), "esd-x": ("esd-x", {"iterations": 10, "sample_steps": 10}),
              "esd-u": ("esd-u", {"iterations": 3, "sample_steps": 10}), "ac": ("ac", AC_SMALL), "mace": ("mace", MACE_SMALL),
-             "race": ("race", RACE_SMALL), **CLOSED_FORMS},
+             "race": ("race", RACE_SMALL), "sld": ("sld", {}), **CLOSED_FORMS},
     "sd3": {"uce": ("uce", {}), "esd-x": ("esd-x", {"iterations": 10, "sample_steps": 10})},
     "flux": {"uce": ("uce", {}), "esd-x lora r16": ("esd-x", {"iterations": 10, "sample_steps": 10, "lora_rank": 16}),
              "esd-x-strict": ("esd-x-strict", {"iterations": 10, "sample_steps": 10}), "ac": ("ac", AC_SMALL),
@@ -119,7 +121,7 @@ class Check:
             record["skipped"] = "budget"
         else:
             try:
-                kept = preserve if get_method(method).changes_weights else ()  # SLD takes no preserve set
+                kept = () if method in NO_PRESERVE else preserve
                 edit = erase(pipe, EraseSpec(targets, preserve=kept), method, progress=False, **settings)
                 record |= {"seconds": edit.card["seconds"], "seconds_per_concept": edit.card["seconds_per_concept"],
                            "peak_gpu_mb": edit.card["peak_cuda_mb"], "changed": len(edit.weights)}  # fmt: skip

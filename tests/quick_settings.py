@@ -20,12 +20,36 @@ QUICK = {
     "doco": {"anchor_images": 2, "steps": 3, "warm_up": 1, "sample_steps": 2, "batch_size": 2, "preserve_images": 1},
     "advunlearn": {"iterations": 3, "warmup_iterations": 1, "attack_steps": 2, "sample_steps": 2, "retain_batch": 1},
     "receler": {"iterations": 2, "adversarial_steps": 2, "rank": 4, "sample_steps": 2},
+    "fmn": {"concept_images": 2, "inversion_steps": 2, "steps": 2, "sample_steps": 2},
 }
 SPEC = EraseSpec(("square",), preserve=("circle",))
+NO_PRESERVE = ("sld", "fmn")  # SLD steers sampling, FMN the concept's own attention: neither takes a preserve set
+
+
+def spec_for(method: str) -> EraseSpec:
+    """SPEC, or for a method that takes no preserve set, its target alone."""
+    return EraseSpec(("square",)) if method in NO_PRESERVE else SPEC
+
+
 # One method per algorithm: the ESD variants share one erase() and differ only in which parameters
 # train; esd-u stands for them, with the convolutions and time embedding the others leave alone
 # (RACE is ESD's training with an attack inside: its own erase()).
-ALGORITHMS = ["esd-u", "race", "mace", "realera", "rece", "uce", "speed", "ac", "sld", "spm", "doco", "advunlearn", "receler"]
+ALGORITHMS = [
+    "esd-u",
+    "race",
+    "mace",
+    "realera",
+    "rece",
+    "uce",
+    "speed",
+    "ac",
+    "sld",
+    "spm",
+    "doco",
+    "advunlearn",
+    "receler",
+    "fmn",
+]
 
 
 def sd_methods() -> set[str]:

@@ -12,9 +12,8 @@ import sys
 import pytest
 import torch
 from device_guard import DeviceGuard
-from quick_settings import ALGORITHMS, QUICK, SPEC, sd_methods
+from quick_settings import ALGORITHMS, QUICK, SPEC, sd_methods, spec_for
 
-from erasekit.concepts import EraseSpec
 from erasekit.edits import pipeline_parameters
 from erasekit.errors import ErasekitError
 from erasekit.methods import METHODS
@@ -22,10 +21,6 @@ from erasekit.methods.runner import erase
 from erasekit.models.loading import load_pipeline, resolve_device, resolve_dtype
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.training import fit, float32_parameters
-
-
-def spec_for(method):
-    return SPEC if METHODS[method].changes_weights else EraseSpec(("square",))  # SLD takes no preserve set
 
 
 def test_every_registered_method_has_a_device_check():

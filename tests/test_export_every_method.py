@@ -13,9 +13,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-from quick_settings import ALGORITHMS, QUICK, SPEC
+from quick_settings import ALGORITHMS, QUICK, spec_for
 
-from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit, pipeline_parameters
 from erasekit.errors import ErasekitError
 from erasekit.exports import FORMATS, export_edit, merge_weights
@@ -26,13 +25,15 @@ from erasekit.models.loading import load_pipeline
 # Training methods at a large learning rate, so that three steps move the weights far past the tolerances below.
 LOUD = {"lr": 1e-2}
 # What each format refuses, by method: Receler's erasers and SLD's guidance are no weights; a LoRA holds
-# no text-encoder change (AdvUnlearn) and no bias (kohya: ESD's groups train to_out.0.bias).
+# no text-encoder change (AdvUnlearn) and no bias (kohya: ESD's groups train to_out.0.bias), and no norm layer
+# (FMN trains the whole UNet, as the official code does).
 REFUSED = {
     "receler": {fmt: "adds eraser modules" for fmt in FORMATS},
     "sld": {fmt: "changes no weights" for fmt in FORMATS},
     "advunlearn": {"kohya": "text encoder", "diffusers-lora": "text encoder", "single-file": "holds only a CLIP one"},
     "esd-u": {"kohya": "biases"},
     "race": {"kohya": "biases"},
+    "fmn": {fmt: "a LoRA cannot carry this edit" for fmt in ("kohya", "diffusers-lora")},  # the whole UNet, norms too
 }
 FILE = {"kohya": "k.safetensors", "single-file": "s.safetensors", "diffusers-lora": "lora", "pipeline": "pipe"}
 
@@ -51,7 +52,7 @@ def edit_dirs(embedded_dir, tmp_path_factory):
         if method not in made:
             fields = METHODS[method].config.__dataclass_fields__
             settings = {**QUICK[method], **{k: v for k, v in LOUD.items() if k in fields}}
-            spec = SPEC if METHODS[method].changes_weights else EraseSpec(("square",))
+            spec = spec_for(method)
             made[method] = erase(pipe, spec, method, progress=False, **settings).save(tmp_path_factory.mktemp(method) / "edit")
         return made[method]
 

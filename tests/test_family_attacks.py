@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 from device_guard import DeviceGuard
+from test_attacks import TINY, run_cli  # the same smallest budgets as on SD
 
 from erasekit.attacks import get_attack, load_attacks
 from erasekit.concepts import EraseSpec
@@ -79,14 +80,6 @@ def test_t5_prompts_have_their_slots_first_having_no_start_token():
     assert prompt.slots == (0, 1) and prompt.ids[0, 2:].tolist()[:5] == bare(PROMPT, add_special_tokens=False).input_ids[:5]
 
 
-TINY = {
-    "unlearndiff": {"timesteps": 1, "iterations": 2},
-    "p4d": {"timesteps": 1, "iterations": 2},
-    "ring-a-bell": {"population": 4, "generations": 2, "tokens": 4},
-    "inversion": {"steps": 2, "images": 2, "batch_size": 2},
-}
-
-
 @pytest.mark.parametrize("attack_name", sorted(TINY))
 @pytest.mark.parametrize("family", sorted(LAYOUTS))
 def test_every_attack_runs_on_the_sdxl_and_flux_layouts_without_a_tensor_off_the_device(family, attack_name, tmp_path):
@@ -128,8 +121,6 @@ def flux_uce(tmp_path_factory):
 
 @pytest.mark.parametrize("name", sorted(BUDGETS))
 def test_an_attack_brings_back_the_square_uce_erased_from_the_flow_model(flux_uce, name):
-    from test_attacks import run_cli
-
     result = run_cli("attack", "--attack", name, "--edit", flux_uce / "edit", "--prompts", "2", "--samples", "2",
                      *BUDGETS[name], cwd=flux_uce)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]

@@ -19,6 +19,7 @@ QUICK = {
     "speed": {},
     "rece": {"epochs": 2, "validate": "none"},
     "sld": {},
+    "fmn": {"concept_images": 2, "inversion_steps": 2, "steps": 2, "sample_steps": 2},
     "realera": {"m": 2, "n": 2, "epochs": 2, "sample_steps": 2},
     "esd-x": {"iterations": 2, "sample_steps": 2},
     "esd-x-strict": {"iterations": 2, "sample_steps": 2},
@@ -33,7 +34,8 @@ QUICK = {
 PAIRS = [(family, name) for family in LAYOUTS for name, method in sorted(load_methods().items())
          if family in method.families and (family, name) != ("flux", "sld")]  # fmt: skip
 SPEC = EraseSpec(("cat",), ("",), ("dog", "bird"))
-SPECS = {"sld": EraseSpec(("cat",))}  # SLD steers sampling: it takes no preserve set (its sampling: test_sld_families)
+# SLD steers sampling (its sampling: test_sld_families) and FMN re-steers the concept's attention: no preserve set
+SPECS = {"sld": EraseSpec(("cat",)), "fmn": EraseSpec(("cat",))}
 
 
 def test_every_method_that_runs_beyond_sd_has_a_quick_setting_here():

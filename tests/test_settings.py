@@ -14,7 +14,7 @@ from typing import Union, get_args, get_origin, get_type_hints
 
 import pytest
 import torch
-from quick_settings import QUICK, SPEC
+from quick_settings import QUICK, spec_for
 
 from erasekit.attacks import get_attack, load_attacks
 from erasekit.concepts import EraseSpec
@@ -341,6 +341,6 @@ def test_an_edit_card_rebuilds_the_config_its_method_ran_with(name, pipe, tmp_pa
 
     entry, ran = METHODS[name], []
     monkeypatch.setitem(METHODS, name, recording(entry, ran))
-    spec = SPEC if entry.changes_weights else EraseSpec(("square",))  # SLD takes no preserve set
+    spec = spec_for(name)
     card = Edit.load(erase(pipe, spec, name, progress=False, **QUICK[name]).save(tmp_path / "edit")).card
     assert config_from_card(card) == dataclasses.replace(ran[0], **RESOLVED.get(name, {}))

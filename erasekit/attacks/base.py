@@ -122,7 +122,7 @@ class AttackContext:
     def conditioning(self, prompt: SlottedPrompt, vectors: torch.Tensor | None, text: str) -> Any:
         """The erased pipeline's conditioning of ``prompt`` with ``vectors`` in its slots (gradients flow to them),
         in the model's dtype; ``text`` is what an encoder the slots do not reach reads."""
-        return _to(self.path.conditioning(prompt, vectors, text), self.run.dtype)
+        return self.path.conditioning(prompt, vectors, text).to(self.run.dtype)
 
     def uncond(self) -> Any:
         """The conditioning of the empty prompt (the unconditional), in the model's dtype."""
@@ -131,7 +131,7 @@ class AttackContext:
     def original_conditioning(self, prompts: list[str]) -> Any:
         """The conditioning of ``prompts`` through the original text encoder, in the model's dtype."""
         with torch.no_grad():
-            return _to(self.original_path.plain(prompts), self.run.dtype)
+            return self.original_path.plain(prompts).to(self.run.dtype)
 
     def original_token_states(self, prompts: list[str]) -> torch.Tensor:
         """(n, L, d) float token states of ``prompts`` through the original text encoder (Ring-A-Bell's space)."""
@@ -185,13 +185,6 @@ class AttackContext:
                 )
             return pipeline_images(self.pipe, seeds, self.steps, self.guidance, prompt=[found.text] * len(seeds))
         return self.denoise.images(self.states(found), self.uncond(), seeds, self.steps, self.guidance)
-
-
-def _to(cond: Any, dtype: torch.dtype) -> Any:
-    """A conditioning (token states, or a PooledText) in ``dtype``."""
-    if isinstance(cond, PooledText):
-        return PooledText(cond.tokens.to(dtype), cond.pooled.to(dtype))
-    return cond.to(dtype)
 
 
 @dataclass(frozen=True)

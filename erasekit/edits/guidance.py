@@ -14,12 +14,12 @@ guidance through a forward hook on its denoiser (:class:`SafetyGuidance`): the c
     γ = μ ⊙ (ε_S − ε_u) + s_m ν,   μ = clamp(s_S |ε_c − ε_S|, ≤ 1) where ε_c − ε_S < λ, else 0,
     ν ← β_m ν + (1 − β_m) γ,       applied from step δ on,
 
-as diffusers computes it (on SD the wrapper draws what ``StableDiffusionPipelineSafe`` draws, tested).
+as diffusers computes it (on SD the hook draws what ``StableDiffusionPipelineSafe`` draws, tested).
 SDXL's UNet is called once a step on [uncond; cond], and the safety prediction is one more call.
 FLUX's transformer is called for the conditional, then the unconditional prediction (told apart by
 their text states), and the conditional call makes the unconditional and safety predictions too: four
-calls a step instead of three. A FLUX.1-dev, whose guidance is distilled into an
-embedding, has no unconditional prediction to steer from and is refused.
+calls a step, where SLD needs three and the plain pipeline makes two. A FLUX.1-dev, whose guidance is
+distilled into an embedding, has no unconditional prediction to steer from and is refused.
 
 SPM's facilitated transport (``"inference": {"spm": {...}}``) is the other kind that changes how to
 sample: the base weights stay, and the edit's adapters act per prompt (:mod:`erasekit.edits.transport`).

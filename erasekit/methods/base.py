@@ -60,6 +60,7 @@ METHOD_MODULES = (
     "doco",
     "eraseanything",
     "esd",
+    "fmn",
     "mace",
     "race",
     "realera",

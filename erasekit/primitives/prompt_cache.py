@@ -30,6 +30,10 @@ class PooledText:
     def __getitem__(self, rows: slice | list[int]) -> PooledText:
         return PooledText(self.tokens[rows], self.pooled[rows])
 
+    def to(self, dtype: torch.dtype) -> PooledText:
+        """Both parts in ``dtype`` (as a tensor's ``.to``: code may hold either kind of conditioning)."""
+        return PooledText(self.tokens.to(dtype), self.pooled.to(dtype))
+
     def rows(self, n: int) -> PooledText:
         """The conditioning of one prompt repeated for ``n`` rows."""
         return PooledText(self.tokens.expand(n, -1, -1), self.pooled.expand(n, -1))
