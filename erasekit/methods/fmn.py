@@ -163,9 +163,9 @@ def erase(run: RunContext, spec: EraseSpec, config: FMNConfig) -> Edit:
             span = range(prompt.slots[0], prompt.slots[-1] + 1)
         else:
             prompt, vectors = path.slotted(template.format(concept), 0), None
-            span = _span(path, prompt, concept)
+            span = run.cache.word_span(template.format(concept), concept)  # the token path's ids, as laid out
         with torch.no_grad():
-            prompts.append(path.conditioning(prompt, vectors, template.format(concept)))
+            prompts.append(path.conditioning(prompt, vectors, template.format(concept)).to(run.dtype))
         masks.append(marked_positions(path, prompt, span, config.use_pooler))
         images.append(drawn)
     model = run.denoiser
@@ -178,7 +178,7 @@ def erase(run: RunContext, spec: EraseSpec, config: FMNConfig) -> Edit:
             cond = den.cat([prompts[k]] * config.batch_size) if config.batch_size > 1 else prompts[k]
             probe.token_mask = masks[k].expand(config.batch_size, -1)
             probe.reset()
-            den.predict(model, batch.x_t, batch.t, cond.to(run.dtype))
+            den.predict(model, batch.x_t, batch.t, cond)
             return torch.sqrt(sum(m.float().square().sum() for m in probe.maps))
 
         params = list(tuning.params.values())
@@ -187,12 +187,3 @@ def erase(run: RunContext, spec: EraseSpec, config: FMNConfig) -> Edit:
         losses = fit(run, params, loss_at, config.steps, optimizer, "FMN attention re-steering", clip)
         new_values = tuning.values()
     return Edit(new_values, {"config": asdict(config), **loss_record(losses)})
-
-
-def _span(path: TextPath, prompt: SlottedPrompt, concept: str) -> range:
-    """Positions of the concept's tokens in the token path's ids (the last occurrence)."""
-    ids, words = prompt.ids[0, : prompt.length].tolist(), path.tokenizer(concept, add_special_tokens=False).input_ids
-    for start in range(len(ids) - len(words), -1, -1):
-        if ids[start : start + len(words)] == words:
-            return range(start, start + len(words))
-    raise ErasekitError(f"{concept!r} does not occur in its prompt")
