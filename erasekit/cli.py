@@ -322,7 +322,7 @@ def erase(
 
 @app.command()
 def attack(
-    attack_name: Annotated[str, typer.Option("--attack", help="unlearndiff, p4d, ring-a-bell or inversion.")],
+    attack_name: Annotated[str, typer.Option("--attack", help="unlearndiff, p4d, ring-a-bell, mma-diffusion or inversion.")],
     edit_dir: Annotated[
         Path | None, typer.Option("--edit", help="Edit directory to attack (without it: the unedited model, as the baseline).")
     ] = None,
@@ -464,7 +464,7 @@ def bench(
         typer.Option(
             "--attack",
             help="For 'robustness': an attack with its budget, e.g. 'unlearndiff timesteps=10' (repeatable; default: all "
-            "four at the world's budgets).",
+            "five at the world's budgets).",
         ),
     ] = None,
     task: Annotated[str, typer.Option(help="For 'robustness': the task whose protocol is run beside the attacks.")] = "object",

@@ -21,9 +21,15 @@ QUICK = {
     "advunlearn": {"iterations": 3, "warmup_iterations": 1, "attack_steps": 2, "sample_steps": 2, "retain_batch": 1},
     "receler": {"iterations": 2, "adversarial_steps": 2, "rank": 4, "sample_steps": 2},
     "fmn": {"concept_images": 2, "inversion_steps": 2, "steps": 2, "sample_steps": 2},
+    "adavd": {},
+    "sdd": {"iterations": 3, "sample_steps": 3},
+    "salun": {"concept_images": 4, "preserve_images": 2, "batch_size": 2, "epochs": 1, "sample_steps": 2},
+    "gloce": {"n_generation": 1, "st_timestep": 0, "end_timestep": 2, "update_rank": 2},
+    "safree": {},
 }
 SPEC = EraseSpec(("square",), preserve=("circle",))
-NO_PRESERVE = ("sld", "fmn")  # SLD steers sampling, FMN the concept's own attention: neither takes a preserve set
+NO_PRESERVE = ("sld", "fmn", "adavd", "safree")  # SLD steers sampling, FMN the concept's own attention, AdaVD every value,
+# SAFREE the prompt: no preserve set
 
 
 def spec_for(method: str) -> EraseSpec:
@@ -49,6 +55,11 @@ ALGORITHMS = [
     "advunlearn",
     "receler",
     "fmn",
+    "adavd",
+    "sdd",
+    "salun",
+    "gloce",
+    "safree",
 ]
 
 

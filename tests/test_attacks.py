@@ -82,6 +82,7 @@ def test_the_discrete_vocabulary_is_whole_words_that_tokenize_back_to_themselves
         ("unlearndiff", {"iterations": 0}),
         ("p4d", {"timesteps": 0}),
         ("ring-a-bell", {"generations": 0}),
+        ("mma-diffusion", {"steps": 0}),
         ("inversion", {"steps": 0}),
     ],
 )
@@ -91,7 +92,7 @@ def test_a_budget_of_zero_is_refused(name, budget):
 
 
 def test_every_attack_is_registered_and_an_unknown_one_is_one_line():
-    assert set(load_attacks()) == {"unlearndiff", "p4d", "ring-a-bell", "inversion"}
+    assert set(load_attacks()) == {"unlearndiff", "p4d", "ring-a-bell", "mma-diffusion", "inversion"}
     with pytest.raises(ErasekitError, match="unknown attack 'gcg'; choose one of"):
         get_attack("gcg")
 
@@ -124,6 +125,18 @@ def test_an_attack_brings_the_erased_square_back_where_the_plain_prompts_do_not(
     assert (erased_square / "edit" / f"attack-{name}" / "grid.png").is_file()
 
 
+@pytest.mark.slow  # about 2 minutes on 2 cores: three inversions of 300 steps
+def test_concept_inversion_does_not_bring_back_a_square_adavd_decomposes_at_the_worlds_epsilon(pipe, tmp_path):
+    # AdaVD's hook on every attn2.to_v takes the square's value out of whatever token carries it, the learned
+    # one included (docs/robustness.md: 0 of 4 prompts in the bench, where every other erasure gives 4 of 4)
+    erase(pipe, EraseSpec(("square",)), "adavd", progress=False, epsilon=0.4).save(tmp_path / "edit")
+    result = run_cli("attack", "--attack", "inversion", "--edit", tmp_path / "edit", "--prompts", "3", "--samples", "2",
+                     *BUDGETS["inversion"], cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads((tmp_path / "edit" / "attack-inversion" / "results.json").read_text())
+    assert out["baseline_asr"] == 0.0 and out["asr_found"] <= 1 / 3, out["asr_found"]
+
+
 def test_ring_a_bell_finds_plain_text_prompts_of_the_requested_length(erased_square):
     result = run_cli("attack", "--attack", "ring-a-bell", "--edit", erased_square / "edit", "--prompts", "1", "--samples",
                      "1", "--set", "tokens=6", "--set", "population=16", "--set", "generations=20", cwd=erased_square)  # fmt: skip
@@ -131,6 +144,19 @@ def test_ring_a_bell_finds_plain_text_prompts_of_the_requested_length(erased_squ
     cell = json.loads((erased_square / "edit" / "attack-ring-a-bell" / "results.json").read_text())["prompts"][0]
     assert len(cell["token_ids"]) == 6 + 2 and not cell["learned_vector"]  # [CLS] six words [SEP]
     assert cell["losses"] == sorted(cell["losses"], reverse=True)  # the best of each generation is kept
+
+
+def test_mma_diffusion_nears_the_prompts_embedding_with_plain_words_none_of_them_the_concept(erased_square):
+    result = run_cli("attack", "--attack", "mma-diffusion", "--edit", erased_square / "edit", "--prompts", "1", "--samples",
+                     "1", "--set", "tokens=8", "--set", "steps=10", "--set", "candidates=32", "--set", "banned=box",
+                     cwd=erased_square)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    cell = json.loads((erased_square / "edit" / "attack-mma-diffusion" / "results.json").read_text())["prompts"][0]
+    assert len(cell["token_ids"]) == 8 + 2 and not cell["learned_vector"]  # [CLS] eight words [SEP]
+    words = cell["adversarial_prompt"].split()
+    assert len(words) == 8 and not [w for w in words if "square" in w or "box" in w]  # the banned words are out
+    losses = cell["losses"]  # 1 − cos of the end-token states, the best so far
+    assert losses == sorted(losses, reverse=True) and losses[-1] < 0.8 * losses[0], losses
 
 
 def test_a_rerun_resumes_from_the_cells_and_the_report_shows_the_attack(erased_square):
@@ -215,6 +241,7 @@ TINY = {
     "unlearndiff": {"timesteps": 1, "iterations": 2},
     "p4d": {"timesteps": 1, "iterations": 2},
     "ring-a-bell": {"population": 4, "generations": 2, "tokens": 4},
+    "mma-diffusion": {"steps": 2, "candidates": 8, "top_k": 4, "tokens": 4},
     "inversion": {"steps": 2, "images": 2, "batch_size": 1},
 }
 

@@ -38,6 +38,10 @@ FAMILIES = {  # method, settings, whether the other classes are the preserve set
     "fine-tuning on anchor images (AC)": ("ac", {"lr": 1e-3, "steps": 60, "anchor_images": 64}, False),
     # the official 35 steps at the world's lr (docs/methods/fmn.md: 7e-5, where 5e-5 erases nothing, 1e-4 everything)
     "attention re-steering (FMN)": ("fmn", {"lr": 7e-5}, False),
+    # training-free, at sampling: the world's ε (docs/methods/adavd.md) also takes the synonyms' values
+    "value decomposition at sampling (AdaVD)": ("adavd", {"epsilon": 0.4}, False),
+    # training-free, its gates set on the others: the world's window opens them from the first step
+    "gated low-rank modules (GLoCE)": ("gloce", {"template": "a photo of a {}", "st_timestep": 0}, True),
     "adversarial domain correction (DoCo)": (
         "doco",
         {"lr": 1e-4, "steps": 200, "warm_up": 50, "anchor_images": 128, "batch_size": 4},
@@ -51,10 +55,10 @@ def originals():
     return {}  # the original model's images, generated once for every family
 
 
-# In CI: UCE, SPEED, ESD-x and FMN (about 40 s each on 2 cores); the other eight take
+# In CI: UCE, SPEED, ESD-x, FMN and AdaVD (12-40 s each on 2 cores); the other nine take
 # 20-70 s each and run with `pytest -m slow` (each method's mechanics are tested fast in its own file).
 IN_CI = {"closed form (UCE)", "fine-tuning (ESD-x)", "closed form in the preserved null space (SPEED)",
-         "attention re-steering (FMN)"}  # fmt: skip
+         "attention re-steering (FMN)", "value decomposition at sampling (AdaVD)"}  # fmt: skip
 
 
 @pytest.mark.parametrize("family", [f if f in IN_CI else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES])
@@ -66,7 +70,7 @@ def test_erasure_lowers_the_concept_and_keeps_the_others(pipe, evaluator, origin
     assert before["Acc_e"] >= 0.75 and before["Acc_s"] >= 0.9  # the original draws them all
     assert after["Acc_e"] <= 0.25, after  # the erased class is gone from most images
     assert after["Acc_s"] >= 0.9, after  # the nine others are still drawn
-    if method in ("realera", "fmn"):  # they erase the meaning: the synonyms go too
+    if method in ("realera", "fmn", "adavd", "gloce"):  # they erase the meaning: the synonyms go too
         assert after["Acc_g"] <= 0.25, after
 
 

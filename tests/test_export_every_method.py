@@ -24,16 +24,22 @@ from erasekit.models.loading import load_pipeline
 
 # Training methods at a large learning rate, so that three steps move the weights far past the tolerances below.
 LOUD = {"lr": 1e-2}
-# What each format refuses, by method: Receler's erasers and SLD's guidance are no weights; a LoRA holds
+UNAVERAGED = {"ema_decay": 0.0}  # SDD hands back the trained model itself, not a slow average of it
+# What each format refuses, by method: Receler's erasers, SLD's guidance, AdaVD's decomposition, GLoCE's gates and SAFREE's projection are no weights; a LoRA holds
 # no text-encoder change (AdvUnlearn) and no bias (kohya: ESD's groups train to_out.0.bias), and no norm layer
 # (FMN trains the whole UNet, as the official code does).
 REFUSED = {
     "receler": {fmt: "adds eraser modules" for fmt in FORMATS},
     "sld": {fmt: "changes no weights" for fmt in FORMATS},
+    "adavd": {fmt: "changes no weights" for fmt in FORMATS},
+    "safree": {fmt: "changes no weights" for fmt in FORMATS},
+    "gloce": {fmt: "adds gated modules" for fmt in FORMATS},
     "advunlearn": {"kohya": "text encoder", "diffusers-lora": "text encoder", "single-file": "holds only a CLIP one"},
     "esd-u": {"kohya": "biases"},
     "race": {"kohya": "biases"},
+    "sdd": {"kohya": "biases"},  # every attn2 parameter, to_out.0.bias among them
     "fmn": {fmt: "a LoRA cannot carry this edit" for fmt in ("kohya", "diffusers-lora")},  # the whole UNet, norms too
+    "salun": {fmt: "a LoRA cannot carry this edit" for fmt in ("kohya", "diffusers-lora")},  # its mask reaches norms too
 }
 FILE = {"kohya": "k.safetensors", "single-file": "s.safetensors", "diffusers-lora": "lora", "pipeline": "pipe"}
 
@@ -51,7 +57,7 @@ def edit_dirs(embedded_dir, tmp_path_factory):
     def make(method):
         if method not in made:
             fields = METHODS[method].config.__dataclass_fields__
-            settings = {**QUICK[method], **{k: v for k, v in LOUD.items() if k in fields}}
+            settings = {**QUICK[method], **{k: v for k, v in {**LOUD, **UNAVERAGED}.items() if k in fields}}
             spec = spec_for(method)
             made[method] = erase(pipe, spec, method, progress=False, **settings).save(tmp_path_factory.mktemp(method) / "edit")
         return made[method]

@@ -19,6 +19,10 @@ QUICK = {
     "speed": {},
     "rece": {"epochs": 2, "validate": "none"},
     "sld": {},
+    "adavd": {},
+    "sdd": {"iterations": 2, "sample_steps": 2},
+    "gloce": {"n_generation": 1, "st_timestep": 0, "end_timestep": 2, "update_rank": 2},
+    "salun": {"concept_images": 2, "preserve_images": 2, "batch_size": 2, "epochs": 1, "sample_steps": 2},
     "fmn": {"concept_images": 2, "inversion_steps": 2, "steps": 2, "sample_steps": 2},
     "realera": {"m": 2, "n": 2, "epochs": 2, "sample_steps": 2},
     "esd-x": {"iterations": 2, "sample_steps": 2},
@@ -34,8 +38,9 @@ QUICK = {
 PAIRS = [(family, name) for family in LAYOUTS for name, method in sorted(load_methods().items())
          if family in method.families and (family, name) != ("flux", "sld")]  # fmt: skip
 SPEC = EraseSpec(("cat",), ("",), ("dog", "bird"))
-# SLD steers sampling (its sampling: test_sld_families) and FMN re-steers the concept's attention: no preserve set
-SPECS = {"sld": EraseSpec(("cat",)), "fmn": EraseSpec(("cat",))}
+# SLD steers sampling (its sampling: test_sld_families), FMN re-steers the concept's attention and AdaVD
+# decomposes every value (its SDXL sampling: test_adavd): no preserve set
+SPECS = {"sld": EraseSpec(("cat",)), "fmn": EraseSpec(("cat",)), "adavd": EraseSpec(("cat",))}
 
 
 def test_every_method_that_runs_beyond_sd_has_a_quick_setting_here():
@@ -47,7 +52,7 @@ def test_methods_on_other_families_create_no_tensor_without_a_device(family, met
     pipe = getattr(reference_configs, LAYOUTS[family])()
     with DeviceGuard() as guard:
         edit = erase(pipe, SPECS.get(method, SPEC), method, progress=False, **QUICK[method])
-    assert (edit.weights or edit.inference) and not guard.hidden, (
+    assert (edit.weights or edit.inference or edit.adapters) and not guard.hidden, (
         f"{method} on {family} creates tensors on the default device at {sorted(guard.hidden)}"
     )
 

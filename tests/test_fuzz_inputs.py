@@ -641,7 +641,7 @@ CARDS = [
     ({"inference": {"spm": {"concepts": "square"}}}, "inference.spm"),
     ({"inference": {"spm": {"concepts": ["square"], "metric": "cosine"}}}, "inference.spm.metric should be one of"),
     ({"inference": {"spm": []}}, "inference.spm"),
-    ({"inference": {"gcg": {}}}, "inference should hold one of 'sld' or 'spm'"),
+    ({"inference": {"gcg": {}}}, "inference should hold one of 'adavd' or 'safree' or 'sld' or 'spm'"),
     ({"inference": {"sld": SLD, "spm": {"concepts": ["x"]}}}, "inference should hold one of"),
     ({"config": []}, "config should be an object"),
     ({"config": "lam=1"}, "config should be an object"),

@@ -25,7 +25,7 @@ from erasekit.methods import METHODS
 from erasekit.methods.advunlearn import TEXT_ENCODER_METHOD
 from erasekit.methods.base import config_from_card, get_method, make_config
 from erasekit.methods.esd import ESD_TARGETS
-from erasekit.models.layers import AC_GROUPS, ESD_GROUPS, ESD_SELECTIONS
+from erasekit.models.layers import AC_GROUPS, ESD_GROUPS, ESD_SELECTIONS, SDD_GROUPS
 from erasekit.primitives.segmenters import SEGMENTERS
 from erasekit.settings import setting_choices
 
@@ -211,6 +211,9 @@ FREE_TEXT = {
     ("mace", "adapter_dir"): "a directory to keep the LoRAs in",
     ("sld", "safety_concept"): "the concept in words ('' and 'i2p' stand for the erased concepts and I2P's list)",
     ("inversion", "init_word"): "any one word of the tokenizer's vocabulary",
+    ("gloce", "template"): "a prompt with one {} for the concept",
+    ("salun", "template"): "a prompt with one {} for the concept",
+    ("mma-diffusion", "banned"): "any words, comma-separated",
 }
 
 CHOICES = sorted((name, setting) for name in REGISTRY for setting in setting_choices(REGISTRY[name].config))
@@ -238,6 +241,7 @@ def test_every_text_setting_is_a_literal_or_free_text_for_a_reason():
         ("advunlearn", "train_method", (TEXT_ENCODER_METHOD, *ESD_GROUPS)),
         ("ac", "parameter_group", AC_GROUPS),
         ("doco", "parameter_group", AC_GROUPS),
+        ("sdd", "finetuning_method", SDD_GROUPS),
         ("mace", "segmenter", ("auto", *SEGMENTERS)),
         ("spm", "transport_metric", METRICS),
     ],

@@ -62,6 +62,7 @@ def test_a_pipeline_that_cannot_host_it_is_one_line():
     with pytest.raises(ErasekitError, match=r"runs on SD 1\.x/2\.x, SDXL and FLUX pipelines, not StableDiffusion3Pipeline"):
         sld.kind.put_on(sld, random_sd3_pipeline())
     with pytest.raises(
-        ErasekitError, match="unknown inference-time guidance negative-prompt; this erasekit knows 'sld' and 'spm'"
+        ErasekitError,
+        match="unknown inference-time guidance negative-prompt; this erasekit knows 'adavd' and 'safree' and 'sld' and 'spm'",
     ):
         Edit({}, {"inference": {"negative-prompt": {}}}).apply(SimpleNamespace())

@@ -181,7 +181,7 @@ class AttackContext:
             if found.vectors is not None:
                 raise ErasekitError(
                     "this erased pipeline reads prompts as text (an inference-time erasure), so a learned token "
-                    "cannot be given to it; use a discrete attack (unlearndiff, p4d, ring-a-bell)"
+                    "cannot be given to it; use a discrete attack (unlearndiff, p4d, ring-a-bell, mma-diffusion)"
                 )
             return pipeline_images(self.pipe, seeds, self.steps, self.guidance, prompt=[found.text] * len(seeds))
         return self.denoise.images(self.states(found), self.uncond(), seeds, self.steps, self.guidance)
@@ -216,7 +216,7 @@ def register(name: str, summary: str, config: type, gradients: bool = True) -> C
     return wrap
 
 
-ATTACK_MODULES = ("inversion", "p4d", "ringabell", "unlearndiff")  # each registers itself when imported
+ATTACK_MODULES = ("inversion", "mma", "p4d", "ringabell", "unlearndiff")  # each registers itself when imported
 
 
 def load_attacks() -> dict[str, Attack]:

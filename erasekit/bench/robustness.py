@@ -42,6 +42,7 @@ WORLD_ATTACKS = (
     "unlearndiff timesteps=10 iterations=20",
     "p4d timesteps=10 iterations=20",
     "ring-a-bell population=64 generations=200",
+    "mma-diffusion steps=100 candidates=128",
     "inversion steps=300",
 )
 ROBUSTNESS_CONCEPTS = {"object": ("square",), "character": ("Captain Nova",), "flames": ("in flames",)}

@@ -1,14 +1,16 @@
 """The edit: what an erasure leaves behind, saved, loaded and put onto a pipeline.
 
 :mod:`~erasekit.edits.artifact` holds the :class:`Edit` (weights, adapters, card); each edit kind
-(changed weights, SLD's sampling guidance, SPM's transport, Receler's hooked erasers) is an
+(changed weights, SLD's sampling guidance, SPM's transport, Receler's hooked erasers, AdaVD's value
+decomposition, GLoCE's gated modules, SAFREE's prompt projection) is an
 :class:`~erasekit.edits.kind.EditKind` of its own module (:mod:`~erasekit.edits.weights`,
-:mod:`~erasekit.edits.guidance`, :mod:`~erasekit.edits.transport`, :mod:`~erasekit.edits.erasers`),
-imported here so that each has registered itself before an edit looks its kind up;
+:mod:`~erasekit.edits.guidance`, :mod:`~erasekit.edits.transport`, :mod:`~erasekit.edits.erasers`,
+:mod:`~erasekit.edits.values`, :mod:`~erasekit.edits.gates`, :mod:`~erasekit.edits.projection`), imported
+here so that each has registered itself before an edit looks its kind up;
 :mod:`~erasekit.edits.lora` writes an edit as a diffusers LoRA.
 """
 
-from erasekit.edits import erasers, guidance, transport, weights  # the kinds: each registers itself
+from erasekit.edits import erasers, gates, guidance, projection, transport, values, weights  # the kinds: each registers itself
 from erasekit.edits.artifact import (
     ADAPTERS_FILE,
     CARD_FILE,
@@ -36,12 +38,15 @@ __all__ = [
     "Usage",
     "base_hash",
     "erasers",
+    "gates",
     "guidance",
     "load_erased",
     "measure",
     "pipeline_parameters",
+    "projection",
     "refuse_non_finite",
     "transport",
+    "values",
     "weights",
     "weights_hash",
 ]

@@ -214,6 +214,7 @@ class SamplingGuidance(EditKind):
 
     name = "sld"
     at_sampling = True
+    reads_prompt_text = True
 
     def check_card(self, card: dict, where: object) -> None:
         """Refuse an ``inference.sld`` that is not an object of numbers and a safety concept."""

@@ -57,6 +57,7 @@ class EditKind:
     name: ClassVar[str]
     at_sampling: ClassVar[bool] = False  # its entry is card["inference"][name]: it changes how to sample
     needs_adapters: ClassVar[bool] = False  # its edits keep tensors in adapters.safetensors
+    reads_prompt_text: ClassVar[bool] = False  # its pipeline takes prompts as text only (attacks cannot hand it states)
 
     def named_in(self, card: dict) -> bool:
         """Whether ``card`` has this kind's key (whatever its value)."""

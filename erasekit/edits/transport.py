@@ -228,6 +228,7 @@ class FacilitatedTransport(EditKind):
 
     name = "spm"
     at_sampling = True
+    reads_prompt_text = True
     needs_adapters = True
 
     def check_card(self, card: dict, where: object) -> None:

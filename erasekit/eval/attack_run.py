@@ -126,9 +126,10 @@ def run_attack(
             def shows(found: Found, target: AttackTarget, seeds: list[int]) -> np.ndarray:
                 return judge.present(context.images(found, seeds), target.concept)
 
-            # an inference-time erasure's pipeline reads the prompt's text (SPM scores it, SLD's takes no states)
+            # an inference-time erasure's pipeline may read the prompt's text (SPM scores it, SLD's takes no states);
+            # AdaVD's and GLoCE's hooks act on the UNet, whatever conditioning reaches it
             context = AttackContext(run, original, original_path, settings.steps, settings.guidance, shows, targets,
-                                    text_prompts=edit.inference is not None)  # fmt: skip
+                                    text_prompts=edit.kind.reads_prompt_text)  # fmt: skip
             for k in counted(pending, f"{attack.name} prompt", lambda k: repr(targets[k].prompt), progress):
                 cells[k] = _attack_one(context, attack, config, targets[k], judge, samples, cells_dir, keys[k])
     done = [c for c in cells if c is not None]  # every one, now

@@ -64,7 +64,8 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
         eps = np.eye(len(cov_a)) * 1e-6
         covmean = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
     covmean = covmean.real
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+    distance = float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+    return max(distance, 0.0)  # equal sets give a rounding error either side of 0
 
 
 def frechet_distance_of(real: np.ndarray, fake: np.ndarray, feature: int | nn.Module = 2048) -> float:

@@ -126,6 +126,27 @@ def ablation_parameters(model: nn.Module, group: str, family: str = "sd") -> lis
     return [name for name, _ in model.named_parameters() if keys is None or any(k in name for k in keys)]
 
 
+# SDD's --finetuning_method (nannullna/safe-diffusion, train_sdd.py gather_parameters), by substring of the
+# parameter name as there: "xattn" every cross-attention parameter (attn2), "selfattn" every self-attention
+# parameter (attn1), "noxattn" all but attn2, conv_out and the time embedding, "notime" all but conv_out and
+# the time embedding, "full" the whole UNet.
+SDD_GROUPS = ("xattn", "selfattn", "noxattn", "notime", "full")
+
+
+def sdd_parameters(unet: nn.Module, group: str) -> list[str]:
+    """Names of the UNet parameters SDD fine-tunes in ``group``."""
+    if group not in SDD_GROUPS:
+        raise ErasekitError(f"unknown SDD parameter group {group!r}; choose one of {', '.join(SDD_GROUPS)}")
+    cross_attentions(unet)  # a UNet without cross-attention is refused before training starts
+
+    def kept(name: str) -> bool:
+        untimed = not name.startswith("conv_out.") and "time_embed" not in name
+        return {"xattn": "attn2" in name, "selfattn": "attn1" in name, "noxattn": untimed and "attn2" not in name,
+                "notime": untimed, "full": True}[group]  # fmt: skip
+
+    return [name for name, _ in unet.named_parameters() if kept(name)]
+
+
 def kv_weights(unet: nn.Module) -> dict[str, torch.Tensor]:
     """Copies of every cross-attention ``to_k``/``to_v`` weight, by parameter name (``<attn2>.to_k.weight``)."""
     return {f"{name}.weight": lin.weight.detach().clone() for name, lin in kv_projections(unet).items()}

@@ -57,9 +57,11 @@ def fit(
     desc: str,
     max_grad_norm: float | None = None,
     schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> list[float]:
     """Minimise ``loss_fn(step)`` over ``params`` for ``steps`` steps (the learning rate stepped by
-    ``schedule`` after each, when given); returns the loss of every step."""
+    ``schedule`` after each, when given; ``after_step(step)`` called after each update, for an EMA);
+    returns the loss of every step."""
     scaler = torch.amp.GradScaler(run.device.type, enabled=run.dtype == torch.float16)
     losses: list[float] = []
     bar = run.bar(range(steps), desc)
@@ -80,6 +82,8 @@ def fit(
         scaler.update()
         if schedule is not None:
             schedule.step()
+        if after_step is not None:
+            after_step(step)
         losses.append(value)
         bar.set_postfix(loss=f"{value:.4f}")
     return losses
