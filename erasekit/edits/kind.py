@@ -115,6 +115,19 @@ class EditKind:
         return pipe
 
 
+def on_modules(cls: type, pipe: DiffusionPipeline) -> DiffusionPipeline:
+    """A pipeline of ``cls`` (a subclass of ``pipe``'s class) built on ``pipe``'s own modules, nothing copied,
+    with its safety-checker setting and progress-bar configuration."""
+    import inspect
+
+    components = dict(pipe.components)
+    if "requires_safety_checker" in inspect.signature(cls.__init__).parameters:
+        components["requires_safety_checker"] = pipe.config.get("requires_safety_checker", False)
+    rebuilt = cls(**components)
+    rebuilt.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+    return rebuilt
+
+
 KINDS: dict[str, EditKind] = {}  # the kind's name in the card → the kind
 
 

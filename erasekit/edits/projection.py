@@ -26,14 +26,13 @@ features) is registered without its mode in the released code and changes no ima
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from erasekit.edits.kind import NO_WEIGHTS, EditKind, is_number, is_strings, register_kind, shown
+from erasekit.edits.kind import NO_WEIGHTS, EditKind, is_number, is_strings, on_modules, register_kind, shown
 from erasekit.errors import ErasekitError
 
 if TYPE_CHECKING:
@@ -147,11 +146,7 @@ def projected_pipeline(pipe: DiffusionPipeline, settings: dict[str, Any]) -> Dif
             return super().__call__(prompt_embeds=safe, callback_on_step_end=switch,
                                     callback_on_step_end_tensor_inputs=["prompt_embeds"], **kwargs)  # fmt: skip
 
-    components = dict(pipe.components)
-    if "requires_safety_checker" in inspect.signature(type(pipe).__init__).parameters:
-        components["requires_safety_checker"] = pipe.config.get("requires_safety_checker", False)
-    projected = Projected(**components)
-    projected.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+    projected = on_modules(Projected, pipe)
     return projected
 
 

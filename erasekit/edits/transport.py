@@ -27,7 +27,6 @@ transported pipeline. A LoRA or whole-model export carries the merged weights, t
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -36,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from erasekit.edits.kind import EditKind, is_strings, register_kind, shown
+from erasekit.edits.kind import EditKind, is_strings, on_modules, register_kind, shown
 from erasekit.errors import ErasekitError
 from erasekit.models.layers import transformer_layers
 
@@ -213,11 +212,7 @@ def transported_pipeline(pipe: DiffusionPipeline, adapters: Sequence[SPMAdapter]
             """Take the adapters off the UNet (the pipeline's modules are the user's)."""
             transport.remove()
 
-    components = dict(pipe.components)
-    if "requires_safety_checker" in inspect.signature(type(pipe).__init__).parameters:
-        components["requires_safety_checker"] = pipe.config.get("requires_safety_checker", False)
-    transported = Transported(**components)
-    transported.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+    transported = on_modules(Transported, pipe)
     transport.install()
     return transported
 
