@@ -48,6 +48,12 @@ class EraseSpec:
         object.__setattr__(self, "anchors", anchors)
         object.__setattr__(self, "preserve", preserve)
 
+    def targets_only(self, method: str) -> None:
+        """Refuse anchors and a preserve set in one line, for a method whose objective has no place for them;
+        ``method`` says what it does instead ("SLD steers away from the concepts at sampling time")."""
+        if any(self.anchors) or self.preserve:
+            raise ErasekitError(f"{method}: it takes no anchors and no preserve set")
+
 
 def anchor_prompt(template: str, anchor: str) -> str:
     """The prompt a target's prompt maps onto: the template around the anchor, or " " for the empty

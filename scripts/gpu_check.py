@@ -78,8 +78,10 @@ SMALL = {
     "gloce": {"n_generation": 1, "end_timestep": 12},
     "sdd": {"iterations": 10, "sample_steps": 10},
     "salun": {"concept_images": 4, "preserve_images": 4, "batch_size": 2, "epochs": 1, "sample_steps": 10},
+    "ant": {"iterations": 10, "sample_steps": 10, "before_step": 2, "mask_seeds": 2, "mask_iterations": 2},
+    "stereo": {"rounds": 2, "iterations": 5, "inversion_steps": 10, "gallery_images": 4, "sample_steps": 10},
 }
-NO_PRESERVE = ("sld", "fmn", "adavd", "safree")  # they take no preserve set
+NO_PRESERVE = ("sld", "fmn", "adavd", "safree", "ant", "stereo")  # they take no preserve set
 # the methods of each newer family, small settings (label: method, settings)
 AC_SMALL = {"anchor_images": 4, "steps": 5, "sample_steps": 10, "batch_size": 2}
 MACE_SMALL = {"steps": 5, "images_per_concept": 2, "sample_steps": 10, "segmenter": "none"}
@@ -91,7 +93,8 @@ FAMILY_RUNS = {
     "sdxl": {"uce": ("uce", {}), "esd-x": ("esd-x", {"iterations": 10, "sample_steps": 10}),
              "esd-u": ("esd-u", {"iterations": 3, "sample_steps": 10}), "ac": ("ac", AC_SMALL), "mace": ("mace", MACE_SMALL),
              "race": ("race", RACE_SMALL), "sld": ("sld", {}), "adavd": ("adavd", {}),
-             "gloce": ("gloce", SMALL["gloce"]), "sdd": ("sdd", SMALL["sdd"]), "salun": ("salun", SMALL["salun"]), **CLOSED_FORMS},
+             "gloce": ("gloce", SMALL["gloce"]), "sdd": ("sdd", SMALL["sdd"]), "salun": ("salun", SMALL["salun"]),
+             "ant": ("ant", SMALL["ant"]), "stereo": ("stereo", SMALL["stereo"]), **CLOSED_FORMS},
     "sd3": {"uce": ("uce", {}), "esd-x": ("esd-x", {"iterations": 10, "sample_steps": 10})},
     "flux": {"uce": ("uce", {}), "esd-x lora r16": ("esd-x", {"iterations": 10, "sample_steps": 10, "lora_rank": 16}),
              "esd-x-strict": ("esd-x-strict", {"iterations": 10, "sample_steps": 10}), "ac": ("ac", AC_SMALL),

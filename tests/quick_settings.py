@@ -26,10 +26,12 @@ QUICK = {
     "salun": {"concept_images": 4, "preserve_images": 2, "batch_size": 2, "epochs": 1, "sample_steps": 2},
     "gloce": {"n_generation": 1, "st_timestep": 0, "end_timestep": 2, "update_rank": 2},
     "safree": {},
+    "ant": {"iterations": 2, "sample_steps": 3, "before_step": 1, "mask_seeds": 2, "mask_iterations": 1},
+    "stereo": {"rounds": 2, "iterations": 2, "inversion_steps": 2, "gallery_images": 2, "sample_steps": 2},
 }
 SPEC = EraseSpec(("square",), preserve=("circle",))
-NO_PRESERVE = ("sld", "fmn", "adavd", "safree")  # SLD steers sampling, FMN the concept's own attention, AdaVD every value,
-# SAFREE the prompt: no preserve set
+NO_PRESERVE = ("sld", "fmn", "adavd", "safree", "ant", "stereo")  # SLD steers sampling, FMN the concept's own attention, AdaVD
+# every value, SAFREE the prompt, ANT the concept's own guidance, STEREO keeps its anchor prompts: no preserve set
 
 
 def spec_for(method: str) -> EraseSpec:
@@ -60,6 +62,8 @@ ALGORITHMS = [
     "salun",
     "gloce",
     "safree",
+    "ant",
+    "stereo",
 ]
 
 

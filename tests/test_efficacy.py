@@ -17,6 +17,8 @@ from erasekit.world import vocabulary as V
 TARGET = "square"
 OTHERS = tuple(s for s in V.SHAPES if s != TARGET)
 TEMPLATES = ("{}", "a photo of a {}", "a picture of a {}")
+# the world's contexts of a shape (colour, size, position): STEREO's anchor prompts
+WORLD_CONTEXTS = ("a red {}", "a blue {}", "a large {}", "a small {}", "a {} on the left", "a {} on the right")
 FAMILIES = {  # method, settings, whether the other classes are the preserve set
     "closed form (UCE)": ("uce", {"templates": TEMPLATES, "token_span": "full", "preserve_scale": 1.0}, True),
     "closed form in the preserved null space (SPEED)": ("speed", {"templates": TEMPLATES}, True),
@@ -42,6 +44,22 @@ FAMILIES = {  # method, settings, whether the other classes are the preserve set
     "value decomposition at sampling (AdaVD)": ("adavd", {"epsilon": 0.4}, False),
     # training-free, its gates set on the others: the world's window opens them from the first step
     "gated low-rank modules (GLoCE)": ("gloce", {"template": "a photo of a {}", "st_timestep": 0}, True),
+    # the paper's direction with the world's K: a square is laid out within the first 2-4 steps (docs/methods/ant.md)
+    "trajectory-steered fine-tuning (ANT)": ("ant", {"before_step": 1}, False),
+    # two rounds of erase-then-invert, then one erasure of the square and both words found, in the world's contexts
+    "search then erase once (STEREO)": (
+        "stereo",
+        {
+            "rounds": 2,
+            "inversion_steps": 300,
+            "gallery_images": 32,
+            "train_method": "esd-x",
+            "ste_lr": 1e-3,
+            "reo_lr": 1e-3,
+            "anchor_prompts": WORLD_CONTEXTS,
+        },
+        False,
+    ),
     "adversarial domain correction (DoCo)": (
         "doco",
         {"lr": 1e-4, "steps": 200, "warm_up": 50, "anchor_images": 128, "batch_size": 4},
@@ -55,8 +73,8 @@ def originals():
     return {}  # the original model's images, generated once for every family
 
 
-# In CI: UCE, SPEED, ESD-x, FMN and AdaVD (12-40 s each on 2 cores); the other nine take
-# 20-70 s each and run with `pytest -m slow` (each method's mechanics are tested fast in its own file).
+# In CI: UCE, SPEED, ESD-x, FMN and AdaVD (12-40 s each on 2 cores); the other eleven take
+# 20-200 s each and run with `pytest -m slow` (each method's mechanics are tested fast in its own file).
 IN_CI = {"closed form (UCE)", "fine-tuning (ESD-x)", "closed form in the preserved null space (SPEED)",
          "attention re-steering (FMN)", "value decomposition at sampling (AdaVD)"}  # fmt: skip
 

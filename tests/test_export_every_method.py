@@ -24,6 +24,7 @@ from erasekit.models.loading import load_pipeline
 
 # Training methods at a large learning rate, so that three steps move the weights far past the tolerances below.
 LOUD = {"lr": 1e-2}
+LOUD_SECOND_STAGE = {"reo_lr": 1e-2}  # STEREO's edit is its second stage, at its own rate
 UNAVERAGED = {"ema_decay": 0.0}  # SDD hands back the trained model itself, not a slow average of it
 # What each format refuses, by method: Receler's erasers, SLD's guidance, AdaVD's decomposition, GLoCE's gates and SAFREE's projection are no weights; a LoRA holds
 # no text-encoder change (AdvUnlearn) and no bias (kohya: ESD's groups train to_out.0.bias), and no norm layer
@@ -40,6 +41,8 @@ REFUSED = {
     "sdd": {"kohya": "biases"},  # every attn2 parameter, to_out.0.bias among them
     "fmn": {fmt: "a LoRA cannot carry this edit" for fmt in ("kohya", "diffusers-lora")},  # the whole UNet, norms too
     "salun": {fmt: "a LoRA cannot carry this edit" for fmt in ("kohya", "diffusers-lora")},  # its mask reaches norms too
+    "ant": {fmt: "a LoRA cannot carry this edit" for fmt in ("kohya", "diffusers-lora")},  # the whole UNet, as SalUn
+    "stereo": {"kohya": "biases"},  # ESD-u's group
 }
 FILE = {"kohya": "k.safetensors", "single-file": "s.safetensors", "diffusers-lora": "lora", "pipeline": "pipe"}
 
@@ -57,7 +60,7 @@ def edit_dirs(embedded_dir, tmp_path_factory):
     def make(method):
         if method not in made:
             fields = METHODS[method].config.__dataclass_fields__
-            settings = {**QUICK[method], **{k: v for k, v in {**LOUD, **UNAVERAGED}.items() if k in fields}}
+            settings = {**QUICK[method], **{k: v for k, v in {**LOUD, **LOUD_SECOND_STAGE, **UNAVERAGED}.items() if k in fields}}
             spec = spec_for(method)
             made[method] = erase(pipe, spec, method, progress=False, **settings).save(tmp_path_factory.mktemp(method) / "edit")
         return made[method]

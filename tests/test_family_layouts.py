@@ -32,6 +32,8 @@ QUICK = {
     "race": {"iterations": 1, "esd_iterations": 1, "pgd_steps": 1, "sample_steps": 2},
     "ac": {"anchor_images": 2, "steps": 2, "sample_steps": 2, "batch_size": 2, "preserve_images": 1},
     "mace": {"steps": 2, "images_per_concept": 2, "sample_steps": 2, "segmenter": "none"},
+    "ant": {"iterations": 2, "sample_steps": 2, "before_step": 1, "mask_seeds": 1, "mask_iterations": 1},
+    "stereo": {"rounds": 1, "iterations": 2, "inversion_steps": 2, "gallery_images": 1, "sample_steps": 2},
     "eraseanything": {"steps": 4, "sample_steps": 2, "concept_images": 2, "rank": 2},
 }
 # SLD on FLUX.1-dev's layout is refused by design (its guidance is distilled: tests/test_sld_families.py)
@@ -39,8 +41,9 @@ PAIRS = [(family, name) for family in LAYOUTS for name, method in sorted(load_me
          if family in method.families and (family, name) != ("flux", "sld")]  # fmt: skip
 SPEC = EraseSpec(("cat",), ("",), ("dog", "bird"))
 # SLD steers sampling (its sampling: test_sld_families), FMN re-steers the concept's attention and AdaVD
-# decomposes every value (its SDXL sampling: test_adavd): no preserve set
-SPECS = {"sld": EraseSpec(("cat",)), "fmn": EraseSpec(("cat",)), "adavd": EraseSpec(("cat",))}
+# decomposes every value (its SDXL sampling: test_adavd), ANT steers the concept's own guidance and STEREO keeps
+# its anchor prompts: no preserve set
+SPECS = {name: EraseSpec(("cat",)) for name in ("sld", "fmn", "adavd", "ant", "stereo")}
 
 
 def test_every_method_that_runs_beyond_sd_has_a_quick_setting_here():

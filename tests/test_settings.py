@@ -213,6 +213,8 @@ FREE_TEXT = {
     ("inversion", "init_word"): "any one word of the tokenizer's vocabulary",
     ("gloce", "template"): "a prompt with one {} for the concept",
     ("salun", "template"): "a prompt with one {} for the concept",
+    ("stereo", "init_word"): "any one word of the tokenizer's vocabulary",
+    ("stereo", "gallery_prompt"): "a prompt with one {} for the concept",
     ("mma-diffusion", "banned"): "any words, comma-separated",
 }
 
@@ -242,6 +244,8 @@ def test_every_text_setting_is_a_literal_or_free_text_for_a_reason():
         ("ac", "parameter_group", AC_GROUPS),
         ("doco", "parameter_group", AC_GROUPS),
         ("sdd", "finetuning_method", SDD_GROUPS),
+        ("ant", "train_method", SDD_GROUPS),
+        ("stereo", "train_method", ESD_GROUPS),
         ("mace", "segmenter", ("auto", *SEGMENTERS)),
         ("spm", "transport_metric", METRICS),
     ],

@@ -10,8 +10,7 @@ draws and judges the images; an attack only searches.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
@@ -247,19 +246,6 @@ def spread_timesteps(num_train_timesteps: int, count: int) -> list[int]:
         raise ErasekitError(f"an attack needs at least one timestep, not {count}")
     stride = max(num_train_timesteps // count, 1)
     return list(range(stride // 2, num_train_timesteps, stride))[:count]
-
-
-@contextmanager
-def frozen(*modules: torch.nn.Module) -> Iterator[None]:
-    """The modules' parameters out of autograd for the block (an attack's gradient is for its prompt only)."""
-    flags = [(p, p.requires_grad) for m in modules for p in m.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def search_in_blocks(

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from erasekit.attacks.base import AttackContext, AttackTarget, Found, frozen, register
+from erasekit.attacks.base import AttackContext, AttackTarget, Found, register
 from erasekit.errors import ErasekitError
 from erasekit.primitives.soft_prompt import SlottedPrompt
+from erasekit.primitives.training import frozen
 from erasekit.settings import LEARNING_RATE, SEEDS, check_settings, config_field
 
 

@@ -29,9 +29,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from erasekit.attacks.base import AttackContext, AttackTarget, Found, decoded, frozen, register
+from erasekit.attacks.base import AttackContext, AttackTarget, Found, decoded, register
 from erasekit.errors import ErasekitError
 from erasekit.primitives.soft_prompt import random_tokens, word_tokens
+from erasekit.primitives.training import frozen
 from erasekit.settings import SEEDS, check_settings, config_field
 
 

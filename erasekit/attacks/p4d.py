@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from erasekit.attacks.base import AttackContext, AttackTarget, Found, frozen, register, search_in_blocks, spread_timesteps
+from erasekit.attacks.base import AttackContext, AttackTarget, Found, register, search_in_blocks, spread_timesteps
 from erasekit.errors import ErasekitError
 from erasekit.primitives.soft_prompt import nearest_tokens, random_tokens, word_tokens
+from erasekit.primitives.training import frozen
 from erasekit.settings import LEARNING_RATE, SEEDS, check_settings, config_field
 
 

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass
 from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
 from erasekit.edits.values import VALUE_DECOMPOSITION, check_value_family
-from erasekit.errors import ErasekitError
 from erasekit.methods.base import register
 from erasekit.primitives.run import RunContext
 from erasekit.settings import check_settings, config_field
@@ -58,8 +57,7 @@ def erase(run: RunContext, spec: EraseSpec, config: AdaVDConfig) -> Edit:
     """AdaVD's edit for ``spec``: no weights, a card whose ``inference`` holds the concepts and the shift;
     anchors and a preserve set are refused (the decomposition has neither)."""
     check_value_family(run.pipe)
-    if any(spec.anchors) or spec.preserve:
-        raise ErasekitError("AdaVD removes the concepts' values from every token: it takes no anchors and no preserve set")
+    spec.targets_only("AdaVD removes the concepts' values from every token")
     return Edit(
         {}, {"config": asdict(config), **VALUE_DECOMPOSITION.card_fields({"concepts": list(spec.targets), **asdict(config)})}
     )

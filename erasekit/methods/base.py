@@ -58,6 +58,7 @@ METHOD_MODULES = (
     "ac",
     "adavd",
     "advunlearn",
+    "ant",
     "doco",
     "eraseanything",
     "esd",
@@ -74,6 +75,7 @@ METHOD_MODULES = (
     "sld",
     "speed",
     "spm",
+    "stereo",
     "uce",
 )
 

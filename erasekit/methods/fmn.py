@@ -41,7 +41,6 @@ import torch.nn.functional as F
 
 from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
-from erasekit.errors import ErasekitError
 from erasekit.methods.base import register
 from erasekit.primitives.attention import probing
 from erasekit.primitives.denoising import UNetDenoising, denoising
@@ -149,8 +148,7 @@ def learn_tokens(
 def erase(run: RunContext, spec: EraseSpec, config: FMNConfig) -> Edit:
     """FMN on ``spec``: for each concept, images drawn by the original model, optionally its 4 inverted tokens,
     then the attention re-steering loss above on the chosen parameters; the concepts take turns step by step."""
-    if any(spec.anchors) or spec.preserve:
-        raise ErasekitError("FMN re-steers the concept's own attention: it takes no anchors and no preserve set")
+    spec.targets_only("FMN re-steers the concept's own attention")
     den, path = denoising(run), TextPath(run.pipe)
     template = TEMPLATES[config.concept_type]
     prompts, masks, images = [], [], []

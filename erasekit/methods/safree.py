@@ -21,7 +21,6 @@ from typing import Literal
 from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
 from erasekit.edits.projection import PROMPT_PROJECTION
-from erasekit.errors import ErasekitError
 from erasekit.methods.base import register
 from erasekit.primitives.run import RunContext
 from erasekit.settings import check_settings, config_field
@@ -61,8 +60,7 @@ class SAFREEConfig:
 def erase(run: RunContext, spec: EraseSpec, config: SAFREEConfig) -> Edit:
     """SAFREE's edit for ``spec``: no weights, a card whose ``inference`` holds the keywords and the filter;
     anchors and a preserve set are refused (the projection has neither)."""
-    if any(spec.anchors) or spec.preserve:
-        raise ErasekitError("SAFREE projects the prompt away from the concepts: it takes no anchors and no preserve set")
+    spec.targets_only("SAFREE projects the prompt away from the concepts")
     keywords = list(NUDITY_KEYWORDS) if config.keywords == "nudity" else list(spec.targets)
     settings = {k: v for k, v in asdict(config).items() if k != "keywords"}
     return Edit({}, {"config": asdict(config), **PROMPT_PROJECTION.card_fields({"keywords": keywords, **settings})})

@@ -47,7 +47,7 @@ from erasekit.models.layers import sdd_parameters
 from erasekit.primitives.denoising import UNetDenoising, denoising
 from erasekit.primitives.image_batches import Images, draw_images, noised_batch
 from erasekit.primitives.run import RunContext
-from erasekit.primitives.training import fine_tuning, fit, loss_record
+from erasekit.primitives.training import fine_tuning, fit, loss_record, masked_gradients
 from erasekit.settings import GUIDANCE, LEARNING_RATE, SAMPLER_STEPS, SEEDS, WEIGHT, check_settings, config_field
 
 
@@ -143,7 +143,6 @@ def erase(run: RunContext, spec: EraseSpec, config: SalUnConfig) -> Edit:
 
     with fine_tuning(run, sdd_parameters(model, config.train_method)) as tuning:
         mask = saliency_mask(run, den, tuning.params, concept_images, concept_states, config)
-        hooks = [p.register_hook(lambda grad, m=mask[name]: grad * m) for name, p in tuning.params.items()]
 
         def loss_at(_: int) -> torch.Tensor:
             batch = noised_batch(run, concept_images, config.batch_size, rng, generator, den)
@@ -155,12 +154,9 @@ def erase(run: RunContext, spec: EraseSpec, config: SalUnConfig) -> Edit:
             kept_loss = F.mse_loss(den.predict(model, kept.x_t, kept.t, kept_states[kept.caption]).float(), kept.target.float())
             return loss + config.alpha * kept_loss
 
-        try:
+        with masked_gradients(tuning.params, mask):
             params = list(tuning.params.values())
             losses = fit(run, params, loss_at, config.iterations, torch.optim.Adam(params, lr=config.lr), "SalUn")
-        finally:
-            for hook in hooks:
-                hook.remove()
         new_values = {name: value for name, value in tuning.values().items() if mask[name].any()}
     share = sum(int(m.sum()) for m in mask.values()) / sum(m.numel() for m in mask.values())
     return Edit(new_values, {"config": asdict(config), "mask_share": round(share, 4), **loss_record(losses)})

@@ -25,7 +25,6 @@ from typing import Literal
 from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
 from erasekit.edits.guidance import SAFE_LATENT_DIFFUSION, check_sld_family
-from erasekit.errors import ErasekitError
 from erasekit.methods.base import register
 from erasekit.primitives.run import RunContext
 from erasekit.settings import check_settings, config_field
@@ -83,6 +82,5 @@ def erase(run: RunContext, spec: EraseSpec, config: SLDConfig) -> Edit:
     """SLD's edit for ``spec``: no weights, a card whose ``inference`` holds the safety guidance above;
     anchors and a preserve set are refused, and so is a FLUX transformer with distilled guidance."""
     check_sld_family(run.pipe)
-    if any(spec.anchors) or spec.preserve:
-        raise ErasekitError("SLD steers away from the concepts at sampling time: it takes no anchors and no preserve set")
+    spec.targets_only("SLD steers away from the concepts at sampling time")
     return Edit({}, {"config": asdict(config), **SAFE_LATENT_DIFFUSION.card_fields(config.pipeline_settings(spec.targets))})

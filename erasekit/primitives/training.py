@@ -127,6 +127,32 @@ def fine_tuning(run: RunContext, names: Iterable[str], module: nn.Module | None 
             p.requires_grad_(flag)
 
 
+@contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """The modules' parameters out of autograd for the block (a gradient wanted for a prompt's vectors only:
+    the attacks, STEREO's inversion)."""
+    flags = [(p, p.requires_grad) for m in modules for p in m.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def masked_gradients(params: dict[str, nn.Parameter], mask: dict[str, torch.Tensor]) -> Iterator[None]:
+    """While open, each parameter named in ``mask`` gets its gradient multiplied by its mask (a saliency mask:
+    SalUn, ANT); Adam with no weight decay then leaves every masked-out weight exactly where it was."""
+    hooks = [params[name].register_hook(lambda grad, m=m: grad * m) for name, m in mask.items()]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def loss_record(losses: list[float]) -> dict[str, object]:
     """What an edit's card keeps of a loss curve: the mean of the first and the last tenth of the
     steps, and the curve itself as at most :data:`CURVE_POINTS` means of consecutive steps."""
