@@ -59,6 +59,7 @@ from erasekit.primitives.image_batches import Images, draw_images
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.soft_prompt import SlottedPrompt, TextPath
 from erasekit.primitives.training import fine_tuning, fit, frozen, loss_record
+from erasekit.primitives.xt_plan import XtPoint, plan_xt
 from erasekit.settings import GUIDANCE, ITERATIONS, LEARNING_RATE, SAMPLER_STEPS, SEEDS, check_settings, config_field
 
 
@@ -132,21 +133,16 @@ class Stereo:
         """The conditioning of an erase-set prompt (the vector in its slot, with gradient when it has one)."""
         return self.path.conditioning(word.prompt, word.vector)
 
-    def plan(self, conds: list[Any], count: int) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
-        """``count`` (prompt index, x_t, t): the prompts in turn, sampled by the model as it is now."""
-        draws = [(k % len(conds), self.rng.randrange(self.config.sample_steps), self.rng.randrange(2**31)) for k in range(count)]
-        points: list[Any] = [None] * count
-        bar = self.run.counter(count, "x_t plan")
+    def plan(self, conds: list[Any], count: int) -> list[XtPoint]:
+        """``count`` x_t points, the prompts in turn, sampled by the model as it is now (the x_t plan ESD shares)."""
+        config = self.config
+
+        def sampler(cond: Any, stops: list[int], seeds: list[int], on_captured: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.den.sample(cond, self.uncond, config.start_guidance, config.sample_steps, stops, seeds, on_captured)
+
         with torch.no_grad(), self.run.autocast():
-            for index, cond in enumerate(conds):
-                mine = [k for k, d in enumerate(draws) if d[0] == index]
-                if mine:
-                    x, t = self.den.sample(cond, self.uncond, self.config.start_guidance, self.config.sample_steps,
-                                           [draws[k][1] for k in mine], [draws[k][2] for k in mine], bar.update)  # fmt: skip
-                    for j, k in enumerate(mine):
-                        points[k] = (index, x[j : j + 1], t[j])
-        bar.close()
-        return points
+            return plan_xt(self.run, self.run.denoiser, conds, self.uncond, config.start_guidance, config.sample_steps,
+                           count, lambda k: k % len(conds), self.rng, sampler=sampler)  # fmt: skip
 
     def invert(self, target: str, images: Images, rows: list[int], round_: int) -> torch.Tensor:
         """v_r: the word that draws ``target``'s gallery ``rows`` on the model as it is now (the UNet frozen)."""
@@ -197,9 +193,9 @@ def erase(run: RunContext, spec: EraseSpec, config: STEREOConfig) -> Edit:
         with fine_tuning(run, names) as tuning:
 
             def loss_at(step: int) -> torch.Tensor:
-                index, x_t, t = points[step]
-                goal = target(tuning.original, x_t, t, index, step)
-                return F.mse_loss(st.den.predict(model, x_t, t, conds[index]).float(), goal)
+                point = points[step]
+                goal = target(tuning.original, point.x_t, point.t, point.prompt, step)
+                return F.mse_loss(st.den.predict(model, point.x_t, point.t, conds[point.prompt]).float(), goal)
 
             params = list(tuning.params.values())
             losses.extend(fit(run, params, loss_at, config.iterations, torch.optim.AdamW(params, lr=lr), desc))
