@@ -60,8 +60,8 @@ def test_the_family_is_read_from_a_directory_without_loading_it(tmp_path):
 
 def test_a_method_on_an_unsupported_family_is_one_line_before_loading(tmp_path):
     model, out = flux_directory(tmp_path), tmp_path / "edit"
-    options = erase_job.EraseOptions(EraseSpec(("square",)), out, "spm", model=str(model))
-    with pytest.raises(ErasekitError, match=r"^spm does not run on FLUX models yet \(it runs on SD 1.x/2.x\)"):
+    options = erase_job.EraseOptions(EraseSpec(("square",)), out, "doco", model=str(model))
+    with pytest.raises(ErasekitError, match=r"^doco does not run on FLUX models yet \(it runs on SD 1.x/2.x\)"):
         erase_job.check_erase(options)
     # the command line: the same line, exit 2, nothing written (the directory has no weights to load)
     result = subprocess.run(
@@ -73,10 +73,28 @@ def test_a_method_on_an_unsupported_family_is_one_line_before_loading(tmp_path):
     assert not out.exists()
 
 
+def test_a_setting_a_family_does_not_take_is_one_line_before_loading(tmp_path):
+    """AdvUnlearn runs on FLUX with ESD's attention groups; its default (the text encoder) and ESD-u are SD's."""
+    from erasekit.jobs import bench as bench_job
+
+    model, out = flux_directory(tmp_path), tmp_path / "edit"
+    for settings, line in (({}, r"^AdvUnlearn trains the text encoder on SD 1.x/2.x only: FLUX's prompt"),
+                           ({"train_method": "esd-u"}, r"^ESD group 'esd-u' has no FLUX form; there choose esd-x or esd-x-strict")):  # fmt: skip
+        with pytest.raises(ErasekitError, match=line):
+            erase_job.check_erase(erase_job.EraseOptions(EraseSpec(("square",)), out, "advunlearn", settings, model=str(model)))
+    advunlearn = load_methods()["advunlearn"]
+    advunlearn.check_on(FAMILIES["flux"], advunlearn.config(train_method="esd-x"))  # the attention group runs there
+    with pytest.raises(ErasekitError, match=r"^AdvUnlearn trains the text encoder on SD 1.x/2.x only: FLUX's"):
+        bench_job.check_bench(bench_job.BenchOptions(methods=("advunlearn",), model="erasekit-tiny-flux", out=tmp_path / "b"))
+    with pytest.raises(ErasekitError, match=r"^AdvUnlearn trains the text encoder on SD 1.x/2.x only: SDXL's"):
+        erase(a_pipeline_of_class("StableDiffusionXLPipeline"), EraseSpec(("cat",)), "advunlearn", progress=False)
+    assert not out.exists() and not (tmp_path / "b").exists()
+
+
 def test_a_loaded_pipeline_of_an_unsupported_family_is_refused_before_the_method_runs():
     for class_name, title in (("StableDiffusionXLPipeline", "SDXL"), ("FluxPipeline", "FLUX")):
-        with pytest.raises(ErasekitError, match=f"spm does not run on {title} models yet"):
-            erase(a_pipeline_of_class(class_name), EraseSpec(("cat",)), "spm", progress=False)
+        with pytest.raises(ErasekitError, match=f"doco does not run on {title} models yet"):
+            erase(a_pipeline_of_class(class_name), EraseSpec(("cat",)), "doco", progress=False)
 
 
 def test_the_support_matrix_lists_every_method_on_every_family():

@@ -1,7 +1,7 @@
-"""The attacks on SDXL and FLUX: their token slots reach each family's prompt as its pipeline encodes it
-(SDXL's two CLIPs, FLUX's T5 token path and CLIP pooled vector), they run on every layout without a
-tensor off the run's device, and on erasekit-tiny-flux they bring back a square UCE erased. SD3's joint
-sequence is refused in one line before anything loads."""
+"""The attacks on SDXL, SD3 and FLUX: their token slots reach each family's prompt as its pipeline encodes it
+(SDXL's two CLIPs; SD3's two CLIPs and T5 in one sequence; FLUX's T5 token path and CLIP pooled vector),
+they run on every layout without a tensor off the run's device, and on erasekit-tiny-flux they bring back
+a square UCE erased."""
 
 import copy
 import json
@@ -13,7 +13,6 @@ from test_attacks import TINY, run_cli  # the same smallest budgets as on SD
 
 from erasekit.attacks import get_attack, load_attacks
 from erasekit.concepts import EraseSpec
-from erasekit.errors import ErasekitError
 from erasekit.methods.base import make_config
 from erasekit.methods.runner import erase
 from erasekit.models import reference_configs
@@ -22,7 +21,7 @@ from erasekit.primitives.prompt_cache import PooledText
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.soft_prompt import TextPath
 
-LAYOUTS = {"sdxl": "random_sdxl_pipeline", "flux": "random_flux_pipeline"}
+LAYOUTS = {"sdxl": "random_sdxl_pipeline", "sd3": "random_sd3_pipeline", "flux": "random_flux_pipeline"}
 PROMPT = "a photo of a square"
 
 
@@ -41,11 +40,11 @@ def _tokens(cond):
     return cond.tokens if isinstance(cond, PooledText) else cond
 
 
-@pytest.mark.parametrize("name", ["sd", "sdxl", "flux", "tiny-flux"])
+@pytest.mark.parametrize("name", ["sd", "sdxl", "sd3", "flux", "tiny-flux"])
 def test_real_tokens_in_the_slots_condition_the_model_as_its_pipeline_conditions_the_typed_prompt(name, tiny_flux, pipe):
     model = _layout(name, tiny_flux, pipe)
     path, family = TextPath(model), denoising(RunContext(model, progress=False))
-    assert path.reaches_all  # SDXL's two CLIPs and these FLUX layouts' two encoders share one vocabulary
+    assert path.reaches_all  # SDXL's two CLIPs, this SD3 layout's three encoders and these FLUX layouts' two share one vocabulary
     prompt = path.slotted(PROMPT, 2)
     words = path.tokenizer("red blue", add_special_tokens=False).input_ids
     vectors = path.table[torch.tensor(words)]  # each reached encoder's own embedding, side by side
@@ -82,7 +81,7 @@ def test_t5_prompts_have_their_slots_first_having_no_start_token():
 
 @pytest.mark.parametrize("attack_name", sorted(TINY))
 @pytest.mark.parametrize("family", sorted(LAYOUTS))
-def test_every_attack_runs_on_the_sdxl_and_flux_layouts_without_a_tensor_off_the_device(family, attack_name, tmp_path):
+def test_every_attack_runs_on_the_sdxl_sd3_and_flux_layouts_without_a_tensor_off_the_device(family, attack_name, tmp_path):
     from erasekit.eval.attack_run import AttackTarget, run_attack
     from erasekit.eval.generation import SamplerSettings
     from erasekit.judges.world import WorldJudge
@@ -129,18 +128,16 @@ def test_an_attack_brings_back_the_square_uce_erased_from_the_flow_model(flux_uc
     assert out["asr_found"] >= 0.5  # … and the attack's prompts bring the square back
 
 
-def test_attacks_on_sd3_are_one_line_before_loading(tmp_path):
-    from erasekit.jobs import attack as attack_job
-    from erasekit.jobs import bench as bench_job
-
-    model = tmp_path / "sd3"
-    model.mkdir()
-    (model / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
-    with pytest.raises(ErasekitError, match=r"^the p4d attack does not run on SD3 models yet: the attacks put their tokens"):
-        attack_job.check_attack(attack_job.AttackOptions("p4d", concept="cat", model=str(model)))
-    with pytest.raises(ErasekitError, match=r"^the robustness bench does not run on SD3 models yet"):
-        bench_job.check_bench(bench_job.BenchOptions(methods=("uce",), protocol="robustness", model=str(model),
-                                                     out=tmp_path / "b"))  # fmt: skip
-    with pytest.raises(ErasekitError, match="SD3's prompt is three encoders' states in one sequence"):
-        TextPath(reference_configs.random_sd3_pipeline())
-    assert not (tmp_path / "b").exists()
+def test_sd3_t5_of_another_vocabulary_reads_the_typed_words_as_its_pipeline_does():
+    """SD3's T5 is not the CLIPs' vocabulary: the slots reach both CLIPs, T5 encodes the prompt as typed."""
+    model = reference_configs.random_sd3_pipeline()
+    model.tokenizer_3 = copy.deepcopy(model.tokenizer_3)
+    model.tokenizer_3.add_tokens(["zqxv"])
+    path, family = TextPath(model), denoising(RunContext(model, progress=False))
+    assert not path.reaches_all and path.text_encoders == [model.text_encoder, model.text_encoder_2]
+    prompt, words = path.slotted(PROMPT, 1), path.tokenizer("red", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        slotted = path.conditioning(prompt, path.table[torch.tensor(words)], "red " + PROMPT)
+        typed = family.conditioning(["red " + PROMPT])
+    torch.testing.assert_close(slotted.tokens, typed.tokens, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(slotted.pooled, typed.pooled, atol=1e-5, rtol=1e-5)

@@ -279,6 +279,52 @@ def test_flux_1_layout_in_half_precision_gives_finite_uce_and_esd_edits(dtype):
 def test_unsupported_bench_columns_on_the_flow_model_are_one_line_before_loading(tmp_path):
     from erasekit.jobs import bench as bench_job
 
-    with pytest.raises(ErasekitError, match=r"^spm does not run on FLUX models yet"):
-        bench_job.check_bench(bench_job.BenchOptions(methods=("uce", "spm"), model="erasekit-tiny-flux", out=tmp_path / "b"))
+    with pytest.raises(ErasekitError, match=r"^doco does not run on FLUX models yet"):
+        bench_job.check_bench(bench_job.BenchOptions(methods=("uce", "doco"), model="erasekit-tiny-flux", out=tmp_path / "b"))
     assert not (tmp_path / "b").exists()
+
+
+def test_spm_on_flux_adapts_the_joint_blocks_and_transport_scales_them_per_prompt(flux, monkeypatch):
+    """SPM's adapters on the joint blocks' Linears (no timestep modulation); under transport, through a plain
+    FluxPipeline call guided for real (a transformer call per branch), strength 0 draws the untouched model
+    and strength 1 the merged edit."""
+    from erasekit.edits import transport
+    from erasekit.models.layers import transformer_layers
+
+    layers = transformer_layers(flux.transformer)
+    assert layers and not any(".norm" in name for name in layers)
+    assert {
+        "transformer_blocks.0.attn.add_k_proj",
+        "transformer_blocks.0.ff.net.2",
+        "single_transformer_blocks.0.proj_mlp",
+    } <= set(layers)
+    edit = erase(flux, EraseSpec(("square",), preserve=("circle",)), "spm", iterations=3, sample_steps=2, warmup_steps=0,
+                 lr=1e-2, anchors_per_step=2, progress=False)  # fmt: skip
+    assert {key.split(".", 1)[1].rsplit(".", 1)[0] for key in edit.adapters} == set(layers)
+
+    def draw(pipe):
+        return pipeline_images(pipe, [3, 4], 2, 4.0, prompt=["a square", "a circle"])
+
+    original = draw(flux)
+    scores = transport.PromptScorer(flux, ["square"])(["a square", "a circle", "square"])
+    assert scores[2, 0] > 0.99 and scores[1, 0] < scores[0, 0]
+    merged = Edit(edit.weights, {k: v for k, v in edit.card.items() if k != "inference"})
+    with merged.applied(flux, check_base=False) as plain:
+        full = draw(plain)
+    assert np.abs(full.astype(int) - original).max() > 0
+    for strength, expected in ((0.0, original), (1.0, full)):
+        monkeypatch.setattr(
+            transport.PromptScorer, "__call__", lambda self, prompts, s=strength: torch.full((len(prompts), 1), s)
+        )
+        with edit.applied(flux, check_base=False) as erased:
+            assert np.abs(draw(erased).astype(int) - expected).max() <= 1
+    # the protocols' sampler calls the transformer in chunks of fixed rows: the strengths are split with them
+    from erasekit.eval.generation import SamplerSettings, generate
+    from erasekit.eval.prompts import PromptRow
+
+    rows, chunked = [PromptRow("a square", 3, "erase", samples=2)], SamplerSettings(steps=2, guidance=4.0, chunk=1)
+    with merged.applied(flux, check_base=False) as plain:
+        expected = generate(plain, rows, chunked, progress=False).images
+    with edit.applied(flux, check_base=False) as erased:
+        assert np.abs(generate(erased, rows, chunked, progress=False).images.astype(int) - expected).max() <= 1
+    assert getattr(flux.transformer, "_erasekit_transport", None) is None  # released with the block

@@ -133,3 +133,55 @@ def test_race_on_sdxl_attacks_the_token_states_and_keeps_the_pooled_vector(sdxl)
     assert 0 < (adversarial.tokens - states.tokens).abs().max() <= 0.2 + 1e-6
     edit = erase(sdxl, SPEC, "race", iterations=2, esd_iterations=1, pgd_steps=2, sample_steps=3, progress=False)
     assert edit.weights and all(torch.isfinite(v).all() for v in edit.weights.values())
+
+
+def test_spm_on_sdxl_adapts_the_official_layers_and_transport_scales_them_per_prompt(sdxl, monkeypatch):
+    """SPM's adapters on SDXL's transformer blocks; under transport, strength 0 draws the untouched model and
+    strength 1 the merged edit, through a plain StableDiffusionXLPipeline call."""
+    import numpy as np
+
+    from erasekit.edits import Edit, transport
+    from erasekit.models.layers import transformer_layers
+
+    edit = erase(sdxl, EraseSpec(("cat",), preserve=("dog",)), "spm", iterations=3, sample_steps=2, warmup_steps=0,
+                 lr=1e-2, anchors_per_step=2, progress=False)  # fmt: skip
+    assert {key.split(".", 1)[1].rsplit(".", 1)[0] for key in edit.adapters} == set(transformer_layers(sdxl.unet))
+
+    def draw(pipe):
+        return pipe(["a cat", "a dog"], num_inference_steps=2, height=64, width=64, output_type="np",
+                    generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+
+    original = draw(sdxl)
+    scores = transport.PromptScorer(sdxl, ["cat"])(["a cat", "a dog", "cat"])
+    assert scores.shape == (3, 1) and scores[2, 0] > 0.99 and scores[1, 0] < scores[0, 0]
+    merged = Edit(edit.weights, {k: v for k, v in edit.card.items() if k != "inference"})
+    with merged.applied(sdxl, check_base=False) as plain:
+        full = draw(plain)
+    assert np.abs(full - original).max() > 1e-3
+    for strength, expected in ((0.0, original), (1.0, full)):
+        monkeypatch.setattr(
+            transport.PromptScorer, "__call__", lambda self, prompts, s=strength: torch.full((len(prompts), 1), s)
+        )
+        with edit.applied(sdxl, check_base=False) as erased:
+            assert np.abs(draw(erased) - expected).max() < 1e-4
+
+
+def test_receler_on_sdxl_hooks_an_eraser_after_every_cross_attention_and_takes_it_off(sdxl):
+    """Receler's erasers on SDXL's attn2 (both encoders' states): the applied pipeline draws differently and,
+    once the block ends, the plain pipeline draws as before."""
+    import numpy as np
+
+    from erasekit.models.layers import cross_attentions
+
+    edit = erase(sdxl, SPEC, "receler", iterations=3, adversarial_steps=2, adversarial_tokens=2, rank=4, lr=1e-1,
+                 sample_steps=2, progress=False)  # fmt: skip
+    assert not edit.weights and len({key.rsplit(".", 2)[0] for key in edit.adapters}) == len(cross_attentions(sdxl.unet))
+
+    def draw(pipe):
+        return pipe("a cat", num_inference_steps=2, height=64, width=64, output_type="np",
+                    generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+
+    original = draw(sdxl)
+    with edit.applied(sdxl, check_base=False) as erased:
+        assert np.abs(draw(erased) - original).max() > 1e-4
+    assert np.array_equal(draw(sdxl), original)

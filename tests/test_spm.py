@@ -130,11 +130,11 @@ def test_saved_spm_round_trips_and_refuses_what_it_cannot_do(pipe, two_spms, emb
 
 
 def test_transport_refuses_a_pipeline_it_cannot_host(pipe, two_spms):
-    class TwoEncoders:
-        text_encoder_2 = object()
+    class ImageOnly:  # no UNet and no transformer to carry adapters (an image-to-image stand-in)
+        vae = object()
 
-    with pytest.raises(ErasekitError, match="two \\(SDXL\\)"):
-        transport.transported_pipeline(TwoEncoders(), [])
+    with pytest.raises(ErasekitError, match=r"^SPM transport adapts a denoiser's transformer blocks; ImageOnly has none"):
+        transport.transported_pipeline(ImageOnly(), [])
 
 
 def test_spm_config_defaults_and_errors():

@@ -137,6 +137,14 @@ def startup_table(result: dict) -> str:
     return "\n".join(lines) + f"\n\n{result['machine']}; `{result['command']}`\n"
 
 
+def sampling_table(result: dict) -> str:
+    """Seconds per image with each kind of edit in place (``scripts/sampling_bench.py``) as a markdown table."""
+    lines = ["| edit | s / image | overhead |", "| --- | --- | --- |"]
+    lines += [f"| `{r['edit']}` | {r['median_seconds_per_image']:.3f} | {100 * r['overhead']:+.0f} % |" for r in result["rows"]]
+    setting = f"{result['images_per_round']} images of {result['steps']} steps per round, median of {result['rows'][0]['rounds']}"
+    return "\n".join(lines) + f"\n\n{result['model']}, {setting}; {result['machine']}; `{result['command']}`\n"
+
+
 def merged(results: list[dict], names: list[str]) -> dict:
     """Bench results of one task (bench.json, mass.json or cost.json files) as one, methods in order."""
     first = results[0]
@@ -149,14 +157,14 @@ def merged(results: list[dict], names: list[str]) -> dict:
 
 
 def any_table(paths: list[Path]) -> str:
-    """The markdown table of committed bench JSON (object-style, mass, cost, robustness, scale or startup runs;
+    """The markdown table of committed bench JSON (object-style, mass, cost, robustness, scale, startup or sampling runs;
     several files of one task merged in order) or of one sweep (.jsonl)."""
     if len(paths) == 1 and paths[0].suffix == ".jsonl":
         return sweep_table(paths[0].read_text())
     if len(paths) == 1 and "wall_seconds" in (single := json.loads(paths[0].read_text())):
         return scale_table(single)
-    if len(paths) == 1 and single.get("task") == "startup":
-        return startup_table(single)
+    if len(paths) == 1 and single.get("task") in ("startup", "sampling"):
+        return startup_table(single) if single["task"] == "startup" else sampling_table(single)
     results = [json.loads(p.read_text()) for p in paths]
     if len({r.get("model", "erasekit-tiny") for r in results if "protocol" in r}) > 1:
         return models_table(results)

@@ -13,7 +13,8 @@ The strength of adapter k on prompt p is γ_k(p) = max(s_cos, s_tok) clamped to 
 It runs inside a standard diffusers pipeline: :func:`transported_pipeline` builds the pipeline's own
 class on its modules, whose ``__call__`` scores the prompts and passes one row of strengths per UNet
 row through ``cross_attention_kwargs``; a pre-hook on every ``Transformer2DModel`` takes them out
-(the attention processors never see them) and the adapted layers add Σ_k γ_k · up_k(down_k(x)) row
+(the attention processors never see them; on FLUX ``joint_attention_kwargs`` carry them to a pre-hook
+on every double and single block, a transformer call per guidance branch) and the adapted layers add Σ_k γ_k · up_k(down_k(x)) row
 by row. The uncond row of an image gets its prompt's strengths, as the official code applies one
 multiplier to the whole call. Unlike ``infer_spm.py``, which scales both factors of every SPM by γ
 and sums them (an effective γ² and cross terms between SPMs), each adapter here is scaled by γ once,
@@ -37,6 +38,7 @@ from torch import nn
 
 from erasekit.edits.kind import EditKind, is_strings, on_modules, register_kind, shown
 from erasekit.errors import ErasekitError
+from erasekit.models.families import denoiser
 from erasekit.models.layers import transformer_layers
 
 if TYPE_CHECKING:
@@ -80,12 +82,13 @@ class PromptScorer:
     """γ_k(p) of every prompt for every adapter's concept (see the module's docstring)."""
 
     def __init__(self, pipe: DiffusionPipeline, concepts: Sequence[str], metric: str = METRICS[0]) -> None:
-        from erasekit.primitives.prompt_cache import PromptCache
+        from erasekit.primitives.prompt_cache import family_cache
 
         if metric not in METRICS:
             raise ErasekitError(f"unknown SPM matching metric {metric!r}; choose one of {', '.join(METRICS)}")
         self.metric = metric
-        self.cache, self.tokenizer = PromptCache(pipe), pipe.tokenizer
+        self.cache = family_cache(pipe)
+        self.tokenizer = self.cache.tokenizer  # the token path's: FLUX's T5
         self.special = set(self.tokenizer.all_special_ids)
         self.concept_tokens = [self.tokens(c) for c in concepts]
         self.concept_states = F.normalize(self.cache.states(list(concepts)).float().flatten(1), dim=-1)
@@ -108,17 +111,21 @@ class PromptScorer:
 
 
 class Transport:
-    """Hooks that add the adapters to a UNet's transformer layers with per-row strengths."""
+    """Hooks that add the adapters to a denoiser's transformer layers with per-row strengths: a UNet's
+    ``Transformer2DModel`` blocks read them from ``cross_attention_kwargs``, a FLUX transformer from
+    ``joint_attention_kwargs``."""
 
-    def __init__(self, unet: nn.Module, adapters: Sequence[SPMAdapter]) -> None:
-        layers = transformer_layers(unet)
-        weight = next(unet.parameters())
-        self.unet, self.count = unet, len(adapters)
+    def __init__(self, model: nn.Module, adapters: Sequence[SPMAdapter]) -> None:
+        layers = transformer_layers(model)
+        weight = next(model.parameters())
+        self.model, self.count = model, len(adapters)
+        self.flow = hasattr(model, "transformer_blocks")  # FLUX: the strengths travel in joint_attention_kwargs
+        self.kwarg = "joint_attention_kwargs" if self.flow else "cross_attention_kwargs"
         self.stacked: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for name in dict.fromkeys(n for a in adapters for n in a.factors):
             if name not in layers:
                 raise ErasekitError(
-                    f"this SPM adapts {name}, which the pipeline's UNet does not have: it was made for another model"
+                    f"this SPM adapts {name}, which the pipeline's denoiser does not have: it was made for another model"
                 )
             downs, ups = [], []
             for adapter in adapters:  # an adapter without this layer contributes zeros
@@ -135,28 +142,34 @@ class Transport:
         self.handles: list[Any] = []
 
     def install(self) -> None:
-        """Hook the adapters into the UNet's transformer layers; an error if it already carries SPM adapters."""
-        if getattr(self.unet, "_erasekit_transport", None) is not None:
-            raise ErasekitError("this UNet already carries SPM adapters; release the first pipeline before applying another")
-        modules = dict(self.unet.named_modules())
-        for module in modules.values():
-            if type(module).__name__ == "Transformer2DModel":
-                self.handles.append(module.register_forward_pre_hook(self._enter, with_kwargs=True))
-                self.handles.append(module.register_forward_hook(self._leave))
+        """Hook the adapters into the denoiser's transformer layers; an error if it already carries SPM adapters."""
+        if getattr(self.model, "_erasekit_transport", None) is not None:
+            raise ErasekitError("this denoiser already carries SPM adapters; release the first pipeline before applying another")
+        modules = dict(self.model.named_modules())
+        # the blocks that get the kwargs: a UNet's Transformer2DModel, FLUX's double and single blocks (a
+        # transformer-level hook would miss the chunks a fixed-shape caller splits its rows into)
+        carriers = (
+            [*self.model.transformer_blocks, *self.model.single_transformer_blocks]
+            if self.flow
+            else [m for m in modules.values() if type(m).__name__ == "Transformer2DModel"]
+        )
+        for module in carriers:
+            self.handles.append(module.register_forward_pre_hook(self._enter, with_kwargs=True))
+            self.handles.append(module.register_forward_hook(self._leave))
         for name in self.stacked:
             self.handles.append(modules[name].register_forward_hook(self._adapted(name)))
-        self.unet._erasekit_transport = self
+        self.model._erasekit_transport = self
 
     def remove(self) -> None:
-        """Take the hooks off, leaving the UNet as it was."""
+        """Take the hooks off, leaving the denoiser as it was."""
         for handle in self.handles:
             handle.remove()
         self.handles = []
-        self.unet._erasekit_transport = None
+        self.model._erasekit_transport = None
 
     def _enter(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         hidden = args[0] if args else kwargs["hidden_states"]
-        extra = dict(kwargs.get("cross_attention_kwargs") or {})
+        extra = dict(kwargs.get(self.kwarg) or {})
         scales = extra.pop(SCALES_KEY, None)
         if scales is None:  # a direct UNet call (a judge, an attack): every adapter at full strength
             scales = torch.ones(hidden.shape[0], self.count, device=hidden.device, dtype=hidden.dtype)
@@ -166,7 +179,7 @@ class Transport:
                 f"and {self.count} adapters"
             )
         self.current = scales.to(hidden.device, hidden.dtype)
-        return args, {**kwargs, "cross_attention_kwargs": extra or None}
+        return args, {**kwargs, self.kwarg: extra or None}
 
     def _leave(self, *_: Any) -> None:
         self.current = None
@@ -189,13 +202,14 @@ class Transport:
 
 def transported_pipeline(pipe: DiffusionPipeline, adapters: Sequence[SPMAdapter], metric: str = METRICS[0]) -> DiffusionPipeline:
     """``pipe``'s own pipeline class on its modules, with ``adapters`` under facilitated transport
-    (strengths by ``metric``); the adapters stay on the UNet until the returned pipeline's ``release()``."""
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise ErasekitError("SPM transport scores prompts with one text encoder (SD 1.x/2.x); this pipeline has two (SDXL)")
+    (strengths by ``metric``); the adapters stay on the denoiser until the returned pipeline's ``release()``."""
+    model = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if model is None:
+        raise ErasekitError(f"SPM transport adapts a denoiser's transformer blocks; {type(pipe).__name__} has none")
     if not callable(getattr(pipe, "encode_prompt", None)):
         raise ErasekitError(f"{type(pipe).__name__} is not a text-to-image pipeline: SPM transport cannot host it")
     scorer = PromptScorer(pipe, [a.concept for a in adapters], metric)
-    transport = Transport(pipe.unet, adapters)
+    transport = Transport(model, adapters)
 
     class Transported(type(pipe)):
         def __call__(self, prompt: str | list[str] | None = None, **kwargs: Any) -> Any:
@@ -203,13 +217,14 @@ def transported_pipeline(pipe: DiffusionPipeline, adapters: Sequence[SPMAdapter]
                 raise ErasekitError("SPM transport scores prompts by their text: give `prompt`, not prompt_embeds")
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
             per_image = scorer(prompts).repeat_interleave(kwargs.get("num_images_per_prompt") or 1, dim=0)
-            guided = kwargs.get("guidance_scale", 7.5) > 1 and self.unet.config.time_cond_proj_dim is None
-            rows = torch.cat([per_image, per_image]) if guided else per_image  # [uncond; cond], as the pipeline stacks them
-            extra = {**(kwargs.pop("cross_attention_kwargs", None) or {}), SCALES_KEY: rows}
-            return super().__call__(prompts, cross_attention_kwargs=extra, **kwargs)
+            # a UNet pipeline stacks [uncond; cond] in one call; FLUX's runs a negative prompt as a call of its own
+            guided = not transport.flow and kwargs.get("guidance_scale", 7.5) > 1 and self.unet.config.time_cond_proj_dim is None
+            rows = torch.cat([per_image, per_image]) if guided else per_image
+            extra = {**(kwargs.pop(transport.kwarg, None) or {}), SCALES_KEY: rows}
+            return super().__call__(prompts, **{transport.kwarg: extra}, **kwargs)
 
         def release(self) -> None:
-            """Take the adapters off the UNet (the pipeline's modules are the user's)."""
+            """Take the adapters off the denoiser (the pipeline's modules are the user's)."""
             transport.remove()
 
     transported = on_modules(Transported, pipe)
@@ -239,7 +254,7 @@ class FacilitatedTransport(EditKind):
             )
 
     def check_fits(self, edit: Edit, pipe: DiffusionPipeline) -> None:
-        """Refuse factors that belong to none of the card's SPMs or do not fit the UNet layer they adapt:
+        """Refuse factors that belong to none of the card's SPMs or do not fit the denoiser layer they adapt:
         down (r, in[, kh, kw]) and up (out, r)."""
         concepts = len(self.entry(edit.card)["concepts"])
         for key, down in edit.adapters.items():
@@ -251,9 +266,9 @@ class FacilitatedTransport(EditKind):
                 continue
             up = edit.adapters.get(f"{index}.{layer}.up")
             try:
-                weight = pipe.unet.get_submodule(layer).weight
+                weight = denoiser(pipe).get_submodule(layer).weight
             except AttributeError:
-                raise ErasekitError(f"this edit adapts {layer}, which the pipeline's UNet does not have") from None
+                raise ErasekitError(f"this edit adapts {layer}, which the pipeline's denoiser does not have") from None
             if not (
                 up is not None and down.dim() == weight.dim() and down.shape[1:] == weight.shape[1:]
                 and tuple(up.shape) == (weight.shape[0], down.shape[0])
@@ -270,7 +285,7 @@ class FacilitatedTransport(EditKind):
         return transported_pipeline(pipe, adapters_from_flat(edit.adapters, spm["concepts"]), spm.get("metric", METRICS[0]))
 
     def take_off(self, edit: Edit, pipe: DiffusionPipeline, erased: DiffusionPipeline) -> None:
-        """Take the adapters' hooks off the UNet."""
+        """Take the adapters' hooks off the denoiser."""
         erased.release()
 
     def export_note(self, edit: Edit, fmt: str) -> str | None:

@@ -111,14 +111,11 @@ def check_attack(options: AttackOptions, on_baseline: Callable[[str], None] = _n
 
 
 def refuse_family(family: Family | None, what: str) -> None:
-    """One line for an attack on a model family whose text path the attacks do not reach yet (SD3's joint sequence)."""
+    """One line for an attack on a model family whose text path the attacks do not reach."""
     from erasekit.primitives.soft_prompt import TextPath
 
     if family is not None and family.name not in TextPath.FAMILIES:
-        raise ErasekitError(
-            f"{what} does not run on {family.title} models yet: the attacks put their tokens into SD 1.x/2.x, SDXL and "
-            f"FLUX prompts, and {family.title}'s prompt is three encoders' states in one sequence"
-        )
+        raise ErasekitError(f"{what} does not run on {family.title} models: the attacks do not reach its prompt")
 
 
 def attack(options: AttackOptions, on_baseline: Callable[[str], None] = _no_notice) -> AttackResult:

@@ -89,8 +89,8 @@ def check_bench(options: BenchOptions) -> CheckedBench:
     from erasekit.bench.robustness import ROBUSTNESS_CONCEPTS, WORLD_ATTACKS, parse_attack
     from erasekit.bench.tasks import DEFAULT_CONCEPTS
     from erasekit.jobs.attack import refuse_family
-    from erasekit.methods.base import get_method
-    from erasekit.models.families import check_family, family_of_model
+    from erasekit.methods.base import get_method, make_config
+    from erasekit.models.families import family_of_model
 
     entries = tuple(parse_entry(text) for text in options.methods)
     protocols = (*DEFAULT_CONCEPTS, *COUNTED, "robustness")
@@ -106,7 +106,8 @@ def check_bench(options: BenchOptions) -> CheckedBench:
     family = family_of_model(options.model)  # from the model's name or directory, nothing loaded
     if family is not None:
         for entry in entries:
-            check_family(family, entry.method, get_method(entry.method).families)
+            method = get_method(entry.method)
+            method.check_on(family, make_config(method, dict(entry.settings)))
         if options.protocol == "robustness":
             refuse_family(family, "the robustness bench")
     workers = launched_workers(options.device)

@@ -83,16 +83,16 @@ def check_erase(options: EraseOptions) -> CheckedErase:
     model's directory says), a bad setting, an export that cannot be written, and an export of a method
     that changes no weights; the method with its config, made once."""
     from erasekit.exports import check_export_request, refuse_format
-    from erasekit.models.families import check_components, check_family, family_of_model
+    from erasekit.models.families import check_components, family_of_model
 
     method = get_method(options.method)
+    config = make_config(method, dict(options.settings))
     family = family_of_model(options.model)  # from the model's directory, nothing loaded
     if family is not None:
-        check_family(family, method.name, method.families)
+        method.check_on(family, config)
         check_components(options.model, family)
         if options.save_single_file is not None:
             refuse_format(family, "single-file")
-    config = make_config(method, dict(options.settings))
     if options.save_single_file is not None:
         check_export_request("single-file", options.save_single_file)
     if options.lora_rank is not None:

@@ -88,7 +88,7 @@ class ACConfig:
     "ac",
     "AC, Ablating Concepts (Kumari et al. 2023): fine-tune so the target's prompt draws the anchor's images",
     ACConfig,
-    families=("sd", "sdxl", "flux"),
+    families=("sd", "sdxl", "sd3", "flux"),
 )
 def erase(run: RunContext, spec: EraseSpec, config: ACConfig) -> Edit:
     """AC on ``spec``: the parameter group fine-tuned on the anchor's images under the target's captions,

@@ -21,6 +21,12 @@ x_t from 50-step sampling at guidance 3, retain weight γ = 0.3 over 5 prompts p
 Differences: the retain prompts are the preserve set (the official draws COCO object prompts) and
 are scored on the step's x_t, as erasekit's ESD preserve loss; every x_t, the attack's included,
 comes from one plan drawn up front (the official samples a new trajectory for each attack step).
+
+On SDXL, SD3 and FLUX an ESD group trains (the official ``train_method`` choices beside the text
+encoder); the text encoder is SD's only, refused elsewhere in one line (SDXL and SD3 read two or three
+encoders, FLUX's token path is T5-XXL). δ sits in every encoder of the prompt's vocabulary (SDXL's two
+CLIPs side by side; SD3's two CLIPs; FLUX's T5 path), ε is the flow velocity on x_σ of the Euler
+sampling on SD3 and FLUX, as ESD's there.
 """
 
 from __future__ import annotations
@@ -34,14 +40,16 @@ import torch.nn.functional as F
 
 from erasekit.concepts import EraseSpec
 from erasekit.edits import TEXT_ENCODER, Edit
+from erasekit.errors import ErasekitError
 from erasekit.methods.base import register
-from erasekit.methods.esd import esd_target
-from erasekit.models.layers import parameter_group
-from erasekit.primitives.diffusion import FrozenCopy, predict_noise
+from erasekit.methods.esd import esd_parameters, esd_target
+from erasekit.models.families import Family
+from erasekit.models.layers import FLUX_ESD_GROUPS
+from erasekit.primitives.denoising import denoising
+from erasekit.primitives.diffusion import FrozenCopy
 from erasekit.primitives.run import RunContext
-from erasekit.primitives.soft_prompt import encode, random_tokens, slotted_prompt, word_tokens
+from erasekit.primitives.soft_prompt import SlottedPrompt, TextPath, random_tokens, word_tokens
 from erasekit.primitives.training import fine_tuning, fit, loss_record
-from erasekit.primitives.xt_plan import concept_plan
 from erasekit.settings import GUIDANCE, ITERATIONS, LEARNING_RATE, SAMPLER_STEPS, SEEDS, WEIGHT, check_settings, config_field
 
 TEXT_ENCODER_METHOD = "text-encoder"
@@ -83,6 +91,18 @@ class AdvUnlearnConfig:
     def __post_init__(self) -> None:
         check_settings(self)
 
+    def check_family(self, family: Family) -> None:
+        """The text encoder trains on SD 1.x/2.x only; beyond it an ESD group does (on FLUX, its attention groups)."""
+        if family.name != "sd" and self.train_method == TEXT_ENCODER_METHOD:
+            raise ErasekitError(
+                f"AdvUnlearn trains the text encoder on SD 1.x/2.x only: {family.title}'s prompt goes through more than one "
+                "encoder (and FLUX's token path is T5-XXL); set train_method to one of the denoiser's ESD groups (esd-x, …)"
+            )
+        if family.denoiser == "transformer" and self.train_method not in FLUX_ESD_GROUPS:
+            raise ErasekitError(
+                f"ESD group {self.train_method!r} has no {family.title} form; there choose {' or '.join(FLUX_ESD_GROUPS)}"
+            )
+
 
 def text_encoder_layers(encoder: torch.nn.Module) -> list[str]:
     """The official ``text_encoder_full``: every transformer layer and the final norm, not the embeddings
@@ -94,43 +114,51 @@ def text_encoder_layers(encoder: torch.nn.Module) -> list[str]:
     "advunlearn",
     "AdvUnlearn (Zhang et al. 2024): ESD trained against a soft-prompt attacker inside the loop, on the text encoder",
     AdvUnlearnConfig,
+    families=("sd", "sdxl", "sd3", "flux"),
 )
 def erase(run: RunContext, spec: EraseSpec, config: AdvUnlearnConfig) -> Edit:
     """AdvUnlearn's min-max training for ``spec`` (above): ESD's loss at the attacker's soft prompt c ⊕ δ*
-    plus the retain loss, on the text encoder or an ESD parameter group."""
-    unet, encoder, tokenizer = run.unet, run.pipe.text_encoder, run.pipe.tokenizer
+    plus the retain loss, on the text encoder or an ESD parameter group. The prompts are the family's
+    (:class:`~erasekit.primitives.soft_prompt.TextPath`: δ in SDXL's and SD3's CLIPs, in FLUX's T5 path)
+    and so are the prediction and the x_t plan (:mod:`~erasekit.primitives.denoising`)."""
+    model, den, path = run.denoiser, denoising(run), TextPath(run.pipe)
     on_text = config.train_method == TEXT_ENCODER_METHOD
-    names = text_encoder_layers(encoder) if on_text else [n for n, _ in parameter_group(unet, config.train_method)]
+    encoder = path.text_encoders[0]
+    names = text_encoder_layers(encoder) if on_text else esd_parameters(model, config.train_method)[1]
     rng, generator = random.Random(config.seed), run.generator(config.seed + 1)
     # token layouts first: too many attack_tokens for the prompt is refused before the x_t plan's sampling
-    attacked = [slotted_prompt(tokenizer, t, config.attack_tokens, run.device) for t in spec.targets]
-    plain = [slotted_prompt(tokenizer, t, 0, run.device) for t in spec.targets]
-    kept = [slotted_prompt(tokenizer, p, 0, run.device) for p in spec.preserve]
+    attacked = [path.slotted(t, config.attack_tokens) for t in spec.targets]
+    plain = [path.slotted(t, 0) for t in spec.targets]
+    kept = [path.slotted(p, 0) for p in spec.preserve]
     # states by the original text encoder, read before it trains
-    states, points = concept_plan(run, spec, config.start_guidance, config.sample_steps, config.iterations, rng)
+    states, points = den.plan(spec, config.start_guidance, config.sample_steps, config.iterations, rng)
     by_target = [[p for p in points if p.prompt == i] for i in range(len(spec.targets))]
-    table = encoder.get_input_embeddings().weight
-    candidates = word_tokens(tokenizer, run.device)
+    table = path.table
+    candidates = word_tokens(path.tokenizer, run.device)
     latest: dict[int, torch.Tensor] = {}
     unseen: list[int] = []
 
     with fine_tuning(run, names, encoder if on_text else None) as tuning:
-        original = FrozenCopy(unet, []) if on_text else tuning.original  # θ*: the UNet is the original when it is not trained
+        original = FrozenCopy(model, []) if on_text else tuning.original  # θ*: the UNet is the original when it is not trained
+
+        def prompt_states(prompt: SlottedPrompt, text: str, vectors: torch.Tensor | None = None) -> object:
+            """The conditioning of ``prompt`` by the text encoder as it trains, with ``vectors`` in its slots."""
+            return path.conditioning(prompt, vectors, text).to(run.dtype)
 
         def attack(index: int) -> torch.Tensor:
             """δ*: the soft tokens before target ``index``'s words that bring its prediction back to θ*'s."""
             start = latest.get(index) if config.attack_init == "latest" else None
             if start is None:
-                start = table[random_tokens(candidates, config.attack_tokens, generator)].detach().float()
+                start = table[random_tokens(candidates, config.attack_tokens, generator)].float()
             vectors = start.clone().requires_grad_(True)
             optimiser = torch.optim.Adam([vectors], lr=config.attack_lr)
-            concept = states[spec.targets[index]]
+            target = spec.targets[index]
             for _ in range(config.attack_steps):
                 point = rng.choice(by_target[index])
                 with run.autocast():
-                    wanted = original(point.x_t, point.t, concept).float()
-                    found = encode(encoder, attacked[index], vectors).to(run.dtype)
-                    loss = F.mse_loss(predict_noise(unet, point.x_t, point.t, found).float(), wanted)
+                    wanted = den.predict(original, point.x_t, point.t, states[target]).float()
+                    found = prompt_states(attacked[index], target, vectors)
+                    loss = F.mse_loss(den.predict(model, point.x_t, point.t, found).float(), wanted)
                 (vectors.grad,) = torch.autograd.grad(loss, [vectors])
                 optimiser.step()
             latest[index] = vectors.detach()
@@ -145,19 +173,21 @@ def erase(run: RunContext, spec: EraseSpec, config: AdvUnlearnConfig) -> Edit:
             point = points[step]
             target, anchor = spec.targets[point.prompt], spec.anchors[point.prompt]
             x_t, t = point.x_t, point.t
-            eps_anchor, eps_concept = original(torch.cat([x_t, x_t]), t, torch.cat([states[anchor], states[target]])).chunk(2)
+            eps_anchor, eps_concept = den.predict(
+                original, torch.cat([x_t, x_t]), t, den.cat([states[anchor], states[target]])
+            ).chunk(2)
             goal = esd_target(eps_anchor.float(), eps_concept.float(), config.eta, "paper")
             if step >= config.warmup_iterations and config.attack_steps:
-                trained_at = encode(encoder, attacked[point.prompt], attack(point.prompt))
+                trained_at = prompt_states(attacked[point.prompt], target, attack(point.prompt))
             else:
-                trained_at = encode(encoder, plain[point.prompt])
-            loss = F.mse_loss(predict_noise(unet, x_t, t, trained_at.to(run.dtype)).float(), goal)
+                trained_at = prompt_states(plain[point.prompt], target)
+            loss = F.mse_loss(den.predict(model, x_t, t, trained_at).float(), goal)
             if kept and config.retain_weight > 0:
                 draw = retain_draw()
-                now = torch.cat([encode(encoder, kept[k]) for k in draw]).to(run.dtype)
-                before = torch.cat([states[spec.preserve[k]] for k in draw])
-                x_r = x_t.expand(len(draw), -1, -1, -1)
-                retained = F.mse_loss(predict_noise(unet, x_r, t, now).float(), original(x_r, t, before).float())
+                now = den.cat([prompt_states(kept[k], spec.preserve[k]) for k in draw])
+                before = den.cat([states[spec.preserve[k]] for k in draw])
+                x_r = x_t.expand(len(draw), *x_t.shape[1:])
+                retained = F.mse_loss(den.predict(model, x_r, t, now).float(), den.predict(original, x_r, t, before).float())
                 loss = loss + config.retain_weight * retained
             return loss
 

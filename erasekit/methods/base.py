@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from erasekit.concepts import EraseSpec  # noqa: F401 - kept for `from erasekit.methods import EraseSpec`
 from erasekit.errors import ErasekitError
-from erasekit.models.families import ALL_FAMILIES
+from erasekit.models.families import ALL_FAMILIES, Family, check_family
 from erasekit.settings import Registered, name_settings, typed_settings
 
 
@@ -28,6 +28,14 @@ class Method:
     erase: Callable  # (run: RunContext, spec, config) -> Edit
     changes_weights: bool = True  # False: an inference-time method, whose edit is a sampling configuration
     families: tuple[str, ...] = ("sd",)
+
+    def check_on(self, family: Family, config: object | None = None) -> None:
+        """Refuse, in one line, a family this method does not run on, or one where its ``config`` does not (a
+        config's own ``check_family``: AdvUnlearn's text encoder is SD's)."""
+        check_family(family, self.name, self.families)
+        check = getattr(config, "check_family", None)
+        if check is not None:
+            check(family)
 
 
 METHODS: dict[str, Method] = {}

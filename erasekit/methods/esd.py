@@ -106,6 +106,17 @@ def erase(run: RunContext, spec: EraseSpec, config: ESDConfig) -> Edit:
 
 
 # (states, x_t, t, point) -> the concept's states to train at: RACE's adversarial perturbation of them
+def esd_parameters(model: torch.nn.Module, group: str, selection: str = "official") -> tuple[list[str], list[str]]:
+    """The layers and parameters ESD's ``group`` trains: a UNet's by ``esd_sd.py``'s selection, a flow
+    transformer's (FLUX, SD3) in its attention Linears (:func:`~erasekit.models.layers.flux_esd_layers`, in
+    module order)."""
+    if hasattr(model.config, "cross_attention_dim"):  # a UNet
+        names = [name for name, _ in parameter_group(model, group, selection)]
+        return sorted({name.rpartition(".")[0] for name in names}), names
+    layers = flux_esd_layers(model, group)
+    return layers, [f"{layer}.{n}" for layer in layers for n, _ in model.get_submodule(layer).named_parameters()]
+
+
 Adversary = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, XtPoint], torch.Tensor]
 # (x_t, t, conditioning) -> the original model's prediction
 Predictor = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
@@ -118,12 +129,7 @@ def train_esd(
     states it returns instead of the concept's own (RACE). On FLUX the same target in velocity space, on
     x_σ of the transformer's own Euler sampling (the official esd_flux.py)."""
     model = run.denoiser
-    if run.family.denoiser == "transformer":  # FLUX, SD3
-        layers = flux_esd_layers(model, config.train_method)
-        names = [f"{layer}.{n}" for layer in layers for n, _ in model.get_submodule(layer).named_parameters()]
-    else:
-        names = [name for name, _ in parameter_group(model, config.train_method, config.parameters)]
-        layers = sorted({name.rpartition(".")[0] for name in names})
+    layers, names = esd_parameters(model, config.train_method, config.parameters)
     if config.lora_rank:
         check_rank(model, layers, config.lora_rank)  # before the x_t plan, which can take long
     rng = random.Random(config.seed)

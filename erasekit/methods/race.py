@@ -98,7 +98,7 @@ def pgd_states(
 
 
 @register("race", "RACE (Kim et al. 2024): ESD trained at PGD-perturbed concept embeddings, robust to attacks", RACEConfig,
-          families=("sd", "sdxl", "flux"))  # fmt: skip
+          families=("sd", "sdxl", "sd3", "flux"))  # fmt: skip
 def erase(run: RunContext, spec: EraseSpec, config: RACEConfig) -> Edit:
     """RACE on ``spec``: ``esd_iterations`` plain ESD steps, then ESD's loss at the PGD-perturbed states c + δ* (above).
     On SDXL and FLUX the attack moves the token states; on FLUX it aims the velocity's implied noise."""

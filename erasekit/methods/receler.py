@@ -26,6 +26,10 @@ erasekit's ESD has.
 Found in the official script: its δ never reaches the prompt. ``emb_n[:, idx, :].data = δ`` writes
 into a copy that advanced indexing makes, so the erasers train at c alone and the 50 inner steps
 recompute one prediction. ``adversarial=False`` trains that way, as the released models were.
+
+On SDXL (no official code) the same erasers follow every ``attn2``, which reads both encoders' states
+side by side; δ is written into those token states, the pooled vector and the added time ids stay the
+concept's, and x_t comes from SDXL's own sampler (:mod:`erasekit.primitives.denoising`).
 """
 
 from __future__ import annotations
@@ -42,10 +46,10 @@ from erasekit.edits.erasers import HOOKED_ERASERS, eraser_tensors, erasers_on, n
 from erasekit.methods.base import register
 from erasekit.methods.esd import esd_target
 from erasekit.primitives.attention import probing
-from erasekit.primitives.diffusion import predict_noise
+from erasekit.primitives.denoising import denoising
+from erasekit.primitives.prompt_cache import PooledText
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.training import fine_tuning, fit, loss_record
-from erasekit.primitives.xt_plan import concept_plan
 from erasekit.settings import GUIDANCE, ITERATIONS, LEARNING_RATE, SAMPLER_STEPS, SEEDS, WEIGHT, check_settings, config_field
 
 
@@ -95,6 +99,16 @@ def concept_mask(maps: list[torch.Tensor], tokens: int, side: int, threshold: fl
     return ((average - low) / (high - low).clamp_min(1e-12) >= threshold).float()
 
 
+def tokens_of(cond: object) -> torch.Tensor:
+    """The token states of a conditioning (SDXL's: beside its pooled vector)."""
+    return cond.tokens if isinstance(cond, PooledText) else cond
+
+
+def detached(cond: object) -> object:
+    """A conditioning out of autograd (δ's steps are over when the erasers train at it)."""
+    return PooledText(cond.tokens.detach(), cond.pooled) if isinstance(cond, PooledText) else cond.detach()
+
+
 def localisation_loss(outputs: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
     """The mean over erasers of Σ_pixels mean_channels (E(o) ⊙ (1 − M))² / Σ (1 − M)."""
     losses = []
@@ -110,15 +124,16 @@ def localisation_loss(outputs: dict[str, torch.Tensor], mask: torch.Tensor) -> t
     "Receler (Huang et al. 2024): eraser adapters after cross-attention, concept-localised and trained against adversarial prompts",
     RecelerConfig,
     changes_weights=False,
+    families=("sd", "sdxl"),
 )
 def erase(run: RunContext, spec: EraseSpec, config: RecelerConfig) -> Edit:
     """Receler on ``spec``: erasers after every cross-attention, trained on the loss above with the UNet
     frozen; the edit carries only the erasers."""
-    unet = run.unet
+    unet, den = run.unet, denoising(run)
     rng = random.Random(config.seed)
-    states, points = concept_plan(run, spec, config.start_guidance, config.sample_steps, config.iterations, rng)
+    states, points = den.plan(spec, config.start_guidance, config.sample_steps, config.iterations, rng)
     generator = run.generator(config.seed + 1)
-    _, length, width = states[""].shape
+    _, length, width = tokens_of(states[""]).shape
     spans = [run.cache.word_span(t, t) for t in spec.targets]  # the concept's token positions in its own prompt
     token_masks = [torch.zeros((1, length), dtype=torch.bool, device=run.device) for _ in spans]  # what the probe maps
     for token_mask, span in zip(token_masks, spans, strict=True):
@@ -131,11 +146,13 @@ def erase(run: RunContext, spec: EraseSpec, config: RecelerConfig) -> Edit:
     erasers = new_erasers(unet, config.rank, generator)
     outputs: dict[str, torch.Tensor] = {}
 
-    def with_delta(index: int) -> torch.Tensor:
-        concept = states[spec.targets[index]].clone()
+    def with_delta(index: int) -> object:
+        """The concept's conditioning with δ written into its token states (SDXL's pooled vector kept)."""
+        concept = states[spec.targets[index]]
+        tokens = tokens_of(concept).clone()
         if len(slots[index]):
-            concept[0, slots[index].start : slots[index].stop] = deltas[index].to(concept.dtype)
-        return concept
+            tokens[0, slots[index].start : slots[index].stop] = deltas[index].to(tokens.dtype)
+        return PooledText(tokens, concept.pooled) if isinstance(concept, PooledText) else tokens
 
     with fine_tuning(run, []):  # the UNet frozen, in train mode; nothing of it trains
         params = [p for e in erasers.values() for p in e.parameters()]
@@ -146,20 +163,20 @@ def erase(run: RunContext, spec: EraseSpec, config: RecelerConfig) -> Edit:
             concept, anchor = states[spec.targets[index]], states[spec.anchors[index]]
             kept = states[rng.choice(spec.preserve)] if spec.preserve and config.preserve_weight > 0 else None
             with torch.no_grad(), probing(unet) as probe:  # the original model: erasers not yet on
-                eps_anchor = predict_noise(unet, x_t, t, anchor).float()
-                eps_kept = predict_noise(unet, x_t, t, kept).float() if kept is not None else None
+                eps_anchor = den.predict(unet, x_t, t, anchor).float()
+                eps_kept = den.predict(unet, x_t, t, kept).float() if kept is not None else None
                 probe.token_mask = token_masks[index]
-                eps_concept = predict_noise(unet, x_t, t, concept).float()
+                eps_concept = den.predict(unet, x_t, t, concept).float()
             mask = concept_mask(probe.maps, len(spans[index]), side, config.mask_threshold)
             with erasers_on(unet, erasers, outputs):
                 for _ in range(config.adversarial_steps if config.adversarial and len(slots[index]) else 0):
-                    pulled = F.mse_loss(predict_noise(unet, x_t, t, with_delta(index)).float(), eps_concept)
+                    pulled = F.mse_loss(den.predict(unet, x_t, t, with_delta(index)).float(), eps_concept)
                     (deltas[index].grad,) = torch.autograd.grad(pulled, [deltas[index]])
                     delta_optimisers[index].step()
-                trained_at = with_delta(index).detach() if config.adversarial else concept
-                erased = predict_noise(unet, x_t, t, trained_at).float()
+                trained_at = detached(with_delta(index)) if config.adversarial else concept
+                erased = den.predict(unet, x_t, t, trained_at).float()
                 regularised = localisation_loss(outputs, mask)  # read before the preserve pass overwrites the outputs
-                kept_loss = F.mse_loss(predict_noise(unet, x_t, t, kept).float(), eps_kept) if kept is not None else 0
+                kept_loss = F.mse_loss(den.predict(unet, x_t, t, kept).float(), eps_kept) if kept is not None else 0
             loss = F.mse_loss(erased, esd_target(eps_anchor, eps_concept, config.eta, "paper"))
             return loss + config.reg_weight * regularised + config.preserve_weight * kept_loss
 

@@ -10,7 +10,7 @@ from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit, base_hash, measure, refuse_non_finite
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import Method, get_method, make_config
-from erasekit.models.families import check_family, class_family
+from erasekit.models.families import class_family
 from erasekit.primitives.run import ProgressCallback, RunContext
 from erasekit.primitives.workers import Workers
 
@@ -78,7 +78,7 @@ def run_method(
         check_expansion(expand, expand_min_similarity)
     family = class_family(type(pipe))
     if family is not None:  # a pipeline class of no known family meets the run context's own checks
-        check_family(family, entry.name, entry.families)
+        entry.check_on(family, config)
     run = RunContext(pipe, progress, callback, workers or Workers())
     expanded: dict[str, list] = {}
     if expand:

@@ -24,13 +24,21 @@ iterations of batch 1, lr 1e-4 with 500 warm-up steps and a cosine schedule rest
 λ 1000, 4 anchors per step, x_t from 30-step DDIM at guidance 3. Differences: AdamW in 32 bits (the
 official AdamW8bit needs bitsandbytes), x_t drawn up front from the original model (the official
 code samples it with the adapter on) and one resolution (no bucketing).
+
+On SDXL (no official code; SPM #3 asks) the adapters go on the same layers, the UNet's transformer
+blocks; a prompt's conditioning is both encoders' states with the pooled vector (an embedding anchor
+draws both as one vector), x_t comes from SDXL's own sampler, and transport scores prompts in the
+space the cross-attention reads, both encoders' states side by side. On FLUX (no official code either)
+they go on the joint blocks' Linears (attention of both streams, feed-forwards, the single blocks'
+``proj_mlp``/``proj_out``; not the timestep modulation), ε is the flow velocity on x_σ of the Euler
+sampler, and transport scores prompts in the T5 token path's space.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,12 +48,12 @@ from erasekit.edits import Edit
 from erasekit.edits.transport import FACILITATED_TRANSPORT, SPMAdapter
 from erasekit.methods.base import register
 from erasekit.models.layers import transformer_layers
-from erasekit.primitives.diffusion import predict_noise
+from erasekit.primitives.denoising import denoising
 from erasekit.primitives.expansion import phrase_vectors, tokenizer_vocabulary
 from erasekit.primitives.lora_trainer import check_rank, factor_delta, lora_adapter
+from erasekit.primitives.prompt_cache import PooledText
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.training import fit, loss_record
-from erasekit.primitives.xt_plan import plan_xt
 from erasekit.settings import (
     GUIDANCE,
     ITERATIONS,
@@ -93,17 +101,21 @@ class SPMConfig:
         check_settings(self)
 
 
-def embedding_anchors(target: torch.Tensor, count: int, rng: random.Random, generator: torch.Generator) -> torch.Tensor:
-    """``count`` Gaussian text states like ``target`` (1, L, d), each accepted with probability
-    1 − cos(·, target) and rescaled to ‖target‖ × U(0.8, 1.2) (the official ``sample``)."""
-    flat = target.float().flatten()
+def embedding_anchors(target: Any, count: int, rng: random.Random, generator: torch.Generator) -> Any:
+    """``count`` Gaussian conditionings like ``target`` (token states (1, L, d); on SDXL and FLUX with the pooled
+    vector, the two as one vector), each accepted with probability 1 − cos(·, target) and rescaled to
+    ‖target‖ × U(0.8, 1.2) (the official ``sample``)."""
+    parts = [target.tokens, target.pooled] if isinstance(target, PooledText) else [target]
+    flat = torch.cat([part.float().flatten() for part in parts])
     out = []
     while len(out) < count:
         noise = torch.randn(flat.shape, generator=generator, device="cpu").to(flat.device)
         noise = noise / noise.norm()
         if rng.random() < 1 - float(F.cosine_similarity(flat, noise, dim=0)):
             out.append(noise * flat.norm() * (0.8 + 0.4 * rng.random()))
-    return torch.stack(out).view(count, *target.shape[1:]).to(target.dtype)
+    pieces = torch.stack(out).split([part[0].numel() for part in parts], dim=1)
+    shaped = [piece.reshape(count, *part.shape[1:]).to(part.dtype) for piece, part in zip(pieces, parts, strict=True)]
+    return PooledText(*shaped) if isinstance(target, PooledText) else shaped[0]
 
 
 def vocabulary_anchors(run: RunContext, target: str, draws: int, rng: random.Random) -> list[str]:
@@ -120,42 +132,42 @@ def vocabulary_anchors(run: RunContext, target: str, draws: int, rng: random.Ran
 
 def train_adapter(run: RunContext, spec: EraseSpec, index: int, config: SPMConfig) -> tuple[SPMAdapter, list[float]]:
     """One SPM for target ``index``: its factors in float32 and its loss curve."""
-    unet = run.unet
+    model, den = run.denoiser, denoising(run)  # a UNet, or FLUX's transformer
     target, surrogate = spec.targets[index], spec.anchors[index]
     rng, generator = random.Random(config.seed + index), run.generator(config.seed + index)
-    states = run.states(["", target, surrogate])
+    states = den.conditioning(["", target, surrogate])
     uncond, c_tar, c_sur = states[0:1], states[1:2], states[2:3]
-    points = plan_xt(run, unet, [c_tar], uncond, config.start_guidance, config.sample_steps,
-                     config.iterations, lambda _: 0, rng)  # fmt: skip
+    points = den.plan_prompts([c_tar], uncond, config.start_guidance, config.sample_steps, config.iterations,
+                              lambda _: 0, rng)  # fmt: skip
     k = config.anchors_per_step if config.anchor_source != "none" else 0
     if config.anchor_source == "vocabulary" and k:
         words = vocabulary_anchors(run, target, k * config.iterations, rng)
-        drawn = run.states(list(dict.fromkeys(words)))
+        drawn = den.conditioning(list(dict.fromkeys(words)))
         position = {w: i for i, w in enumerate(dict.fromkeys(words))}
-    kept = run.states(list(spec.preserve)) if spec.preserve else c_tar[:0]
+    kept = den.conditioning(list(spec.preserve)) if spec.preserve else c_tar[:0]
 
-    def anchors_at(step: int) -> torch.Tensor:
+    def anchors_at(step: int) -> Any:
         if config.anchor_source == "embedding" and k:
             fresh = embedding_anchors(c_tar, k, rng, generator)
         elif config.anchor_source == "vocabulary" and k:
             fresh = drawn[[position[w] for w in words[step * k : (step + 1) * k]]]
         else:
             fresh = c_tar[:0]
-        return torch.cat([fresh, kept])
+        return den.cat([fresh, kept])
 
-    names = list(transformer_layers(unet))
-    with lora_adapter(unet, names, config.rank, config.alpha, seed=config.seed + index) as adapter:
-        was_training = unet.training
-        unet.train()
+    names = list(transformer_layers(model))
+    with lora_adapter(model, names, config.rank, config.alpha, seed=config.seed + index) as adapter:
+        was_training = model.training
+        model.train()
 
         def loss_at(step: int) -> torch.Tensor:
             x_t, t = points[step].x_t, points[step].t
             anchors = anchors_at(step)
-            conds = torch.cat([c_tar, anchors])
+            conds = den.cat([c_tar, anchors])
             with torch.no_grad(), adapter.disabled():
-                frozen = predict_noise(unet, x_t.expand(len(conds) + 1, -1, -1, -1), t, torch.cat([c_sur, conds])).float()
+                frozen = den.predict(model, x_t.expand(len(conds) + 1, *x_t.shape[1:]), t, den.cat([c_sur, conds])).float()
             eps_sur, eps_tar, eps_anchors = frozen[:1], frozen[1:2], frozen[2:]
-            adapted = predict_noise(unet, x_t.expand(len(conds), -1, -1, -1), t, conds).float()
+            adapted = den.predict(model, x_t.expand(len(conds), *x_t.shape[1:]), t, conds).float()
             loss = F.mse_loss(adapted[:1], eps_sur - config.eta * (eps_tar - eps_sur))
             if len(anchors) and config.lam > 0:
                 loss = loss + config.lam * F.mse_loss(adapted[1:], eps_anchors)
@@ -172,7 +184,7 @@ def train_adapter(run: RunContext, spec: EraseSpec, index: int, config: SPMConfi
             losses = fit(run, params, loss_at, config.iterations, optimizer, f"SPM {target!r}",
                          config.max_grad_norm or None, schedule)  # fmt: skip
         finally:
-            unet.train(was_training)
+            model.train(was_training)
         return SPMAdapter(target, adapter.factors()), losses
 
 
@@ -180,17 +192,18 @@ def train_adapter(run: RunContext, spec: EraseSpec, index: int, config: SPMConfi
     "spm",
     "SPM (Lyu et al. 2024): a rank-1 adapter per concept with latent anchoring, applied per prompt by facilitated transport",
     SPMConfig,
+    families=("sd", "sdxl", "flux"),
 )
 def erase(run: RunContext, spec: EraseSpec, config: SPMConfig) -> Edit:
     """SPM on ``spec``: one adapter per target trained on L above, kept as factors for facilitated
     transport and merged into the weights at strength 1."""
-    check_rank(run.unet, list(transformer_layers(run.unet)), config.rank)  # before the first x_t plan's sampling
+    check_rank(run.denoiser, list(transformer_layers(run.denoiser)), config.rank)  # before the first x_t plan's sampling
     adapters, records = [], {}
     for index, target in enumerate(spec.targets):
         adapter, losses = train_adapter(run, spec, index, config)
         adapters.append(adapter)
         records[target] = loss_record(losses)
-    params = dict(run.unet.named_parameters())
+    params = dict(run.denoiser.named_parameters())
     merged = {}
     for layer in adapters[0].factors:
         weight = params[f"{layer}.weight"]

@@ -117,8 +117,8 @@ def ablation_parameters(model: nn.Module, group: str, family: str = "sd") -> lis
     ``context_embedder`` every prompt whole); ``attn`` every attention Linear."""
     if group not in AC_GROUPS:
         raise ErasekitError(f"unknown AC parameter group {group!r}; choose one of {', '.join(AC_GROUPS)}")
-    if family == "flux":
-        flux_text_inputs(model)  # a transformer that is not FLUX's is refused before training starts
+    if family in ("flux", "sd3"):  # SD3's joint blocks have the same text stream
+        flux_text_inputs(model)  # a transformer that is not FLUX's or SD3's is refused before training starts
         keys = {"cross-attn": ("attn.add_k_proj", "attn.add_v_proj"), "attn": ("attn.",)}.get(group)
     else:
         cross_attentions(model)  # a UNet without cross-attention is refused before training starts
@@ -152,20 +152,32 @@ def kv_weights(unet: nn.Module) -> dict[str, torch.Tensor]:
     return {f"{name}.weight": lin.weight.detach().clone() for name, lin in kv_projections(unet).items()}
 
 
-def transformer_layers(unet: nn.Module) -> dict[str, nn.Linear | nn.Conv2d]:
-    """Every Linear / Conv2d inside the UNet's ``Transformer2DModel`` blocks, by dotted name: proj_in,
+def transformer_layers(model: nn.Module) -> dict[str, nn.Linear | nn.Conv2d]:
+    """Every Linear / Conv2d inside a UNet's ``Transformer2DModel`` blocks, by dotted name: proj_in,
     attn1 and attn2 (q, k, v, out), the feed-forward and proj_out, the layers SPM adapts (the
-    official SPMNetwork's ``UNET_TARGET_REPLACE_MODULE_TRANSFORMER``)."""
+    official SPMNetwork's ``UNET_TARGET_REPLACE_MODULE_TRANSFORMER``). On a FLUX transformer the same
+    kinds of layer in its double and single blocks: the attention projections of both streams, the
+    feed-forwards and the single blocks' ``proj_mlp`` / ``proj_out``, without the timestep modulation
+    (``norm*.linear``), which SPM's selection never held."""
+    if hasattr(model, "transformer_blocks"):  # a flow transformer (a UNet's blocks are down/mid/up)
+        found = {
+            name: layer
+            for name, layer in model.named_modules()
+            if isinstance(layer, nn.Linear) and name.startswith(FLUX_BLOCKS) and ".norm" not in name
+        }
+        if not found:
+            raise ErasekitError(f"{type(model).__name__} has no FLUX transformer blocks for SPM's adapters")
+        return found
     found = {
         f"{block}.{name}": layer
-        for block, module in unet.named_modules()
+        for block, module in model.named_modules()
         if type(module).__name__ == "Transformer2DModel"
         for name, layer in module.named_modules()
         if isinstance(layer, (nn.Linear, nn.Conv2d))
     }
     if not found:
         raise ErasekitError(
-            f"{type(unet).__name__} has no Transformer2DModel blocks: SPM adapts the linear layers of a diffusers "
+            f"{type(model).__name__} has no Transformer2DModel blocks: SPM adapts the linear layers of a diffusers "
             "UNet2DConditionModel's transformer blocks"
         )
     return found
@@ -176,6 +188,7 @@ def transformer_layers(unet: nn.Module) -> dict[str, nn.Linear | nn.Conv2d]:
 # embedder's first Linear. The official uce_flux_edit.py edits exactly these two (by name; its
 # width test would confuse them on erasekit-tiny-flux, where both read 384-d states).
 FLUX_TOKEN_INPUT = "context_embedder"
+FLUX_BLOCKS = ("transformer_blocks.", "single_transformer_blocks.")  # the double and the single blocks
 FLUX_POOLED_INPUT = "time_text_embed.text_embedder.linear_1"
 
 

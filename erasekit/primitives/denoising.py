@@ -119,6 +119,13 @@ class UNetDenoising:
         targets in turn (:func:`~erasekit.primitives.xt_plan.concept_plan`)."""
         return concept_plan(self.run, spec, guidance, steps, count, rng)
 
+    def plan_prompts(
+        self, conds: list[Any], uncond: Any, guidance: float, steps: int, count: int, choose: Any, rng: random.Random
+    ) -> list[XtPoint]:
+        """``count`` x_t points of the conditionings ``conds``, step k about ``conds[choose(k)]``, from the
+        original model's guided sampling (:func:`~erasekit.primitives.xt_plan.plan_xt`)."""
+        return plan_xt(self.run, self.run.denoiser, conds, uncond, guidance, steps, count, choose, rng)
+
     def predict(self, model: nn.Module | FrozenCopy, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         """The UNet's (or its frozen original's) prediction."""
         return predict(model, x_t, t, cond)
@@ -139,13 +146,19 @@ class PooledDenoising(UNetDenoising):
         prompts = list(dict.fromkeys(["", *spec.targets, *spec.anchors, *spec.preserve]))
         encoded = self.conditioning(prompts)
         texts = {p: encoded[i : i + 1] for i, p in enumerate(prompts)}
+        points = self.plan_prompts([texts[t] for t in spec.targets], texts[""], guidance, steps, count,
+                                   lambda k: k % len(spec.targets), rng)  # fmt: skip
+        return texts, points
+
+    def plan_prompts(
+        self, conds: list[Any], uncond: Any, guidance: float, steps: int, count: int, choose: Any, rng: random.Random
+    ) -> list[XtPoint]:
+        """As :meth:`UNetDenoising.plan_prompts`, the trajectories from this family's own sampler."""
 
         def sampler(cond: PooledText, stops: list[int], seeds: list[int], on_captured: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            return self.sample(cond, texts[""], guidance, steps, stops, seeds, on_captured)
+            return self.sample(cond, uncond, guidance, steps, stops, seeds, on_captured)
 
-        points = plan_xt(self.run, self.run.denoiser, [texts[t] for t in spec.targets], texts[""], guidance, steps, count,
-                         lambda k: k % len(spec.targets), rng, sampler=sampler)  # fmt: skip
-        return texts, points
+        return plan_xt(self.run, self.run.denoiser, conds, uncond, guidance, steps, count, choose, rng, sampler=sampler)
 
     def cat(self, conds: list[Any]) -> Any:
         """Several conditionings as one batch."""

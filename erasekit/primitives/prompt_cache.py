@@ -30,6 +30,9 @@ class PooledText:
     def __getitem__(self, rows: slice | list[int]) -> PooledText:
         return PooledText(self.tokens[rows], self.pooled[rows])
 
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
     def to(self, dtype: torch.dtype) -> PooledText:
         """Both parts in ``dtype`` (as a tensor's ``.to``: code may hold either kind of conditioning)."""
         return PooledText(self.tokens.to(dtype), self.pooled.to(dtype))
@@ -201,3 +204,14 @@ def aligned_positions(ids: list[int], other_ids: list[int], length: int, middle:
     mine += list(range(end, len(ids) + pads))
     theirs += list(range(other_end, len(other_ids) + pads))
     return mine, theirs
+
+
+def family_cache(pipe: DiffusionPipeline) -> PromptCache:
+    """The cache of the token states the pipeline's text-reading layers see: SD's encoder, SDXL's two side by
+    side, SD3's joint sequence, FLUX's T5 path."""
+    from erasekit.models.families import pipeline_family, sequence_length
+
+    name = pipeline_family(pipe).name
+    if name == "flux":
+        return PromptCache(pipe, path="_2", max_length=sequence_length(pipe), masked=False)
+    return {"sd3": SD3PromptCache, "sdxl": SDXLPromptCache}.get(name, PromptCache)(pipe)

@@ -22,7 +22,7 @@ from erasekit.errors import ErasekitError
 from erasekit.models.embedded import is_world_model
 from erasekit.models.families import Family, denoiser, pipeline_family, sequence_length
 from erasekit.primitives.closed_form import TextMoments
-from erasekit.primitives.prompt_cache import PromptCache, SD3PromptCache, SDXLPromptCache
+from erasekit.primitives.prompt_cache import PromptCache, family_cache
 from erasekit.primitives.workers import Workers
 
 if TYPE_CHECKING:
@@ -89,10 +89,7 @@ class RunContext:
                 f"this pipeline's text encoder gives {text_dim}-d states but its {where} reads {reads}-d ones: "
                 "its text encoder does not belong to its denoiser"
             )
-        if name == "flux":
-            self.cache = PromptCache(pipe, path="_2", max_length=sequence_length(pipe), masked=False)
-        else:
-            self.cache = {"sd3": SD3PromptCache, "sdxl": SDXLPromptCache}.get(name, PromptCache)(pipe)
+        self.cache = family_cache(pipe)
         # fixed at the start: training upcasts some parameters, which would change what the denoiser reports
         model = denoiser(self.pipe)
         self.device, self.dtype = model.device, model.dtype

@@ -4,7 +4,7 @@ A prompt's ids are laid out as the pipeline pads them, with ``k`` slots inserted
 (UnlearnDiffAtk's and P4D's ``prefix_k``) or put where a word stands (concept inversion's new token).
 A forward hook on the text encoder's input-embedding table writes the slot vectors in, so one code
 path serves CLIP, BERT and T5 encoders and the gradient reaches the vectors; :class:`TextPath` puts
-them into each family's prompt (SD's one encoder, SDXL's two, FLUX's T5 token path and CLIP pooled path). A slot can also hold a real
+them into each family's prompt (SD's one encoder, SDXL's two, SD3's two CLIPs and T5, FLUX's T5 token path and CLIP pooled path). A slot can also hold a real
 token: the attacks end with prompts a person could type, whose ids are kept so that what is judged
 is exactly what was found (decoded text can tokenize differently).
 """
@@ -168,12 +168,14 @@ class TextPath:
     optimises one vector per slot, as on SD. An encoder of another vocabulary (FLUX.1's CLIP, whose pooled
     vector sits beside T5's tokens) reads the prompt's words as typed, the slots left out.
     Conditioning is built as the family's pipeline builds it: SD's last states; SDXL's penultimate states
-    of both encoders side by side and the second's projected pooled vector; FLUX's T5 states and CLIP's
+    of both encoders side by side and the second's projected pooled vector; SD3's the same two CLIPs padded
+    to T5's width and followed by T5's states in one sequence, both CLIPs' projected pooled vectors side by
+    side (T5, of another vocabulary on SD3, reads the words as typed); FLUX's T5 states and CLIP's
     pooled output (:class:`~erasekit.primitives.prompt_cache.PooledText`). ``parameters`` (name → value)
     encode the first encoder with those values (the original of an edited text encoder, SD's AdvUnlearn).
     """
 
-    FAMILIES = ("sd", "sdxl", "flux")  # those whose prompts it reaches
+    FAMILIES = ("sd", "sdxl", "sd3", "flux")  # those whose prompts it reaches
 
     def __init__(self, pipe: object, parameters: dict[str, torch.Tensor] | None = None) -> None:
         from erasekit.models.families import pipeline_family, sequence_length
@@ -183,21 +185,24 @@ class TextPath:
         if self.parameters and self.family != "sd":
             raise ErasekitError("an erasure that changes the text encoder is attacked on SD 1.x/2.x models only")
         if self.family not in self.FAMILIES:
-            raise ErasekitError(
-                "the attacks put their tokens into SD 1.x/2.x, SDXL and FLUX prompts; SD3's prompt is three encoders' "
-                "states in one sequence (two CLIPs and T5), which their slots do not reach yet"
-            )
+            raise ErasekitError(f"the attacks put their tokens into {', '.join(self.FAMILIES)} prompts, not {self.family}'s")
         if self.family == "flux":  # T5 carries the tokens, CLIP the pooled vector
             self.tokenizer, self.max_length = pipe.tokenizer_2, sequence_length(pipe)
             others = [(pipe.tokenizer, pipe.text_encoder, pipe.tokenizer.model_max_length)]
             first = pipe.text_encoder_2
         else:
-            self.tokenizer, self.max_length = pipe.tokenizer, pipe.tokenizer.model_max_length
-            others = [(pipe.tokenizer_2, pipe.text_encoder_2, pipe.tokenizer_2.model_max_length)] if self.family == "sdxl" else []
+            self.tokenizer, self.max_length, first = pipe.tokenizer, pipe.tokenizer.model_max_length, pipe.text_encoder
+            others = [(pipe.tokenizer_2, pipe.text_encoder_2, pipe.tokenizer_2.model_max_length)] if self.family != "sd" else []
+            if self.family == "sd3":  # both CLIPs, then T5 in the same sequence
+                others.append((pipe.tokenizer_3, pipe.text_encoder_3, sequence_length(pipe)))
         vocabulary = self.tokenizer.get_vocab()
-        self.encoders = [(self.tokenizer, first if self.family == "flux" else pipe.text_encoder, self.max_length)]
+        self.encoders = [(self.tokenizer, first, self.max_length)]
         self.encoders += [o for o in others if o[0].get_vocab() == vocabulary]
         self.reaches_all = len(self.encoders) == 1 + len(others)
+        if self.family in ("sdxl", "sd3") and len(self.encoders) < 2:
+            raise ErasekitError(
+                f"this {self.family} pipeline's two CLIP tokenizers have different vocabularies; the attacks need one"
+            )
         self.widths = [e.get_input_embeddings().embedding_dim for _, e, _ in self.encoders]
 
     @property
@@ -252,7 +257,8 @@ class TextPath:
         for k, ((_, encoder, _), part) in enumerate(zip(self.encoders, parts, strict=True)):
             # only SD's pipeline passes the mask, to encoders configured to take one (the world's BERT)
             mask = masks[k] if self.family == "sd" and getattr(encoder.config, "use_attention_mask", False) else None
-            keywords = {"attention_mask": mask, "output_hidden_states": self.family == "sdxl"}  # SDXL reads the penultimate
+            clip = self.family in ("sdxl", "sd3") and k < 2  # SDXL's and SD3's CLIPs are read at the penultimate layer
+            keywords = {"attention_mask": mask, "output_hidden_states": clip}
             with slot_vectors(encoder, slots, part) if part is not None else nullcontext():
                 outputs.append(torch.func.functional_call(encoder, self.parameters if k == 0 else {}, (ids[k],), keywords))
         if self.family == "sd":
@@ -260,6 +266,11 @@ class TextPath:
         if self.family == "sdxl":
             tokens = torch.cat([out.hidden_states[-2] for out in outputs], dim=-1)
             return PooledText(tokens, outputs[-1][0] if len(outputs) == 2 else self._pipeline_pooled(texts))
+        if self.family == "sd3":  # as StableDiffusion3Pipeline.encode_prompt: the CLIPs padded to T5's width, then T5
+            clip = torch.cat([out.hidden_states[-2] for out in outputs[:2]], dim=-1)
+            t5 = outputs[2][0] if len(outputs) == 3 else self._pipeline_t5(texts)
+            tokens = torch.cat([F.pad(clip, (0, t5.shape[-1] - clip.shape[-1])), t5.to(clip.dtype)], dim=-2)
+            return PooledText(tokens, torch.cat([outputs[0][0], outputs[1][0]], dim=-1))
         return PooledText(outputs[0][0], outputs[1].pooler_output if len(outputs) == 2 else self._pipeline_pooled(texts))
 
     def _ids(self, prompt: SlottedPrompt, tokenizer: PreTrainedTokenizerBase, length: int) -> torch.Tensor:
@@ -272,6 +283,14 @@ class TextPath:
         ids = torch.full((prompt.ids.shape[0], length), pad, device=prompt.ids.device, dtype=prompt.ids.dtype)
         ids[:, : prompt.length] = prompt.ids[:, : prompt.length]
         return ids
+
+    @torch.no_grad()
+    def _pipeline_t5(self, texts: list[str]) -> torch.Tensor:
+        """SD3's T5 states of ``texts`` when T5's vocabulary is not the CLIPs' (SD3's own): the words as typed."""
+        from erasekit.models.families import sequence_length
+
+        device = self.text_encoders[0].device
+        return self.pipe._get_t5_prompt_embeds(prompt=texts, max_sequence_length=sequence_length(self.pipe), device=device)
 
     @torch.no_grad()
     def _pipeline_pooled(self, texts: list[str]) -> torch.Tensor:
