@@ -62,3 +62,32 @@ def test_doco_config_defaults_and_errors():
         make_config(doco, {"parameter_group": "embedding"})
     with pytest.raises(ErasekitError, match="is the target itself"):
         EraseSpec(("square",), ("Square",))  # an anchor equal to the target, for AC and DoCo alike
+
+
+@pytest.mark.parametrize("family", ["sd", "sd-v", "sdxl", "sd3", "flux"])
+def test_predicted_x0_of_the_exact_target_is_the_clean_latent_on_every_family(family, pipe):
+    """DoCo's discriminator reads x̂₀: from the noising's own target it must give x₀ back (ε on SD's DDPM form,
+    v on a v-prediction UNet, ε on SDXL's Euler form x₀ + σε, the velocity on SD3 and FLUX), laid out as images."""
+    import copy
+
+    from erasekit.models import reference_configs
+    from erasekit.primitives.denoising import denoising
+    from erasekit.primitives.run import RunContext
+
+    if family in ("sd", "sd-v"):
+        model = copy.copy(pipe)
+        if family == "sd-v":
+            model.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    else:
+        model = getattr(reference_configs, f"random_{family}_pipeline")()
+    den = denoising(RunContext(model, progress=False))
+    generator = torch.Generator().manual_seed(0)
+    packed = den.start_noise(0).shape[1:]  # one image's latents as the denoiser reads them (FLUX: packed)
+    clean = torch.randn(3, *packed, generator=generator)
+    noise = torch.randn(3, *packed, generator=generator)
+    t = den.timesteps(3, generator)
+    x_t = den.noised(clean, noise, t)
+    recovered = den.predicted_x0(x_t, t, den.noise_target(clean, noise, t))
+    torch.testing.assert_close(recovered, clean.float(), atol=2e-3, rtol=2e-3)
+    channels, side = den.latent_layout()
+    assert den.image_latents(recovered).shape == (3, channels, side, side)

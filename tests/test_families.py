@@ -60,8 +60,8 @@ def test_the_family_is_read_from_a_directory_without_loading_it(tmp_path):
 
 def test_a_method_on_an_unsupported_family_is_one_line_before_loading(tmp_path):
     model, out = flux_directory(tmp_path), tmp_path / "edit"
-    options = erase_job.EraseOptions(EraseSpec(("square",)), out, "doco", model=str(model))
-    with pytest.raises(ErasekitError, match=r"^doco does not run on FLUX models yet \(it runs on SD 1.x/2.x\)"):
+    options = erase_job.EraseOptions(EraseSpec(("square",)), out, "safree", model=str(model))
+    with pytest.raises(ErasekitError, match=r"^safree does not run on FLUX models yet \(it runs on SD 1.x/2.x\)"):
         erase_job.check_erase(options)
     # the command line: the same line, exit 2, nothing written (the directory has no weights to load)
     result = subprocess.run(
@@ -93,8 +93,8 @@ def test_a_setting_a_family_does_not_take_is_one_line_before_loading(tmp_path):
 
 def test_a_loaded_pipeline_of_an_unsupported_family_is_refused_before_the_method_runs():
     for class_name, title in (("StableDiffusionXLPipeline", "SDXL"), ("FluxPipeline", "FLUX")):
-        with pytest.raises(ErasekitError, match=f"doco does not run on {title} models yet"):
-            erase(a_pipeline_of_class(class_name), EraseSpec(("cat",)), "doco", progress=False)
+        with pytest.raises(ErasekitError, match=f"safree does not run on {title} models yet"):
+            erase(a_pipeline_of_class(class_name), EraseSpec(("cat",)), "safree", progress=False)
 
 
 def test_the_support_matrix_lists_every_method_on_every_family():

@@ -40,6 +40,7 @@ QUICK = {
         "sample_steps": 2,
         "retain_batch": 1,
     },
+    "doco": {"anchor_images": 2, "steps": 3, "warm_up": 1, "sample_steps": 2, "batch_size": 2, "preserve_images": 1},
     "ac": {"anchor_images": 2, "steps": 2, "sample_steps": 2, "batch_size": 2, "preserve_images": 1},
     "mace": {"steps": 2, "images_per_concept": 2, "sample_steps": 2, "segmenter": "none"},
     "ant": {"iterations": 2, "sample_steps": 2, "before_step": 1, "mask_seeds": 1, "mask_iterations": 1},

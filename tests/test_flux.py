@@ -279,8 +279,8 @@ def test_flux_1_layout_in_half_precision_gives_finite_uce_and_esd_edits(dtype):
 def test_unsupported_bench_columns_on_the_flow_model_are_one_line_before_loading(tmp_path):
     from erasekit.jobs import bench as bench_job
 
-    with pytest.raises(ErasekitError, match=r"^doco does not run on FLUX models yet"):
-        bench_job.check_bench(bench_job.BenchOptions(methods=("uce", "doco"), model="erasekit-tiny-flux", out=tmp_path / "b"))
+    with pytest.raises(ErasekitError, match=r"^receler does not run on FLUX models yet"):
+        bench_job.check_bench(bench_job.BenchOptions(methods=("uce", "receler"), model="erasekit-tiny-flux", out=tmp_path / "b"))
     assert not (tmp_path / "b").exists()
 
 

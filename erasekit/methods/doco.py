@@ -49,7 +49,6 @@ from erasekit.errors import ErasekitError
 from erasekit.methods.base import register
 from erasekit.models.layers import ablation_parameters
 from erasekit.primitives.denoising import denoising
-from erasekit.primitives.diffusion import predict_noise
 from erasekit.primitives.image_batches import caption_pairs, draw_images, noised_batch
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.training import fine_tuning, loss_record
@@ -123,12 +122,6 @@ class PatchDiscriminator(nn.Module):
         return self.model(latents)
 
 
-def predicted_x0(scheduler: object, x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """x̂₀ = (x_t − √(1−ᾱ_t) ε) / √ᾱ_t (the DDPM step's pred_original_sample)."""
-    alpha = scheduler.alphas_cumprod.to(x_t.device)[t].float().view(-1, 1, 1, 1)
-    return (x_t.float() - (1 - alpha).sqrt() * eps.float()) / alpha.sqrt()
-
-
 def preserving_gradient(unlearn: list[torch.Tensor], retain: list[torch.Tensor], lam: float) -> list[torch.Tensor]:
     """Each unlearning gradient with λ × its projection on the retaining one removed where the two conflict."""
     out = []
@@ -148,42 +141,41 @@ def clipped(grads: list[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
     "doco",
     "DoCo (Wu et al. 2025): adversarial domain correction onto the anchor, with the concept-preserving gradient",
     DoCoConfig,
+    families=("sd", "sdxl", "sd3", "flux"),
 )
 def erase(run: RunContext, spec: EraseSpec, config: DoCoConfig) -> Edit:
     """DoCo on ``spec``: the adversarial domain correction above on the anchor's images, stepping along the
     concept-preserving gradient (or on L_adv + 0.1 · prior_loss_weight · L_ret when ``gradient_surgery`` is off)."""
-    unet, scheduler, den = run.unet, run.pipe.scheduler, denoising(run)
+    model, den = run.denoiser, denoising(run)
     pairs = caption_pairs(spec.targets, spec.anchors, config.templates)
-    target_states, anchor_states = run.states([c for c, _ in pairs]), run.states([a for _, a in pairs])
+    target_states, anchor_states = den.conditioning([c for c, _ in pairs]), den.conditioning([a for _, a in pairs])
     anchor_images = draw_images(run, [a for _, a in pairs], config.anchor_images, config.guidance, config.sample_steps,
                                 config.seed, den)  # fmt: skip
     if spec.preserve:
         kept_prompts = [t.format(p) for p in spec.preserve for t in config.templates]
         kept_images = draw_images(run, kept_prompts, config.preserve_images * len(spec.preserve), config.guidance,
                                   config.sample_steps, config.seed + 10**6, den)  # fmt: skip
-        kept_states = run.states(kept_prompts)
+        kept_states = den.conditioning(kept_prompts)
     else:  # the official prior: the anchor's own images under the anchor caption
         kept_images, kept_states = anchor_images, anchor_states
     rng, generator = random.Random(config.seed), run.generator(config.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        size = unet.config.sample_size
-        discriminator = PatchDiscriminator(unet.config.in_channels, size).to(run.device).train()
+        discriminator = PatchDiscriminator(*den.latent_layout()).to(run.device).train()
     d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.dlr, betas=(0.5, 0.999))
     scaler = torch.amp.GradScaler(run.device.type, enabled=run.dtype == torch.float16)
     g_losses, d_losses = [], []
 
-    with fine_tuning(run, ablation_parameters(unet, config.parameter_group)) as tuning:
+    with fine_tuning(run, ablation_parameters(model, config.parameter_group, run.family.name)) as tuning:
         params = list(tuning.params.values())
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         for step in run.bar(range(config.steps), f"DoCo ({'with' if config.gradient_surgery else 'without'} surgery)"):
             batch = noised_batch(run, anchor_images, config.batch_size, rng, generator, den)
             with run.autocast(), torch.set_grad_enabled(step >= config.warm_up):  # D's warm-up needs no model gradient
-                model_x0 = predicted_x0(
-                    scheduler, batch.x_t, predict_noise(unet, batch.x_t, batch.t, target_states[batch.caption]), batch.t
-                )
-                anchor_eps = tuning.original(batch.x_t, batch.t, anchor_states[batch.caption])
-                anchor_x0 = predicted_x0(scheduler, batch.x_t, anchor_eps, batch.t)
+                predicted = den.predict(model, batch.x_t, batch.t, target_states[batch.caption])
+                model_x0 = den.image_latents(den.predicted_x0(batch.x_t, batch.t, predicted))
+                anchor_prediction = den.predict(tuning.original, batch.x_t, batch.t, anchor_states[batch.caption])
+                anchor_x0 = den.image_latents(den.predicted_x0(batch.x_t, batch.t, anchor_prediction))
             if step >= config.warm_up:
                 kept = noised_batch(run, kept_images, config.batch_size, rng, generator, den)
                 with run.autocast():
@@ -191,8 +183,8 @@ def erase(run: RunContext, spec: EraseSpec, config: DoCoConfig) -> Edit:
                     adversarial = F.binary_cross_entropy_with_logits(
                         logits.float(), torch.zeros_like(logits, dtype=torch.float32)
                     )
-                    kept_eps = predict_noise(unet, kept.x_t, kept.t, kept_states[kept.caption])
-                    retain = F.mse_loss(kept_eps.float(), kept.target.float())
+                    kept_prediction = den.predict(model, kept.x_t, kept.t, kept_states[kept.caption])
+                    retain = F.mse_loss(kept_prediction.float(), kept.target.float())
                 check_finite(float(adversarial.detach()) + float(retain.detach()), step)
                 scale = scaler.get_scale() if scaler.is_enabled() else 1.0
                 if config.gradient_surgery:

@@ -105,6 +105,22 @@ class UNetDenoising:
         """The noise a prediction at (x_t, t) stands for: an ε-prediction is that noise already."""
         return prediction
 
+    def predicted_x0(self, x_t: torch.Tensor, t: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        """x̂₀ of a prediction at :meth:`noised`'s x_t, in float32 (the DDPM step's ``pred_original_sample``):
+        (x_t − √(1−ᾱ_t) ε) / √ᾱ_t, or √ᾱ_t x_t − √(1−ᾱ_t) v on a v-prediction model."""
+        alpha = self.run.pipe.scheduler.alphas_cumprod.to(x_t.device)[t].float().view(-1, 1, 1, 1)
+        if self.run.pipe.scheduler.config.get("prediction_type", "epsilon") == "v_prediction":
+            return alpha.sqrt() * x_t.float() - (1 - alpha).sqrt() * prediction.float()
+        return (x_t.float() - (1 - alpha).sqrt() * prediction.float()) / alpha.sqrt()
+
+    def latent_layout(self) -> tuple[int, int]:
+        """(channels, side) of one image's latents as :meth:`image_latents` lays them out."""
+        return self.run.pipe.unet.config.in_channels, self.run.pipe.unet.config.sample_size
+
+    def image_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents as images (B, C, H, W): a UNet's already are."""
+        return latents
+
     @torch.no_grad()
     def decode(self, x_0: torch.Tensor) -> torch.Tensor:
         """Clean latents as images in [-1, 1] (B, 3, H, W)."""
@@ -213,6 +229,18 @@ class FlowDenoising(PooledDenoising):
         """ε̂ = x_σ + (1 − σ)·v: where the velocity ``prediction`` at (x_σ, σ) says the path started."""
         return x_t + (1 - t.reshape(-1, *[1] * (x_t.dim() - 1)).to(x_t.dtype)) * prediction
 
+    def predicted_x0(self, x_t: torch.Tensor, t: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        """x̂₀ = x_σ − σ·v: where the velocity ``prediction`` at (x_σ, σ) says the path ends, in float32."""
+        return x_t.float() - t.float().reshape(-1, *[1] * (x_t.dim() - 1)) * prediction.float()
+
+    def latent_layout(self) -> tuple[int, int]:
+        """(channels, side) of one image's unpacked latents."""
+        return self.grid.latent_shape[0], self.grid.latent_shape[-1]
+
+    def image_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Packed latents (B, tokens, C·4) as images (B, C, H, W); SD3's are images already."""
+        return self.grid.unpack(latents)
+
     def training_time(self, k: torch.Tensor) -> torch.Tensor:
         """σ = (k + 1) / N for training timestep k = 0…N−1: the flow's noise level, never 0."""
         return (k + 1).float() / self.run.pipe.scheduler.config.num_train_timesteps
@@ -292,6 +320,14 @@ class SDXLDenoising(PooledDenoising):
             return super().noised(x_0, noise, t)
         alpha_bar = self.input_scale[t.long()].float().square().reshape(-1, *[1] * (x_0.dim() - 1))
         return (x_0.float() + ((1 - alpha_bar) / alpha_bar).sqrt() * noise.float()).to(x_0.dtype)
+
+    def predicted_x0(self, x_t: torch.Tensor, t: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        """x̂₀ of an ε-prediction at :meth:`noised`'s x_t: x_t − σ_t·ε for an Euler-type sampler's x₀ + σ_t·ε,
+        the DDPM form otherwise."""
+        if self.input_scale is None:
+            return super().predicted_x0(x_t, t, prediction)
+        alpha_bar = self.input_scale[t.long()].float().square().reshape(-1, *[1] * (x_t.dim() - 1))
+        return x_t.float() - ((1 - alpha_bar) / alpha_bar).sqrt() * prediction.float()
 
     def predict(self, model: nn.Module | FrozenCopy, x_t: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
         """The UNet's (or its frozen original's) prediction at x_t, scaled as the sampler scales it."""
