@@ -13,9 +13,9 @@ The strength of adapter k on prompt p is γ_k(p) = max(s_cos, s_tok) clamped to 
 It runs inside a standard diffusers pipeline: :func:`transported_pipeline` builds the pipeline's own
 class on its modules, whose ``__call__`` scores the prompts and passes one row of strengths per UNet
 row through ``cross_attention_kwargs``; a pre-hook on every ``Transformer2DModel`` takes them out
-(the attention processors never see them; on FLUX ``joint_attention_kwargs`` carry them to a pre-hook
-on every double and single block, a transformer call per guidance branch) and the adapted layers add Σ_k γ_k · up_k(down_k(x)) row
-by row. The uncond row of an image gets its prompt's strengths, as the official code applies one
+(the attention processors never see them) and the adapted layers add Σ_k γ_k · up_k(down_k(x)) row
+by row. On FLUX ``joint_attention_kwargs`` carry them to a pre-hook on every double and single block,
+with a transformer call per guidance branch. The uncond row of an image gets its prompt's strengths, as the official code applies one
 multiplier to the whole call. Unlike ``infer_spm.py``, which scales both factors of every SPM by γ
 and sums them (an effective γ² and cross terms between SPMs), each adapter here is scaled by γ once,
 the paper's Σ_k γ_k M_k.

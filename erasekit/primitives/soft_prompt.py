@@ -4,9 +4,10 @@ A prompt's ids are laid out as the pipeline pads them, with ``k`` slots inserted
 (UnlearnDiffAtk's and P4D's ``prefix_k``) or put where a word stands (concept inversion's new token).
 A forward hook on the text encoder's input-embedding table writes the slot vectors in, so one code
 path serves CLIP, BERT and T5 encoders and the gradient reaches the vectors; :class:`TextPath` puts
-them into each family's prompt (SD's one encoder, SDXL's two, SD3's two CLIPs and T5, FLUX's T5 token path and CLIP pooled path). A slot can also hold a real
-token: the attacks end with prompts a person could type, whose ids are kept so that what is judged
-is exactly what was found (decoded text can tokenize differently).
+them into each family's prompt (SD's one encoder, SDXL's two, SD3's two CLIPs and T5, FLUX's T5 token
+path and CLIP pooled path). A slot can also hold a real token: the attacks end with prompts a person
+could type, whose ids are kept so that what is judged is exactly what was found (decoded text can
+tokenize differently).
 """
 
 from __future__ import annotations
