@@ -752,7 +752,7 @@ def must_not_run(*args, **kwargs):
         ("mace", {"rank": 1000}, ("erasekit.methods.mace", "concept_data"), "does not fit"),
         ("mace", {"t1": 5000.0, "t2": 6000.0, "gamma": 1.0}, ("erasekit.methods.mace", "concept_data"), "lies outside"),
         ("realera", {"rank": 1000, "m": 2}, ("erasekit.methods.realera", "neighbourhoods"), "does not fit"),
-        ("spm", {"rank": 1000}, ("erasekit.methods.spm", "plan_xt"), "does not fit"),
+        ("spm", {"rank": 1000}, ("erasekit.methods.spm", "denoising"), "does not fit"),
     ],
 )
 def test_a_setting_the_model_cannot_take_is_refused_before_the_long_work(pipe, monkeypatch, method, settings, patched, fragment):
