@@ -21,7 +21,7 @@ import torch
 from erasekit.errors import ErasekitError
 from erasekit.primitives.denoising import UNetDenoising, denoising
 from erasekit.primitives.diffusion import FrozenCopy, pipeline_images
-from erasekit.primitives.prompt_cache import PooledText
+from erasekit.primitives.prompt_cache import token_states
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.soft_prompt import SlottedPrompt, TextPath
 from erasekit.settings import name_settings
@@ -135,7 +135,7 @@ class AttackContext:
     def original_token_states(self, prompts: list[str]) -> torch.Tensor:
         """(n, L, d) float token states of ``prompts`` through the original text encoder (Ring-A-Bell's space)."""
         cond = self.original_conditioning(prompts)
-        return (cond.tokens if isinstance(cond, PooledText) else cond).float()
+        return token_states(cond).float()
 
     def original_tokens(self, ids: torch.Tensor, length: int) -> torch.Tensor:
         """(n, L, d) float token states of token ids (n, L) with ``length`` real tokens, through the original text encoder."""

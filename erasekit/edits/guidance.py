@@ -34,7 +34,7 @@ from torch import nn
 
 from erasekit.edits.kind import NO_WEIGHTS, EditKind, is_number, register_kind, shown
 from erasekit.errors import ErasekitError
-from erasekit.primitives.prompt_cache import PooledText
+from erasekit.primitives.prompt_cache import PooledText, token_states
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -127,7 +127,7 @@ class SafetyGuidance:
             return None
         n = sample.shape[0] // 2
         call = {k: v for k, v in kwargs.items() if k not in ("sample", "timestep")}
-        safety = self.safety.tokens if isinstance(self.safety, PooledText) else self.safety
+        safety = token_states(self.safety)
         call["encoder_hidden_states"] = safety.expand(n, -1, -1).to(kwargs["encoder_hidden_states"].dtype)
         if isinstance(self.safety, PooledText):  # SDXL: the safety concept's pooled vector, the prompt's time ids
             added = kwargs["added_cond_kwargs"]

@@ -38,7 +38,7 @@ from erasekit.errors import ErasekitError
 from erasekit.methods.base import register
 from erasekit.methods.esd import ESDConfig, train_esd
 from erasekit.primitives.denoising import denoising
-from erasekit.primitives.prompt_cache import PooledText
+from erasekit.primitives.prompt_cache import PooledText, token_states, with_tokens
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.xt_plan import XtPoint
 from erasekit.settings import ITERATIONS, LEARNING_RATE, config_field
@@ -77,12 +77,7 @@ def pgd_states(
 ) -> torch.Tensor | PooledText:  # fmt: skip
     """c + δ*: the states within ε of ``states`` under which ``predict(x_t, t, ·)`` comes nearest ``noise``.
     SDXL's and FLUX's conditioning keep their pooled vector; the token states are what the attack moves."""
-    pooled = states.pooled if isinstance(states, PooledText) else None
-    tokens = states.tokens if pooled is not None else states
-
-    def conditioning(value: torch.Tensor) -> torch.Tensor | PooledText:
-        return value if pooled is None else PooledText(value, pooled)
-
+    tokens = token_states(states)
     low, high = tokens.min(), tokens.max()
     # drawn on the CPU from the run's generator (the same start on every device), then moved
     start = torch.empty(tokens.shape, dtype=torch.float32, device="cpu").uniform_(-config.epsilon, config.epsilon,
@@ -90,11 +85,11 @@ def pgd_states(
     adversarial = (tokens + start.to(tokens.device, tokens.dtype)).clamp(low, high).detach()
     for _ in range(config.pgd_steps):
         adversarial.requires_grad_(True)
-        loss = F.mse_loss(predict(x_t, t, conditioning(adversarial)).float(), noise.float())
+        loss = F.mse_loss(predict(x_t, t, with_tokens(states, adversarial)).float(), noise.float())
         (grad,) = torch.autograd.grad(loss, [adversarial])
         stepped = adversarial.detach() - config.alpha * grad.sign()  # descend the error: towards the concept
         adversarial = (tokens + (stepped - tokens).clamp(-config.epsilon, config.epsilon)).clamp(low, high).detach()
-    return conditioning(adversarial)
+    return with_tokens(states, adversarial)
 
 
 @register("race", "RACE (Kim et al. 2024): ESD trained at PGD-perturbed concept embeddings, robust to attacks", RACEConfig,

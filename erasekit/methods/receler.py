@@ -47,7 +47,7 @@ from erasekit.methods.base import register
 from erasekit.methods.esd import esd_target
 from erasekit.primitives.attention import probing
 from erasekit.primitives.denoising import denoising
-from erasekit.primitives.prompt_cache import PooledText
+from erasekit.primitives.prompt_cache import token_states, with_tokens
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.training import fine_tuning, fit, loss_record
 from erasekit.settings import GUIDANCE, ITERATIONS, LEARNING_RATE, SAMPLER_STEPS, SEEDS, WEIGHT, check_settings, config_field
@@ -99,16 +99,6 @@ def concept_mask(maps: list[torch.Tensor], tokens: int, side: int, threshold: fl
     return ((average - low) / (high - low).clamp_min(1e-12) >= threshold).float()
 
 
-def tokens_of(cond: object) -> torch.Tensor:
-    """The token states of a conditioning (SDXL's: beside its pooled vector)."""
-    return cond.tokens if isinstance(cond, PooledText) else cond
-
-
-def detached(cond: object) -> object:
-    """A conditioning out of autograd (δ's steps are over when the erasers train at it)."""
-    return PooledText(cond.tokens.detach(), cond.pooled) if isinstance(cond, PooledText) else cond.detach()
-
-
 def localisation_loss(outputs: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
     """The mean over erasers of Σ_pixels mean_channels (E(o) ⊙ (1 − M))² / Σ (1 − M)."""
     losses = []
@@ -133,7 +123,7 @@ def erase(run: RunContext, spec: EraseSpec, config: RecelerConfig) -> Edit:
     rng = random.Random(config.seed)
     states, points = den.plan(spec, config.start_guidance, config.sample_steps, config.iterations, rng)
     generator = run.generator(config.seed + 1)
-    _, length, width = tokens_of(states[""]).shape
+    _, length, width = token_states(states[""]).shape
     spans = [run.cache.word_span(t, t) for t in spec.targets]  # the concept's token positions in its own prompt
     token_masks = [torch.zeros((1, length), dtype=torch.bool, device=run.device) for _ in spans]  # what the probe maps
     for token_mask, span in zip(token_masks, spans, strict=True):
@@ -146,13 +136,15 @@ def erase(run: RunContext, spec: EraseSpec, config: RecelerConfig) -> Edit:
     erasers = new_erasers(unet, config.rank, generator)
     outputs: dict[str, torch.Tensor] = {}
 
-    def with_delta(index: int) -> object:
-        """The concept's conditioning with δ written into its token states (SDXL's pooled vector kept)."""
+    def with_delta(index: int, tracked: bool = True) -> object:
+        """The concept's conditioning with δ written into its token states (SDXL's pooled vector kept); untracked,
+        δ's value out of autograd."""
         concept = states[spec.targets[index]]
-        tokens = tokens_of(concept).clone()
+        tokens = token_states(concept).clone()
         if len(slots[index]):
-            tokens[0, slots[index].start : slots[index].stop] = deltas[index].to(tokens.dtype)
-        return PooledText(tokens, concept.pooled) if isinstance(concept, PooledText) else tokens
+            delta = deltas[index] if tracked else deltas[index].detach()
+            tokens[0, slots[index].start : slots[index].stop] = delta.to(tokens.dtype)
+        return with_tokens(concept, tokens)
 
     with fine_tuning(run, []):  # the UNet frozen, in train mode; nothing of it trains
         params = [p for e in erasers.values() for p in e.parameters()]
@@ -173,7 +165,7 @@ def erase(run: RunContext, spec: EraseSpec, config: RecelerConfig) -> Edit:
                     pulled = F.mse_loss(den.predict(unet, x_t, t, with_delta(index)).float(), eps_concept)
                     (deltas[index].grad,) = torch.autograd.grad(pulled, [deltas[index]])
                     delta_optimisers[index].step()
-                trained_at = detached(with_delta(index)) if config.adversarial else concept
+                trained_at = with_delta(index, tracked=False) if config.adversarial else concept  # δ's steps are over
                 erased = den.predict(unet, x_t, t, trained_at).float()
                 regularised = localisation_loss(outputs, mask)  # read before the preserve pass overwrites the outputs
                 kept_loss = F.mse_loss(den.predict(unet, x_t, t, kept).float(), eps_kept) if kept is not None else 0

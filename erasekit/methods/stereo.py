@@ -52,14 +52,14 @@ from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import register
-from erasekit.models.layers import parameter_group
+from erasekit.methods.esd import esd_parameters
 from erasekit.primitives.denoising import UNetDenoising, denoising
 from erasekit.primitives.diffusion import FrozenCopy
 from erasekit.primitives.image_batches import Images, draw_images
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.soft_prompt import SlottedPrompt, TextPath
 from erasekit.primitives.training import fine_tuning, fit, frozen, loss_record
-from erasekit.primitives.xt_plan import XtPoint, plan_xt
+from erasekit.primitives.xt_plan import XtPoint
 from erasekit.settings import GUIDANCE, ITERATIONS, LEARNING_RATE, SAMPLER_STEPS, SEEDS, check_settings, config_field
 
 
@@ -136,13 +136,9 @@ class Stereo:
     def plan(self, conds: list[Any], count: int) -> list[XtPoint]:
         """``count`` x_t points, the prompts in turn, sampled by the model as it is now (the x_t plan ESD shares)."""
         config = self.config
-
-        def sampler(cond: Any, stops: list[int], seeds: list[int], on_captured: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            return self.den.sample(cond, self.uncond, config.start_guidance, config.sample_steps, stops, seeds, on_captured)
-
         with torch.no_grad(), self.run.autocast():
-            return plan_xt(self.run, self.run.denoiser, conds, self.uncond, config.start_guidance, config.sample_steps,
-                           count, lambda k: k % len(conds), self.rng, sampler=sampler)  # fmt: skip
+            return self.den.plan_prompts(conds, self.uncond, config.start_guidance, config.sample_steps, count,
+                                         lambda k: k % len(conds), self.rng)  # fmt: skip
 
     def invert(self, target: str, images: Images, rows: list[int], round_: int) -> torch.Tensor:
         """v_r: the word that draws ``target``'s gallery ``rows`` on the model as it is now (the UNet frozen)."""
@@ -174,7 +170,7 @@ def erase(run: RunContext, spec: EraseSpec, config: STEREOConfig) -> Edit:
     """STE's rounds, then REO from the original weights, for ``spec`` (above); the edit is REO's weights."""
     spec.targets_only("STEREO keeps what its anchor prompts show (anchor_prompts, the concept in a context)")
     model = run.denoiser
-    names = [name for name, _ in parameter_group(model, config.train_method, "official")]
+    names = esd_parameters(model, config.train_method)[1]
     st = Stereo(run, config)
     typed = [Word(st.path.slotted(t, 0)) for t in spec.targets]
     lone_slot = st.path.slotted("", 1)  # an inverted word alone, as the official next round's prompt

@@ -47,6 +47,16 @@ class PooledText:
         return PooledText(torch.cat([t.tokens for t in items]), torch.cat([t.pooled for t in items]))
 
 
+def token_states(cond: torch.Tensor | PooledText) -> torch.Tensor:
+    """The token states of a conditioning: a :class:`PooledText`'s (its pooled vector left out), or the tensor itself."""
+    return cond.tokens if isinstance(cond, PooledText) else cond
+
+
+def with_tokens(cond: torch.Tensor | PooledText, tokens: torch.Tensor) -> torch.Tensor | PooledText:
+    """``cond`` with its token states replaced by ``tokens``; a pooled vector beside them is kept as it is."""
+    return PooledText(tokens, cond.pooled) if isinstance(cond, PooledText) else tokens
+
+
 class PromptCache:
     """Text-encoder states of prompts, padded as the pipeline pads them, cached by prompt.
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from erasekit.errors import ErasekitError
-from erasekit.primitives.prompt_cache import PooledText
+from erasekit.primitives.prompt_cache import PooledText, token_states
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -234,8 +234,7 @@ class TextPath:
         """(n, L, d) token states of ``prompt`` (its ids, one row or many), without the pooled vector: FLUX's pooled
         encoder is not run (Ring-A-Bell's search compares token states only)."""
         if self.family != "flux":
-            cond = self.conditioning(prompt)
-            return cond.tokens if isinstance(cond, PooledText) else cond
+            return token_states(self.conditioning(prompt))
         _, encoder, length = self.encoders[0]
         return encoder(self._ids(prompt, self.tokenizer, length))[0]
 
