@@ -24,6 +24,7 @@ be a LoRA: such an edit (ESD-u ``parameters=with-norms``) is refused for the two
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +45,13 @@ FORMATS = ("kohya", "diffusers-lora", "single-file", "pipeline")
 WHOLE_MODEL = ("single-file", "pipeline")  # the formats that write the whole erased model, not a LoRA
 MAX_RANK = 4096  # far above any layer of a real model: a typo guard
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The FLUX modules whose kohya names (lora_transformer_<module>) loaders map back: diffusers' converter reads a
+# block's attention projections and the embedders, and folds any other block layer (ff, proj_mlp, a single
+# block's proj_out) onto the block itself
+FLUX_KOHYA_MODULES = re.compile(
+    r"((single_)?transformer_blocks\.\d+\.attn\.(to_[qkv]|add_[qkv]_proj|to_out\.0|to_add_out)"
+    r"|context_embedder|norm_out\.linear|proj_out|x_embedder|time_text_embed\.(guidance|text|timestep)_embedder\.linear_\d)"
+)
 
 
 @dataclass
@@ -66,6 +74,12 @@ def kohya_tensors(export: LoraExport, dtype: torch.dtype = torch.float32) -> dic
         raise NotLoraable(
             f"this edit changes biases ({module}.bias), which a kohya LoRA cannot carry; "
             "export it as --format diffusers-lora or single-file"
+        )
+    unmapped = sorted(m for m in export.ranks if component == "transformer" and not FLUX_KOHYA_MODULES.fullmatch(m))
+    if unmapped:
+        raise NotLoraable(
+            f"this edit changes {unmapped[0]}, which a kohya FLUX LoRA cannot name (loaders read only the blocks' "
+            "attention projections and the embedders); export it as --format diffusers-lora or pipeline"
         )
     dim, out = max(export.ranks.values()), {}
     for module, rank in export.ranks.items():

@@ -99,7 +99,7 @@ FAMILY_RUNS = {
     "sd3": {"uce": ("uce", {}), "esd-x": ("esd-x", {"iterations": 10, "sample_steps": 10}), "ac": ("ac", AC_SMALL),
             "race lora r16": ("race", {**RACE_SMALL, "lora_rank": 16}),
             "advunlearn esd-x": ("advunlearn", {**SMALL["advunlearn"], "train_method": "esd-x"}),
-            "doco": ("doco", SMALL["doco"])},
+            "doco": ("doco", SMALL["doco"]), "mace": ("mace", MACE_SMALL)},
     "flux": {"uce": ("uce", {}), "esd-x lora r16": ("esd-x", {"iterations": 10, "sample_steps": 10, "lora_rank": 16}),
              "esd-x-strict": ("esd-x-strict", {"iterations": 10, "sample_steps": 10}), "ac": ("ac", AC_SMALL),
              "mace": ("mace", MACE_SMALL), "race lora r16": ("race", {**RACE_SMALL, "lora_rank": 16}),

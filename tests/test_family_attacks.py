@@ -118,7 +118,8 @@ def flux_uce(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("name", sorted(BUDGETS))
+# inversion (about a minute on 2 cores) is slow here: SD's inversion test runs in CI (tests/test_attacks.py)
+@pytest.mark.parametrize("name", ["unlearndiff", pytest.param("inversion", marks=pytest.mark.slow)])
 def test_an_attack_brings_back_the_square_uce_erased_from_the_flow_model(flux_uce, name):
     result = run_cli("attack", "--attack", name, "--edit", flux_uce / "edit", "--prompts", "2", "--samples", "2",
                      *BUDGETS[name], cwd=flux_uce)  # fmt: skip

@@ -88,3 +88,47 @@ def test_a_kohya_export_of_sd3_is_refused_in_one_line(sd3, tmp_path):
     with pytest.raises(ErasekitError, match="^" + re.escape("a kohya LoRA of an SD3 model is not written yet")):
         export_loaded(edit, sd3, "kohya", tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_the_sd3_probe_computes_what_sd3_computes_and_reads_image_to_text_maps(sd3):
+    from erasekit.primitives.attention import probing
+    from erasekit.primitives.denoising import denoising
+
+    run = RunContext(sd3, progress=False)
+    den = denoising(run)
+    grid = den.grid
+    x = den.start_noise(0).repeat(2, *[1] * len(grid.latent_shape))
+    cond, sigma = den.conditioning(["a photo of a cat", "a dog"]), torch.tensor([0.5, 0.3])
+    expected = den.predict(sd3.transformer, x, sigma, cond)
+    length = run.cache.sequence_length
+    assert length == cond.tokens.shape[1]
+    with probing(sd3.transformer, "sd3") as probe:
+        probe.token_mask = torch.zeros(2, length, dtype=torch.bool)
+        probe.token_mask[:, 4] = True
+        probe.pixel_mask = torch.zeros(2, 1, 64, 64)
+        probe.pixel_mask[..., :32, :] = 1.0  # the top half of the image
+        got = den.predict(sd3.transformer, x, sigma, cond)
+    assert torch.allclose(got, expected, atol=1e-5) and len(probe.maps) == len(sd3.transformer.transformer_blocks)
+    pixels = (grid.latent_shape[-1] // sd3.transformer.config.patch_size) ** 2
+    assert probe.maps[0].shape == (2, sd3.transformer.config.num_attention_heads, pixels, length)
+    kept = probe.maps[0].detach().abs().sum(dim=(0, 1))  # per image token and text token
+    assert kept[: pixels // 2, 4].min() > 0 and kept[pixels // 2 :].max() == 0 and kept[:, :4].max() == 0
+    assert type(sd3.transformer.transformer_blocks[0].attn.processor).__name__ == "JointAttnProcessor2_0"  # given back
+
+
+def test_the_sd3_cache_finds_a_word_and_aligns_two_prompts_in_both_segments(sd3):
+    cache = RunContext(sd3, progress=False).cache
+    clip, t5 = cache.max_length, cache.t5_length
+    positions = cache.word_positions("a photo of a cat", "cat")
+    assert positions == [*cache.word_span("a photo of a cat", "cat"), clip + len(cache.t5_ids("a photo of a")) - 1]
+    mine, theirs = cache.aligned("a photo of a cat", "a photo of a dog", middle=False)
+    assert len(mine) == len(theirs) == clip + t5 - 2 and not set(positions) & set(mine)
+
+
+def test_mace_on_sd3_edits_the_two_text_inputs_and_its_lora_lowers_the_joint_attention_loss(sd3):
+    spec = EraseSpec(("cat",), ("",), ("dog",))
+    edit = erase(sd3, spec, "mace", steps=12, images_per_concept=2, sample_steps=3, segmenter="none", lr=3e-2, lam=1.0,
+                 progress=False)  # fmt: skip
+    assert set(edit.weights) == {f"{FLUX_TOKEN_INPUT}.weight", f"{FLUX_POOLED_INPUT}.weight"}
+    curve = edit.card["lora_losses"]["cat"]
+    assert curve["loss_last_10pct"] < 0.9 * curve["loss_first_10pct"]

@@ -113,7 +113,10 @@ def test_the_euler_sampler_starts_again_for_every_batch_of_trajectories(sdxl):
         partial_samples(sdxl, sdxl.unet, cond, uncond, 5.0, 3, [k], [seed], predict_fn=predict)[0]
         for k, seed in ((3, 1), (3, 2), (2, 3))
     ]
-    assert torch.allclose(together, torch.cat(alone), rtol=1e-4, atol=1e-4)  # σ-scaled latents, |x| up to ~50
+    # σ-scaled latents, |x| up to ~125: batched and single convolutions differ by float32 rounding of that scale
+    # (2e-4 on one CPU), a sampler past its last σ by far more
+    alone = torch.cat(alone)
+    assert (together - alone).abs().max() < 1e-5 * alone.abs().max()
 
 
 def test_race_on_sdxl_attacks_the_token_states_and_keeps_the_pooled_vector(sdxl):

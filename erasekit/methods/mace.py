@@ -25,7 +25,10 @@ attention loss reads the joint attention of every block, image queries against t
 keys (:class:`~erasekit.primitives.attention.FluxAttentionProbe`); CFIS's window is read as
 σ = t/1000. The refinement also maps the pooled vector of every augmented prompt onto its anchor
 prompt's (the pooled text embedder): CLIP's pooled vector is its [EOS] state, one of the co-existing
-tokens the refinement maps on SD.
+tokens the refinement maps on SD. SD3 takes FLUX's path: its ``context_embedder`` reads one sequence of both
+CLIPs' states, then T5's, so the co-existing words are aligned and the concept's tokens masked in each of the
+two segments, and the attention loss reads SD3's joint attention, whose image tokens come first
+(:class:`~erasekit.primitives.attention.SD3AttentionProbe`).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from erasekit.primitives.closed_form import TextMoments, edited_weights, fused_w
 from erasekit.primitives.denoising import UNetDenoising, denoising
 from erasekit.primitives.diffusion import pipeline_images
 from erasekit.primitives.lora_trainer import check_rank, lora_adapter
-from erasekit.primitives.prompt_cache import PromptCache, aligned_positions
+from erasekit.primitives.prompt_cache import PromptCache
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.segmenters import (
     BOX_THRESHOLD,
@@ -184,8 +187,7 @@ def augmented_templates(templates: tuple[str, ...], concept_type: str) -> tuple[
 def co_existing_pairs(cache: PromptCache, prompt: str, anchor_prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
     """States of the tokens ``prompt`` shares with ``anchor_prompt`` (common prefix, common suffix,
     padding), and the anchor prompt's states at the same words; the differing middle is skipped."""
-    ids = [cache.token_ids(p) for p in (prompt, anchor_prompt)]
-    mine, theirs = aligned_positions(*ids, cache.max_length, middle=False)
+    mine, theirs = cache.aligned(prompt, anchor_prompt, middle=False)  # SD3: in each of its two segments
     states = cache.states([prompt, anchor_prompt])
     return states[0, mine], states[1, theirs]
 
@@ -228,14 +230,15 @@ def prior_prompts(source: str, targets: tuple[str, ...], count: int = 500, seed:
 
 
 def token_layers(run: RunContext) -> dict[str, nn.Linear]:
-    """The Linears MACE edits, those that read the token states: every to_k/to_v (SD, SDXL), FLUX's context_embedder."""
-    if run.family.name == "flux":
+    """The Linears MACE edits, those that read the token states: every to_k/to_v (SD, SDXL), the context_embedder
+    of FLUX and SD3."""
+    if run.family.denoiser == "transformer":
         return {FLUX_TOKEN_INPUT: flux_text_inputs(run.denoiser)[0]}
     return kv_projections(run.denoiser)
 
 
 def pooled_refinement(run: RunContext, spec: EraseSpec, config: MACEConfig) -> dict[str, torch.Tensor]:
-    """FLUX's pooled text embedder with every augmented prompt's pooled vector sent to its anchor prompt's
+    """FLUX's (SD3's) pooled text embedder with every augmented prompt's pooled vector sent to its anchor prompt's
     (the [EOS] state of SD's refinement), the preserve prompts' kept."""
     templates = config.prompt_templates
     pairs = [
@@ -288,9 +291,9 @@ def concept_data(run: RunContext, concept: str, index: int, config: MACEConfig, 
             f"the segmenter found no foreground in any of the {len(prompts)} images generated for {concept!r}; "
             "the model may not draw it, or use segmenter=none for concepts without a region (styles)"
         )
-    token_masks = torch.zeros((len(prompts), cache.max_length), dtype=torch.bool, device=run.device)
+    token_masks = torch.zeros((len(prompts), cache.sequence_length), dtype=torch.bool, device=run.device)
     for i, prompt in enumerate(prompts):
-        token_masks[i, list(cache.word_span(prompt, concept))] = True
+        token_masks[i, cache.word_positions(prompt, concept)] = True
     return ConceptData(prompts, latents, masks, token_masks, usable)
 
 
@@ -374,7 +377,7 @@ class AdapterStore:
 
 
 @register("mace", "MACE (Lu et al. 2024): closed-form refinement, one LoRA per concept, closed-form fusion", MACEConfig,
-          families=("sd", "sdxl", "flux"))  # fmt: skip
+          families=("sd", "sdxl", "sd3", "flux"))  # fmt: skip
 def erase(run: RunContext, spec: EraseSpec, config: MACEConfig) -> Edit:
     """MACE's three stages for ``spec`` (above): closed-form refinement, one LoRA per concept (reused from
     ``adapter_dir`` where saved) and their closed-form fusion; refinement alone when ``lora`` is off."""
@@ -394,7 +397,7 @@ def erase(run: RunContext, spec: EraseSpec, config: MACEConfig) -> Edit:
     # Stage 1: closed-form refinement of the co-existing words (eq. 2): one text-space map serves all layers.
     text_map = text_space_map(refinement_moments(run, spec, templates), preserve, config.lam)
     refined = {f"{name}.weight": w for name, w in edited_weights(projections, text_map).items()}
-    pooled = pooled_refinement(run, spec, config) if run.family.name == "flux" else {}
+    pooled = pooled_refinement(run, spec, config) if run.family.denoiser == "transformer" else {}
     if not config.lora:
         return Edit({**refined, **pooled}, {"config": asdict(config)})
 

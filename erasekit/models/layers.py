@@ -203,7 +203,8 @@ def flux_text_inputs(transformer: nn.Module) -> tuple[nn.Linear, nn.Linear]:
 
 
 def flux_attentions(transformer: nn.Module) -> list[nn.Module]:
-    """Every joint attention of a FLUX transformer (the double blocks', then the single blocks'), in module order."""
+    """Every joint attention of a FLUX transformer (the double blocks', then the single blocks'), or of SD3's
+    (each block's ``attn``; SD3.5's image-only ``attn2`` is left out), in module order."""
     found = [module for name, module in transformer.named_modules() if name.endswith(".attn") and hasattr(module, "to_q")]
     if not found:
         raise ErasekitError(f"{type(transformer).__name__} has no joint attention layers: not a FLUX transformer")

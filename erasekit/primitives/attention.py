@@ -5,7 +5,8 @@ attention exactly as the default processor does, and also keeps, for every layer
 attention probabilities that image positions inside a mask give to chosen text tokens.
 :class:`FluxAttentionProbe` does the same for FLUX's joint attention (the double blocks' and the
 single blocks'), where text and image tokens attend to each other in one softmax: the map is what
-the image tokens' queries give to the chosen text tokens' keys.
+the image tokens' queries give to the chosen text tokens' keys. :class:`SD3AttentionProbe` reads SD3's
+joint attention, whose sequence puts the image tokens first.
 """
 
 from __future__ import annotations
@@ -116,18 +117,55 @@ class FluxAttentionProbe(AttentionProbe):
         return attn.to_out[1](attn.to_out[0](image_out.contiguous())), attn.to_add_out(text_out.contiguous())
 
 
+class SD3AttentionProbe(AttentionProbe):
+    """SD3's joint attention (``JointAttnProcessor2_0``'s arithmetic, the softmax written out) that also records
+    A ⊙ M, the probabilities the image tokens give to the selected text tokens. Its one sequence is the image
+    tokens, then the text's (FLUX's is the other way round); no rotary embedding; the last block's text stream
+    is ``context_pre_only`` (no ``to_add_out``, its text output unused)."""
+
+    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, **_: object) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.unflatten(-1, (attn.heads, -1)).transpose(1, 2)  # (B, heads, N, d), as the norms expect
+
+        def normed(norm: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
+            return x if norm is None else norm(x)
+
+        query, key, value = (heads(f(hidden_states)) for f in (attn.to_q, attn.to_k, attn.to_v))
+        query, key = normed(attn.norm_q, query), normed(attn.norm_k, key)
+        pixels = hidden_states.shape[1]
+        if encoder_hidden_states is not None:
+            text_q, text_k, text_v = (
+                heads(f(encoder_hidden_states)) for f in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
+            )
+            query = torch.cat([query, normed(attn.norm_added_q, text_q)], dim=2)
+            key = torch.cat([key, normed(attn.norm_added_k, text_k)], dim=2)
+            value = torch.cat([value, text_v], dim=2)
+        probs = (query @ key.transpose(-1, -2) * query.shape[-1] ** -0.5).softmax(dim=-1)  # (B, heads, N + L, N + L)
+        if self.token_mask is not None and encoder_hidden_states is not None:
+            self.maps.append(self._kept(probs[:, :, :pixels, pixels:]))
+        out = (probs @ value).transpose(1, 2).flatten(2, 3).to(query.dtype)
+        image_out = attn.to_out[1](attn.to_out[0](out[:, :pixels]))
+        if encoder_hidden_states is None:
+            return image_out
+        text_out = out[:, pixels:]
+        return image_out, text_out if attn.context_pre_only else attn.to_add_out(text_out)
+
+
 @contextmanager
 def probing(
     model: nn.Module, family: str = "sd", probe: AttentionProbe | None = None, only: list[nn.Module] | None = None
 ) -> Iterator[AttentionProbe]:
-    """Serve every layer where the image attends to the text (a UNet's cross-attention, FLUX's joint
+    """Serve every layer where the image attends to the text (a UNet's cross-attention, FLUX's or SD3's joint
     attention; ``only`` those attention modules where given) with one probe (``probe``, else a new one of
     the family's kind); the original processors come back on exit."""
-    probe = probe or (FluxAttentionProbe() if family == "flux" else AttentionProbe())
+    probe = probe or {"flux": FluxAttentionProbe, "sd3": SD3AttentionProbe}.get(family, AttentionProbe)()
     if only is not None:
         modules = only
+    elif family in ("flux", "sd3"):
+        modules = flux_attentions(model)
     else:
-        modules = flux_attentions(model) if family == "flux" else [layer.module for layer in cross_attentions(model)]
+        modules = [layer.module for layer in cross_attentions(model)]
     saved = [module.processor for module in modules]
     for module in modules:
         module.set_processor(probe)

@@ -135,14 +135,20 @@ class PromptCache:
 
     def word_span(self, prompt: str, phrase: str) -> range:
         """Token positions of ``phrase`` inside ``prompt`` (the last occurrence); an error if absent."""
-        ids = self.token_ids(prompt)
-        sub = self.tokenizer(phrase, add_special_tokens=False).input_ids
-        if not sub:
-            raise ErasekitError(f"the tokenizer turns {phrase!r} into no tokens; give a concept with letters or digits")
-        for start in range(len(ids) - len(sub), -1, -1):
-            if ids[start : start + len(sub)] == sub:
-                return range(start, start + len(sub))
-        raise ErasekitError(f"{phrase!r} does not occur in the prompt {prompt!r}")
+        return last_occurrence(self.token_ids(prompt), self.tokenizer(phrase, add_special_tokens=False).input_ids, prompt, phrase)
+
+    @property
+    def sequence_length(self) -> int:
+        """How many token states a prompt has, padding included (SD3's: both segments)."""
+        return self.max_length
+
+    def word_positions(self, prompt: str, phrase: str) -> list[int]:
+        """Every position of the states that hold ``phrase`` in ``prompt``: its span (SD3: in each segment)."""
+        return list(self.word_span(prompt, phrase))
+
+    def aligned(self, prompt: str, other: str, middle: bool = True) -> tuple[list[int], list[int]]:
+        """:func:`aligned_positions` of two prompts over the whole sequence (SD3: segment by segment)."""
+        return aligned_positions(self.token_ids(prompt), self.token_ids(other), self.max_length, middle)
 
 
 class SDXLPromptCache(PromptCache):
@@ -190,8 +196,38 @@ class SD3PromptCache(SDXLPromptCache):
 
     def last_word_positions(self, prompt: str) -> list[int]:
         """The last word token in the CLIP segment and in the T5 segment (``mask.sum() - 2`` in each)."""
-        t5 = self.pipe.tokenizer_3(prompt, padding="max_length", max_length=self.t5_length, truncation=True)
-        return [self.length(prompt) - 2, self.max_length + sum(t5.attention_mask) - 2]
+        return [self.length(prompt) - 2, self.max_length + len(self.t5_ids(prompt)) - 2]
+
+    def t5_ids(self, prompt: str) -> list[int]:
+        """T5's token ids of ``prompt`` (its </s> included), truncated as encoded, without padding."""
+        return self.pipe.tokenizer_3(prompt, truncation=True, max_length=self.t5_length).input_ids
+
+    @property
+    def sequence_length(self) -> int:
+        """The CLIP segment's 77 states, then T5's."""
+        return self.max_length + self.t5_length
+
+    def word_positions(self, prompt: str, phrase: str) -> list[int]:
+        """The phrase's span in the CLIP segment and in the T5 segment."""
+        t5 = last_occurrence(self.t5_ids(prompt), self.pipe.tokenizer_3(phrase, add_special_tokens=False).input_ids,
+                             prompt, phrase)  # fmt: skip
+        return [*self.word_span(prompt, phrase), *(self.max_length + i for i in t5)]
+
+    def aligned(self, prompt: str, other: str, middle: bool = True) -> tuple[list[int], list[int]]:
+        """CLIP's segment aligned as SD's, then T5's, each padded to its own length."""
+        mine, theirs = super().aligned(prompt, other, middle)
+        t5_mine, t5_theirs = aligned_positions(self.t5_ids(prompt), self.t5_ids(other), self.t5_length, middle)
+        return mine + [self.max_length + i for i in t5_mine], theirs + [self.max_length + i for i in t5_theirs]
+
+
+def last_occurrence(ids: list[int], sub: list[int], prompt: str, phrase: str) -> range:
+    """Where the token ids ``sub`` of ``phrase`` last occur in ``prompt``'s ``ids``; one line if nowhere."""
+    if not sub:
+        raise ErasekitError(f"the tokenizer turns {phrase!r} into no tokens; give a concept with letters or digits")
+    for start in range(len(ids) - len(sub), -1, -1):
+        if ids[start : start + len(sub)] == sub:
+            return range(start, start + len(sub))
+    raise ErasekitError(f"{phrase!r} does not occur in the prompt {prompt!r}")
 
 
 def aligned_positions(ids: list[int], other_ids: list[int], length: int, middle: bool = True) -> tuple[list[int], list[int]]:
