@@ -23,11 +23,8 @@ LOUD = {"lr": 1e-2, "reo_lr": 1e-2, "ema_decay": 0.0}  # as in test_export_every
 NO_WEIGHTS = "changes no weights"
 # what the family cannot write whatever the method: a single file is SD's checkpoint layout; kohya's SD3 keys
 # follow SD3's original checkpoint, not diffusers' names
-BY_FAMILY = {
-    "sdxl": {"single-file": "a single-file export holds an SD 1.x/2.x checkpoint"},
-    "flux": {"single-file": "a single-file export holds an SD 1.x/2.x checkpoint"},
-    "sd3": {"single-file": "a single-file export holds an SD 1.x/2.x checkpoint", "kohya": "a kohya LoRA of an SD3 model"},
-}
+SINGLE_FILE = {"single-file": "a single-file export holds an SD 1.x/2.x checkpoint"}
+BY_FAMILY = {"sdxl": SINGLE_FILE, "flux": SINGLE_FILE, "sd3": {**SINGLE_FILE, "kohya": "a kohya LoRA of an SD3 model"}}
 LORAS = ("kohya", "diffusers-lora")
 # what the edit cannot be, by method, on every family: no weights (steering, gates, erasers), biases in kohya,
 # a whole-model change (norms) in a LoRA
