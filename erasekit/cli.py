@@ -480,6 +480,14 @@ def bench(
     device: DeviceOption = None,
     dtype: DtypeOption = "fp32",
     overwrite: OverwriteOption = False,
+    all_at_once: Annotated[
+        bool,
+        typer.Option(
+            "--all-at-once/--no-all-at-once",
+            help="The task benches: also time erasing all the task's concepts in one call (one more erasure per "
+            "method; without it the column reads 'not timed').",
+        ),
+    ] = True,
 ) -> None:
     """Erase each concept of a task in turn with each method; print one table and write bench.json.
 
@@ -494,7 +502,7 @@ def bench(
     options = bench_job.BenchOptions(
         tuple(method or bench_job.DEFAULT_METHODS), protocol, count_list,
         tuple(c.strip() for c in concepts.split(",")) if concepts else None, tuple(attack) if attack else None, task,
-        prompts, samples, out, model, steps, guidance, batch_size, device, dtype, overwrite,
+        prompts, samples, out, model, steps, guidance, batch_size, device, dtype, overwrite, all_at_once,
     )  # fmt: skip
     result = bench_job.bench(options)
     if result is None:  # not the first process: its share is on disk

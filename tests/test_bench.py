@@ -30,6 +30,25 @@ def test_bench_writes_cells_and_resumes(pipe, evaluator, tmp_path, monkeypatch):
     assert again["methods"] == result["methods"]
 
 
+def test_without_all_at_once_no_entry_erases_the_whole_task(pipe, evaluator, tmp_path, monkeypatch):
+    erased: list[tuple[str, ...]] = []
+    real_erase = bench_tasks.erase
+
+    def recording_erase(pipe, spec, *args, **kwargs):
+        erased.append(tuple(spec.targets))
+        return real_erase(pipe, spec, *args, **kwargs)
+
+    monkeypatch.setattr(bench_tasks, "erase", recording_erase)
+    entry = BenchEntry("uce", {"lam": 0.5})
+    result = run_bench(pipe, evaluator, [entry], "object", tmp_path, ("square", "circle"), samples=1, settings=FAST,
+                       progress=False, all_at_once=False)  # fmt: skip
+    assert erased == [("square",), ("circle",)] and result["methods"]["uce lam=0.5"]["all_at_once"] is None
+    assert not list((tmp_path / "cells").rglob("all-at-once-*")) and "| not timed |" in (tmp_path / "bench.md").read_text()
+    timed = run_bench(pipe, evaluator, [entry], "object", tmp_path, ("square", "circle"), samples=1, settings=FAST,
+                      progress=False)  # fmt: skip
+    assert erased[2:] == [("square", "circle")] and timed["methods"]["uce lam=0.5"]["all_at_once"]["concepts"] == 2
+
+
 def test_bench_refuses_unknown_protocols(pipe, evaluator, tmp_path):
     with pytest.raises(ErasekitError, match="bench runs"):
         run_bench(pipe, evaluator, [BenchEntry("uce")], "quality", tmp_path)

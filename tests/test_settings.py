@@ -100,6 +100,7 @@ def test_a_concept_string_is_one_concept():
         (["erase", "square", "--method", "esd-x", "--set", "iterations=2.5"], "expected a whole number"),
         (["bench", "--method", "uce lam=nan"], "expected a finite number"),
         (["bench", "--method", "uce preserve=some"], "preserve takes 'others'"),
+        (["bench", "--protocol", "mass", "--no-all-at-once"], "--no-all-at-once is for the task benches"),
     ],
 )
 def test_bad_settings_fail_in_one_line_before_the_model_loads(tmp_path, args, message):

@@ -32,7 +32,8 @@ def markdown_table(result: dict) -> str:
         lines.append(
             f"| `{label}` | "
             + " | ".join(cells(m, "erased"))
-            + f" | {m['world_fid_kept']:.2f} | {m['seconds']:.2f} | {m['peak_rss_mb']:.0f} | {once['seconds']:.1f} s |"
+            + f" | {m['world_fid_kept']:.2f} | {m['seconds']:.2f} | {m['peak_rss_mb']:.0f} | "
+            + (f"{once['seconds']:.1f} s |" if once else "not timed |")
         )
     return "\n".join(lines) + "\n"
 

@@ -55,22 +55,26 @@ def run_bench(
     progress: bool = True,
     workers: Workers | None = None,
     model: str | None = None,
+    all_at_once: bool = True,
 ) -> dict | None:
     """Measure every entry on every concept (resuming from ``out_dir``) and summarise; writes ``bench.json``
     (naming ``model`` when it is not the embedded erasekit-tiny, so that tables of two models tell their rows
-    apart). Under several ``workers`` each measures its share; the first summarises, the others return None."""
+    apart). Under several ``workers`` each measures its share; the first summarises, the others return None.
+    Without ``all_at_once`` no entry erases the whole task in one call: its timing is what an earlier run
+    measured, else None."""
     if protocol not in DEFAULT_CONCEPTS:
         raise ErasekitError(f"the bench runs the {', '.join(DEFAULT_CONCEPTS)} protocols, not {protocol!r}")
     concepts = concepts or DEFAULT_CONCEPTS[protocol]
     workers = workers or Workers()
     originals: dict = {}
 
-    def measure(entry: BenchEntry, concept: str | None) -> dict:
+    def measure(entry: BenchEntry, concept: str | None) -> dict | None:
         if concept is None:
-            return _all_at_once(pipe, entry, concepts, out_dir, progress)
+            return _all_at_once(pipe, entry, concepts, out_dir, progress, timed=all_at_once)
         return _cell(pipe, evaluator, entry, protocol, concept, concepts, out_dir, samples, settings, originals, progress)
 
-    jobs = [(entry, c) for entry in entries for c in (*concepts, None)]  # per entry: each concept, then all at once
+    last = (None,) if all_at_once else ()  # per entry: each concept, then all at once
+    jobs = [(entry, c) for entry in entries for c in (*concepts, *last)]
     for entry, concept in counted(workers.share(jobs), "bench cell", cell_label, progress):
         measure(entry, concept)
     workers.barrier()
@@ -125,9 +129,11 @@ def _cell(
     return cell
 
 
-def _all_at_once(pipe: DiffusionPipeline, entry: BenchEntry, concepts: tuple[str, ...], out_dir: Path, progress: bool) -> dict:
+def _all_at_once(
+    pipe: DiffusionPipeline, entry: BenchEntry, concepts: tuple[str, ...], out_dir: Path, progress: bool, timed: bool = True
+) -> dict | None:
     path = out_dir / "cells" / entry.slug / f"all-at-once-{len(concepts)}.json"
-    if (cell := read_cell(path, TIMING_CELL)) is not None:
+    if (cell := read_cell(path, TIMING_CELL)) is not None or not timed:
         return cell
     edit = erase(pipe, entry.spec(concepts, concepts), entry.method, progress=progress, expand=entry.expand, **entry.settings)
     timing = {"concepts": len(concepts), "seconds": edit.card["seconds"], "peak_rss_mb": edit.card["peak_rss_mb"]}

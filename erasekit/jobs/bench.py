@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from erasekit.bench.entries import BenchEntry, parse_entry
 from erasekit.errors import ErasekitError
-from erasekit.io import claim_outputs
+from erasekit.io import check_outputs, claim_outputs
 from erasekit.primitives.workers import Workers, launched_workers
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ class BenchOptions:
     device: str | None = None
     dtype: str = "fp32"
     overwrite: bool = False
+    all_at_once: bool = True  # the task benches: also time erasing the whole task in one call
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,8 @@ def check_bench(options: BenchOptions) -> CheckedBench:
                 f"the robustness bench runs beside the {', '.join(ROBUSTNESS_CONCEPTS)} tasks, not {options.task!r}"
             )
         attacks = tuple(parse_attack(a) for a in options.attacks or WORLD_ATTACKS)  # every budget, before the model loads
+    if not options.all_at_once and options.protocol not in DEFAULT_CONCEPTS:
+        raise ErasekitError(f"--no-all-at-once is for the task benches ({', '.join(DEFAULT_CONCEPTS)}), not {options.protocol!r}")
     family = family_of_model(options.model)  # from the model's name or directory, nothing loaded
     if family is not None:
         for entry in entries:
@@ -131,6 +134,7 @@ def bench(options: BenchOptions) -> BenchResult | None:
     from erasekit.report import write_run_report
     from erasekit.world.evaluator import load_world_evaluator
 
+    check_outputs([(options.out, "bench")], options.overwrite)  # a taken path answered before the methods are read
     checked = check_bench(options)
     workers, out, entries = checked.workers, options.out, list(checked.entries)
     counts = MASS_COUNTS if options.counts is None else options.counts
@@ -150,7 +154,8 @@ def bench(options: BenchOptions) -> BenchResult | None:
                                    workers=workers)  # fmt: skip
             else:
                 summary = run_bench(pipe, load_world_evaluator(), entries, options.protocol, out, options.concepts,
-                                    options.samples, sampler, workers=workers, model=options.model)  # fmt: skip
+                                    options.samples, sampler, workers=workers, model=options.model,
+                                    all_at_once=options.all_at_once)  # fmt: skip
         if summary is None:  # not the first process: its share is on disk
             return None
         summary_file = out / SUMMARY_FILES.get(options.protocol, "bench.json")
