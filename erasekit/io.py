@@ -295,6 +295,16 @@ def claim_output(path: Path, kind: str | None, overwrite: bool = False) -> Itera
         os.close(fd)
 
 
+def check_outputs(outputs: Iterable[tuple[Path | None, str | None]], overwrite: bool = False) -> list[tuple[Path, str | None]]:
+    """Refuse any ``(path, kind)`` of a job's outputs that :func:`check_output` refuses (``None`` paths are
+    outputs not asked for), claiming nothing; the outputs asked for. A job calls it first, before the
+    checks that import torch, so that a taken path is answered at once."""
+    chosen = [(Path(path), kind) for path, kind in outputs if path is not None]
+    for path, kind in chosen:
+        check_output(path, kind, overwrite)
+    return chosen
+
+
 @contextmanager
 def claim_outputs(
     outputs: Iterable[tuple[Path | None, str | None]], overwrite: bool = False, claim: bool = True
@@ -306,9 +316,7 @@ def claim_outputs(
     untouched. ``claim=False`` is for the other processes of an ``accelerate launch`` run: they check
     in the same way, so none of them starts work that would write over what the user had, and leave
     the locks and the writing to the first."""
-    chosen = [(Path(path), kind) for path, kind in outputs if path is not None]
-    for path, kind in chosen:
-        check_output(path, kind, overwrite)
+    chosen = check_outputs(outputs, overwrite)
     with ExitStack() as claims:
         if claim:
             for path, kind in chosen:

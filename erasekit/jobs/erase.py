@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from erasekit.concepts import EraseSpec
 from erasekit.errors import ErasekitError
-from erasekit.io import claim_outputs
+from erasekit.io import check_outputs, claim_outputs
 from erasekit.methods.base import Method, get_method, make_config
 from erasekit.primitives.workers import Workers, launched_workers
 
@@ -116,6 +116,7 @@ def erase(options: EraseOptions, on_warning: Callable[[str], None] = _python_war
 
     Under ``accelerate launch`` MACE shares its per-concept LoRAs out among the processes: every one
     checks the outputs, the first claims and writes them and gets the result, the others get None."""
+    check_outputs(options.outputs, options.overwrite)  # a taken path answered before the methods import torch
     checked = check_erase(options)
     workers = launched_workers(options.device)
     if workers.count > 1 and options.method != "mace":

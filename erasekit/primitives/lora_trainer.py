@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
-from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
 from erasekit.errors import ErasekitError
@@ -93,6 +92,8 @@ def lora_adapter(
 
     A's random initialisation is drawn from ``seed`` without touching the global random state.
     """
+    from peft import LoraConfig, inject_adapter_in_model  # here: peft pulls in transformers, seconds a CLI refusal need not wait
+
     check_rank(model, names, rank)
     config = LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, target_modules=names, lora_dropout=0.0)
     had_config = hasattr(model, "peft_config")
