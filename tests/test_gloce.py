@@ -8,7 +8,7 @@ import torch
 
 from erasekit.concepts import EraseSpec
 from erasekit.edits import Edit
-from erasekit.edits.gates import GatedModule, layer_tensors
+from erasekit.edits.gates import PARTS, GatedModule, install_gates, layer_tensors
 from erasekit.errors import ErasekitError
 from erasekit.methods.base import get_method, make_config
 from erasekit.methods.gloce import FeatureTap
@@ -87,3 +87,11 @@ def test_on_sdxl_the_modules_sit_after_every_cross_attention_in_half_precision()
         n for n, m in model.unet.named_modules() if n.endswith("attn2.to_out.0")
     }
     assert all(v.dtype == torch.float16 for v in edit.adapters.values())
+
+
+def test_a_module_at_a_layer_the_unet_lacks_is_refused_before_any_hook_goes_on(pipe):
+    real = next(name for name, _ in pipe.unet.named_modules() if name.endswith("attn2.to_out.0"))
+    tensors = {f"{layer}.{part}": torch.zeros(1) for layer in (real, "down_blocks.9.gone") for part in PARTS}
+    with pytest.raises(ErasekitError, match=r"sits at down_blocks\.9\.gone, which the pipeline's UNet does not have"):
+        install_gates(pipe.unet, tensors, eta=1.0, active_below=1000.0)
+    assert not pipe.unet._forward_pre_hooks and not any(m._forward_hooks for m in pipe.unet.modules())

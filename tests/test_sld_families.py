@@ -28,7 +28,11 @@ def test_the_wrapped_denoiser_draws_what_diffusers_safe_pipeline_draws(pipe):
         for warm_up in (0, 2):
             settings = {**SafetyConfig.STRONG, "sld_warmup_steps": warm_up, "safety_concept": "square"}
             reference = _images(safe_latent_diffusion(pipe, settings))
-            wrapped = _images(safety_guided_pipeline(pipe, settings))
+            guided = safety_guided_pipeline(pipe, settings)
+            try:
+                wrapped = _images(guided)
+            finally:
+                guided.safety_guidance.remove()  # its hook is on the shared pipeline's UNet
             assert np.abs(wrapped - reference).max() <= 1
             assert np.abs(reference - _images(pipe)).mean() > 2  # and the term does steer at these settings
     finally:

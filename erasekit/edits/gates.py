@@ -96,10 +96,11 @@ def install_gates(unet: nn.Module, tensors: dict[str, torch.Tensor], eta: float,
 
         return apply
 
+    layers = layer_tensors(tensors)
+    if missing := next((layer for layer in layers if layer not in modules), None):  # before any hook goes on
+        raise ErasekitError(f"this edit's GLoCE module sits at {missing}, which the pipeline's UNet does not have")
     handles = [unet.register_forward_pre_hook(timestep, with_kwargs=True)]
-    for layer, parts in layer_tensors(tensors).items():
-        if layer not in modules:
-            raise ErasekitError(f"this edit's GLoCE module sits at {layer}, which the pipeline's UNet does not have")
+    for layer, parts in layers.items():
         gated = GatedModule({k: v.to(weight.device) for k, v in parts.items()}, eta)
         handles.append(modules[layer].register_forward_hook(hook(gated)))
     setattr(unet, _HOOKS, handles)
