@@ -109,13 +109,13 @@ BUDGETS = {  # the world budgets of the robustness bench
     "p4d": ["--set", "timesteps=10", "--set", "iterations=20"],
     "inversion": ["--set", "steps=300"],
 }
-# on this UCE edit the bench's P4D found 3 of 4 prompts and concept inversion 4 of 4 (docs/robustness.md)
-FOUND_AT_LEAST = {"p4d": 1 / 3, "inversion": 2 / 3}
+# on this UCE edit the bench's P4D found 3 of 4 prompts and concept inversion 4 of 4 (docs/robustness.md): here 2 prompts
+FOUND_AT_LEAST = {"p4d": 1 / 2, "inversion": 1 / 2}
 
 
 @pytest.mark.parametrize("name", [pytest.param("p4d", marks=pytest.mark.slow), "inversion"])  # P4D: 2 min on 2 cores
 def test_an_attack_brings_the_erased_square_back_where_the_plain_prompts_do_not(erased_square, name):
-    result = run_cli("attack", "--attack", name, "--edit", erased_square / "edit", "--prompts", "3", "--samples", "2",
+    result = run_cli("attack", "--attack", name, "--edit", erased_square / "edit", "--prompts", "2", "--samples", "2",
                      *BUDGETS[name], cwd=erased_square)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads((erased_square / "edit" / f"attack-{name}" / "results.json").read_text())
@@ -164,7 +164,7 @@ def test_a_rerun_resumes_from_the_cells_and_the_report_shows_the_attack(erased_s
     if not (run_dir / "results.json").exists():
         pytest.skip("needs the inversion attack of the test above")
     before = json.loads((run_dir / "results.json").read_text())
-    again = run_cli("attack", "--attack", "inversion", "--edit", erased_square / "edit", "--prompts", "3", "--samples",
+    again = run_cli("attack", "--attack", "inversion", "--edit", erased_square / "edit", "--prompts", "2", "--samples",
                     "2", *BUDGETS["inversion"], cwd=erased_square)  # fmt: skip
     assert again.returncode == 0, again.stderr
     after = json.loads((run_dir / "results.json").read_text())

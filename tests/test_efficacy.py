@@ -1,7 +1,7 @@
 """Each method family erases on the embedded model: the erased class's accuracy falls, the others hold.
 
-Judged by the world evaluator on the object protocol ("square", 8 samples per prompt, the same seeds
-for the original and the erased model), with the setting the README's bench found to work for each
+Judged by the world evaluator on the object protocol ("square", 8 samples per prompt, 4 for the ones CI
+runs; the same seeds for the original and the erased model), with the setting the README's bench found to work for each
 family on this world; the paper defaults are measured in the README, and some do not erase here.
 SPM is not among them: its world setting leaves "square" at Acc_e 50 in the bench (100 with 300
 iterations), so it fails this bar, as the README says; tests/test_spm.py checks its mechanics.
@@ -77,13 +77,21 @@ def originals():
 # and run with `pytest -m slow` (each method's mechanics are tested fast in its own file).
 IN_CI = {"closed form (UCE)", "fine-tuning (ESD-x)", "closed form in the preserved null space (SPEED)",
          "value decomposition at sampling (AdaVD)"}  # fmt: skip
+# CI's families sample half as many images: at 4 per prompt each still lands clear of both bars (Acc_e 0 for all
+# five, Acc_s 100 but ESD-x's 94.4); the slow ones keep the 8 their settings were found with
+CI_SAMPLES = 4
+
+
+def samples_for(family: str) -> int:
+    return CI_SAMPLES if family in IN_CI | FLUX_IN_CI else 8
 
 
 @pytest.mark.parametrize("family", [f if f in IN_CI else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES])
 def test_erasure_lowers_the_concept_and_keeps_the_others(pipe, evaluator, originals, family):
     method, settings, preserve = FAMILIES[family]
     edit = erase(pipe, EraseSpec((TARGET,), preserve=OTHERS if preserve else ()), method, progress=False, **settings)
-    result = run_protocol(pipe, edit, "object", TARGET, evaluator, samples=8, progress=False, original_cache=originals)
+    result = run_protocol(pipe, edit, "object", TARGET, evaluator, samples_for(family), progress=False,
+                          original_cache=originals)  # fmt: skip
     before, after = (result.metrics[k]["accuracy"] for k in ("original", "erased"))
     assert before["Acc_e"] >= 0.75 and before["Acc_s"] >= 0.9  # the original draws them all
     assert after["Acc_e"] <= 0.25, after  # the erased class is gone from most images
@@ -159,7 +167,7 @@ def test_erasure_on_the_flow_model_lowers_the_concept_and_keeps_the_others(flux_
     others = tuple(s for s in V.SHAPES if s != target)
     edit = erase(flux_pipe, EraseSpec((target,), preserve=others if preserve else ()), method, progress=False, **settings)
     assert edit.card["model"] == "erasekit-tiny-flux"
-    result = run_protocol(flux_pipe, edit, "object", target, evaluator, samples=8, progress=False)
+    result = run_protocol(flux_pipe, edit, "object", target, evaluator, samples_for(family), progress=False)
     before, after = (result.metrics[k]["accuracy"] for k in ("original", "erased"))
     assert before["Acc_e"] >= 0.75 and before["Acc_s"] >= 0.9
     assert after["Acc_e"] <= 0.25, after
