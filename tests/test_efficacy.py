@@ -1,8 +1,8 @@
 """Each method family erases on the embedded model: the erased class's accuracy falls, the others hold.
 
 Judged by the world evaluator on the object protocol ("square", 8 samples per prompt, 4 for the ones CI
-runs; the same seeds for the original and the erased model), with the setting the README's bench found to work for each
-family on this world; the paper defaults are measured in the README, and some do not erase here.
+runs; the same seeds for the original and the erased model), with the setting the README's bench found
+to work for each family on this world; the paper defaults are measured in the README, and some do not erase here.
 SPM is not among them: its world setting leaves "square" at Acc_e 50 in the bench (100 with 300
 iterations), so it fails this bar, as the README says; tests/test_spm.py checks its mechanics.
 """
