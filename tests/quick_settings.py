@@ -1,6 +1,16 @@
 """Small settings of every registered method, shared by the tests that run the whole registry."""
 
+import pytest
+
 from erasekit.concepts import EraseSpec
+
+
+def one_half_precision_in_ci(cases: list[tuple], precisions: list[tuple[object, str]]) -> list:
+    """pytest params of every case in every half precision (value, name): CI runs each case in one of them,
+    fp16 and bf16 in turn down the list, and `pytest -m slow` the other."""
+    return [pytest.param(*case, value, id="-".join((*map(str, case), name)), marks=() if (i + j) % 2 == 0 else pytest.mark.slow)
+            for i, case in enumerate(cases) for j, (value, name) in enumerate(precisions)]  # fmt: skip
+
 
 # Small settings of every registered method: a method added without an entry here fails the first test.
 QUICK = {

@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 from device_guard import DeviceGuard
-from quick_settings import ALGORITHMS, QUICK, SPEC, sd_methods, spec_for
+from quick_settings import ALGORITHMS, QUICK, SPEC, one_half_precision_in_ci, sd_methods, spec_for
 
 from erasekit.edits import pipeline_parameters
 from erasekit.errors import ErasekitError
@@ -51,12 +51,11 @@ def half_pipe(request, embedded_dir):
     return load_pipeline(embedded_dir, request.param, "cpu")
 
 
-# CI runs each algorithm in one half precision, fp16 and bf16 in turn down the list; `pytest -m slow` the other
-HALF = [pytest.param(dtype, method, id=f"{dtype}-{method}", marks=() if (i + j) % 2 == 0 else pytest.mark.slow)
-        for i, method in enumerate(ALGORITHMS) for j, dtype in enumerate(["fp16", "bf16"])]  # fmt: skip
-
-
-@pytest.mark.parametrize("half_pipe, method", HALF, indirect=["half_pipe"])
+@pytest.mark.parametrize(
+    "method, half_pipe",
+    one_half_precision_in_ci([(m,) for m in ALGORITHMS], [("fp16", "fp16"), ("bf16", "bf16")]),
+    indirect=["half_pipe"],
+)
 def test_half_precision_gives_finite_edits_and_leaves_the_pipeline_as_it_was(half_pipe, method):
     dtype = half_pipe.unet.dtype
     before = {n: p.detach().clone() for n, p in pipeline_parameters(half_pipe).items()}  # UNet and text encoder

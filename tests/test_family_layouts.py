@@ -5,6 +5,7 @@ bf16 runs that give finite edits in the pipeline's precision and leave the pipel
 import pytest
 import torch
 from device_guard import DeviceGuard
+from quick_settings import one_half_precision_in_ci
 
 from erasekit.concepts import EraseSpec
 from erasekit.methods import load_methods
@@ -71,13 +72,9 @@ def test_methods_on_other_families_create_no_tensor_without_a_device(family, met
     )
 
 
-# CI runs each pair in one half precision, fp16 and bf16 in turn down the list; `pytest -m slow` the other
-HALF = [pytest.param(family, method, dtype, id=f"{family}-{method}-{name}", marks=() if (i + j) % 2 == 0 else pytest.mark.slow)
-        for i, (family, method) in enumerate(PAIRS) for j, (dtype, name) in enumerate([(torch.float16, "fp16"),
-                                                                                      (torch.bfloat16, "bf16")])]  # fmt: skip
-
-
-@pytest.mark.parametrize("family, method, dtype", HALF)
+@pytest.mark.parametrize(
+    "family, method, dtype", one_half_precision_in_ci(PAIRS, [(torch.float16, "fp16"), (torch.bfloat16, "bf16")])
+)
 def test_methods_on_other_families_in_half_precision_give_finite_edits(family, method, dtype):
     pipe = getattr(reference_configs, LAYOUTS[family])(dtype=dtype)
     model = pipe.components[FAMILIES[family].denoiser]
