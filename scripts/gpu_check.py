@@ -95,15 +95,20 @@ FAMILY_RUNS = {
              "race": ("race", RACE_SMALL), "sld": ("sld", {}), "adavd": ("adavd", {}),
              "gloce": ("gloce", SMALL["gloce"]), "sdd": ("sdd", SMALL["sdd"]), "salun": ("salun", SMALL["salun"]),
              "ant": ("ant", SMALL["ant"]), "stereo": ("stereo", SMALL["stereo"]), "spm": ("spm", SMALL["spm"]),
-             "receler": ("receler", SMALL["receler"]), "doco": ("doco", SMALL["doco"]), "advunlearn esd-x": ("advunlearn", {**SMALL["advunlearn"], "train_method": "esd-x"}), **CLOSED_FORMS},
+             "receler": ("receler", SMALL["receler"]), "doco": ("doco", SMALL["doco"]), "advunlearn esd-x": ("advunlearn", {**SMALL["advunlearn"], "train_method": "esd-x"}),
+             "esd-all": ("esd-all", SMALL["esd-all"]), "esd-x-strict": ("esd-x-strict", SMALL["esd-x-strict"]),
+             "speed": ("speed", SMALL["speed"]), **CLOSED_FORMS},
     "sd3": {"uce": ("uce", {}), "esd-x": ("esd-x", {"iterations": 10, "sample_steps": 10}), "ac": ("ac", AC_SMALL),
             "race lora r16": ("race", {**RACE_SMALL, "lora_rank": 16}),
             "advunlearn esd-x": ("advunlearn", {**SMALL["advunlearn"], "train_method": "esd-x"}),
-            "doco": ("doco", SMALL["doco"]), "mace": ("mace", MACE_SMALL)},
+            "doco": ("doco", SMALL["doco"]), "mace": ("mace", MACE_SMALL),
+            "esd-x-strict": ("esd-x-strict", SMALL["esd-x-strict"])},
     "flux": {"uce": ("uce", {}), "esd-x lora r16": ("esd-x", {"iterations": 10, "sample_steps": 10, "lora_rank": 16}),
              "esd-x-strict": ("esd-x-strict", {"iterations": 10, "sample_steps": 10}), "ac": ("ac", AC_SMALL),
              "mace": ("mace", MACE_SMALL), "race lora r16": ("race", {**RACE_SMALL, "lora_rank": 16}),
-             "spm": ("spm", SMALL["spm"]), "doco": ("doco", SMALL["doco"]), **CLOSED_FORMS},
+             "spm": ("spm", SMALL["spm"]), "doco": ("doco", SMALL["doco"]), "receler": ("receler", SMALL["receler"]),
+             "sld": ("sld", {}), "advunlearn esd-x": ("advunlearn", {**SMALL["advunlearn"], "train_method": "esd-x"}),
+             "eraseanything": ("eraseanything", {"steps": 5, "sample_steps": 10, "concept_images": 2}), **CLOSED_FORMS},
 }  # fmt: skip
 FAMILY_BUILDERS = {"sdxl": random_sdxl_pipeline, "sd3": random_sd3_pipeline, "flux": random_flux_pipeline}
 # paper defaults, except what needs weights this machine cannot fetch (Grounded-SAM, CLIP validator)

@@ -94,7 +94,7 @@ def test_a_receler_edit_goes_on_and_comes_off_and_checks_its_base(pipe, receler_
 
 
 def test_receler_edits_are_refused_where_no_format_carries_them(pipe, receler_edit, tmp_path):
-    with pytest.raises(ErasekitError, match="adds eraser modules to the UNet, which no kohya export carries"):
+    with pytest.raises(ErasekitError, match="adds eraser modules to the denoiser, which no kohya export carries"):
         export_edit(receler_edit, "kohya", tmp_path / "lora.safetensors")
     (receler_edit / "adapters.safetensors").rename(tmp_path / "kept.safetensors")
     try:

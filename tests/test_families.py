@@ -104,6 +104,23 @@ def test_the_support_matrix_lists_every_method_on_every_family():
     assert all(row.count("yes") == len(load_methods()[row.split(" | ")[0][2:]].families) for row in rows[2:])
 
 
+def test_the_gpu_check_runs_every_method_on_every_family_it_supports():
+    """scripts/gpu_check.py (the full-size layouts on a lent GPU) runs each method wherever the registry says it
+    runs: its SD list holds every method, each newer family's list exactly the methods of that family."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    methods = load_methods()
+    assert set(gpu_check.SMALL) == {name for name, m in methods.items() if "sd" in m.families}
+    for family, runs in gpu_check.FAMILY_RUNS.items():
+        assert {method for method, _ in runs.values()} == {n for n, m in methods.items() if family in m.families}, family
+    assert set(gpu_check.FAMILY_RUNS) == set(FAMILIES) - {"sd"}
+
+
 def test_a_method_registered_for_an_unknown_family_fails_at_once():
     with pytest.raises(ValueError, match="names unknown families"):
         register("probe", "a stand-in", object, families=("sd", "kandinsky"))(lambda run, spec, config: None)

@@ -279,9 +279,55 @@ def test_flux_1_layout_in_half_precision_gives_finite_uce_and_esd_edits(dtype):
 def test_unsupported_bench_columns_on_the_flow_model_are_one_line_before_loading(tmp_path):
     from erasekit.jobs import bench as bench_job
 
-    with pytest.raises(ErasekitError, match=r"^receler does not run on FLUX models yet"):
-        bench_job.check_bench(bench_job.BenchOptions(methods=("uce", "receler"), model="erasekit-tiny-flux", out=tmp_path / "b"))
+    with pytest.raises(ErasekitError, match=r"^gloce does not run on FLUX models yet"):
+        bench_job.check_bench(bench_job.BenchOptions(methods=("uce", "gloce"), model="erasekit-tiny-flux", out=tmp_path / "b"))
     assert not (tmp_path / "b").exists()
+
+
+def test_receler_on_flux_follows_every_joint_attentions_image_stream_and_comes_off(flux, tmp_path):
+    """Receler's erasers on the double and the single blocks' joint attention: the mask loss reads FLUX's
+    maps, each eraser changes only the image tokens (a single block's text tokens pass as they came), the
+    applied edit draws differently, and once it is off the plain pipeline draws as before."""
+    from erasekit.edits.erasers import eraser_sites, erasers_on, new_erasers
+
+    model = flux.transformer
+    sites = eraser_sites(model)
+    assert [s.name for s in sites] == [f"transformer_blocks.{i}.attn" for i in range(len(model.transformer_blocks))] + [
+        f"single_transformer_blocks.{i}.attn" for i in range(len(model.single_transformer_blocks))
+    ]
+    assert [s.text_first for s in sites].count(True) == len(model.single_transformer_blocks)
+    erasers = new_erasers(model, 4, torch.Generator().manual_seed(0))
+    for eraser in erasers.values():
+        torch.nn.init.normal_(eraser.up.weight)  # a fresh eraser adds zero; this one changes its input
+    single = model.single_transformer_blocks[0]
+    seen = {}
+    text, image = torch.randn(1, 5, single.attn.inner_dim), torch.randn(1, 16, single.attn.inner_dim)
+    temb = torch.randn(1, single.attn.inner_dim)
+    with torch.no_grad():
+        plain_attention = single.attn(single.norm(torch.cat([text, image], 1), emb=temb)[0])
+        outputs = {}
+        with erasers_on(model, erasers, outputs):
+            after_erasers = single.attn.register_forward_hook(lambda m, a, out: seen.setdefault("attn", out))
+            single(hidden_states=image, encoder_hidden_states=text, temb=temb)
+            after_erasers.remove()
+    erased = seen["attn"]
+    assert torch.equal(erased[:, :5], plain_attention[:, :5])  # the text tokens untouched
+    assert not torch.allclose(erased[:, 5:], plain_attention[:, 5:])  # the image tokens erased
+    assert outputs["single_transformer_blocks.0.attn"].shape == (1, 16, single.attn.inner_dim)
+
+    edit = erase(flux, SPEC, "receler", iterations=3, adversarial_steps=2, adversarial_tokens=2, rank=4, lr=1e-1,
+                 sample_steps=2, progress=False)  # fmt: skip
+    assert not edit.weights and {k.rsplit(".", 2)[0] for k in edit.adapters} == {s.name for s in sites}
+    assert all(torch.isfinite(v).all() for v in edit.adapters.values()) and np.isfinite(edit.card["loss_last_10pct"])
+
+    def draw(pipe):
+        return pipeline_images(pipe, [0], 2, 4.0, output_type="latent", prompt=["a square"])
+
+    original = draw(flux)
+    edit.save(tmp_path / "edit")
+    with Edit.load(tmp_path / "edit").applied(flux) as erased_pipe:
+        assert (draw(erased_pipe) - original).abs().max() > 1e-4
+    assert torch.equal(draw(flux), original)
 
 
 def test_spm_on_flux_adapts_the_joint_blocks_and_transport_scales_them_per_prompt(flux, monkeypatch):

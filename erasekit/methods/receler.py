@@ -30,6 +30,12 @@ recompute one prediction. ``adversarial=False`` trains that way, as the released
 On SDXL (no official code) the same erasers follow every ``attn2``, which reads both encoders' states
 side by side; δ is written into those token states, the pooled vector and the added time ids stay the
 concept's, and x_t comes from SDXL's own sampler (:mod:`erasekit.primitives.denoising`).
+
+On FLUX (no official code, erasekit's design) an eraser follows the image stream of every joint
+attention, double and single blocks (:mod:`erasekit.edits.erasers`); M comes from the image tokens'
+attention to the concept's words in those layers (FLUX's probe, one resolution: the packed token
+grid); δ is written into the token path's states after the concept's words, the pooled vector stays
+the concept's; the target is ESD's in velocity space.
 """
 
 from __future__ import annotations
@@ -66,7 +72,7 @@ class RecelerConfig:
         0.1, "threshold of the normalised attention map that makes M (official 0.1)", ge=0.0, lt=1.0
     )
     mask_resolution: int = config_field(
-        0, "side of the attention maps M is made from; 0: the latent side / 4 (16 on SD)", ge=0, le=1024
+        0, "side of the attention maps M is made from; 0: the latent side / 4 (16 on SD; FLUX has one grid)", ge=0, le=1024
     )
     adversarial: bool = config_field(True, "the paper's adversarial prompt learning; False: what the official script trains")
     # δ's steps run inside every iteration: iterations × adversarial_steps UNet passes
@@ -114,12 +120,12 @@ def localisation_loss(outputs: dict[str, torch.Tensor], mask: torch.Tensor) -> t
     "Receler (Huang et al. 2024): eraser adapters after cross-attention, concept-localised and trained against adversarial prompts",
     RecelerConfig,
     changes_weights=False,
-    families=("sd", "sdxl"),
+    families=("sd", "sdxl", "flux"),
 )
 def erase(run: RunContext, spec: EraseSpec, config: RecelerConfig) -> Edit:
-    """Receler on ``spec``: erasers after every cross-attention, trained on the loss above with the UNet
-    frozen; the edit carries only the erasers."""
-    unet, den = run.unet, denoising(run)
+    """Receler on ``spec``: erasers after every layer where the image reads the text, trained on the loss above
+    with the denoiser frozen; the edit carries only the erasers."""
+    model, den = run.denoiser, denoising(run)
     rng = random.Random(config.seed)
     states, points = den.plan(spec, config.start_guidance, config.sample_steps, config.iterations, rng)
     generator = run.generator(config.seed + 1)
@@ -132,8 +138,9 @@ def erase(run: RunContext, spec: EraseSpec, config: RecelerConfig) -> Edit:
     deltas = [torch.rand((len(r), width), generator=generator, device="cpu").to(run.device).requires_grad_(True)
               for r in slots]  # fmt: skip
     delta_optimisers = [torch.optim.Adam([d], lr=config.adversarial_lr, weight_decay=0.1) for d in deltas]
-    side = config.mask_resolution or max(unet.config.sample_size // 4, 1)
-    erasers = new_erasers(unet, config.rank, generator)
+    # FLUX's maps have one resolution, the packed token grid, which any side selects
+    side = config.mask_resolution or max(getattr(model.config, "sample_size", 4) // 4, 1)
+    erasers = new_erasers(model, config.rank, generator)
     outputs: dict[str, torch.Tensor] = {}
 
     def with_delta(index: int, tracked: bool = True) -> object:
@@ -146,7 +153,7 @@ def erase(run: RunContext, spec: EraseSpec, config: RecelerConfig) -> Edit:
             tokens[0, slots[index].start : slots[index].stop] = delta.to(tokens.dtype)
         return with_tokens(concept, tokens)
 
-    with fine_tuning(run, []):  # the UNet frozen, in train mode; nothing of it trains
+    with fine_tuning(run, []):  # the denoiser frozen, in train mode; nothing of it trains
         params = [p for e in erasers.values() for p in e.parameters()]
 
         def loss_at(step: int) -> torch.Tensor:
@@ -154,21 +161,21 @@ def erase(run: RunContext, spec: EraseSpec, config: RecelerConfig) -> Edit:
             index, x_t, t = point.prompt, point.x_t, point.t
             concept, anchor = states[spec.targets[index]], states[spec.anchors[index]]
             kept = states[rng.choice(spec.preserve)] if spec.preserve and config.preserve_weight > 0 else None
-            with torch.no_grad(), probing(unet) as probe:  # the original model: erasers not yet on
-                eps_anchor = den.predict(unet, x_t, t, anchor).float()
-                eps_kept = den.predict(unet, x_t, t, kept).float() if kept is not None else None
+            with torch.no_grad(), probing(model, run.family.name) as probe:  # the original model: erasers not yet on
+                eps_anchor = den.predict(model, x_t, t, anchor).float()
+                eps_kept = den.predict(model, x_t, t, kept).float() if kept is not None else None
                 probe.token_mask = token_masks[index]
-                eps_concept = den.predict(unet, x_t, t, concept).float()
+                eps_concept = den.predict(model, x_t, t, concept).float()
             mask = concept_mask(probe.maps, len(spans[index]), side, config.mask_threshold)
-            with erasers_on(unet, erasers, outputs):
+            with erasers_on(model, erasers, outputs):
                 for _ in range(config.adversarial_steps if config.adversarial and len(slots[index]) else 0):
-                    pulled = F.mse_loss(den.predict(unet, x_t, t, with_delta(index)).float(), eps_concept)
+                    pulled = F.mse_loss(den.predict(model, x_t, t, with_delta(index)).float(), eps_concept)
                     (deltas[index].grad,) = torch.autograd.grad(pulled, [deltas[index]])
                     delta_optimisers[index].step()
                 trained_at = with_delta(index, tracked=False) if config.adversarial else concept  # δ's steps are over
-                erased = den.predict(unet, x_t, t, trained_at).float()
+                erased = den.predict(model, x_t, t, trained_at).float()
                 regularised = localisation_loss(outputs, mask)  # read before the preserve pass overwrites the outputs
-                kept_loss = F.mse_loss(den.predict(unet, x_t, t, kept).float(), eps_kept) if kept is not None else 0
+                kept_loss = F.mse_loss(den.predict(model, x_t, t, kept).float(), eps_kept) if kept is not None else 0
             loss = F.mse_loss(erased, esd_target(eps_anchor, eps_concept, config.eta, "paper"))
             return loss + config.reg_weight * regularised + config.preserve_weight * kept_loss
 
