@@ -43,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from erasekit.concepts import EraseSpec
+from erasekit.errors import ErasekitError
 from erasekit.methods.runner import erase
 from erasekit.models.families import denoiser
 from erasekit.models.reference_configs import (
@@ -110,6 +111,9 @@ FAMILY_RUNS = {
              "sld": ("sld", {}), "advunlearn esd-x": ("advunlearn", {**SMALL["advunlearn"], "train_method": "esd-x"}),
              "eraseanything": ("eraseanything", {"steps": 5, "sample_steps": 10, "concept_images": 2}), **CLOSED_FORMS},
 }  # fmt: skip
+# refused on purpose, in one line: FLUX.1-dev's guidance is distilled into an embedding, so SLD has no
+# unconditional prediction to steer (it runs on undistilled FLUX, as erasekit-tiny-flux is)
+EXPECTED_REFUSALS = {"flux sld": "guidance is distilled"}
 FAMILY_BUILDERS = {"sdxl": random_sdxl_pipeline, "sd3": random_sd3_pipeline, "flux": random_flux_pipeline}
 # paper defaults, except what needs weights this machine cannot fetch (Grounded-SAM, CLIP validator)
 DEFAULTS = {"uce": {}, "mace": {"segmenter": "none"}, "rece": {"validate": "none"}, "realera": {}, "esd-x": {}}
@@ -139,6 +143,8 @@ class Check:
                   "concepts": len(targets), "preserve": len(preserve), "settings": settings}  # fmt: skip
         if time.time() - self.start > self.budget:
             record["skipped"] = "budget"
+        elif label in EXPECTED_REFUSALS:
+            record |= self.refused(pipe, method, targets, settings, EXPECTED_REFUSALS[label])
         else:
             try:
                 kept = () if method in NO_PRESERVE else preserve
@@ -159,6 +165,14 @@ class Check:
         self.save()
         print(json.dumps(record), flush=True)
 
+    def refused(self, pipe: object, method: str, targets: tuple, settings: dict, expected: str) -> dict:
+        """A run the method refuses on purpose: ok when it is refused with the words ``expected``."""
+        try:
+            erase(pipe, EraseSpec(targets), method, progress=False, **settings)
+        except ErasekitError as err:
+            return {"ok": expected in str(err), "refused": str(err)[:400]}
+        return {"ok": False, "error": f"it ran, where a refusal ({expected}) was expected"}
+
     def build(self, dtype: str, tiny: bool, family: str = "sd") -> object:
         """The random pipeline of ``family`` in ``dtype``; its build time goes in the report."""
         start = time.time()
@@ -176,6 +190,9 @@ class Check:
         for r in self.report["runs"]:
             if "skipped" in r:
                 lines.append(f"| {r['label']} | {r['dtype']} | skipped ({r['skipped']}) | | | | |")
+                continue
+            if "refused" in r:
+                lines.append(f"| {r['label']} | {r['dtype']} | {'refused in one line' if r['ok'] else 'no'} | | | | |")
                 continue
             peak = f"{r['peak_gpu_mb']:.0f}" if r.get("peak_gpu_mb") is not None else "–"
             ok = "yes" if r["ok"] else f"no: {r.get('error', 'not finite')[:60]}"
