@@ -134,20 +134,22 @@ def erasers_from_tensors(tensors: dict[str, torch.Tensor], unet: nn.Module) -> d
     return erasers
 
 
-def _image_hook(eraser: Eraser, site: str, outputs: dict[str, torch.Tensor] | None, text_lengths: dict[str, int]) -> Callable:
-    """The forward hook that adds ``eraser``'s output to the image part of its attention's output."""
+def _image_hook(
+    eraser: Eraser, site: EraserSite, outputs: dict[str, torch.Tensor] | None, text_lengths: dict[str, int]
+) -> Callable:
+    """The forward hook that adds ``eraser``'s output to the image part of ``site``'s output."""
 
     def erased(image: torch.Tensor) -> torch.Tensor:
         change = eraser(image)
         if outputs is not None:
-            outputs[site] = change
+            outputs[site.name] = change
         return image + change.to(image.dtype)
 
     def add(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> torch.Tensor | tuple:
         if isinstance(output, tuple):  # a FLUX double block: (image, text)
             return (erased(output[0]), *output[1:])
-        if site in text_lengths:  # a FLUX single block: the text tokens, then the image's
-            text = text_lengths[site]
+        if site.text_first:  # a FLUX single block: the text tokens, then the image's
+            text = text_lengths[site.name]
             return torch.cat([output[:, :text], erased(output[:, text:])], dim=1)
         return erased(output)
 
@@ -160,7 +162,6 @@ def install_erasers(unet: nn.Module, erasers: dict[str, Eraser], outputs: dict[s
     if getattr(unet, _HOOKS, None):
         raise ErasekitError("this denoiser already carries erasers; leave the first erased pipeline before applying another")
     sites = {site.name: site for site in eraser_sites(unet)}
-    modules = dict(unet.named_modules())
     missing = sorted(set(erasers) - set(sites))
     if missing:
         raise ErasekitError(f"the denoiser has no layer {missing[0]} for an eraser: it was made for another architecture")
@@ -175,10 +176,11 @@ def install_erasers(unet: nn.Module, erasers: dict[str, Eraser], outputs: dict[s
 
     handles = []
     for name, eraser in erasers.items():
-        if sites[name].text_first:
-            block = modules[sites[name].block]
+        site = sites[name]
+        if site.text_first:
+            block = unet.get_submodule(site.block)
             handles.append(block.register_forward_pre_hook(record_text_length(name), with_kwargs=True))
-        handles.append(modules[name].register_forward_hook(_image_hook(eraser, name, outputs, text_lengths)))
+        handles.append(site.module.register_forward_hook(_image_hook(eraser, site, outputs, text_lengths)))
     setattr(unet, _HOOKS, handles)
 
 

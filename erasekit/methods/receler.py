@@ -105,6 +105,12 @@ def concept_mask(maps: list[torch.Tensor], tokens: int, side: int, threshold: fl
     return ((average - low) / (high - low).clamp_min(1e-12) >= threshold).float()
 
 
+def default_mask_side(model: torch.nn.Module) -> int:
+    """The side M is made at when ``mask_resolution`` is 0: the latent side / 4 (16 on SD's 64×64 latents);
+    FLUX's maps have one resolution, the packed token grid, which any side selects."""
+    return max(getattr(model.config, "sample_size", 4) // 4, 1)
+
+
 def localisation_loss(outputs: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
     """The mean over erasers of Σ_pixels mean_channels (E(o) ⊙ (1 − M))² / Σ (1 − M)."""
     losses = []
@@ -138,8 +144,7 @@ def erase(run: RunContext, spec: EraseSpec, config: RecelerConfig) -> Edit:
     deltas = [torch.rand((len(r), width), generator=generator, device="cpu").to(run.device).requires_grad_(True)
               for r in slots]  # fmt: skip
     delta_optimisers = [torch.optim.Adam([d], lr=config.adversarial_lr, weight_decay=0.1) for d in deltas]
-    # FLUX's maps have one resolution, the packed token grid, which any side selects
-    side = config.mask_resolution or max(getattr(model.config, "sample_size", 4) // 4, 1)
+    side = config.mask_resolution or default_mask_side(model)
     erasers = new_erasers(model, config.rank, generator)
     outputs: dict[str, torch.Tensor] = {}
 

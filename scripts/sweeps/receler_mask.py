@@ -9,7 +9,7 @@ import random
 import torch
 
 from erasekit.concepts import EraseSpec
-from erasekit.methods.receler import concept_mask
+from erasekit.methods.receler import concept_mask, default_mask_side
 from erasekit.models.loading import load_pipeline
 from erasekit.primitives.attention import probing
 from erasekit.primitives.denoising import denoising
@@ -27,7 +27,7 @@ for model_name in (None, "erasekit-tiny-flux"):
         length = token_states(states[""]).shape[1]
         mask = torch.zeros((1, length), dtype=torch.bool, device=run.device)
         mask[0, span.start : span.stop] = True
-        side = max(getattr(model.config, "sample_size", 4) // 4, 1)
+        side = default_mask_side(model)
         fracs = []
         for p in points:
             with torch.no_grad(), probing(model, run.family.name) as probe:
