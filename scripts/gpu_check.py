@@ -2,8 +2,8 @@
 
 For each dtype (fp16, bf16, fp32) every method erases one concept with small settings, its edit is
 checked for finite values, applied, and an image is generated; then, in bf16, the methods that run on
-SDXL, SD3 and FLUX do the same on random SDXL, SD3-medium and FLUX.1 layouts (ESD-x and RACE on FLUX as
-a rank-16 LoRA, the way they fit far under the official 80 GB; AC on FLUX trains its full text-reading
+SDXL, SD3 and FLUX do the same on random SDXL, SD3-medium and FLUX.1 layouts (ESD-x, RACE and AdvUnlearn
+on FLUX as a rank-16 LoRA, the way they fit far under the official 80 GB; AC on FLUX trains its full text-reading
 group); then, in fp16 (the precision users load SD in), UCE erases 100 concepts with 1,000 preserved
 and five methods run with their paper defaults. Per run: ok, finite, seconds, peak GPU memory. Writes ``$OUT/gpu_check.json`` (or
 ``runs/gpu_check/``) after every run, so a run cut short still reports what it did, and prints a
@@ -108,7 +108,8 @@ FAMILY_RUNS = {
              "esd-x-strict": ("esd-x-strict", {"iterations": 10, "sample_steps": 10}), "ac": ("ac", AC_SMALL),
              "mace": ("mace", MACE_SMALL), "race lora r16": ("race", {**RACE_SMALL, "lora_rank": 16}),
              "spm": ("spm", SMALL["spm"]), "doco": ("doco", SMALL["doco"]), "receler": ("receler", SMALL["receler"]),
-             "sld": ("sld", {}), "advunlearn esd-x": ("advunlearn", {**SMALL["advunlearn"], "train_method": "esd-x"}),
+             "sld": ("sld", {}),
+             "advunlearn esd-x lora r16": ("advunlearn", {**SMALL["advunlearn"], "train_method": "esd-x", "lora_rank": 16}),
              "eraseanything": ("eraseanything", {"steps": 5, "sample_steps": 10, "concept_images": 2}), **CLOSED_FORMS},
 }  # fmt: skip
 # refused on purpose, in one line: FLUX.1-dev's guidance is distilled into an embedding, so SLD has no

@@ -216,12 +216,25 @@ def test_the_joint_attention_probe_reads_every_query_for_eraseanything(flux):
     assert attention[..., 3].min() > 0 and attention[..., :3].abs().max() == 0
 
 
-def test_esd_as_a_lora_changes_weights_by_at_most_its_rank(flux):
-    edit = erase(flux, SPEC, "esd-x", iterations=3, sample_steps=3, lr=1e-2, lora_rank=2, progress=False)
-    params = dict(flux.transformer.named_parameters())
-    assert all(name.endswith(".weight") for name in edit.weights)
-    ranks = [int(torch.linalg.matrix_rank((value - params[name]).double(), rtol=1e-6)) for name, value in edit.weights.items()]
-    assert max(ranks) == 2
+@pytest.mark.parametrize(
+    "method, settings",
+    [("esd-x", {}), ("advunlearn", {"train_method": "esd-x", "warmup_iterations": 1, "attack_steps": 1})],
+)
+def test_an_esd_group_as_a_lora_changes_each_weight_by_at_most_its_rank_and_leaves_the_model(flux, method, settings):
+    before = {name: value.clone() for name, value in flux.transformer.state_dict().items()}
+    edit = erase(flux, SPEC, method, iterations=3, sample_steps=3, lr=1e-2, lora_rank=2, progress=False, **settings)
+    assert set(edit.weights) == {f"{layer}.weight" for layer in flux_esd_layers(flux.transformer, "esd-x")}
+    ranks = [int(torch.linalg.matrix_rank((value - before[name]).double(), rtol=1e-6)) for name, value in edit.weights.items()]
+    assert max(ranks) == 2  # each layer moved by B·A, no more
+    after = flux.transformer.state_dict()  # the adapter came out: the same tensors, no lora_A / base_layer names
+    assert after.keys() == before.keys() and all(torch.equal(after[name], value) for name, value in before.items())
+
+
+def test_advunlearn_refuses_a_lora_on_the_text_encoder_in_one_line():
+    from erasekit.methods.base import load_methods
+
+    with pytest.raises(ErasekitError, match="lora_rank adapts an ESD group of the denoiser, not the text encoder"):
+        load_methods()["advunlearn"].config(lora_rank=4)
 
 
 def test_a_lora_rank_above_a_layer_is_refused_before_the_plan(flux):

@@ -26,7 +26,8 @@ On SDXL, SD3 and FLUX an ESD group trains (the official ``train_method`` choices
 encoder); the text encoder is SD's only, refused elsewhere in one line (SDXL and SD3 read two or three
 encoders, FLUX's token path is T5-XXL). δ sits in every encoder of the prompt's vocabulary (SDXL's two
 CLIPs side by side; SD3's two CLIPs; FLUX's T5 path), ε is the flow velocity on x_σ of the Euler
-sampling on SD3 and FLUX, as ESD's there.
+sampling on SD3 and FLUX, as ESD's there. ``lora_rank`` trains a LoRA on the group's layers instead
+(erasekit's, as ESD's): on FLUX.1 the attention group is 2.5 B parameters.
 """
 
 from __future__ import annotations
@@ -47,9 +48,10 @@ from erasekit.models.families import Family
 from erasekit.models.layers import FLUX_ESD_GROUPS
 from erasekit.primitives.denoising import denoising
 from erasekit.primitives.diffusion import FrozenCopy
+from erasekit.primitives.lora_trainer import check_rank
 from erasekit.primitives.run import RunContext
 from erasekit.primitives.soft_prompt import SlottedPrompt, TextPath, random_tokens, word_tokens
-from erasekit.primitives.training import fine_tuning, fit, loss_record
+from erasekit.primitives.training import fine_tuning, fit, group_tuning, loss_record
 from erasekit.settings import GUIDANCE, ITERATIONS, LEARNING_RATE, SAMPLER_STEPS, SEEDS, WEIGHT, check_settings, config_field
 
 TEXT_ENCODER_METHOD = "text-encoder"
@@ -87,9 +89,21 @@ class AdvUnlearnConfig:
         50, "sampler steps of that sampling; t is one of them at random (official 50)", **SAMPLER_STEPS
     )
     seed: int = config_field(0, "seed of the x_t plan, the attacks' starts and the retain draws", **SEEDS)
+    lora_rank: int = config_field(
+        0,
+        "0: train the parameters themselves (official); r: a rank-r LoRA on the ESD group's layers instead "
+        "(the original model is the adapter switched off, so FLUX.1 needs no second copy)",
+        ge=0,
+        le=100_000,
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if self.lora_rank and self.train_method == TEXT_ENCODER_METHOD:
+            raise ErasekitError(
+                "AdvUnlearn's lora_rank adapts an ESD group of the denoiser, not the text encoder: "
+                "set train_method to esd-x (or another ESD group), or lora_rank to 0"
+            )
 
     def check_family(self, family: Family) -> None:
         """The text encoder trains on SD 1.x/2.x only; beyond it an ESD group does (on FLUX, its attention groups)."""
@@ -124,7 +138,9 @@ def erase(run: RunContext, spec: EraseSpec, config: AdvUnlearnConfig) -> Edit:
     model, den, path = run.denoiser, denoising(run), TextPath(run.pipe)
     on_text = config.train_method == TEXT_ENCODER_METHOD
     encoder = path.text_encoders[0]
-    names = text_encoder_layers(encoder) if on_text else esd_parameters(model, config.train_method)[1]
+    layers, names = ([], text_encoder_layers(encoder)) if on_text else esd_parameters(model, config.train_method)
+    if config.lora_rank:
+        check_rank(model, layers, config.lora_rank)  # before the x_t plan, which can take long
     rng, generator = random.Random(config.seed), run.generator(config.seed + 1)
     # token layouts first: too many attack_tokens for the prompt is refused before the x_t plan's sampling
     attacked = [path.slotted(t, config.attack_tokens) for t in spec.targets]
@@ -138,7 +154,8 @@ def erase(run: RunContext, spec: EraseSpec, config: AdvUnlearnConfig) -> Edit:
     latest: dict[int, torch.Tensor] = {}
     unseen: list[int] = []
 
-    with fine_tuning(run, names, encoder if on_text else None) as tuning:
+    training = fine_tuning(run, names, encoder) if on_text else group_tuning(run, layers, names, config.lora_rank, config.seed)
+    with training as tuning:
         original = FrozenCopy(model, []) if on_text else tuning.original  # θ*: the UNet is the original when it is not trained
 
         def prompt_states(prompt: SlottedPrompt, text: str, vectors: torch.Tensor | None = None) -> object:
@@ -192,8 +209,9 @@ def erase(run: RunContext, spec: EraseSpec, config: AdvUnlearnConfig) -> Edit:
             return loss
 
         params = list(tuning.params.values())
+        lora = f", LoRA r{config.lora_rank}" if config.lora_rank else ""
         losses = fit(run, params, loss_at, config.iterations, torch.optim.Adam(params, lr=config.lr),
-                     f"AdvUnlearn ({config.train_method})")  # fmt: skip
+                     f"AdvUnlearn ({config.train_method}{lora})")  # fmt: skip
         values = tuning.values()
     if on_text:
         values = {TEXT_ENCODER + name: value for name, value in values.items()}

@@ -44,9 +44,9 @@ from erasekit.edits import Edit
 from erasekit.methods.base import register
 from erasekit.models.layers import flux_esd_layers, parameter_group
 from erasekit.primitives.denoising import denoising
-from erasekit.primitives.lora_trainer import check_rank, lora_adapter
+from erasekit.primitives.lora_trainer import check_rank
 from erasekit.primitives.run import RunContext
-from erasekit.primitives.training import fine_tuning, fit, loss_record
+from erasekit.primitives.training import fit, group_tuning, loss_record
 from erasekit.primitives.xt_plan import XtPoint
 from erasekit.settings import GUIDANCE, ITERATIONS, LEARNING_RATE, SAMPLER_STEPS, SEEDS, WEIGHT, check_settings, config_field
 
@@ -105,7 +105,6 @@ def erase(run: RunContext, spec: EraseSpec, config: ESDConfig) -> Edit:
     return train_esd(run, spec, config)
 
 
-# (states, x_t, t, point) -> the concept's states to train at: RACE's adversarial perturbation of them
 def esd_parameters(model: torch.nn.Module, group: str, selection: str = "official") -> tuple[list[str], list[str]]:
     """The layers and parameters ESD's ``group`` trains: a UNet's by ``esd_sd.py``'s selection, a flow
     transformer's (FLUX, SD3) in its attention Linears (:func:`~erasekit.models.layers.flux_esd_layers`, in
@@ -117,9 +116,8 @@ def esd_parameters(model: torch.nn.Module, group: str, selection: str = "officia
     return layers, [f"{layer}.{n}" for layer in layers for n, _ in model.get_submodule(layer).named_parameters()]
 
 
+# (states, x_t, t, point) -> the concept's states to train at: RACE's adversarial perturbation of them
 Adversary = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, XtPoint], torch.Tensor]
-# (x_t, t, conditioning) -> the original model's prediction
-Predictor = Callable[[torch.Tensor, torch.Tensor, object], torch.Tensor]
 
 
 def train_esd(
@@ -137,7 +135,12 @@ def train_esd(
     den = denoising(run)
     states, points = den.plan(spec, config.start_guidance, config.sample_steps, steps, rng)
 
-    def train(teacher: Predictor, params: list[torch.nn.Parameter]) -> list[float]:
+    name = f"{'RACE' if adversary else 'ESD'} ({config.train_method}{f', LoRA r{config.lora_rank}' if config.lora_rank else ''})"
+    with group_tuning(run, layers, names, config.lora_rank, config.seed) as tuning:
+
+        def teacher(x_t: torch.Tensor, t: torch.Tensor, cond: object) -> torch.Tensor:
+            return den.predict(tuning.original, x_t, t, cond)
+
         def loss_at(step: int) -> torch.Tensor:
             point = points[step]
             concept, anchor = states[spec.targets[point.prompt]], states[spec.anchors[point.prompt]]
@@ -152,28 +155,9 @@ def train_esd(
                 loss = loss + config.preserve_weight * kept_loss
             return loss
 
-        name = (
-            f"{'RACE' if adversary else 'ESD'} ({config.train_method}{f', LoRA r{config.lora_rank}' if config.lora_rank else ''})"
-        )
-        return fit(run, params, loss_at, steps, torch.optim.Adam(params, lr=config.lr), name)
-
-    if config.lora_rank:  # the adapter switched off is the original model: no copy of the trained weights
-        with fine_tuning(run, []), lora_adapter(model, layers, config.lora_rank, seed=config.seed) as adapter:
-
-            def original(x: torch.Tensor, t: torch.Tensor, cond: object) -> torch.Tensor:
-                with adapter.disabled(), torch.no_grad():
-                    return den.predict(model, x, t, cond)
-
-            losses = train(original, adapter.parameters())
-            deltas = adapter.deltas()
-        weights = dict(model.named_parameters())
-        new_values = {
-            name: (weights[name].float() + delta.to(weights[name].device)).to(run.dtype) for name, delta in deltas.items()
-        }
-    else:
-        with fine_tuning(run, names) as tuning:  # trained in float32; the frozen copy answers in the model's dtype
-            losses = train(lambda x, t, cond: den.predict(tuning.original, x, t, cond), list(tuning.params.values()))
-            new_values = tuning.values()
+        params = list(tuning.params.values())
+        losses = fit(run, params, loss_at, steps, torch.optim.Adam(params, lr=config.lr), name)
+        new_values = tuning.values()
     return Edit(new_values, {"config": asdict(config), **loss_record(losses)})
 
 

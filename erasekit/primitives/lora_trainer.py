@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from erasekit.errors import ErasekitError
+from erasekit.primitives.diffusion import FrozenCopy
 
 ADAPTER = "erasekit"
 
@@ -30,13 +31,17 @@ class LoraAdapter:
     def _layer(self, name: str) -> nn.Module:
         return self.model.get_submodule(name)
 
-    def parameters(self) -> list[nn.Parameter]:
-        """The trainable LoRA A and B weights of every adapted layer."""
-        params = []
+    def named_parameters(self) -> dict[str, nn.Parameter]:
+        """``{"<layer>.lora_A": A, "<layer>.lora_B": B}``: the trainable weights of every adapted layer."""
+        params = {}
         for name in self.names:
             layer = self._layer(name)
-            params += [layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight]
+            params |= {f"{name}.lora_A": layer.lora_A[ADAPTER].weight, f"{name}.lora_B": layer.lora_B[ADAPTER].weight}
         return params
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The trainable LoRA A and B weights of every adapted layer, A then B of each."""
+        return list(self.named_parameters().values())
 
     @contextmanager
     def disabled(self) -> Iterator[None]:
@@ -65,6 +70,28 @@ class LoraAdapter:
         """``{"<layer>.weight": ΔW}`` with ΔW = scaling · B A (in the layer's weight shape), in float32."""
         return {f"{name}.weight": factor_delta(down, up, self._layer(name).weight.shape)
                 for name, (down, up) in self.factors().items()}  # fmt: skip
+
+    def merged(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """``{"<layer>.weight": W + ΔW}`` in ``dtype``: the adapted layers' weights with the adapter folded in."""
+        return {name: (self._layer(name.removesuffix(".weight")).weight.float() + delta).to(dtype)
+                for name, delta in self.deltas().items()}  # fmt: skip
+
+
+class AdapterOff(FrozenCopy):
+    """The model with the adapter switched off, callable as a :class:`FrozenCopy`: the original model
+    without a copy of the adapted weights (what makes a LoRA fit where a second copy would not)."""
+
+    def __init__(self, model: nn.Module, adapter: LoraAdapter) -> None:
+        super().__init__(model, [])
+        self.adapter = adapter
+
+    def __call__(self, latents: torch.Tensor, t: torch.Tensor | int, states: torch.Tensor) -> torch.Tensor:
+        with self.adapter.disabled():
+            return super().__call__(latents, t, states)
+
+    def call(self, *args: object, **kwargs: object) -> object:
+        with self.adapter.disabled():
+            return super().call(*args, **kwargs)
 
 
 def factor_delta(down: torch.Tensor, up: torch.Tensor, shape: torch.Size) -> torch.Tensor:

@@ -12,6 +12,8 @@ the model computes in half precision under autocast (the mixed precision of torc
 * :func:`fine_tuning` is the run around it for methods that train the UNet's own parameters (ESD,
   AC): the rest frozen, train mode, float32, and on leaving, also on Ctrl-C, the original values.
   Adapter methods (MACE, RealEra) get the same from :func:`erasekit.primitives.lora_trainer.lora_adapter`.
+* :func:`group_tuning` trains a parameter group either way: its own parameters, or a rank-r LoRA on its
+  layers folded back into their weights (ESD's, RACE's and AdvUnlearn's ``lora_rank``).
 * :func:`loss_record` is what the edit's card keeps of the loss curve.
 """
 
@@ -26,6 +28,7 @@ from torch import nn
 
 from erasekit.errors import ErasekitError
 from erasekit.primitives.diffusion import FrozenCopy
+from erasekit.primitives.lora_trainer import AdapterOff, LoraAdapter, lora_adapter
 from erasekit.primitives.run import RunContext
 
 CURVE_POINTS = 50  # the loss curve on an edit's card: at most this many means of consecutive steps
@@ -125,6 +128,33 @@ def fine_tuning(run: RunContext, names: Iterable[str], module: nn.Module | None 
         unet.train(was_training)
         for p, flag in flags.items():
             p.requires_grad_(flag)
+
+
+class AdapterTuning(FineTuning):
+    """A :func:`group_tuning` block's LoRA: its factors train, the model with the adapter switched off is
+    the original, and the trained values are the layers' weights with the adapter folded in."""
+
+    def __init__(self, run: RunContext, adapter: LoraAdapter) -> None:
+        super().__init__(run, adapter.named_parameters(), AdapterOff(run.denoiser, adapter))
+        self.adapter = adapter
+
+    def values(self) -> dict[str, torch.Tensor]:
+        """``{"<layer>.weight": W + ΔW}`` in the model's dtype (read before the block takes the adapter out)."""
+        return self.adapter.merged(self.run.dtype)
+
+
+@contextmanager
+def group_tuning(run: RunContext, layers: list[str], names: list[str], lora_rank: int = 0, seed: int = 0) -> Iterator[FineTuning]:
+    """Train the denoiser's parameters ``names`` (of ``layers``) in the block: themselves (:func:`fine_tuning`),
+    or with ``lora_rank`` a rank-r LoRA on ``layers`` (A drawn from ``seed``). The LoRA keeps no copy of the
+    trained weights, the adapter switched off being the original model: FLUX.1's attention group is 2.5 B
+    parameters."""
+    if not lora_rank:
+        with fine_tuning(run, names) as tuning:  # trained in float32; the frozen copy answers in the model's dtype
+            yield tuning
+        return
+    with fine_tuning(run, []), lora_adapter(run.denoiser, layers, lora_rank, seed=seed) as adapter:
+        yield AdapterTuning(run, adapter)
 
 
 @contextmanager
