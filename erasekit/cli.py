@@ -26,6 +26,7 @@ from erasekit.cli_options import (
     OverwriteOption,
     StepsOption,
     TrainMinutesOption,
+    dtype_flag,
     finite_in,
 )
 from erasekit.concepts import EraseSpec
@@ -372,7 +373,9 @@ def export(
     ] = "kohya",
     rank: Annotated[int | None, typer.Option(help="Cap on the LoRA rank (default: the edit's own rank).")] = None,
     model: ModelOption = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="Precision of the written tensors: fp32, fp16 or bf16.")] = "fp32",
+    dtype: Annotated[
+        str, typer.Option("--dtype", help="Precision of the written tensors: fp32, fp16 or bf16.", callback=dtype_flag)
+    ] = "fp32",
     no_check_base: NoCheckBaseOption = False,
     overwrite: OverwriteOption = False,
 ) -> None:

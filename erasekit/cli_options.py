@@ -11,16 +11,34 @@ from typing import Annotated
 
 import typer
 
+from erasekit.models.devices import check_device_name, dtype_name
+
 ModelOption = Annotated[
     str | None,
     typer.Option(
         "--model", "-m", help="Pipeline directory, .safetensors/.ckpt file or hub id (default: the embedded erasekit-tiny)."
     ),
 ]
+
+
+def device_flag(value: str | None) -> str | None:
+    """A device's form, checked before torch loads (whether this machine has it is checked when the model loads)."""
+    if value is not None:
+        check_device_name(value)
+    return value
+
+
+def dtype_flag(value: str) -> str:
+    """fp32, fp16, bf16 or torch's name of one, checked before torch loads."""
+    dtype_name(value)
+    return value
+
+
 DeviceOption = Annotated[
-    str | None, typer.Option("--device", help="cpu, cuda, cuda:N or mps (default: CUDA when present, else CPU).")
+    str | None,
+    typer.Option("--device", help="cpu, cuda, cuda:N or mps (default: CUDA when present, else CPU).", callback=device_flag),
 ]
-DtypeOption = Annotated[str, typer.Option("--dtype", help="Precision of the model: fp32, fp16 or bf16.")]
+DtypeOption = Annotated[str, typer.Option("--dtype", help="Precision of the model: fp32, fp16 or bf16.", callback=dtype_flag)]
 StepsOption = Annotated[
     int,
     typer.Option(

@@ -21,11 +21,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = [  # the first six answer without importing torch; the last two must read the methods' settings
+COMMANDS = [  # the first seven answer without importing torch; the last two must read the methods' settings
     ["--help"],
     ["--version"],
     ["erase", "--help"],
     ["erase", "square", "--out", "x", "--guidance", "nan"],  # a bad flag
+    ["erase", "square", "--out", "x", "--dtype", "fp8"],  # a dtype torch does not have here
     ["erase", "square", "--out", "x", "--set", "lam"],  # a setting without its value
     ["erase", "square", "--preserve", "square", "--out", "x"],  # a concept both erased and kept
     ["erase", "square", "--out", "x", "--set", "lam=abc"],  # a value read against the method's settings

@@ -101,15 +101,33 @@ def test_device_and_dtype_flags_are_checked():
 
 
 @pytest.mark.parametrize(
-    "flags, message", [(["--dtype", "fp8"], "unknown dtype 'fp8'"), (["--device", "tpu"], "unknown device 'tpu'")]
+    "command, flags, message, not_imported",
+    [  # a flag's form is the command line's to refuse, before torch; a device this machine lacks, before diffusers
+        (["erase", "square"], ["--dtype", "fp8"], "unknown dtype 'fp8'", "torch"),
+        (["erase", "square"], ["--device", "tpu"], "unknown device 'tpu'", "torch"),
+        (["bench", "--method", "uce"], ["--dtype", "half-ish"], "unknown dtype 'half-ish'", "torch"),
+        (["gates"], ["--device", "cuda:x"], "unknown device 'cuda:x'", "torch"),
+        pytest.param(
+            ["erase", "square"],
+            ["--device", "cuda"],
+            "CUDA is not available",
+            "diffusers",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
+        ),
+        (["generate", "demo.csv", "--model", "./nowhere"], [], "model directory nowhere does not exist", "diffusers"),
+    ],
 )
-def test_bad_device_or_dtype_is_one_line_and_writes_nothing(tmp_path, flags, message):
+def test_bad_device_dtype_or_model_is_one_line_at_once_and_writes_nothing(tmp_path, command, flags, message, not_imported):
+    (tmp_path / "demo.csv").write_text("prompt,seed,role\na photo of a square,0,erase\n")
     result = subprocess.run(
-        [sys.executable, "-m", "erasekit.cli", "erase", "square", "--out", str(tmp_path / "edit"), *flags],
-        capture_output=True, text=True,
+        [sys.executable, "-X", "importtime", "-m", "erasekit.cli", *command, "--out", str(tmp_path / "out"), *flags],
+        capture_output=True, text=True, cwd=tmp_path,
     )  # fmt: skip
-    assert result.returncode == 2 and message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
-    assert not (tmp_path / "edit").exists()
+    imported = [line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")]
+    error = [line for line in result.stderr.splitlines() if not line.startswith("import time:")]
+    assert result.returncode == 2 and len(error) == 1 and message in error[0], error
+    assert not (tmp_path / "out").exists()
+    assert not_imported not in imported  # refused before the library that would take seconds to load
 
 
 def test_progress_callback_sees_every_step(pipe):

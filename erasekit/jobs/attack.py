@@ -86,14 +86,13 @@ def check_attack(options: AttackOptions, on_baseline: Callable[[str], None] = _n
     from erasekit.eval.attack_run import attack_targets, unedited
     from erasekit.judges import JUDGES
     from erasekit.models.families import family_of_model
-    from erasekit.models.loading import EMBEDDED_FLUX_NAME, EMBEDDED_NAME, resolve_device, resolve_dtype
+    from erasekit.models.loading import EMBEDDED_FLUX_NAME, EMBEDDED_NAME, check_device_and_dtype
 
     chosen = get_attack(options.attack)
     config = make_config(chosen, dict(options.settings))  # type: ignore[arg-type]
     if options.judge not in JUDGES:
         raise ErasekitError(f"unknown judge {options.judge!r}; choose one of {', '.join(JUDGES)}")
-    resolve_device(options.device)
-    resolve_dtype(options.dtype)
+    check_device_and_dtype(options.device, options.dtype)
     if options.edit is None:
         if not options.concept:
             raise ErasekitError("without --edit the unedited model is attacked as the baseline; give --concept")

@@ -92,7 +92,9 @@ def check_bench(options: BenchOptions) -> CheckedBench:
     from erasekit.jobs.attack import refuse_family
     from erasekit.methods.base import get_method, make_config
     from erasekit.models.families import family_of_model
+    from erasekit.models.loading import check_load
 
+    check_load(options.model, options.device, options.dtype)
     entries = tuple(parse_entry(text) for text in options.methods)
     protocols = (*DEFAULT_CONCEPTS, *COUNTED, "robustness")
     if options.protocol not in protocols:

@@ -84,7 +84,9 @@ def check_erase(options: EraseOptions) -> CheckedErase:
     that changes no weights; the method with its config, made once."""
     from erasekit.exports import check_export_request, refuse_format
     from erasekit.models.families import check_components, family_of_model
+    from erasekit.models.loading import check_load
 
+    check_load(options.model, options.device, options.dtype)  # before the methods import diffusers
     method = get_method(options.method)
     config = make_config(method, dict(options.settings))
     family = family_of_model(options.model)  # from the model's directory, nothing loaded

@@ -85,10 +85,9 @@ def check_evaluate(options: EvaluateOptions) -> CheckedEvaluate:
     from erasekit.edits import Edit
     from erasekit.eval.protocols import get_protocol
     from erasekit.judges import JUDGES
-    from erasekit.models.loading import resolve_device, resolve_dtype
+    from erasekit.models.loading import check_device_and_dtype
 
-    resolve_device(options.device)
-    resolve_dtype(options.dtype)
+    check_device_and_dtype(options.device, options.dtype)
     protocol = get_protocol(options.protocol)
     if options.judge not in JUDGES:
         raise ErasekitError(f"unknown judge {options.judge!r}; choose one of {', '.join(JUDGES)}")
@@ -189,11 +188,10 @@ def score_run(options: ScoreOptions) -> ScoreResult:
     from erasekit.io import claim_output
     from erasekit.jobs.generate import generate_run
     from erasekit.models.embedded import is_world_model
-    from erasekit.models.loading import load_pipeline, resolve_device, resolve_dtype
+    from erasekit.models.loading import check_device_and_dtype, load_pipeline
     from erasekit.world.evaluator import load_world_evaluator
 
-    resolve_device(options.device)  # bad flags are one line before anything loads
-    resolve_dtype(options.dtype)
+    check_device_and_dtype(options.device, options.dtype)  # bad flags are one line before anything loads
     source, out = options.source, options.out
     if source.is_dir():
         rows, generated = read_prompt_file(source / "prompts.csv"), Generated.load(source / "images.npz")

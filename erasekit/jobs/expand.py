@@ -38,10 +38,11 @@ class ExpandResult:
 
 def expand(options: ExpandOptions) -> ExpandResult:
     """Read the vocabulary and check ``top_k``, then load the text encoder and rank the vocabulary."""
-    from erasekit.models.loading import load_pipeline
+    from erasekit.models.loading import check_load, load_pipeline
     from erasekit.primitives.expansion import check_expansion, expand_concepts, read_vocabulary
     from erasekit.primitives.prompt_cache import PromptCache
 
+    check_load(options.model, options.device, options.dtype)
     words = read_vocabulary(options.vocabulary) if options.vocabulary else None
     check_expansion(options.top_k, 0.0)
     cache = PromptCache(load_pipeline(options.model, options.dtype, options.device, progress=False))

@@ -54,9 +54,10 @@ def gates(options: GatesOptions) -> GatesResult:
     from erasekit.eval import gates as G
     from erasekit.eval.generation import SamplerSettings
     from erasekit.eval.scoring import score
-    from erasekit.models.loading import load_pipeline
+    from erasekit.models.loading import check_load, load_pipeline
     from erasekit.world.evaluator import load_world_evaluator
 
+    check_load(options.model, options.device, options.dtype)  # before the output is claimed
     out = options.out
     sampler = SamplerSettings(steps=options.steps, guidance=options.guidance, batch_size=options.batch_size)
     with claim_outputs([(out, "gates")], options.overwrite):

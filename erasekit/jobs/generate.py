@@ -50,8 +50,11 @@ class GenerateResult:
 def check_generate(options: GenerateOptions) -> list[PromptRow]:
     """The prompt rows of ``options``, read and checked before any model loads."""
     from erasekit.eval.prompts import read_prompt_file
+    from erasekit.models.loading import check_load
 
-    return read_prompt_file(options.prompts)
+    rows = read_prompt_file(options.prompts)
+    check_load(options.model, options.device, options.dtype)
+    return rows
 
 
 def generate(options: GenerateOptions) -> GenerateResult:

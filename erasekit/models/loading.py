@@ -10,6 +10,7 @@ import torch
 
 from erasekit.errors import ErasekitError
 from erasekit.models import embedded
+from erasekit.models.devices import DTYPE_NAMES, check_device_name, dtype_name
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -17,14 +18,15 @@ if TYPE_CHECKING:
 EMBEDDED_NAME = "erasekit-tiny"
 EMBEDDED_FLUX_NAME = "erasekit-tiny-flux"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_DTYPE_ALIASES = {"float32": "fp32", "float16": "fp16", "half": "fp16", "bfloat16": "bf16"}
+DTYPES = {name: getattr(torch, torch_name) for name, torch_name in DTYPE_NAMES.items()}
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """``device``, checked to exist here; ``None`` means CUDA when present, else CPU."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, str):
+        check_device_name(device)
     try:
         resolved = torch.device(device)
     except RuntimeError:
@@ -49,10 +51,7 @@ def resolve_dtype(dtype: str | torch.dtype | None = None) -> torch.dtype:
         if dtype not in DTYPES.values():
             raise ErasekitError(f"unsupported dtype {dtype}; use fp32, fp16 or bf16")
         return dtype
-    name = _DTYPE_ALIASES.get(str(dtype).lower(), str(dtype).lower())
-    if name not in DTYPES:
-        raise ErasekitError(f"unknown dtype {dtype!r}; use fp32, fp16 or bf16")
-    return DTYPES[name]
+    return DTYPES[dtype_name(str(dtype))]
 
 
 def resolve_model(model: str | Path | None) -> str | Path:
@@ -67,6 +66,42 @@ def resolve_model(model: str | Path | None) -> str | Path:
             )
         return embedded.ensure_text_encoder(embedded.EMBEDDED_FLUX_DIR)
     return model
+
+
+def check_model_source(model: str | Path | None) -> str | Path:
+    """The source :func:`load_pipeline` reads (:func:`resolve_model`), refused in one line where it cannot
+    be a pipeline: a missing path, a directory without ``model_index.json``, a file of another kind.
+    Reads no weights and imports no diffusers."""
+    source = resolve_model(model)
+    path = Path(source)
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise ErasekitError(
+                f"{path} is not a diffusers pipeline directory (no model_index.json); "
+                "pass a directory written by save_pretrained, a .safetensors/.ckpt file or a hub id"
+            )
+    elif path.suffix in SINGLE_FILE_SUFFIXES:
+        if not path.exists():
+            raise ErasekitError(f"checkpoint file {path} does not exist")
+    elif path.exists():
+        raise ErasekitError(f"{path} is neither a pipeline directory nor a {'/'.join(SINGLE_FILE_SUFFIXES)} file")
+    elif str(source).startswith(("/", "./", "../", "~")):
+        raise ErasekitError(f"model directory {path} does not exist")
+    return source
+
+
+def check_device_and_dtype(device: str | torch.device | None, dtype: str | torch.dtype | None) -> None:
+    """Refuse a bad ``--device`` or ``--dtype`` in one line; the jobs call it first, before they import
+    the methods, exports and diffusers (a refusal in about a second, not seven)."""
+    resolve_device(device)
+    resolve_dtype(dtype)
+
+
+def check_load(model: str | Path | None, device: str | torch.device | None, dtype: str | torch.dtype | None) -> None:
+    """What :func:`load_pipeline` would refuse before it loads anything (the model's source, the device,
+    the dtype), refused in one line without importing diffusers: the jobs that load ``model`` call it first."""
+    check_device_and_dtype(device, dtype)
+    check_model_source(model)
 
 
 def load_pipeline(
@@ -90,7 +125,7 @@ def load_pipeline(
     from transformers.utils import logging as transformers_logging
 
     device, dtype = resolve_device(device), resolve_dtype(dtype)
-    source = resolve_model(model)
+    source = check_model_source(model)
     shown = [lib.is_progress_bar_enabled() for lib in (diffusers_logging, transformers_logging)]
     if not progress:  # the CLI keeps stderr for its one-line errors
         diffusers_logging.disable_progress_bar()
@@ -102,20 +137,9 @@ def load_pipeline(
     path = Path(source)
     try:
         if path.is_dir():
-            if not (path / "model_index.json").exists():
-                raise ErasekitError(
-                    f"{path} is not a diffusers pipeline directory (no model_index.json); "
-                    "pass a directory written by save_pretrained, a .safetensors/.ckpt file or a hub id"
-                )
             pipe = DiffusionPipeline.from_pretrained(path, dtype=dtype)
         elif path.suffix in SINGLE_FILE_SUFFIXES:
-            if not path.exists():
-                raise ErasekitError(f"checkpoint file {path} does not exist")
             pipe = StableDiffusionPipeline.from_single_file(str(path), dtype=dtype, **_single_file_extras(config, dtype))
-        elif path.exists():
-            raise ErasekitError(f"{path} is neither a pipeline directory nor a {'/'.join(SINGLE_FILE_SUFFIXES)} file")
-        elif str(source).startswith(("/", "./", "../", "~")):
-            raise ErasekitError(f"model directory {path} does not exist")
         else:
             pipe = DiffusionPipeline.from_pretrained(str(source), dtype=dtype)
     except ErasekitError:
