@@ -105,11 +105,12 @@ def erased_square(pipe, tmp_path_factory):
     return root
 
 
-BUDGETS = {  # the world budgets of the robustness bench
+BUDGETS = {  # P4D: the robustness bench's world budget; inversion: half of its 300 steps (65 → 36 s on 2 cores)
     "p4d": ["--set", "timesteps=10", "--set", "iterations=20"],
-    "inversion": ["--set", "steps=300"],
+    "inversion": ["--set", "steps=150"],
 }
-# on this UCE edit the bench's P4D found 3 of 4 prompts and concept inversion 4 of 4 (docs/robustness.md): here 2 prompts
+# on this UCE edit the bench's P4D found 3 of 4 prompts and concept inversion 4 of 4 (docs/robustness.md): here 2
+# prompts; at 150 steps inversion found both, as at 300
 FOUND_AT_LEAST = {"p4d": 1 / 2, "inversion": 1 / 2}
 
 
@@ -131,7 +132,7 @@ def test_concept_inversion_does_not_bring_back_a_square_adavd_decomposes_at_the_
     # one included (docs/robustness.md: 0 of 4 prompts in the bench, where every other erasure gives 4 of 4)
     erase(pipe, EraseSpec(("square",)), "adavd", progress=False, epsilon=0.4).save(tmp_path / "edit")
     result = run_cli("attack", "--attack", "inversion", "--edit", tmp_path / "edit", "--prompts", "3", "--samples", "2",
-                     *BUDGETS["inversion"], cwd=tmp_path)  # fmt: skip
+                     "--set", "steps=300", cwd=tmp_path)  # fmt: skip  # the bench's budget: a harder search to hold against
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads((tmp_path / "edit" / "attack-inversion" / "results.json").read_text())
     assert out["baseline_asr"] == 0.0 and out["asr_found"] <= 1 / 3, out["asr_found"]
