@@ -86,10 +86,12 @@ class AdapterOff(FrozenCopy):
         self.adapter = adapter
 
     def __call__(self, latents: torch.Tensor, t: torch.Tensor | int, states: torch.Tensor) -> torch.Tensor:
+        """The UNet's prediction without the adapter, as :meth:`FrozenCopy.__call__`."""
         with self.adapter.disabled():
             return super().__call__(latents, t, states)
 
     def call(self, *args: object, **kwargs: object) -> object:
+        """The module's forward without the adapter, for any signature (FLUX's transformer is called by keywords)."""
         with self.adapter.disabled():
             return super().call(*args, **kwargs)
 
