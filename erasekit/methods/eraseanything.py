@@ -197,7 +197,5 @@ def erase(run: RunContext, spec: EraseSpec, config: EraseAnythingConfig) -> Edit
         params = adapter.parameters()
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         losses = fit(run, params, loss_at, config.steps, optimizer, f"EraseAnything (LoRA r{config.rank})")
-        deltas = adapter.deltas()
-    weights = dict(model.named_parameters())
-    new_values = {name: (weights[name].float() + delta.to(weights[name].device)).to(run.dtype) for name, delta in deltas.items()}
+        new_values = adapter.merged(run.dtype)
     return Edit(new_values, {"config": asdict(config), **loss_record(losses)})
