@@ -26,7 +26,7 @@ COMMANDS = [  # the first seven answer without importing torch; the last two mus
     ["--version"],
     ["erase", "--help"],
     ["erase", "square", "--out", "x", "--guidance", "nan"],  # a bad flag
-    ["erase", "square", "--out", "x", "--dtype", "fp8"],  # a dtype torch does not have here
+    ["erase", "square", "--out", "x", "--dtype", "fp8"],  # a dtype erasekit does not take (refused by its form)
     ["erase", "square", "--out", "x", "--set", "lam"],  # a setting without its value
     ["erase", "square", "--preserve", "square", "--out", "x"],  # a concept both erased and kept
     ["erase", "square", "--out", "x", "--set", "lam=abc"],  # a value read against the method's settings
